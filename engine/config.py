@@ -1,0 +1,443 @@
+"""The one training-config schema (stdlib only): CLI flags, TUI forms, presets and ``config.json``.
+
+Every field carries ``metadata``: ``label``, ``help``, ``group``, optional ``choices``, ``min``/``max``,
+``advanced`` (hidden at the Basic depth), ``flag`` (the CLI flag, named after Side-Step's so its users
+feel at home) and ``aliases``. ``parse()`` is strict: unknown keys are errors, types are coerced
+explicitly (strings from a form or a command line, JSON natives from a file) and *all* problems are
+reported together, each naming its field and what is allowed. Nothing bad is replaced by a default.
+
+Variant-aware values (inference shift and steps, timestep mu/sigma from the model's config.json) are
+``None`` in a draft and filled by ``resolve_variant_defaults()`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+
+GROUPS = ("Model", "Data", "Adapter", "LoRA", "LoKR", "Training", "Objective", "Memory", "Checkpoints", "Logging")
+ADAPTER_TYPES = ("lora", "lokr")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
+SCHEDULERS = ("cosine", "cosine_restarts", "linear", "constant", "constant_with_warmup")
+ATTENTION_TYPES = ("both", "self", "cross")
+ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TIMESTEP_MODES = ("continuous", "discrete")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+BIASES = ("none", "all", "lora_only")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+VARIANT_ALIASES = {
+    "turbo": "acestep-v15-turbo",
+    "base": "acestep-v15-base",
+    "sft": "acestep-v15-sft",
+    "xl-turbo": "acestep-v15-xl-turbo",
+    "xl-base": "acestep-v15-xl-base",
+    "xl-sft": "acestep-v15-xl-sft",
+}
+# Inference metadata stored with the adapter (ACE_STEP.md §17): turbo = shift 3, 8 steps; base/sft = 1, 50.
+VARIANT_INFERENCE = {"turbo": (3.0, 8), "base": (1.0, 50), "sft": (1.0, 50)}
+DEFAULT_LEARNING_RATE = 3e-4
+DEFAULT_TIMESTEP_MU = -0.4
+DEFAULT_TIMESTEP_SIGMA = 1.0
+
+
+def _f(default: Any, label: str, help: str, group: str, *, flag: str | None = None, **meta: Any) -> Any:
+    """A schema field. ``flag`` defaults to ``--<name-with-dashes>`` (filled in below)."""
+    meta.update(label=label, help=help, group=group, flag=flag)
+    if isinstance(default, tuple):
+        return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything needed to reproduce a training run; written resolved to ``run_dir/config.json``."""
+
+    # ---- Model
+    checkpoint_dir: str = _f("", "Checkpoint root", "Folder holding the model folders (acestep-v15-*/, vae/, ...).", "Model", required=True, kind="path")
+    model_variant: str = _f("base", "Model", "turbo, base, sft, xl-turbo, xl-base, xl-sft, or the exact folder name of a fine-tune under the checkpoint root.", "Model", aliases=("--model", "-M"))
+    base_model: str | None = _f(None, "Base model", "What a fine-tune was trained from (turbo/base/sft); detected for official models.", "Model", choices=("turbo", "base", "sft"), advanced=True)
+    device: str = _f("auto", "Device", "auto (the CUDA GPU with most memory, else MPS, else CPU), cuda, cuda:N, mps or cpu.", "Model")
+    precision: str = _f("auto", "Precision", "auto = bf16 on GPUs, fp32 on CPU. Adapter weights always stay fp32.", "Model", choices=PRECISIONS)
+    attention_backend: str = _f("auto", "Attention", "auto tries flash_attention_2 (CUDA, bf16/fp16, installed), then sdpa, then eager; the choice is reported.", "Model", choices=ATTENTION_BACKENDS, advanced=True)
+
+    # ---- Data
+    dataset_dir: str = _f("", "Dataset folder", "Folder of preprocessed .pt tensors (and manifest.json).", "Data", required=True, kind="path", aliases=("-d",))
+    num_workers: int = _f(2, "Loader workers", "DataLoader worker processes (0 = load in the training process).", "Data", min=0, max=64, advanced=True)
+    pin_memory: bool = _f(True, "Pin memory", "Page-lock batches for faster GPU copies (ignored on CPU).", "Data", advanced=True)
+    prefetch_factor: int = _f(2, "Prefetch", "Batches each worker loads ahead (needs workers > 0).", "Data", min=1, max=64, advanced=True)
+    persistent_workers: bool = _f(True, "Persistent workers", "Keep loader workers alive between epochs (avoids the epoch-boundary stall).", "Data", advanced=True)
+    dataset_repeats: int = _f(1, "Dataset repeats", "Each epoch walks the dataset this many times.", "Data", min=1, max=10000, aliases=("-R",))
+    chunk_duration: int | None = _f(None, "Chunk seconds", "Train on a random window of this many seconds per sample (saves memory; 60 is a good value). Empty = whole clips.", "Data", min=10, max=600)
+    max_latent_length: int | None = _f(None, "Max latent frames", "Crop window in latent frames (25 per second); overrides chunk seconds.", "Data", min=16, max=100000, advanced=True)
+    chunk_decay_every: int = _f(10, "Chunk decay", "Halve the chunk-coverage counts every N epochs.", "Data", min=1, max=100000, advanced=True)
+
+    # ---- Adapter
+    adapter_type: str = _f("lora", "Adapter", "lora (PEFT) or lokr (LyCORIS).", "Adapter", choices=ADAPTER_TYPES, aliases=("--adapter", "-a"))
+    attention_type: str = _f("both", "Attention layers", "Which attention blocks get adapters: self, cross or both.", "Adapter", choices=ATTENTION_TYPES)
+    target_modules: tuple[str, ...] = _f(PROJECTIONS, "Projections", "Attention projections to adapt (space separated).", "Adapter", item_choices=PROJECTIONS)
+    self_target_modules: tuple[str, ...] = _f((), "Self-attn projections", "With 'both': projections for self-attention only (overrides Projections there).", "Adapter", item_choices=PROJECTIONS, advanced=True)
+    cross_target_modules: tuple[str, ...] = _f((), "Cross-attn projections", "With 'both': projections for cross-attention only (overrides Projections there).", "Adapter", item_choices=PROJECTIONS, advanced=True)
+    target_mlp: bool = _f(True, "Adapt MLP", "Also adapt the MLP projections (gate/up/down).", "Adapter")
+
+    # ---- LoRA
+    rank: int = _f(64, "Rank", "LoRA rank: capacity and memory grow with it.", "LoRA", min=1, max=1024, aliases=("-r",))
+    alpha: int = _f(128, "Alpha", "LoRA alpha; the update is scaled by alpha/rank (2x rank is usual).", "LoRA", min=1, max=4096)
+    dropout: float = _f(0.1, "Dropout", "LoRA dropout.", "LoRA", min=0.0, max=0.9)
+    bias: str = _f("none", "Bias", "Which biases train: none, all, lora_only.", "LoRA", choices=BIASES, advanced=True)
+    use_dora: bool = _f(False, "DoRA", "Weight-decomposed LoRA (slower, sometimes better).", "LoRA", advanced=True)
+
+    # ---- LoKR
+    lokr_linear_dim: int = _f(64, "LoKR dim", "LoKR linear dimension (like rank).", "LoKR", min=1, max=100000)
+    lokr_linear_alpha: int = _f(128, "LoKR alpha", "LoKR alpha. LyCORIS forces alpha = dim where both Kronecker factors are full matrices.", "LoKR", min=1, max=100000)
+    lokr_factor: int = _f(-1, "LoKR factor", "Kronecker factor; -1 = automatic (most balanced).", "LoKR", min=-1, max=8192)
+    lokr_decompose_both: bool = _f(False, "Decompose both", "Low-rank decompose both Kronecker factors.", "LoKR", advanced=True)
+    lokr_use_tucker: bool = _f(False, "Tucker", "Tucker decomposition (conv layers).", "LoKR", advanced=True)
+    lokr_use_scalar: bool = _f(False, "Scalar", "Train an extra scalar per module.", "LoKR", advanced=True)
+    lokr_weight_decompose: bool = _f(False, "Weight decompose", "DoRA-style weight decomposition (LyCORIS dora_wd).", "LoKR", advanced=True)
+    lokr_full_matrix: bool = _f(False, "Full matrix", "Never factorise w2 (more parameters).", "LoKR", advanced=True)
+    lokr_rs_lora: bool = _f(False, "rsLoRA scaling", "Scale by alpha/sqrt(dim) instead of alpha/dim.", "LoKR", advanced=True)
+    lokr_unbalanced_factorization: bool = _f(False, "Unbalanced factors", "Put the larger factor first.", "LoKR", advanced=True)
+
+    # ---- Training
+    learning_rate: float | None = _f(None, "Learning rate", "Peak learning rate; empty = 3e-4 (1.0 for Prodigy, which scales it itself).", "Training", min=0.0, max=10.0, exclusive_min=True, flag="--lr", aliases=("--learning-rate", "-l"))
+    batch_size: int = _f(1, "Batch size", "Samples per micro-batch (batches longer than 1 are length-bucketed).", "Training", min=1, max=1024, aliases=("-b",))
+    gradient_accumulation: int = _f(4, "Grad accumulation", "Micro-batches per optimizer step.", "Training", min=1, max=1024, aliases=("-g",))
+    epochs: int = _f(1000, "Epochs", "Passes over the dataset.", "Training", min=1, max=1000000, aliases=("-e",))
+    max_steps: int = _f(0, "Max steps", "Stop after this many optimizer steps (0 = run all epochs).", "Training", min=0, max=100000000, aliases=("-m",))
+    warmup_steps: int = _f(100, "Warmup steps", "Linear warm-up from 10% to 100% of the LR, capped at 10% of training.", "Training", min=0, max=10000000)
+    weight_decay: float = _f(0.01, "Weight decay", "Decoupled weight decay.", "Training", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Max grad norm", "Gradient clipping norm.", "Training", min=0.0, max=1000.0, exclusive_min=True)
+    seed: int = _f(42, "Seed", "Random seed (data order, timesteps, noise, dropout).", "Training", min=0, max=2**32 - 1, aliases=("-s",))
+    optimizer_type: str = _f("adamw", "Optimizer", "adamw, adamw8bit (bitsandbytes), adafactor or prodigy (set-free LR).", "Training", choices=OPTIMIZERS)
+    scheduler_type: str = _f("cosine", "Scheduler", "LR schedule after warm-up.", "Training", choices=SCHEDULERS)
+    warmup_start_factor: float = _f(0.1, "Warmup start", "Warm-up starts at this fraction of the LR.", "Training", min=0.0, max=1.0, exclusive_min=True, advanced=True)
+    cosine_eta_min_ratio: float = _f(0.01, "Cosine floor", "Cosine schedules end at this fraction of the LR.", "Training", min=0.0, max=1.0, advanced=True)
+    cosine_restarts_count: int = _f(4, "Cosine restarts", "Cycles for cosine_restarts.", "Training", min=1, max=1000, advanced=True)
+
+    # ---- Objective
+    timestep_mode: str = _f("continuous", "Timesteps", "continuous = logit-normal (the model's own recipe); discrete = the 8 turbo values.", "Objective", choices=TIMESTEP_MODES)
+    timestep_mu: float | None = _f(None, "Timestep mu", "Logit-normal mean; empty = the model config's timestep_mu.", "Objective", min=-10.0, max=10.0, advanced=True)
+    timestep_sigma: float | None = _f(None, "Timestep sigma", "Logit-normal std; empty = the model config's timestep_sigma.", "Objective", min=0.0, max=10.0, exclusive_min=True, advanced=True)
+    cfg_ratio: float = _f(0.15, "CFG dropout", "Chance a sample trains unconditioned (null embedding); the base model used 0.15.", "Objective", min=0.0, max=1.0)
+    loss_weighting: str = _f("none", "Loss weighting", "none = flat MSE; min_snr = min-SNR-gamma weighting.", "Objective", choices=LOSS_WEIGHTINGS)
+    snr_gamma: float = _f(5.0, "SNR gamma", "Gamma for min_snr.", "Objective", min=0.0, max=100.0, exclusive_min=True)
+    shift: float | None = _f(None, "Inference shift", "Stored with the adapter for inference; empty = variant default (turbo 3, base/sft 1).", "Objective", min=1.0, max=5.0, advanced=True)
+    num_inference_steps: int | None = _f(None, "Inference steps", "Stored with the adapter; empty = variant default (turbo 8, base/sft 50).", "Objective", min=1, max=1000, advanced=True)
+
+    # ---- Memory
+    gradient_checkpointing: bool = _f(True, "Grad checkpointing", "Recompute activations in backward: far less memory, some speed.", "Memory")
+    gradient_checkpointing_ratio: float = _f(1.0, "Checkpoint ratio", "Fraction of DiT layers to checkpoint (1 = all).", "Memory", min=0.0, max=1.0, exclusive_min=True, advanced=True)
+    offload_encoder: bool = _f(True, "Drop encoders", "Keep only the decoder and null embedding on the device (the encoders are not needed to train).", "Memory", advanced=True)
+
+    # ---- Checkpoints
+    output_dir: str = _f("", "Output folder", "Run directory: adapters, checkpoints, logs, events.", "Checkpoints", required=True, kind="path", aliases=("-o",))
+    save_every: int = _f(50, "Save every (epochs)", "Checkpoint every N epochs.", "Checkpoints", min=1, max=1000000)
+    save_every_n_steps: int = _f(0, "Save every (steps)", "Also checkpoint every N optimizer steps (0 = off).", "Checkpoints", min=0, max=100000000, advanced=True)
+    keep_checkpoints: int = _f(0, "Keep checkpoints", "Keep only the newest N periodic checkpoints (0 = keep all).", "Checkpoints", min=0, max=100000, advanced=True)
+    resume_from: str | None = _f(None, "Resume from", "A checkpoint folder, or 'auto' for the newest in this output folder.", "Checkpoints", kind="path")
+    strict_resume: bool = _f(True, "Strict resume", "Refuse to resume when the optimizer, scheduler or adapter shape differ.", "Checkpoints", advanced=True)
+    overwrite: bool = _f(False, "Overwrite", "Allow reusing an output folder that holds a finished run.", "Checkpoints", advanced=True)
+    run_name: str = _f("", "Run name", "A label for this run (shown in run history).", "Checkpoints", aliases=("-n",))
+    save_best: bool = _f(True, "Save best", "Keep best/ = adapter with the lowest smoothed epoch loss.", "Checkpoints")
+    save_best_after: int = _f(200, "Best after epoch", "Start best-model tracking at this epoch.", "Checkpoints", min=0, max=1000000, advanced=True)
+    early_stop_patience: int = _f(0, "Early stop", "Stop after N epochs without a new best (0 = off).", "Checkpoints", min=0, max=1000000, advanced=True)
+
+    # ---- Logging
+    log_dir: str | None = _f(None, "TensorBoard dir", "Empty = <output>/runs.", "Logging", kind="path", advanced=True)
+    log_every: int = _f(10, "Log every", "TensorBoard scalars every N optimizer steps.", "Logging", min=1, max=1000000)
+    log_heavy_every: int = _f(50, "Heavy log every", "Timestep histogram and per-layer grad norms every N steps.", "Logging", min=1, max=1000000)
+
+    # derived values (methods, never stored)
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation
+
+    def resolved_learning_rate(self) -> float:
+        """The LR the optimizer gets: the user's, else 1.0 for Prodigy (its step size is adaptive and
+        1.0 is its intended setting), else 3e-4."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1.0 if self.optimizer_type == "prodigy" else DEFAULT_LEARNING_RATE
+
+    def model_dir(self) -> str:
+        import os
+
+        return os.path.join(self.checkpoint_dir, VARIANT_ALIASES.get(self.model_variant, self.model_variant))
+
+    def variant_family(self) -> str | None:
+        """turbo / base / sft, from an alias, the explicit base model, or the folder name."""
+        if self.base_model:
+            return self.base_model
+        name = self.model_variant.lower()
+        for family in ("turbo", "base", "sft"):
+            if family in name:
+                return family
+        return None
+
+
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainConfig)  # type: ignore[arg-type]
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+for _fld in FIELDS:
+    if _fld.metadata.get("flag") is None:
+        # metadata is a read-only mapping; rebuild it with the default flag filled in.
+        _fld.metadata = type(_fld.metadata)({**_fld.metadata, "flag": "--" + _fld.name.replace("_", "-")})  # type: ignore[misc]
+FLAG_TO_FIELD = {}
+for _fld in FIELDS:
+    for _name in (_fld.metadata["flag"], *_fld.metadata.get("aliases", ())):
+        FLAG_TO_FIELD[_name] = _fld.name
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        flag = FIELD_BY_NAME[self.field].metadata["flag"] if self.field in FIELD_BY_NAME else self.field
+        return f"{self.field} ({flag}): {self.message}"
+
+
+class ConfigError(ValueError):
+    """All problems of one config, each naming its field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+    def by_field(self) -> dict[str, str]:
+        return {e.field: e.message for e in self.errors}
+
+
+# --------------------------------------------------------------------------- coercion
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _type_of(f: dataclasses.Field) -> tuple[str, bool]:
+    """(base type name, optional?) from the string annotation."""
+    ann = str(f.type).replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann.removesuffix("|None")
+    return base, optional
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert ``value`` to the field's type or raise ``ValueError`` with a message for the user."""
+    base, optional = _type_of(f)
+    if value is None or (optional and isinstance(value, str) and value.strip() == ""):
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if base == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        else:
+            raise ValueError(f"expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
+    if base == "str":
+        if isinstance(value, str):
+            return value.strip()
+        raise ValueError(f"expected text, got {value!r}")
+    if base == "tuple[str,...]":
+        if isinstance(value, str):
+            items = value.replace(",", " ").split()
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            items = [v.strip() for v in value if v.strip()]
+        else:
+            raise ValueError(f"expected a list of names, got {value!r}")
+        return tuple(items)
+    raise AssertionError(f"unsupported field type {f.type}")  # a schema bug, not user input
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> str | None:
+    meta = f.metadata
+    if value is None:
+        return None
+    if meta.get("required") and value == "":
+        return "is required"
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    item_choices = meta.get("item_choices")
+    if item_choices:
+        bad = [v for v in value if v not in item_choices]
+        if bad:
+            return f"unknown {', '.join(bad)}; allowed: {', '.join(item_choices)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
+            op = ">" if meta.get("exclusive_min") else ">="
+            return f"must be {op} {lo}, got {value}"
+        if hi is not None and value > hi:
+            return f"must be <= {hi}, got {value}"
+    return None
+
+
+def _cross_checks(c: TrainConfig) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if c.device != "auto" and c.device not in ("cpu", "mps", "cuda") and not (
+        c.device.startswith("cuda:") and c.device[5:].isdigit()
+    ):
+        errors.append(FieldError("device", f"{c.device!r} is not auto, cpu, mps, cuda or cuda:N"))
+    if c.attention_type != "both" and (c.self_target_modules or c.cross_target_modules):
+        errors.append(FieldError("self_target_modules", "per-attention lists need attention_type both"))
+    if not c.target_modules and not c.self_target_modules and not c.cross_target_modules and not c.target_mlp:
+        errors.append(FieldError("target_modules", "nothing to adapt: pick projections or enable the MLP"))
+    if c.optimizer_type == "prodigy" and c.scheduler_type not in ("constant", "constant_with_warmup", "cosine"):
+        errors.append(FieldError("scheduler_type", "prodigy adapts its own step size; use constant or cosine"))
+    if c.num_workers == 0 and c.persistent_workers and c.prefetch_factor != 2:
+        errors.append(FieldError("prefetch_factor", "prefetch needs num_workers > 0"))
+    if c.use_dora and c.adapter_type != "lora":
+        errors.append(FieldError("use_dora", "DoRA is a LoRA option; for LoKR use lokr_weight_decompose"))
+    return errors
+
+
+def parse(data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from ``data`` (over ``base`` or the defaults). Raises ``ConfigError`` with every
+    problem at once: unknown keys, uncoercible values, out-of-range values, cross-field conflicts."""
+    errors: list[FieldError] = []
+    values: dict[str, Any] = dataclasses.asdict(base) if base else {}
+    for key, raw in data.items():
+        if key in ("schema_version",):
+            continue
+        f = FIELD_BY_NAME.get(key)
+        if f is None:
+            hint = _closest(key, FIELD_BY_NAME)
+            errors.append(FieldError(key, "unknown setting" + (f"; did you mean {hint}?" if hint else "")))
+            continue
+        try:
+            values[key] = _coerce(f, raw)
+        except ValueError as exc:
+            errors.append(FieldError(key, str(exc)))
+    bad_keys = {e.field for e in errors}
+    for f in FIELDS:
+        if f.name in bad_keys:
+            continue
+        value = values.get(f.name, f.default)
+        problem = _check_field(f, value)
+        if problem:
+            errors.append(FieldError(f.name, problem))
+    if errors:
+        raise ConfigError(errors)
+    config = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_BY_NAME})
+    cross = _cross_checks(config)
+    if cross:
+        raise ConfigError(cross)
+    return config
+
+
+def _closest(key: str, names: Iterable[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(names), n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    return {"schema_version": SCHEMA_VERSION, **out}
+
+
+def to_json(config: TrainConfig) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def from_json(text: str) -> TrainConfig:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError("config", "expected a JSON object")])
+    return parse(data)
+
+
+def diff_from_defaults(config: TrainConfig) -> dict[str, Any]:
+    """Only the fields that differ from the defaults (for presets and the equivalent CLI command)."""
+    defaults = TrainConfig()
+    return {f.name: getattr(config, f.name) for f in FIELDS if getattr(config, f.name) != getattr(defaults, f.name)}
+
+
+def resolve_variant_defaults(config: TrainConfig, model_config: dict[str, Any] | None = None) -> TrainConfig:
+    """The one place variant-aware defaults are applied: inference shift/steps from the variant family,
+    timestep mu/sigma from the model's config.json. Only ``None`` fields are filled; a value the user
+    set is never replaced."""
+    family = config.variant_family() or ("turbo" if (model_config or {}).get("is_turbo") else "base")
+    shift, steps = VARIANT_INFERENCE.get(family, VARIANT_INFERENCE["base"])
+    mc = model_config or {}
+    return dataclasses.replace(
+        config,
+        base_model=config.base_model or family,
+        shift=config.shift if config.shift is not None else shift,
+        num_inference_steps=config.num_inference_steps if config.num_inference_steps is not None else steps,
+        timestep_mu=config.timestep_mu if config.timestep_mu is not None else float(mc.get("timestep_mu", DEFAULT_TIMESTEP_MU)),
+        timestep_sigma=config.timestep_sigma
+        if config.timestep_sigma is not None
+        else float(mc.get("timestep_sigma", DEFAULT_TIMESTEP_SIGMA)),
+    )
+
+
+def resolve_targets(config: TrainConfig) -> tuple[str, ...]:
+    """Module-name suffixes to adapt, honouring attention type, per-type lists and the MLP switch.
+    Suffixes are matched against full module paths (``layers.3.self_attn.q_proj``)."""
+    targets: list[str] = []
+    if config.attention_type == "both" and (config.self_target_modules or config.cross_target_modules):
+        self_list = config.self_target_modules or config.target_modules
+        cross_list = config.cross_target_modules or config.target_modules
+        targets += [f"self_attn.{p}" for p in self_list] + [f"cross_attn.{p}" for p in cross_list]
+    elif config.attention_type == "both":
+        targets += [f"{kind}.{p}" for kind in ("self_attn", "cross_attn") for p in config.target_modules]
+    else:
+        targets += [f"{config.attention_type}_attn.{p}" for p in config.target_modules]
+    if config.target_mlp:
+        targets += [f"mlp.{p}" for p in MLP_PROJECTIONS]
+    return tuple(targets)
+
+
+def cli_args(config: TrainConfig) -> list[str]:
+    """The ``sidestep train`` arguments that reproduce ``config`` (defaults omitted)."""
+    args: list[str] = []
+    for name, value in diff_from_defaults(config).items():
+        flag = FIELD_BY_NAME[name].metadata["flag"]
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            args += [flag, *value] if value else [flag, ""]
+        elif value is None:
+            continue
+        else:
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return args

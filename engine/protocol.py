@@ -1,0 +1,427 @@
+"""The wire protocol between the UI process and the training engine (stdlib only).
+
+    UI process                                            engine process
+    EngineClient.send(cmd) --> cmd_q --> CommandInbox.poll() (at step boundaries) --> Trainer
+    RunState reducer <-- Textual message <-- pump worker <-- evt_q <-- EventSink fan-out <-- Trainer
+                                                                  \\-> run_dir/events.jsonl, TensorBoard
+
+Rules
+- One frozen dataclass per command and per event. Commands are imperative (``StartRun``), events are
+  past tense (``RunStarted``); ``Heartbeat`` and ``LogRecord`` are the neutral exceptions.
+- Fields are primitives or tuples of primitives only: no tensors, no Paths, no exceptions, no dicts.
+  That keeps pickling across a spawned process cheap and lets the same objects round-trip through
+  ``events.jsonl`` unchanged. A run config travels as JSON text (``config_json``) and is re-validated
+  by the engine, so the schema in ``engine.config`` stays the single source of truth.
+- Every event carries the envelope ``run_id`` (empty while the engine is idle), ``seq`` (monotonic per
+  engine process, so a gap reveals a drop) and ``ts`` (wall clock, for display only).
+- ``EngineReady`` carries ``PROTOCOL_VERSION``; a client refuses to talk to a different version.
+- Rates are bounded at the source: ``StepMetrics`` is time-gated and summarises every step it covers
+  (mean / min / max loss, ``steps_covered``), ``ResourceSample`` and ``Heartbeat`` come every ~2 s
+  from a daemon thread, ``TimestepHistogram`` every ``log_heavy_every`` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Union
+
+PROTOCOL_VERSION = 1
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@_frozen
+class StartRun:
+    """Train an adapter. ``config_json`` is ``engine.config.to_json(RunConfig)``."""
+
+    run_id: str
+    config_json: str
+
+
+@_frozen
+class StartPreprocess:
+    """Turn audio (a folder or a dataset.json) into training tensors. ``config_json`` is a
+    ``PreprocessConfig`` as JSON."""
+
+    run_id: str
+    config_json: str
+
+
+@_frozen
+class StopRun:
+    """Finish the current optimizer step, save a checkpoint, then emit ``RunFinished(stopped)``."""
+
+    save: bool = True
+
+
+@_frozen
+class SaveCheckpoint:
+    """Save a checkpoint after the current optimizer step and keep training."""
+
+
+@_frozen
+class PauseRun:
+    """Hold before the next optimizer step; heartbeats continue."""
+
+
+@_frozen
+class ResumeRun:
+    """Continue a paused run."""
+
+
+@_frozen
+class Shutdown:
+    """Stop (saving) whatever runs, flush the sinks and exit the engine process with 0."""
+
+
+Command = Union[StartRun, StartPreprocess, StopRun, SaveCheckpoint, PauseRun, ResumeRun, Shutdown]
+COMMAND_TYPES: tuple[type, ...] = (
+    StartRun,
+    StartPreprocess,
+    StopRun,
+    SaveCheckpoint,
+    PauseRun,
+    ResumeRun,
+    Shutdown,
+)
+
+
+# --------------------------------------------------------------------------- events
+
+PHASES = ("idle", "loading_model", "preparing_data", "training", "paused", "saving", "preprocessing", "finished")
+
+
+@_frozen
+class EngineReady:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    pid: int
+    protocol_version: int
+    torch_version: str
+    python_version: str
+    cuda_available: bool
+    device_names: tuple[str, ...] = ()
+
+
+@_frozen
+class Heartbeat:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    phase: str
+    last_step: int
+
+
+@_frozen
+class RunStarted:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    run_dir: str
+    config_json: str
+    adapter_type: str
+    model_dir: str
+    model_variant: str
+    device: str
+    precision: str
+    attention_backend: str
+    adapted_modules: int
+    trainable_params: int
+    total_params: int
+    num_samples: int
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int
+    start_epoch: int
+    timestep_mu: float
+    timestep_sigma: float
+    timestep_mode: str
+
+
+@_frozen
+class PhaseChanged:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    phase: str
+    detail: str = ""
+
+
+@_frozen
+class StepMetrics:
+    """A summary of every optimizer step since the previous ``StepMetrics`` (``steps_covered``)."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+    epoch: int
+    total_steps: int
+    loss: float
+    loss_min: float
+    loss_max: float
+    steps_covered: int
+    lr: float
+    grad_norm: float
+    samples_per_s: float
+    eta_s: float
+    skipped_steps: int = 0
+
+
+@_frozen
+class EpochCompleted:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    epoch: int
+    step: int
+    mean_loss: float
+    duration_s: float
+
+
+@_frozen
+class ResourceSample:
+    """Memory and device readings; ``-1`` means "not available" (no GPU, no NVML), never a guess."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    device: str
+    allocated_mb: float = -1.0
+    reserved_mb: float = -1.0
+    peak_allocated_mb: float = -1.0
+    gpu_used_mb: float = -1.0
+    gpu_total_mb: float = -1.0
+    gpu_util_pct: float = -1.0
+    gpu_temp_c: float = -1.0
+    gpu_power_w: float = -1.0
+    process_rss_mb: float = -1.0
+
+
+@_frozen
+class TimestepHistogram:
+    """Sampled timesteps: ``recent`` since the last histogram, ``cumulative`` since the run started, and
+    ``expected`` = the sampler's probability mass per bin (so the UI can overlay it)."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+    bin_edges: tuple[float, ...]
+    recent: tuple[int, ...]
+    cumulative: tuple[int, ...]
+    expected: tuple[float, ...]
+
+
+@_frozen
+class CheckpointSaved:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+    epoch: int
+    path: str
+    kind: str  # "periodic" | "requested" | "stop" | "best" | "final"
+    loss: float = float("nan")
+
+
+@_frozen
+class LogRecord:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    level: str  # "debug" | "info" | "warning" | "error"
+    message: str
+    logger: str = "engine"
+
+
+@_frozen
+class RunPaused:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+
+
+@_frozen
+class RunResumed:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+
+
+@_frozen
+class PreprocessProgress:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    stage: str  # "scan" | "pass1" | "pass2" | "done"
+    index: int
+    total: int
+    file: str
+    status: str  # "ok" | "skipped" | "failed"
+    message: str = ""
+    audio_seconds: float = 0.0
+    elapsed_s: float = 0.0
+
+
+@_frozen
+class RunFinished:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    status: str  # "completed" | "stopped"
+    steps: int
+    epochs: int
+    final_loss: float
+    best_loss: float
+    adapter_path: str
+    wall_s: float
+
+
+@_frozen
+class RunFailed:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    error_type: str
+    message: str
+    traceback: str = ""
+    hint: str = ""
+    oom: bool = False
+    step: int = 0
+
+
+@_frozen
+class EngineStopping:
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    reason: str = ""
+
+
+Event = Union[
+    EngineReady,
+    Heartbeat,
+    RunStarted,
+    PhaseChanged,
+    StepMetrics,
+    EpochCompleted,
+    ResourceSample,
+    TimestepHistogram,
+    CheckpointSaved,
+    LogRecord,
+    RunPaused,
+    RunResumed,
+    PreprocessProgress,
+    RunFinished,
+    RunFailed,
+    EngineStopping,
+]
+EVENT_TYPES: tuple[type, ...] = (
+    EngineReady,
+    Heartbeat,
+    RunStarted,
+    PhaseChanged,
+    StepMetrics,
+    EpochCompleted,
+    ResourceSample,
+    TimestepHistogram,
+    CheckpointSaved,
+    LogRecord,
+    RunPaused,
+    RunResumed,
+    PreprocessProgress,
+    RunFinished,
+    RunFailed,
+    EngineStopping,
+)
+
+_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in COMMAND_TYPES + EVENT_TYPES}
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+class ProtocolError(ValueError):
+    """A message that is not part of this protocol (unknown type, bad fields)."""
+
+
+def stamp(event: Any, *, run_id: str, seq: int, ts: float | None = None) -> Any:
+    """Return ``event`` with its envelope filled in (events are frozen, so this copies)."""
+    return dataclasses.replace(event, run_id=run_id, seq=seq, ts=time.time() if ts is None else ts)
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    """A JSON-able dict: ``{"type": ClassName, **fields}`` with tuples as lists."""
+    if type(message).__name__ not in _BY_NAME:
+        raise ProtocolError(f"not a protocol message: {type(message).__name__}")
+    out: dict[str, Any] = {"type": type(message).__name__}
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Any:
+    """Rebuild a message from ``to_dict`` output; unknown types and unknown fields are errors."""
+    name = data.get("type")
+    cls = _BY_NAME.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {name!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "type":
+            continue
+        if key not in names:
+            raise ProtocolError(f"{name}: unknown field {key!r}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ProtocolError(f"{name}: {exc}") from None
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def dumps(message: Any) -> str:
+    """One line of JSON. NaN/inf are written as JSON's non-standard tokens, which ``loads`` reads."""
+    return json.dumps(to_dict(message), separators=(",", ":"), default=_json_default)
+
+
+def loads(line: str) -> Any:
+    return from_dict(json.loads(line))
+
+
+def is_primitive(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(isinstance(v, _PRIMITIVES) for v in value)
+    return isinstance(value, _PRIMITIVES)
+
+
+def read_events(path: str, *, strict: bool = False) -> list[Any]:
+    """Read an ``events.jsonl``. A torn last line (the engine died mid-write) is dropped unless
+    ``strict``; any other bad line raises ``ProtocolError`` naming the line number."""
+    events: list[Any] = []
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(loads(line))
+        except (ValueError, ProtocolError) as exc:
+            is_last = all(not rest.strip() for rest in lines[number:])
+            if is_last and not strict:
+                break
+            raise ProtocolError(f"{path}:{number}: {exc}") from None
+    return events
