@@ -1,0 +1,211 @@
+"""Event sinks: the engine emits typed events once and they fan out to the UI queue, the run's
+``events.jsonl``, stdout (headless) and anything else that implements ``EventSink``.
+
+``EventBus`` stamps the envelope (run id, monotonic seq, wall time) under a lock, because the training
+loop and the heartbeat thread both emit. Sinks never raise into the training loop: a sink that fails
+is logged once and switched off (a dead UI must not stop a run; a full disk is reported as a log line
+and then the run carries on writing what it can).
+
+``StepAggregator`` bounds the ``StepMetrics`` rate at the source: the loop feeds it every optimizer
+step and it emits at most ``max_hz`` summaries a second, each carrying mean/min/max loss and the number
+of steps covered, so a curve rebuilt from events loses nothing but resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, Callable, Protocol, TextIO
+
+from engine import protocol
+
+log = logging.getLogger("sidestep.engine")
+
+
+class EventSink(Protocol):
+    def emit(self, event: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class QueueSink:
+    """Puts events on the multiprocessing queue the UI drains. ``put`` only hands the object to the
+    queue's feeder thread, so it never blocks the loop. Disabled once the UI is known to be gone."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.enabled = True
+
+    def emit(self, event: Any) -> None:
+        if self.enabled:
+            self.queue.put(event)
+
+    def close(self) -> None:
+        if self.enabled:
+            # Flush what is buffered in the feeder thread before the process exits (vLLM style).
+            self.queue.close()
+            self.queue.join_thread()
+            self.enabled = False
+
+
+class JsonlSink:
+    """Appends one JSON line per event and flushes, so another process can follow the file live and a
+    crash loses at most the line being written (``protocol.read_events`` drops a torn last line)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh: TextIO | None = open(path, "a", encoding="utf-8")
+
+    def emit(self, event: Any) -> None:
+        if self._fh is not None:
+            self._fh.write(protocol.dumps(event) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+
+class StreamJsonSink:
+    """Headless ``--json``: events as JSONL on a stream (a dup of the real stdout)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def emit(self, event: Any) -> None:
+        self.stream.write(protocol.dumps(event) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class CallbackSink:
+    """Calls a function per event (the plain-text printer, tests)."""
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self.fn = fn
+
+    def emit(self, event: Any) -> None:
+        self.fn(event)
+
+    def close(self) -> None:
+        pass
+
+
+class EventBus:
+    """Stamps events and fans them out. Thread-safe; sinks can be added for the length of a run."""
+
+    def __init__(self, sinks: list[EventSink] | None = None) -> None:
+        self._sinks: list[EventSink] = list(sinks or [])
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.run_id = ""
+
+    def add(self, sink: EventSink) -> None:
+        with self._lock:
+            self._sinks.append(sink)
+
+    def remove(self, sink: EventSink) -> None:
+        with self._lock:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+        sink.close()
+
+    def emit(self, event: Any) -> Any:
+        with self._lock:
+            self._seq += 1
+            stamped = protocol.stamp(event, run_id=self.run_id, seq=self._seq)
+            for sink in list(self._sinks):
+                try:
+                    sink.emit(stamped)
+                except (OSError, ValueError) as exc:
+                    # A broken pipe to a vanished UI, a full disk: drop that sink, keep training.
+                    self._sinks.remove(sink)
+                    log.error("event sink %s failed and was switched off: %s", type(sink).__name__, exc)
+        return stamped
+
+    def log(self, level: str, message: str) -> None:
+        getattr(log, level)(message)
+        self.emit(protocol.LogRecord(level=level, message=message))
+
+    def close(self) -> None:
+        with self._lock:
+            sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            try:
+                sink.close()
+            except (OSError, ValueError) as exc:
+                log.error("closing %s failed: %s", type(sink).__name__, exc)
+
+
+class StepAggregator:
+    """Collects per-step numbers and emits a ``StepMetrics`` summary at most ``max_hz`` times a second."""
+
+    def __init__(self, bus: EventBus, *, total_steps: int, max_hz: float = 4.0, clock: Callable[[], float] = time.monotonic):
+        self.bus = bus
+        self.total_steps = total_steps
+        self.min_interval = 1.0 / max_hz
+        self.clock = clock
+        self._losses: list[float] = []
+        self._skipped = 0
+        self._last_emit = -math.inf
+        self._last: dict[str, float] = {}
+        self._rate_t0 = clock()
+        self._rate_samples = 0
+        self.samples_per_s = 0.0
+        self._steps_rate = 0.0
+
+    def add(self, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float, samples: int, skipped: bool = False) -> None:
+        if skipped:
+            self._skipped += 1
+        else:
+            self._losses.append(loss)
+        self._rate_samples += samples
+        self._last = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm}
+        now = self.clock()
+        if now - self._last_emit >= self.min_interval:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if not self._last or (not self._losses and not self._skipped):
+            return
+        now = self.clock() if now is None else now
+        elapsed = max(now - self._rate_t0, 1e-9)
+        # An exponential blend keeps the rate steady across bursty flushes.
+        rate = self._rate_samples / elapsed
+        self.samples_per_s = rate if self.samples_per_s == 0 else 0.7 * self.samples_per_s + 0.3 * rate
+        self._rate_t0, self._rate_samples = now, 0
+        step = int(self._last["step"])
+        losses = self._losses or [math.nan]
+        steps_left = max(self.total_steps - step, 0)
+        steps_per_s = self._steps_per_s(len(self._losses) + self._skipped, elapsed)
+        self.bus.emit(
+            protocol.StepMetrics(
+                step=step,
+                epoch=int(self._last["epoch"]),
+                total_steps=self.total_steps,
+                loss=sum(losses) / len(losses),
+                loss_min=min(losses),
+                loss_max=max(losses),
+                steps_covered=len(self._losses) + self._skipped,
+                lr=self._last["lr"],
+                grad_norm=self._last["grad_norm"],
+                samples_per_s=self.samples_per_s,
+                eta_s=steps_left / steps_per_s if steps_per_s > 0 else -1.0,
+                skipped_steps=self._skipped,
+            )
+        )
+        self._losses, self._skipped = [], 0
+        self._last_emit = now
+
+    def _steps_per_s(self, steps: int, elapsed: float) -> float:
+        current = steps / elapsed
+        self._steps_rate = current if self._steps_rate == 0 else 0.7 * self._steps_rate + 0.3 * current
+        return self._steps_rate

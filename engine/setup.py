@@ -1,0 +1,195 @@
+"""Everything a run needs before its first step, built in one place (litgpt's setup / fit split):
+resolved config, device and precision, the frozen decoder, the adapter, data, optimizer, scheduler,
+Fabric. ``Trainer`` only loops over what this returns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from engine import checkpoint as ckpt
+from engine import config as cfgmod
+from engine import discovery, protocol, recipe
+
+log = logging.getLogger("sidestep.engine")
+
+
+@dataclass
+class RunParts:
+    config: cfgmod.TrainConfig
+    run_dir: str
+    device: torch.device
+    fabric: Any
+    module: Any
+    optimizer: Any
+    scheduler: Any
+    adapter: Any
+    null_condition_emb: torch.Tensor
+    generator: torch.Generator
+    tracker: recipe.TimestepTracker
+    dataset: Any
+    batch_plan: Any
+    batches_per_epoch: int
+    total_steps: int
+    compute_input_dtype: torch.dtype
+    model_dir: str
+    attention_backend: str
+    precision: str
+    total_params: int
+    distributed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def current_lr(self) -> float:
+        from engine.optim import effective_lr
+
+        return effective_lr(self.optimizer)
+
+    def loader_for_epoch(self, epoch: int, *, skip: int) -> Any:
+        from engine.data import build_loader
+
+        return build_loader(self.dataset, self.batch_plan, self.config, epoch=epoch, skip_batches=skip, device_type=self.device.type)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.batch_plan.end_epoch(epoch)
+
+    def data_state_dict(self) -> dict[str, Any]:
+        return self.batch_plan.state_dict()
+
+    def load_data_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch_plan.load_state_dict(state)
+
+    def adapter_metadata(self, step: int) -> dict[str, str]:
+        c = self.config
+        return {
+            "sidestep_tui": "0.1.0",
+            "adapter_type": c.adapter_type,
+            "model_variant": c.model_variant,
+            "base_model": c.base_model or "",
+            "shift": str(c.shift),
+            "num_inference_steps": str(c.num_inference_steps),
+            "step": str(step),
+        }
+
+    def run_started_event(self, *, start_step: int, start_epoch: int) -> protocol.RunStarted:
+        c = self.config
+        return protocol.RunStarted(
+            run_dir=self.run_dir,
+            config_json=cfgmod.to_json(c),
+            adapter_type=c.adapter_type,
+            model_dir=self.model_dir,
+            model_variant=c.model_variant,
+            device=str(self.device),
+            precision=self.precision,
+            attention_backend=self.attention_backend,
+            adapted_modules=self.adapter.adapted_modules,
+            trainable_params=self.adapter.trainable_params,
+            total_params=self.total_params,
+            num_samples=len(self.dataset),
+            steps_per_epoch=math.ceil(self.batches_per_epoch / c.gradient_accumulation),
+            total_steps=self.total_steps,
+            start_step=start_step,
+            start_epoch=start_epoch,
+            timestep_mu=float(c.timestep_mu),
+            timestep_sigma=float(c.timestep_sigma),
+            timestep_mode=c.timestep_mode,
+        )
+
+
+def fabric_precision(device: torch.device, dtype: torch.dtype) -> str:
+    """Mixed precision keeps the trainable adapter (and optimizer state) in fp32 while the frozen base
+    runs in bf16/fp16 under autocast; ``*-true`` would make the adapter itself half precision."""
+    if device.type == "cpu" or dtype == torch.float32:
+        return "32-true"
+    return "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
+
+
+def read_model_config(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a model folder (pick one under the checkpoint root)") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the model folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[str, str], None]) -> RunParts:
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import SingleDeviceStrategy
+
+    from engine.adapters import attach_adapter
+    from engine.data import BatchPlan, TensorDataset, count_batches
+    from engine.models.loader import enable_gradient_checkpointing, load_decoder, resolve_device, resolve_dtype
+    from engine.optim import build_optimizer, build_scheduler
+
+    model_dir = discovery.resolve_model_dir(config.checkpoint_dir, config.model_variant)
+    config = cfgmod.resolve_variant_defaults(config, read_model_config(model_dir))
+    ckpt.atomic_write_text(os.path.join(run_dir, ckpt.CONFIG_FILE), cfgmod.to_json(config))
+
+    # Validate the data before spending time on the model: a bad file should fail in seconds.
+    set_phase("preparing_data", config.dataset_dir)
+    dataset = TensorDataset(config.dataset_dir, repeats=config.dataset_repeats)
+    plan = BatchPlan(dataset, config)
+    batches_per_epoch = count_batches(plan)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    bus.log("info", f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all")
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.precision, device)
+    torch.manual_seed(config.seed)
+    set_phase("loading_model", model_dir)
+    loaded = load_decoder(model_dir, device=device, dtype=dtype, attention_backend=config.attention_backend, log=lambda m: bus.log("info", m))
+    bus.log("info", f"model: {model_dir} on {device} ({str(dtype).removeprefix('torch.')}, attention {loaded.attention_backend})")
+    total_params = sum(p.numel() for p in loaded.decoder.parameters())
+
+    torch.manual_seed(config.seed)  # adapter init is part of the seeded state
+    adapter = attach_adapter(loaded.decoder, config)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(adapter.module, config.gradient_checkpointing_ratio)
+    bus.log("info", f"adapter: {config.adapter_type}, {adapter.adapted_modules} modules, {adapter.trainable_params:,} trainable parameters")
+
+    precision = fabric_precision(device, dtype)
+    fabric = Fabric(accelerator=device.type if device.type != "mps" else "mps", devices=1, strategy=SingleDeviceStrategy(device=device), precision=precision)
+    optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    module, optimizer = fabric.setup(adapter.module, optimizer)
+    adapter.module.train()
+
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(config.seed)
+    tracker = recipe.TimestepTracker(mode=config.timestep_mode, mu=float(config.timestep_mu), sigma=float(config.timestep_sigma))
+    return RunParts(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        fabric=fabric,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        adapter=adapter,
+        null_condition_emb=loaded.null_condition_emb,
+        generator=generator,
+        tracker=tracker,
+        dataset=dataset,
+        batch_plan=plan,
+        batches_per_epoch=batches_per_epoch,
+        total_steps=total_steps,
+        compute_input_dtype=dtype,
+        model_dir=model_dir,
+        attention_backend=loaded.attention_backend,
+        precision=precision,
+        total_params=total_params,
+    )

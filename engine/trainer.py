@@ -1,0 +1,466 @@
+"""The Fabric training loop with the corrected ACE-Step 1.5 recipe.
+
+Features, and the trade-offs behind them:
+- Continuous logit-normal timesteps (mu/sigma from the model's config.json) or the legacy discrete
+  8-step schedule; per-sample CFG dropout with ``null_condition_emb`` for every variant; flow-matching
+  velocity loss in fp32 where padded frames never count; optional min-SNR weighting.
+- Gradient accumulation with the partial window at an epoch's end flushed; clipping; a non-finite loss
+  skips its window, and 10 in a row halt the run as a failure (never "complete").
+- Only the adapter trains (fp32 even on a bf16 base: ``bf16-mixed`` autocasts the forward, the adapter
+  weights and optimizer state stay fp32).
+- Commands (stop, save now, pause) are applied between optimizer steps only; stop always saves.
+- Resume restores adapter, optimizer, scheduler, step, epoch, the position inside the epoch, the data
+  order and crop planner, every RNG stream and the best-model tracker, so N straight steps equal N/2 +
+  stop + resume + N/2 (tested).
+- Events are bounded at the source (``StepAggregator``); TensorBoard gets every ``log_every`` step and
+  the timestep histogram every ``log_heavy_every`` steps, for every loss weighting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from engine import checkpoint as ckpt
+from engine import config as cfgmod
+from engine import protocol, recipe, rundir
+from engine.control import CommandInbox
+from engine.events import EventBus, JsonlSink, StepAggregator
+from engine.setup import RunParts, build_run
+
+log = logging.getLogger("sidestep.engine")
+MAX_BAD_WINDOWS = 10
+BEST_WINDOW = 5
+BEST_MIN_DELTA = 1e-3
+
+
+class TrainingHalted(RuntimeError):
+    """The run cannot go on (e.g. the loss stayed NaN/Inf); the message says what to change."""
+
+
+class Trainer:
+    def __init__(self, config: cfgmod.TrainConfig, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None):
+        self.config = config
+        self.bus = bus
+        self.inbox = inbox
+        self.run_id = run_id
+        self.monitor = monitor
+        self.phase = "loading_model"
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_done = 0  # micro-batches consumed in the current epoch
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        self.parts: RunParts | None = None
+        self.best_loss = math.inf
+        self.epoch_losses: list[float] = []
+        self.epochs_since_best = 0
+        self.last_loss = math.nan
+        self.started = time.time()
+        self._tb: Any = None
+        self._recent_t: list[float] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def set_phase(self, phase: str, detail: str = "") -> None:
+        self.phase = phase
+        self.bus.emit(protocol.PhaseChanged(phase=phase, detail=detail))
+
+    def fit(self) -> Any:
+        """Run to completion, stop or failure. Returns the final event (``RunFinished``/``RunFailed``),
+        already emitted. Failures are reported, not raised: the engine stays up for the next job."""
+        run_dir = None
+        jsonl = log_handler = None
+        try:
+            resuming = self.config.resume_from is not None
+            run_dir = rundir.prepare(self.config.output_dir, resuming=resuming, overwrite=self.config.overwrite)
+            log_handler = rundir.attach_log_file(run_dir)
+            jsonl = JsonlSink(os.path.join(run_dir, ckpt.EVENTS_FILE))
+            self.bus.add(jsonl)
+            rundir.write_engine_file(run_dir, self.run_id)
+            self.set_phase("loading_model", self.config.model_dir())
+            self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase)
+            self.config = self.parts.config
+            if self.monitor is not None:
+                self.monitor.set_device(self.parts.device)
+            self._restore_if_resuming()
+            self._open_tensorboard()
+            self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch))
+            self.set_phase("training")
+            status = self._train()
+            final = self._finish(status)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a RunFailed event
+            final = self.bus.emit(failure_event(exc, step=self.global_step))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+            if jsonl is not None:
+                self.bus.remove(jsonl)
+            if run_dir is not None:
+                rundir.remove_engine_file(run_dir)
+            if log_handler is not None:
+                rundir.detach_log_file(log_handler)
+            self.phase = "idle"
+        return final
+
+    # ------------------------------------------------------------------ the loop
+    def _train(self) -> str:
+        p = self.parts
+        assert p is not None
+        c = self.config
+        agg = StepAggregator(self.bus, total_steps=p.total_steps)
+        bad_windows = 0
+        while self.epoch < c.epochs and self.global_step < p.total_steps:
+            epoch_start = time.time()
+            loader = p.loader_for_epoch(self.epoch, skip=self.batches_done)
+            n_batches = p.batches_per_epoch
+            window_losses: list[torch.Tensor] = []
+            window_bad = False
+            for batch in loader:
+                index = self.batches_done
+                window_start = (index // c.gradient_accumulation) * c.gradient_accumulation
+                window_size = min(c.gradient_accumulation, n_batches - window_start)
+                closes_window = index - window_start + 1 == window_size
+                loss = self._micro_step(batch, window_size, accumulating=not closes_window)
+                self.batches_done += 1
+                if loss is None:
+                    window_bad = True
+                else:
+                    window_losses.append(loss)
+                if not closes_window:
+                    continue
+                # ---- optimizer step boundary
+                if window_bad:
+                    p.optimizer.zero_grad(set_to_none=True)
+                    bad_windows += 1
+                    agg.add(step=self.global_step, epoch=self.epoch, loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
+                    self.bus.log("warning", f"step {self.global_step + 1}: loss was NaN/Inf; the update was skipped")
+                    if bad_windows >= MAX_BAD_WINDOWS:
+                        raise TrainingHalted(f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset")
+                else:
+                    grad_norm = p.fabric.clip_gradients(p.module, p.optimizer, max_norm=c.max_grad_norm, error_if_nonfinite=False)
+                    step_loss = float(torch.stack(window_losses).mean().item()) * 1.0  # one host sync per step
+                    gn = float(grad_norm)
+                    if not math.isfinite(gn):
+                        p.optimizer.zero_grad(set_to_none=True)
+                        bad_windows += 1
+                        self.bus.log("warning", f"step {self.global_step + 1}: gradient norm was NaN/Inf; the update was skipped")
+                        if bad_windows >= MAX_BAD_WINDOWS:
+                            raise TrainingHalted(f"gradients were NaN/Inf for {bad_windows} optimizer steps in a row; lower the learning rate")
+                    else:
+                        bad_windows = 0
+                        p.optimizer.step()
+                        p.scheduler.step()
+                        p.optimizer.zero_grad(set_to_none=True)
+                        self.global_step += 1
+                        self.last_loss = step_loss
+                        self.epoch_loss_sum += step_loss
+                        self.epoch_loss_n += 1
+                        lr = p.current_lr()
+                        agg.add(step=self.global_step, epoch=self.epoch, loss=step_loss, lr=lr, grad_norm=gn, samples=window_size * c.batch_size)
+                        self._log_tensorboard(step_loss, lr, gn)
+                window_losses, window_bad = [], False
+                outcome = self._between_steps(agg)
+                if outcome is not None:
+                    return outcome
+                if self.global_step >= p.total_steps:
+                    break
+            else:
+                # the epoch ran to its end
+                self._end_epoch(self.epoch_loss_sum / self.epoch_loss_n if self.epoch_loss_n else math.nan, time.time() - epoch_start)
+                if c.early_stop_patience and self.epochs_since_best >= c.early_stop_patience:
+                    self.bus.log("info", f"early stop: no new best for {self.epochs_since_best} epochs")
+                    break
+                continue
+            break  # max steps reached inside the epoch
+        agg.flush()
+        return "completed"
+
+    def _micro_step(self, batch: dict[str, Any], window_size: int, *, accumulating: bool) -> torch.Tensor | None:
+        p = self.parts
+        assert p is not None
+        c = self.config
+        dev = p.device
+        x0 = batch["target_latents"].to(dev, non_blocking=True)
+        ctx = batch["context_latents"].to(dev, non_blocking=True)
+        enc = batch["encoder_hidden_states"].to(dev, non_blocking=True)
+        enc_mask = batch["encoder_attention_mask"].to(dev, non_blocking=True)
+        frame_mask = batch["frame_mask"].to(dev, non_blocking=True)
+        gen = p.generator
+        enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen)
+        t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=c.timestep_mu, sigma=c.timestep_sigma, device=dev, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev, x0.dtype)
+        x_t = recipe.noisy_input(x0, noise, t).to(p.compute_input_dtype)
+        if c.gradient_checkpointing:
+            # The input-grad fix: with reentrant checkpointing no decoder input needs grad and
+            # backward fails; non-reentrant does not need it, and it costs nothing.
+            x_t.requires_grad_(True)
+        p.tracker.add(t)
+        if self._wants_heavy_log():
+            self._recent_t.extend(t.detach().cpu().tolist())
+        with p.fabric.no_backward_sync(p.module, enabled=accumulating and p.distributed):
+            out = p.module(
+                hidden_states=x_t,
+                timestep=t.to(p.compute_input_dtype),
+                timestep_r=t.to(p.compute_input_dtype),
+                attention_mask=frame_mask.to(p.compute_input_dtype),
+                encoder_hidden_states=enc.to(p.compute_input_dtype),
+                encoder_attention_mask=enc_mask,
+                context_latents=ctx.to(p.compute_input_dtype),
+            )
+            pred = out[0]
+            loss, _ = recipe.flow_matching_loss(pred, noise, x0, frame_mask, t=t, loss_weighting=c.loss_weighting, snr_gamma=c.snr_gamma)
+            if not torch.isfinite(loss).item():
+                return None
+            p.fabric.backward(loss / window_size)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ between steps
+    def _between_steps(self, agg: StepAggregator) -> str | None:
+        """Apply commands and scheduled saves at an optimizer-step boundary."""
+        c = self.config
+        for job in self.inbox.poll():
+            self.bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
+        if self.inbox.state.paused:
+            agg.flush()
+            self.bus.emit(protocol.RunPaused(step=self.global_step))
+            self.set_phase("paused")
+            self.inbox.wait_while_paused()
+            if not self.inbox.state.stop_requested:
+                self.bus.emit(protocol.RunResumed(step=self.global_step))
+                self.set_phase("training")
+        if self.inbox.state.stop_requested:
+            agg.flush()
+            self.save_checkpoint("stop")
+            return "stopped"
+        if self.inbox.take_save_request():
+            self.save_checkpoint("requested")
+        if c.save_every_n_steps and self.global_step and self.global_step % c.save_every_n_steps == 0:
+            self.save_checkpoint("periodic")
+        if self._heavy_due():
+            self._log_heavy()
+        return None
+
+    def _end_epoch(self, mean_loss: float, duration: float) -> None:
+        c = self.config
+        self.epoch += 1
+        self.batches_done = 0
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        assert self.parts is not None
+        self.parts.end_epoch(self.epoch)
+        self.bus.emit(protocol.EpochCompleted(epoch=self.epoch, step=self.global_step, mean_loss=mean_loss, duration_s=duration))
+        if self._tb is not None and math.isfinite(mean_loss):
+            self._tb.add_scalar("train/epoch_loss", mean_loss, self.epoch)
+        if math.isfinite(mean_loss):
+            self.epoch_losses.append(mean_loss)
+        if c.save_best and self.epoch >= max(c.save_best_after, 1) and self.epoch_losses:
+            window = self.epoch_losses[-BEST_WINDOW:]
+            smoothed = sum(window) / len(window)
+            if smoothed < self.best_loss - BEST_MIN_DELTA:
+                self.best_loss = smoothed
+                self.epochs_since_best = 0
+                self._save_adapter_only(ckpt.ADAPTER_DIR_BEST, "best", smoothed)
+            else:
+                self.epochs_since_best += 1
+        if self.epoch % c.save_every == 0 and self.epoch < c.epochs:
+            self.save_checkpoint("periodic", name=f"epoch_{self.epoch}")
+
+    # ------------------------------------------------------------------ saving
+    def _training_state(self) -> dict[str, Any]:
+        p = self.parts
+        assert p is not None
+        return {
+            "schema_version": ckpt.STATE_SCHEMA_VERSION,
+            "adapter_type": self.config.adapter_type,
+            "adapter": p.adapter.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_n],
+            "rng": ckpt.capture_rng(p.device),
+            "generator": p.generator.get_state(),
+            "data": p.data_state_dict(),
+            "tracker": p.tracker.state_dict(),
+            "best": {"best_loss": self.best_loss, "epoch_losses": list(self.epoch_losses), "epochs_since_best": self.epochs_since_best},
+            "config_meta": {k: getattr(self.config, k) for k in RESUME_MUST_MATCH},
+        }
+
+    def save_checkpoint(self, kind: str, *, name: str | None = None) -> str:
+        p = self.parts
+        assert p is not None
+        previous = self.phase
+        self.phase = "saving"
+        target = os.path.join(p.run_dir, ckpt.CHECKPOINTS_DIR, name or f"step_{self.global_step}")
+        ckpt.write_checkpoint_dir(
+            target,
+            adapter=p.adapter,
+            metadata=p.adapter_metadata(self.global_step),
+            config_json=cfgmod.to_json(self.config),
+            info={"step": self.global_step, "epoch": self.epoch, "kind": kind, "loss": self.last_loss},
+            training_state=self._training_state(),
+        )
+        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch, path=target, kind=kind, loss=self.last_loss))
+        if kind == "periodic" and self.config.keep_checkpoints:
+            self._prune_checkpoints()
+        self.phase = previous
+        return target
+
+    def _save_adapter_only(self, dirname: str, kind: str, loss: float) -> str:
+        p = self.parts
+        assert p is not None
+        target = os.path.join(p.run_dir, dirname)
+        ckpt.write_checkpoint_dir(
+            target,
+            adapter=p.adapter,
+            metadata=p.adapter_metadata(self.global_step),
+            config_json=cfgmod.to_json(self.config),
+            info={"step": self.global_step, "epoch": self.epoch, "kind": kind, "loss": loss},
+        )
+        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch, path=target, kind=kind, loss=loss))
+        return target
+
+    def _prune_checkpoints(self) -> None:
+        import shutil
+
+        periodic = [(s, path) for s, path in ckpt.list_checkpoints(self.parts.run_dir) if (ckpt.read_meta(path) or {}).get("kind") == "periodic"]
+        for _, path in periodic[: max(len(periodic) - self.config.keep_checkpoints, 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _finish(self, status: str) -> Any:
+        p = self.parts
+        assert p is not None
+        if self.global_step == 0:
+            raise TrainingHalted("no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps")
+        adapter_path = ""
+        if status == "completed":
+            adapter_path = self._save_adapter_only(ckpt.ADAPTER_DIR_FINAL, "final", self.last_loss)
+        else:
+            found = ckpt.list_checkpoints(p.run_dir)
+            adapter_path = found[-1][1] if found else ""
+        self.phase = "finished"
+        return self.bus.emit(
+            protocol.RunFinished(
+                status=status,
+                steps=self.global_step,
+                epochs=self.epoch,
+                final_loss=self.last_loss,
+                best_loss=self.best_loss if math.isfinite(self.best_loss) else self.last_loss,
+                adapter_path=adapter_path,
+                wall_s=time.time() - self.started,
+            )
+        )
+
+    # ------------------------------------------------------------------ resume
+    def _restore_if_resuming(self) -> None:
+        c = self.config
+        if c.resume_from is None:
+            return
+        p = self.parts
+        assert p is not None
+        source = ckpt.find_resume_dir(c.resume_from, p.run_dir)
+        state = ckpt.load_training_state(source)
+        where = os.path.join(source, ckpt.TRAINER_STATE_FILE)
+        if state["adapter_type"] != c.adapter_type:
+            raise ckpt.CheckpointError(f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type")
+        if c.strict_resume:
+            changed = [f"{k} {state['config_meta'][k]!r} -> {getattr(c, k)!r}" for k in RESUME_MUST_MATCH if state["config_meta"].get(k) != getattr(c, k)]
+            if changed:
+                raise ckpt.CheckpointError(f"{where}: settings differ from the checkpoint ({'; '.join(changed)}); restore them or pass --no-strict-resume")
+        try:
+            matched = p.adapter.load_state_dict(state["adapter"])
+            p.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ckpt.CheckpointError(f"{where}: {exc}") from None
+        p.scheduler.load_state_dict(state["scheduler"])
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.batches_done = int(state["batches_done"])
+        self.epoch_loss_sum, self.epoch_loss_n = float(state["epoch_loss"][0]), int(state["epoch_loss"][1])
+        for warning in ckpt.restore_rng(state["rng"], p.device):
+            self.bus.log("warning", warning)
+        p.generator.set_state(state["generator"])
+        p.load_data_state_dict(state["data"])
+        p.tracker.load_state_dict(state["tracker"])
+        best = state["best"]
+        self.best_loss = float(best["best_loss"])
+        self.epoch_losses = [float(x) for x in best["epoch_losses"]]
+        self.epochs_since_best = int(best["epochs_since_best"])
+        self.bus.log("info", f"resumed from {source}: step {self.global_step}, epoch {self.epoch}, {matched} adapter tensors restored")
+
+    # ------------------------------------------------------------------ logging
+    def _open_tensorboard(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = self.config.log_dir or os.path.join(self.parts.run_dir, "runs")
+        # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
+        self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
+
+    def _log_tensorboard(self, loss: float, lr: float, grad_norm: float) -> None:
+        if self._tb is not None and self.global_step % self.config.log_every == 0:
+            self._tb.add_scalar("train/loss", loss, self.global_step)
+            self._tb.add_scalar("train/lr", lr, self.global_step)
+            self._tb.add_scalar("train/grad_norm", grad_norm, self.global_step)
+
+    def _wants_heavy_log(self) -> bool:
+        return self._tb is not None
+
+    def _heavy_due(self) -> bool:
+        return self.global_step > 0 and self.global_step % self.config.log_heavy_every == 0
+
+    def _log_heavy(self) -> None:
+        p = self.parts
+        assert p is not None
+        snap = p.tracker.snapshot()
+        self.bus.emit(protocol.TimestepHistogram(step=self.global_step, **snap))
+        if self._tb is not None and self._recent_t:
+            import numpy as np
+
+            self._tb.add_histogram("train/timestep_distribution", np.asarray(self._recent_t), self.global_step, bins=np.asarray(snap["bin_edges"]))
+        self._recent_t = []
+
+
+RESUME_MUST_MATCH = ("adapter_type", "optimizer_type", "scheduler_type", "rank", "alpha", "lokr_linear_dim", "lokr_factor", "attention_type", "target_modules", "target_mlp")
+
+
+def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
+    """Turn any exception into a ``RunFailed`` with traceback text, an OOM flag and a hint."""
+    import traceback
+
+    oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    user_error = isinstance(exc, (ValueError, TrainingHalted, FileNotFoundError))
+    hint = ""
+    if oom:
+        hint = "out of memory: lower --batch-size or --chunk-duration, keep --gradient-checkpointing on, or lower --rank"
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        hint = "the engine was interrupted"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return protocol.RunFailed(
+        error_type=type(exc).__name__,
+        message=message if user_error else f"{type(exc).__name__}: {message}",
+        traceback="".join(traceback.format_exception(exc)),
+        hint=hint,
+        oom=oom,
+        step=step,
+    )
+
+
+def run_training(config_json: str, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None) -> Any:
+    """Parse, then train. A config error is a RunFailed (with every problem in the message)."""
+    try:
+        config = cfgmod.from_json(config_json)
+    except (cfgmod.ConfigError, ValueError) as exc:
+        return bus.emit(failure_event(exc))
+    bus.run_id = run_id
+    trainer = Trainer(config, bus, inbox, run_id=run_id, monitor=monitor)
+    if monitor is not None:
+        monitor.phase = lambda: trainer.phase
+        monitor.last_step = lambda: trainer.global_step
+    return trainer.fit()
+
