@@ -1,0 +1,87 @@
+"""PEFT LoRA / DoRA on the bare decoder, saved in the layout ACE-Step's own loader reads (ACE_STEP.md §7.1, §17)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from engine.adapters import Adapter, AdapterLoadError, read_safetensors, target_regex
+
+if TYPE_CHECKING:
+    from engine.config import TrainConfig
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class LoraAdapter(Adapter):
+    kind = "lora"
+
+    def _live_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.module)
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.module, state)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:  # describe_mismatch already proved the keys match; this guards PEFT itself
+            raise AdapterLoadError(f"PEFT ignored {len(unexpected)} adapter keys, e.g. {unexpected[0]}")
+
+    def _write(self, directory: Path, metadata: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        self.module.save_pretrained(str(directory), safe_serialization=True)
+        (directory / "README.md").unlink(missing_ok=True)
+        config_path = directory / CONFIG_FILE
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = ""  # a local path would leak and mislead loaders
+        config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+        # Re-write the tensors with our metadata (run name, variant, shift, ...) in the header.
+        weights = read_safetensors(directory / WEIGHTS_FILE)
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt", **metadata})
+
+    def load(self, directory: str | os.PathLike) -> int:
+        path = Path(directory)
+        if path.is_dir():
+            path = path / WEIGHTS_FILE
+        return self.load_state_dict(read_safetensors(path), source=str(path))
+
+
+def lora_config(config: "TrainConfig"):
+    """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex."""
+    from peft import LoraConfig, TaskType
+    from engine.config import resolve_targets
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        bias=config.bias,
+        use_dora=config.use_dora,
+        target_modules=target_regex(resolve_targets(config)),
+        task_type=TaskType.FEATURE_EXTRACTION,
+    )
+
+
+def attach_lora(decoder: nn.Module, config: "TrainConfig") -> LoraAdapter:
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    # ``enable_input_require_grads`` has nothing to hook on the DiT (no input embeddings); PEFT calls
+    # it when the model says it checkpoints. We checkpoint non-reentrantly, which needs no input grads.
+    if not getattr(decoder, "_sidestep_input_grads_patched", False):
+        decoder.enable_input_require_grads = lambda: None
+        decoder._sidestep_input_grads_patched = True
+    # PeftModel directly (not get_peft_model): the forward passes arguments through unchanged, and
+    # autocast_adapter_dtype keeps adapter weights fp32 on a bf16/fp16 base.
+    module = PeftModel(decoder, lora_config(config), autocast_adapter_dtype=True)
+    adapted = sum(1 for m in module.modules() if isinstance(m, LoraLayer))
+    return LoraAdapter(module, adapted)

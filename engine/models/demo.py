@@ -1,0 +1,296 @@
+"""The built-in demo: a checkpoint folder and a preprocessed dataset that look exactly like the real ones.
+
+``write_demo_checkpoint`` writes ``<root>/sidestep-demo-base/`` (config.json with ``auto_map``, the
+standalone modeling file, model.safetensors) and ``<root>/silence_latent.pt``, so the demo loads
+through the same ``AutoModel.from_pretrained(trust_remote_code=True)`` path as ACE-Step 1.5.
+``write_demo_dataset`` writes per-sample ``.pt`` dicts in the format of ACE_STEP.md §4.1 plus an
+upstream-style ``manifest.json``. The latents are mixtures of a few fixed sinusoid patterns chosen
+by each sample's condition, so a model can learn them and the loss falls within a few hundred steps.
+Every file is written atomically; ``setup_demo`` reuses what is already there and valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
+DEMO_VERSION = 1  # bump when the modeling file, sizes or data recipe change; forces a rewrite
+MODELING_FILE = "acestep_demo_modeling.py"
+LATENT_FPS = 25
+SILENCE_FRAMES = 750  # 30 s: longer than any demo clip
+SIZES: dict[str, dict[str, Any]] = {
+    # Trains in seconds on a CPU; same tree and interfaces as the real decoder.
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        sliding_window=16,
+        num_lyric_encoder_hidden_layers=1,
+        num_timbre_encoder_hidden_layers=1,
+    ),
+    # The shipped 2B values (the config class defaults): honest memory and speed figures.
+    "full": {},
+}
+_AUTO_MAP = {
+    "AutoConfig": "acestep_demo_modeling.AceStepDemoConfig",
+    "AutoModel": "acestep_demo_modeling.AceStepConditionGenerationModel",
+}
+
+
+def _modeling_source() -> Path:
+    return Path(__file__).with_name(MODELING_FILE)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".__writing__")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".__writing__")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def demo_config(size: str = "tiny"):
+    """The ``AceStepDemoConfig`` for a size ("tiny" or "full"), with ``auto_map`` filled in."""
+    from engine.models.acestep_demo_modeling import AceStepDemoConfig
+
+    if size not in SIZES:
+        raise ValueError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
+    config = AceStepDemoConfig(**SIZES[size])
+    config.auto_map = dict(_AUTO_MAP)
+    config.architectures = ["AceStepConditionGenerationModel"]
+    return config
+
+
+def _checkpoint_is_valid(model_dir: Path, size: str) -> bool:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        same_code = (model_dir / MODELING_FILE).read_bytes() == _modeling_source().read_bytes()
+        weights = model_dir / "model.safetensors"
+        return (
+            config.get("sidestep_demo_version") == DEMO_VERSION
+            and config.get("sidestep_demo_size") == size
+            and same_code
+            and weights.is_file()
+            and weights.stat().st_size > 0
+            and (model_dir.parent / "silence_latent.pt").is_file()
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def write_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0) -> str:
+    """Write ``<root>/sidestep-demo-base/`` and ``<root>/silence_latent.pt``; return the model folder.
+
+    An existing valid folder of the same size and version is reused untouched. The full size holds
+    the real 2B decoder (~1.58 B params) and is stored in bf16 like the shipped checkpoints.
+    """
+    from safetensors.torch import save_file
+
+    from engine.models.acestep_demo_modeling import AceStepConditionGenerationModel
+
+    root = Path(root)
+    model_dir = root / DEMO_FOLDER
+    if _checkpoint_is_valid(model_dir, size):
+        return str(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    config = demo_config(size)
+    config.sidestep_demo_version = DEMO_VERSION
+    config.sidestep_demo_size = size
+    store_dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    config._attn_implementation = "sdpa"
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(store_dtype)  # build the full size straight in bf16 (half the RAM)
+    try:
+        model = AceStepConditionGenerationModel(config)
+    finally:
+        torch.set_default_dtype(previous)
+    state = {k: v.detach().to(store_dtype).contiguous() for k, v in model.state_dict().items()}
+    del model
+
+    staging = root / (DEMO_FOLDER + ".__writing__")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copyfile(_modeling_source(), staging / MODELING_FILE)
+    config_dict = config.to_dict()
+    config_dict["dtype"] = "float32" if store_dtype == torch.float32 else "bfloat16"
+    config_dict.pop("_attn_implementation_autoset", None)
+    (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    silence = 0.05 * torch.randn(1, config.audio_acoustic_hidden_dim, SILENCE_FRAMES, generator=generator)
+    _atomic_torch_save(silence, root / "silence_latent.pt")
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(staging, model_dir)
+    return str(model_dir)
+
+
+# --------------------------------------------------------------------------- dataset
+
+N_PATTERNS = 4
+
+
+def _patterns(channels: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pattern and channel: frequency (Hz), phase and amplitude of a sinusoid."""
+    freqs = 0.2 + 2.0 * torch.rand(N_PATTERNS, channels, generator=generator)
+    phases = 2 * math.pi * torch.rand(N_PATTERNS, channels, generator=generator)
+    amps = 0.5 + torch.rand(N_PATTERNS, channels, generator=generator)
+    return freqs, phases, amps
+
+
+def _sample_latents(weights: torch.Tensor, frames: int, freqs, phases, amps) -> torch.Tensor:
+    t = torch.arange(frames, dtype=torch.float32)[:, None, None] / LATENT_FPS  # [T, 1, 1]
+    waves = amps[None] * torch.sin(2 * math.pi * freqs[None] * t + phases[None])  # [T, K, C]
+    return torch.einsum("k,tkc->tc", weights, waves)
+
+
+def write_demo_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    n_samples: int = 16,
+    seed: int = 0,
+    hidden_size: int | None = None,
+    silence_latent: str | os.PathLike | None = None,
+    encoder_length: int = 48,
+    durations: tuple[int, ...] = (3, 4, 5, 6, 8),
+) -> str:
+    """Write ``n_samples`` training tensors (ACE_STEP.md §4.1) and ``manifest.json`` to ``out_dir``.
+
+    ``hidden_size`` must match the model the data is for (default: the tiny demo's). The silence
+    latent, when given, fills the context half of ``context_latents`` like real preprocessing.
+    """
+    hidden = hidden_size or SIZES["tiny"]["hidden_size"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    freqs, phases, amps = _patterns(64, generator)
+    # One fixed condition sequence per pattern; a sample's condition mixes them with its weights.
+    pattern_conditions = torch.randn(N_PATTERNS, encoder_length, hidden, generator=generator)
+    if silence_latent is not None:
+        silence = torch.load(silence_latent, weights_only=True)[0].transpose(0, 1).float()  # [T_s, 64]
+    else:
+        silence = torch.zeros(SILENCE_FRAMES, 64)
+
+    samples, info = [], []
+    for index in range(n_samples):
+        duration = durations[index % len(durations)]
+        frames = duration * LATENT_FPS
+        weights = torch.softmax(3.0 * torch.randn(N_PATTERNS, generator=generator), dim=0)
+        valid = int(encoder_length * (0.6 + 0.4 * torch.rand(1, generator=generator).item()))
+        states = torch.einsum("k,klh->lh", weights, pattern_conditions)
+        states[valid:] = 0.0  # packed: valid tokens first, padding after
+        mask = torch.arange(encoder_length) < valid
+        src = silence[:frames] if silence.shape[0] >= frames else torch.cat(
+            [silence, silence[:1].expand(frames - silence.shape[0], -1)]
+        )
+        context = torch.cat([src, torch.ones(frames, 64)], dim=-1)
+        latents = _sample_latents(weights, frames, freqs, phases, amps)
+        dominant = int(weights.argmax())
+        name = f"demo_{index:03d}.pt"
+        metadata = {
+            "audio_path": "",
+            "filename": f"demo_{index:03d}.wav",
+            "caption": f"demo pattern {dominant}",
+            "lyrics": "[Instrumental]",
+            "duration": duration,
+            "bpm": 120,
+            "keyscale": "C major",
+            "timesignature": "4",
+            "genre": f"pattern-{dominant}",
+            "is_instrumental": True,
+            "custom_tag": "",
+            "prompt_override": None,
+            "repeat": 1,
+        }
+        record = {
+            "target_latents": latents.to(torch.bfloat16),
+            "attention_mask": torch.ones(frames, dtype=torch.bfloat16),
+            "encoder_hidden_states": states.to(torch.bfloat16),
+            "encoder_attention_mask": mask,
+            "context_latents": context.to(torch.bfloat16),
+            "metadata": metadata,
+        }
+        _atomic_torch_save(record, out / name)
+        samples.append(name)
+        info.append(
+            {
+                "path": name,
+                "duration": duration,
+                "frames": frames,
+                "encoder_length": encoder_length,
+                "encoder_valid": valid,
+                "shapes": {k: list(v.shape) for k, v in record.items() if isinstance(v, torch.Tensor)},
+            }
+        )
+
+    manifest = {
+        "metadata": {
+            "name": "sidestep-demo",
+            "custom_tag": "",
+            "tag_position": "prepend",
+            "created_at": "1970-01-01T00:00:00",
+            "num_samples": n_samples,
+            "all_instrumental": True,
+            "genre_ratio": 0,
+        },
+        "samples": samples,
+        "num_samples": n_samples,
+        # Not upstream: what stdlib-only readers (the UI) need without opening a tensor.
+        "sample_info": info,
+        "hidden_size": hidden,
+        "sidestep_demo_version": DEMO_VERSION,
+        "seed": seed,
+    }
+    _atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    return str(out)
+
+
+def _dataset_is_valid(dataset_dir: Path, n_samples: int, hidden: int) -> bool:
+    try:
+        manifest = json.loads((dataset_dir / "manifest.json").read_text())
+        return (
+            manifest.get("sidestep_demo_version") == DEMO_VERSION
+            and manifest.get("hidden_size") == hidden
+            and manifest.get("num_samples") == n_samples
+            and all((dataset_dir / name).is_file() for name in manifest["samples"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def setup_demo(root: str | os.PathLike, *, size: str = "tiny", n_samples: int = 16, seed: int = 0) -> dict[str, str]:
+    """Make ``<root>/checkpoints/`` (demo model) and ``<root>/dataset/`` (demo tensors), reusing valid
+    existing files. Returns ``checkpoint_dir`` (the checkpoint root), ``model_variant`` (the folder
+    name) and ``dataset_dir``: exactly the TrainConfig fields."""
+    root = Path(root)
+    checkpoint_root = root / "checkpoints"
+    write_demo_checkpoint(checkpoint_root, size=size, seed=seed)
+    hidden = demo_config(size).hidden_size
+    dataset_dir = root / "dataset"
+    if not _dataset_is_valid(dataset_dir, n_samples, hidden):
+        write_demo_dataset(
+            dataset_dir,
+            n_samples=n_samples,
+            seed=seed,
+            hidden_size=hidden,
+            silence_latent=checkpoint_root / "silence_latent.pt",
+        )
+    return {"checkpoint_dir": str(checkpoint_root), "model_variant": DEMO_FOLDER, "dataset_dir": str(dataset_dir)}
