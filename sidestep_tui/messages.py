@@ -10,6 +10,7 @@ that cross screens:
 - ``SettingsChanged``: new ``Settings`` to save and apply (theme, keymap, paths).
 - ``EngineEventsReceived``: one batch drained by the pump worker (order preserved, never coalesced).
 - ``EngineDied``: the engine process exited (from the client's sentinel), with the mapped reason.
+- ``EngineStartFailed``: spawning or the handshake failed (timeout, protocol version mismatch).
 """
 
 from __future__ import annotations
@@ -70,4 +71,11 @@ class EngineEventsReceived(Message):
 @dataclass
 class EngineDied(Message):
     exit_code: int | None
+    reason: str
+
+
+@dataclass
+class EngineStartFailed(Message):
+    """The engine could not be started or failed the handshake (timeout, protocol mismatch)."""
+
     reason: str

@@ -1,0 +1,1 @@
+"""Modal dialogs (reusable, so their CSS lives in DEFAULT_CSS)."""

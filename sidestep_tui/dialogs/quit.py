@@ -1,0 +1,56 @@
+"""Asked when quitting while a run trains: stop and save / leave it running / cancel."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+
+class QuitDialog(ModalScreen[str]):
+    """Dismisses with "stop", "leave" or "cancel"."""
+
+    DEFAULT_CSS = """
+    QuitDialog { align: center middle; }
+    QuitDialog > Vertical {
+        width: 76; max-width: 95%; height: auto; border: thick $warning; background: $surface; padding: 1 2;
+    }
+    QuitDialog #quit-title { text-style: bold; }
+    QuitDialog Static { margin-top: 1; }
+    QuitDialog Horizontal { height: auto; margin-top: 1; }
+    QuitDialog Button { margin-right: 1; }
+    """
+    BINDINGS = [
+        Binding("s", "choose('stop')", "Stop & save", id="quit.stop"),
+        Binding("l", "choose('leave')", "Leave running", id="quit.leave"),
+        Binding("escape", "choose('cancel')", "Cancel", id="quit.cancel"),
+        Binding("c", "choose('cancel')", "Cancel", id="quit.cancel-alt", show=False),
+    ]
+
+    def __init__(self, *, owns_engine: bool = True) -> None:
+        super().__init__()
+        self.owns_engine = owns_engine
+
+    def compose(self) -> ComposeResult:
+        leave = (
+            "Leave it running: the engine keeps training after the app exits; re-attach later with"
+            " `sidestep attach RUN_DIR` or the Runs screen."
+            if self.owns_engine
+            else "Leave it running: stop following it; the engine carries on."
+        )
+        with Vertical():
+            yield Label("A run is training. Quit how?", id="quit-title")
+            yield Static("Stop and save: finish the current step, save a checkpoint, then quit.", markup=False)
+            yield Static(leave, markup=False)
+            with Horizontal():
+                yield Button("Stop & save [s]", id="stop", variant="warning")
+                yield Button("Leave running [l]", id="leave", variant="primary")
+                yield Button("Cancel [c]", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id or "cancel")
+
+    def action_choose(self, choice: str) -> None:
+        self.dismiss(choice)

@@ -1,0 +1,465 @@
+"""What the monitor shows, as one immutable value, and the pure reducer that folds events into it.
+
+``apply(state, event) -> RunState`` handles the whole ``engine.protocol.Event`` union with ``match`` and
+``assert_never`` (a new event type is a type error until handled here). No Textual, no I/O, no clock:
+the same reducer rebuilds a live run, a replayed ``events.jsonl`` and a test's scripted sequence.
+
+Histories are bounded so a week-long run costs the same memory as a short one:
+- the loss/LR/grad-norm history halves its resolution when full (adjacent points merge: mean weighted
+  by steps covered, min of mins, max of maxes), so the whole curve stays, at coarser steps;
+- resource samples and log lines keep the newest N.
+Readings the engine marks ``-1`` ("not available") stay ``None`` here; the UI shows "n/a", never 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from collections import deque
+from typing import Iterable, NamedTuple, assert_never
+
+from engine.protocol import (
+    CheckpointSaved,
+    EngineReady,
+    EngineStopping,
+    EpochCompleted,
+    Event,
+    Heartbeat,
+    LogRecord,
+    PhaseChanged,
+    PreprocessProgress,
+    ResourceSample,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StepMetrics,
+    TimestepHistogram,
+)
+
+MAX_METRIC_POINTS = 2048
+MAX_RESOURCE_POINTS = 300  # ~10 minutes at one sample per 2 s
+MAX_LOG_LINES = 500
+MAX_CHECKPOINTS = 200
+
+
+class MetricPoint(NamedTuple):
+    """One ``StepMetrics`` summary (or several merged): covers ``steps`` optimizer steps ending at ``step``."""
+
+    step: int
+    loss: float
+    loss_min: float
+    loss_max: float
+    steps: int
+    lr: float
+    grad_norm: float
+    samples_per_s: float
+    ts: float
+
+
+class ResourcePoint(NamedTuple):
+    """A ``ResourceSample`` with "not available" as ``None``."""
+
+    ts: float
+    allocated_mb: float | None
+    reserved_mb: float | None
+    peak_allocated_mb: float | None
+    gpu_used_mb: float | None
+    gpu_total_mb: float | None
+    gpu_util_pct: float | None
+    gpu_temp_c: float | None
+    gpu_power_w: float | None
+    process_rss_mb: float | None
+
+
+class CheckpointInfo(NamedTuple):
+    step: int
+    epoch: int
+    path: str
+    kind: str
+    loss: float
+    ts: float
+
+
+class LogLine(NamedTuple):
+    ts: float
+    level: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    step: int
+    bin_edges: tuple[float, ...]
+    recent: tuple[int, ...]
+    cumulative: tuple[int, ...]
+    expected: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    error_type: str
+    message: str
+    traceback: str
+    hint: str
+    oom: bool
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessStatus:
+    stage: str
+    index: int
+    total: int
+    file: str
+    ok: int
+    skipped: int
+    failed: int
+    last_message: str
+    elapsed_s: float
+
+
+# eq=False: identity equality. The App assigns a new RunState per batch; comparing two states field by
+# field (thousands of points) on every assignment would cost more than the update itself.
+@dataclass(frozen=True, slots=True, eq=False)
+class RunState:
+    # engine
+    engine_pid: int | None = None
+    protocol_version: int | None = None
+    cuda_available: bool | None = None
+    device_names: tuple[str, ...] = ()
+    engine_stopping: bool = False
+    # run identity
+    run_id: str = ""
+    run_dir: str = ""
+    adapter_type: str = ""
+    model_variant: str = ""
+    device: str = ""
+    precision: str = ""
+    attention_backend: str = ""
+    trainable_params: int = 0
+    num_samples: int = 0
+    steps_per_epoch: int = 0
+    timestep_mu: float | None = None
+    timestep_sigma: float | None = None
+    timestep_mode: str = ""
+    started_ts: float | None = None
+    # progress
+    phase: str = "idle"
+    phase_detail: str = ""
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    eta_s: float | None = None
+    samples_per_s: float | None = None
+    skipped_steps: int = 0
+    # metrics
+    history: tuple[MetricPoint, ...] = ()
+    loss: float | None = None
+    loss_ema: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    best_loss: float | None = None
+    best_epoch_loss: float | None = None
+    epoch_losses: tuple[tuple[int, float], ...] = ()
+    # resources, histogram, checkpoints, log
+    resources: tuple[ResourcePoint, ...] = ()
+    histogram: Histogram | None = None
+    checkpoints: tuple[CheckpointInfo, ...] = ()
+    log: tuple[LogLine, ...] = ()
+    preprocess: PreprocessStatus | None = None
+    # outcome
+    paused: bool = False
+    finished_status: str | None = None  # "completed" | "stopped"
+    adapter_path: str = ""
+    wall_s: float | None = None
+    failure: Failure | None = None
+    # liveness / integrity
+    last_heartbeat_ts: float | None = None
+    last_event_ts: float | None = None
+    last_seq: int = -1
+    seq_gaps: int = 0
+    events_seen: int = 0
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def active(self) -> bool:
+        """A run is in progress (started, not finished or failed)."""
+        return bool(self.run_id) and self.finished_status is None and self.failure is None
+
+    @property
+    def progress(self) -> float | None:
+        if self.total_steps <= 0:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def resource(self) -> ResourcePoint | None:
+        return self.resources[-1] if self.resources else None
+
+    @property
+    def best_checkpoint(self) -> CheckpointInfo | None:
+        best = [c for c in self.checkpoints if c.kind == "best"]
+        return best[-1] if best else None
+
+
+EMA_ALPHA = 0.1
+
+
+def _na(value: float) -> float | None:
+    """``-1`` (or any negative / non-finite value) means "not available"."""
+    return None if value is None or not math.isfinite(value) or value < 0 else value
+
+
+def _merge(a: MetricPoint, b: MetricPoint) -> MetricPoint:
+    n = a.steps + b.steps
+    wa, wb = (a.steps / n, b.steps / n) if n > 0 else (0.5, 0.5)
+    return MetricPoint(
+        step=b.step,
+        loss=a.loss * wa + b.loss * wb,
+        loss_min=min(a.loss_min, b.loss_min),
+        loss_max=max(a.loss_max, b.loss_max),
+        steps=n,
+        lr=b.lr,
+        grad_norm=max(a.grad_norm, b.grad_norm),
+        samples_per_s=b.samples_per_s,
+        ts=b.ts,
+    )
+
+
+def compact(history: tuple[MetricPoint, ...]) -> tuple[MetricPoint, ...]:
+    """Halve the number of points by merging neighbours (the last point of an odd count stays)."""
+    merged = [_merge(history[i], history[i + 1]) for i in range(0, len(history) - 1, 2)]
+    if len(history) % 2:
+        merged.append(history[-1])
+    return tuple(merged)
+
+
+def _append_bounded(items: tuple, item: object, cap: int) -> tuple:
+    items = items + (item,)
+    return items[-cap:] if len(items) > cap else items
+
+
+def _ema(previous: float | None, value: float) -> float:
+    if previous is None or not math.isfinite(previous):
+        return value
+    return previous + EMA_ALPHA * (value - previous)
+
+
+def _on_run_started(state: RunState, e: RunStarted) -> RunState:
+    same_run = state.run_dir == e.run_dir and state.run_id == e.run_id
+    if same_run or (state.run_dir and state.run_dir == e.run_dir):
+        # A resume of the run already on screen: keep the curve up to where it restarts.
+        history = tuple(p for p in state.history if p.step <= e.start_step)
+        checkpoints = state.checkpoints
+        log = state.log
+    else:
+        history, checkpoints, log = (), (), state.log
+    keep_engine = {
+        f.name: getattr(state, f.name)
+        for f in dataclasses.fields(RunState)
+        if f.name in ("engine_pid", "protocol_version", "cuda_available", "device_names", "last_seq", "seq_gaps", "events_seen")
+    }
+    return RunState(
+        **keep_engine,
+        run_id=e.run_id,
+        run_dir=e.run_dir,
+        adapter_type=e.adapter_type,
+        model_variant=e.model_variant,
+        device=e.device,
+        precision=e.precision,
+        attention_backend=e.attention_backend,
+        trainable_params=e.trainable_params,
+        num_samples=e.num_samples,
+        steps_per_epoch=e.steps_per_epoch,
+        timestep_mu=e.timestep_mu,
+        timestep_sigma=e.timestep_sigma,
+        timestep_mode=e.timestep_mode,
+        started_ts=e.ts,
+        phase="training",
+        step=e.start_step,
+        total_steps=e.total_steps,
+        epoch=e.start_epoch,
+        history=history,
+        best_loss=min((p.loss for p in history), default=None),
+        loss=history[-1].loss if history else None,
+        loss_ema=history[-1].loss if history else None,
+        checkpoints=checkpoints,
+        log=log,
+    )
+
+
+def _on_step(state: RunState, e: StepMetrics) -> RunState:
+    point = MetricPoint(e.step, e.loss, e.loss_min, e.loss_max, e.steps_covered, e.lr, e.grad_norm, e.samples_per_s, e.ts)
+    history = state.history + (point,)
+    if len(history) > MAX_METRIC_POINTS:
+        history = compact(history)
+    finite = math.isfinite(e.loss)
+    best = state.best_loss
+    if finite and (best is None or e.loss < best):
+        best = e.loss
+    return dataclasses.replace(
+        state,
+        phase="paused" if state.paused else "training",
+        step=e.step,
+        epoch=e.epoch,
+        total_steps=e.total_steps or state.total_steps,
+        eta_s=e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
+        samples_per_s=e.samples_per_s if e.samples_per_s >= 0 else None,
+        skipped_steps=state.skipped_steps + e.skipped_steps,
+        history=history,
+        loss=e.loss,
+        loss_ema=_ema(state.loss_ema, e.loss) if finite else state.loss_ema,
+        lr=e.lr,
+        grad_norm=e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
+        best_loss=best,
+    )
+
+
+def _on_resource(state: RunState, e: ResourceSample) -> RunState:
+    point = ResourcePoint(
+        e.ts,
+        _na(e.allocated_mb),
+        _na(e.reserved_mb),
+        _na(e.peak_allocated_mb),
+        _na(e.gpu_used_mb),
+        _na(e.gpu_total_mb),
+        _na(e.gpu_util_pct),
+        _na(e.gpu_temp_c),
+        _na(e.gpu_power_w),
+        _na(e.process_rss_mb),
+    )
+    return dataclasses.replace(state, resources=_append_bounded(state.resources, point, MAX_RESOURCE_POINTS))
+
+
+def _on_preprocess(state: RunState, e: PreprocessProgress) -> RunState:
+    prev = state.preprocess
+    ok, skipped, failed = (prev.ok, prev.skipped, prev.failed) if prev and prev.stage == e.stage else (0, 0, 0)
+    ok += e.status == "ok"
+    skipped += e.status == "skipped"
+    failed += e.status == "failed"
+    status = PreprocessStatus(e.stage, e.index, e.total, e.file, ok, skipped, failed, e.message or (prev.last_message if prev else ""), e.elapsed_s)
+    return dataclasses.replace(state, preprocess=status, phase="preprocessing" if e.stage != "done" else "finished")
+
+
+def _envelope(state: RunState, event: Event) -> RunState:
+    seq = event.seq
+    gaps = state.seq_gaps
+    # seq is per engine process: a smaller number means a new engine (resume, replay of a later run),
+    # not a drop.
+    if state.last_seq >= 0 and seq > state.last_seq + 1:
+        gaps += seq - state.last_seq - 1
+    return dataclasses.replace(
+        state, last_seq=seq, seq_gaps=gaps, last_event_ts=event.ts or state.last_event_ts, events_seen=state.events_seen + 1
+    )
+
+
+def apply(state: RunState, event: Event) -> RunState:
+    """The next state after ``event``. Pure: same inputs, same output."""
+    state = _envelope(state, event)
+    match event:
+        case EngineReady():
+            return dataclasses.replace(
+                state,
+                engine_pid=event.pid,
+                protocol_version=event.protocol_version,
+                cuda_available=event.cuda_available,
+                device_names=event.device_names,
+                engine_stopping=False,
+            )
+        case Heartbeat():
+            phase = state.phase
+            if state.active and event.phase and event.phase != "idle":
+                phase = event.phase
+            return dataclasses.replace(state, last_heartbeat_ts=event.ts, phase=phase)
+        case RunStarted():
+            return _on_run_started(state, event)
+        case PhaseChanged():
+            return dataclasses.replace(state, phase=event.phase, phase_detail=event.detail)
+        case StepMetrics():
+            return _on_step(state, event)
+        case EpochCompleted():
+            finite = math.isfinite(event.mean_loss)
+            best = state.best_epoch_loss
+            if finite and (best is None or event.mean_loss < best):
+                best = event.mean_loss
+            return dataclasses.replace(
+                state,
+                epoch=event.epoch,
+                epoch_losses=_append_bounded(state.epoch_losses, (event.epoch, event.mean_loss), MAX_METRIC_POINTS),
+                best_epoch_loss=best,
+            )
+        case ResourceSample():
+            return _on_resource(state, event)
+        case TimestepHistogram():
+            hist = Histogram(event.step, event.bin_edges, event.recent, event.cumulative, event.expected)
+            return dataclasses.replace(state, histogram=hist)
+        case CheckpointSaved():
+            info = CheckpointInfo(event.step, event.epoch, event.path, event.kind, event.loss, event.ts)
+            return dataclasses.replace(state, checkpoints=_append_bounded(state.checkpoints, info, MAX_CHECKPOINTS))
+        case LogRecord():
+            line = LogLine(event.ts, event.level, event.message)
+            return dataclasses.replace(state, log=_append_bounded(state.log, line, MAX_LOG_LINES))
+        case RunPaused():
+            return dataclasses.replace(state, paused=True, phase="paused", step=max(state.step, event.step))
+        case RunResumed():
+            return dataclasses.replace(state, paused=False, phase="training", step=max(state.step, event.step))
+        case PreprocessProgress():
+            return _on_preprocess(state, event)
+        case RunFinished():
+            return dataclasses.replace(
+                state,
+                phase="finished",
+                paused=False,
+                finished_status=event.status,
+                step=max(state.step, event.steps),
+                epoch=max(state.epoch, event.epochs),
+                adapter_path=event.adapter_path,
+                wall_s=event.wall_s,
+                eta_s=None,
+                best_loss=_na(event.best_loss) if state.best_loss is None else state.best_loss,
+            )
+        case RunFailed():
+            failure = Failure(event.error_type, event.message, event.traceback, event.hint, event.oom, event.step)
+            return dataclasses.replace(state, phase="failed", paused=False, failure=failure, eta_s=None)
+        case EngineStopping():
+            return dataclasses.replace(state, engine_stopping=True)
+        case _:
+            assert_never(event)
+
+
+def apply_all(state: RunState, events: Iterable[Event]) -> RunState:
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def smooth(values: list[float] | tuple[float, ...], window: int) -> list[float]:
+    """Trailing moving average over ``window`` points (1 = the raw values); non-finite values skipped."""
+    if window <= 1:
+        return list(values)
+    out: list[float] = []
+    total = 0.0
+    count = 0
+    buf: deque[float] = deque()
+    for v in values:
+        buf.append(v)
+        if math.isfinite(v):
+            total += v
+            count += 1
+        if len(buf) > window:
+            old = buf.popleft()
+            if math.isfinite(old):
+                total -= old
+                count -= 1
+        out.append(total / count if count else math.nan)
+    return out
+
+
+def expected_density_mass(hist: Histogram) -> list[float]:
+    """The expected probability mass per bin, normalised to sum 1 (the engine sends mass already;
+    this guards against rounding and empty inputs)."""
+    total = sum(v for v in hist.expected if math.isfinite(v) and v > 0)
+    return [v / total if total > 0 and math.isfinite(v) and v > 0 else 0.0 for v in hist.expected]

@@ -1,0 +1,1 @@
+"""Reusable widgets (they may carry DEFAULT_CSS)."""

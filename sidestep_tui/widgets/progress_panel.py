@@ -1,0 +1,89 @@
+"""Phase, progress and the headline numbers of a run (three lines, any width)."""
+
+from __future__ import annotations
+
+from textual.markup import escape
+from textual.widgets import Static
+
+from ..state import RunState
+from .sparklines import NA, bar, fmt_duration, fmt_num
+
+# Every state has a word; colour only repeats it (readable with NO_COLOR and in 256 colours).
+PHASE_STYLE = {
+    "training": "$success",
+    "paused": "$warning",
+    "failed": "$error",
+    "finished": "$primary",
+    "idle": "$text-muted",
+}
+
+
+def phase_label(state: RunState) -> str:
+    if state.failure is not None:
+        return "FAILED"
+    if state.finished_status is not None:
+        return state.finished_status.upper()
+    if state.paused:
+        return "PAUSED"
+    return state.phase.replace("_", " ").upper() or "IDLE"
+
+
+def render_progress(state: RunState, width: int) -> str:
+    """Textual markup for the panel; all dynamic text escaped."""
+    width = max(20, width)
+    label = phase_label(state)
+    style = PHASE_STYLE.get(state.phase, "$accent")
+    if state.failure is not None:
+        style = "$error"
+    elif state.finished_status is not None:
+        style = "$primary"
+    who = state.run_id or "no run"
+    if state.adapter_type:
+        who += f" · {state.adapter_type} on {state.model_variant} · {state.device} {state.precision}"
+    detail = f" ({state.phase_detail})" if state.phase_detail and state.active else ""
+    line1 = f"[b reverse {style}] {escape(label)} [/] {escape(who + detail)}"
+
+    total = state.total_steps
+    steps = f"step {state.step}/{total}" if total else f"step {state.step}"
+    pct = f" {state.progress * 100:3.0f}%" if state.progress is not None else ""
+    tail = f"  ETA {fmt_duration(state.eta_s)}  {fmt_num(state.samples_per_s, 3)} samples/s"
+    head = f"epoch {state.epoch}  {steps} "
+    bar_width = max(4, width - len(head) - len(pct) - len(tail) - 1)
+    line2 = escape(head) + f"[$primary]{bar(state.progress, bar_width)}[/]" + escape(pct + tail)
+
+    ckpt = state.checkpoints[-1] if state.checkpoints else None
+    parts = [
+        f"loss {fmt_num(state.loss)}",
+        f"best {fmt_num(state.best_epoch_loss if state.best_epoch_loss is not None else state.best_loss)}",
+        f"lr {fmt_num(state.lr, 3)}",
+        f"grad {fmt_num(state.grad_norm, 3)}",
+        f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",
+    ]
+    if state.skipped_steps:
+        parts.append(f"skipped {state.skipped_steps}")
+    if state.seq_gaps:
+        parts.append(f"dropped events {state.seq_gaps}")
+    line3 = ""
+    for part in parts:
+        if len(line3) + len(part) + 2 > width:
+            break
+        line3 += ("  " if line3 else "") + part
+    if state.preprocess is not None:
+        p = state.preprocess
+        frac = p.index / p.total if p.total else None
+        line2 = escape(f"{p.stage} {p.index}/{p.total} ") + f"[$primary]{bar(frac, max(4, width - 40))}[/]" + escape(
+            f"  ok {p.ok}  skipped {p.skipped}  failed {p.failed}"
+        )
+        line3 = escape(p.file[-width:] if p.file else p.last_message[:width])
+    else:
+        line3 = escape(line3)
+    return "\n".join((line1, line2, line3))
+
+
+class ProgressPanel(Static):
+    DEFAULT_CSS = """
+    ProgressPanel { height: 3; padding: 0 1; }
+    """
+
+    def show(self, state: RunState) -> None:
+        self.update(render_progress(state, self.content_region.width or self.size.width or 80))

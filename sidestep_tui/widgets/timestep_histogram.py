@@ -1,0 +1,86 @@
+"""Sampled timesteps against the expected logit-normal density.
+
+Bars are the observed share of samples per bin (``recent`` since the last histogram, or
+``cumulative``); ``─`` marks the sampler's expected share, so a skewed sampler shows at a glance. The
+total-variation distance between the two is printed too (0 = identical, 1 = disjoint). Pure text
+rendering: cheap enough to redraw on every monitor tick, and identical in snapshots.
+"""
+
+from __future__ import annotations
+
+from textual.markup import escape
+from textual.widgets import Static
+
+from ..state import Histogram, expected_density_mass
+
+EIGHTHS = " ▁▂▃▄▅▆▇█"
+
+
+def _regroup(values: list[float], columns: int) -> list[float]:
+    """Sum ``values`` into ``columns`` groups (or repeat each value when there is room)."""
+    n = len(values)
+    if n == 0 or columns <= 0:
+        return []
+    if columns >= n:
+        # Each column shows its bin's value (bins get columns // n or one more); heights are
+        # normalised afterwards, so observed and expected stay comparable.
+        return [values[i * n // columns] for i in range(columns)]
+    return [sum(values[i * n // columns:(i + 1) * n // columns]) for i in range(columns)]
+
+
+def tv_distance(observed: list[float], expected: list[float]) -> float:
+    return 0.5 * sum(abs(o - e) for o, e in zip(observed, expected))
+
+
+def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulative: bool = False, mu: float | None = None, sigma: float | None = None) -> str:
+    """Textual markup, ``height`` lines: bars, an axis line and a legend line."""
+    width = max(10, width)
+    if hist is None or not hist.bin_edges:
+        return escape("timestep histogram: waiting for the first one (every log_heavy_every steps)")
+    counts = list(hist.cumulative if cumulative else hist.recent)
+    total = sum(counts)
+    observed = [c / total for c in counts] if total else [0.0] * len(counts)
+    expected = expected_density_mass(hist)
+    tv = tv_distance(observed, expected) if total else None
+    obs_cols = _regroup(observed, width)
+    exp_cols = _regroup(expected, width)
+    cols = len(obs_cols)
+    rows = max(1, height - 3)
+    top = max(max(obs_cols, default=0), max(exp_cols, default=0)) or 1.0
+    lines = []
+    for r in range(rows - 1, -1, -1):
+        line = []
+        for o, e in zip(obs_cols, exp_cols):
+            level = o / top * rows  # in rows
+            fill = level - r
+            e_row = int(min(rows - 1, e / top * rows))
+            if fill >= 1:
+                line.append("[$chart-recent]█[/]")
+            elif fill > 0:
+                line.append(f"[$chart-recent]{EIGHTHS[max(1, round(fill * 8))]}[/]")
+            elif e > 0 and e_row == r:
+                line.append("[$chart-expected]─[/]")
+            else:
+                line.append(" ")
+        lines.append("".join(line))
+    lo, hi = hist.bin_edges[0], hist.bin_edges[-1]
+    axis = f"t={lo:g}".ljust(max(0, cols - len(f"{hi:g}"))) + f"{hi:g}"
+    which = "cumulative" if cumulative else "recent"
+    params = f" μ={mu:g} σ={sigma:g}" if mu is not None and sigma is not None else ""
+    fit = f"  TV distance {tv:.3f}" if tv is not None else "  no samples yet"
+    observed_line = f"[$chart-recent]█[/] " + escape(f"{which}: {total} samples at step {hist.step}{fit}"[: width - 2])
+    expected_line = f"[$chart-expected]─[/] " + escape(f"expected logit-normal{params}"[: width - 2])
+    return "\n".join([*lines, escape(axis[:width]), observed_line, expected_line])
+
+
+class TimestepHistogram(Static):
+    DEFAULT_CSS = """
+    TimestepHistogram { height: 1fr; min-height: 5; padding: 0 1; }
+    """
+
+    cumulative = False
+
+    def show(self, hist: Histogram | None, mu: float | None, sigma: float | None) -> None:
+        width = self.content_region.width or max(10, self.size.width - 2)
+        height = self.content_region.height or self.size.height or 8
+        self.update(render_histogram(hist, width, height, cumulative=self.cumulative, mu=mu, sigma=sigma))
