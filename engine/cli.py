@@ -94,11 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(sub: Any) -> None:
-    from engine import dataset_builder
-    from engine.preprocess import cli as pre_cli
+    import importlib.util
 
-    dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
-    pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
+    if importlib.util.find_spec("engine.dataset_builder") is not None:
+        from engine import dataset_builder
+
+        dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
+    if importlib.util.find_spec("engine.preprocess.cli") is not None:
+        from engine.preprocess import cli as pre_cli
+
+        pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
 
 
 # --------------------------------------------------------------------------- train

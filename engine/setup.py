@@ -34,7 +34,8 @@ class RunParts:
     generator: torch.Generator
     tracker: recipe.TimestepTracker
     dataset: Any
-    batch_plan: Any
+    loader: Any
+    planner: Any
     batches_per_epoch: int
     total_steps: int
     compute_input_dtype: torch.dtype
@@ -51,18 +52,15 @@ class RunParts:
         return effective_lr(self.optimizer)
 
     def loader_for_epoch(self, epoch: int, *, skip: int) -> Any:
-        from engine.data import build_loader
-
-        return build_loader(self.dataset, self.batch_plan, self.config, epoch=epoch, skip_batches=skip, device_type=self.device.type)
-
-    def end_epoch(self, epoch: int) -> None:
-        self.batch_plan.end_epoch(epoch)
+        """The run's one DataLoader, moved to ``epoch`` (persistent workers survive epochs)."""
+        self.loader.batch_sampler.set_epoch(epoch, skip)
+        return self.loader
 
     def data_state_dict(self) -> dict[str, Any]:
-        return self.batch_plan.state_dict()
+        return self.planner.state_dict()
 
     def load_data_state_dict(self, state: dict[str, Any]) -> None:
-        self.batch_plan.load_state_dict(state)
+        self.planner.load_state_dict(state)
 
     def adapter_metadata(self, step: int) -> dict[str, str]:
         c = self.config
@@ -128,7 +126,8 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     from lightning.fabric.strategies import SingleDeviceStrategy
 
     from engine.adapters import attach_adapter
-    from engine.data import BatchPlan, TensorDataset, count_batches
+    from engine.data.dataset import TensorDataset
+    from engine.data.loader import build_loader, build_planner
     from engine.models.loader import enable_gradient_checkpointing, load_decoder, resolve_device, resolve_dtype
     from engine.optim import build_optimizer, build_scheduler
 
@@ -139,15 +138,16 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     # Validate the data before spending time on the model: a bad file should fail in seconds.
     set_phase("preparing_data", config.dataset_dir)
     dataset = TensorDataset(config.dataset_dir, repeats=config.dataset_repeats)
-    plan = BatchPlan(dataset, config)
-    batches_per_epoch = count_batches(plan)
+    planner = build_planner(dataset, config)
+    device = resolve_device(config.device)
+    loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)
+    batches_per_epoch = loader.batch_sampler.num_batches
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     bus.log("info", f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all")
 
-    device = resolve_device(config.device)
     dtype = resolve_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     set_phase("loading_model", model_dir)
@@ -184,7 +184,8 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
         generator=generator,
         tracker=tracker,
         dataset=dataset,
-        batch_plan=plan,
+        loader=loader,
+        planner=planner,
         batches_per_epoch=batches_per_epoch,
         total_steps=total_steps,
         compute_input_dtype=dtype,

@@ -44,12 +44,13 @@ class TrainingHalted(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, config: cfgmod.TrainConfig, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None):
+    def __init__(self, config: cfgmod.TrainConfig, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None, metrics_hz: float = 4.0):
         self.config = config
         self.bus = bus
         self.inbox = inbox
         self.run_id = run_id
         self.monitor = monitor
+        self.metrics_hz = metrics_hz
         self.phase = "loading_model"
         self.global_step = 0
         self.epoch = 0
@@ -113,7 +114,7 @@ class Trainer:
         p = self.parts
         assert p is not None
         c = self.config
-        agg = StepAggregator(self.bus, total_steps=p.total_steps)
+        agg = StepAggregator(self.bus, total_steps=p.total_steps, max_hz=self.metrics_hz)
         bad_windows = 0
         while self.epoch < c.epochs and self.global_step < p.total_steps:
             epoch_start = time.time()
@@ -251,20 +252,19 @@ class Trainer:
         self.epoch += 1
         self.batches_done = 0
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
-        assert self.parts is not None
-        self.parts.end_epoch(self.epoch)
         self.bus.emit(protocol.EpochCompleted(epoch=self.epoch, step=self.global_step, mean_loss=mean_loss, duration_s=duration))
         if self._tb is not None and math.isfinite(mean_loss):
             self._tb.add_scalar("train/epoch_loss", mean_loss, self.epoch)
         if math.isfinite(mean_loss):
             self.epoch_losses.append(mean_loss)
-        if c.save_best and self.epoch >= max(c.save_best_after, 1) and self.epoch_losses:
+        if self.epoch_losses:
             window = self.epoch_losses[-BEST_WINDOW:]
             smoothed = sum(window) / len(window)
             if smoothed < self.best_loss - BEST_MIN_DELTA:
                 self.best_loss = smoothed
                 self.epochs_since_best = 0
-                self._save_adapter_only(ckpt.ADAPTER_DIR_BEST, "best", smoothed)
+                if c.save_best and self.epoch >= c.save_best_after:
+                    self._save_adapter_only(ckpt.ADAPTER_DIR_BEST, "best", smoothed)
             else:
                 self.epochs_since_best += 1
         if self.epoch % c.save_every == 0 and self.epoch < c.epochs:
