@@ -85,6 +85,7 @@ class SidestepApp(EngineBridge, App[None]):
         settings_path: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         log_dir: str | None = None,
+        demo: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for theme in THEMES:
@@ -98,6 +99,7 @@ class SidestepApp(EngineBridge, App[None]):
         self.start_config_json = start_config_json
         self.clock = clock
         self.log_dir = log_dir or str(config_dir() / "logs")
+        self.demo = demo
         self.last_contact: float | None = None
         self._expect_exit = False  # we asked the engine to go: its exit is not news
         self._quit_when_idle = False
@@ -116,10 +118,37 @@ class SidestepApp(EngineBridge, App[None]):
             self._start_pump(self.client)
         if self.start_config_json is not None:
             self.post_message(m.StartRequested(self.start_config_json))
+        if self.demo is not None:
+            self.engine_banner = ""
+            self.notify("Preparing the demo model and data…", title="Demo")
+            self.run_worker(self._prepare_demo, thread=True, name="demo-setup", group="demo-setup", exit_on_error=False)
         self.set_interval(1.0, self._check_silence, name="engine-silence")
 
     def get_theme_variable(self, name: str) -> str:
         return self.theme_variables.get(name) or THEMES[0].variables[name]
+
+    def _prepare_demo(self) -> None:
+        from .demo import demo_draft, prepare_demo_run
+
+        demo = self.demo or {}
+        paths, config_json = prepare_demo_run(demo.get("root"), demo.get("adapter", "lora"), demo.get("max_steps", 300))
+        # This session browses the demo's folders; the saved settings stay as they are.
+        self.settings = self.settings.replace(checkpoint_root=paths["checkpoint_dir"], output_root=paths["output_root"])
+        self.post_message(m.DraftUpdated(demo_draft(paths)))
+        self.post_message(m.StartRequested(config_json))
+
+    def attach_run(self, run_dir: str) -> None:
+        """Follow an existing run read-only (Runs screen, ``sidestep attach``)."""
+        from .engine_client import AttachClient
+
+        if self.client is not None and self.client.is_alive and self.run_state.active:
+            self.notify("A run is being monitored: stop it or quit (leave it running) first.", severity="error")
+            return
+        if self.client is not None and self.client.owns_engine and self.client.is_alive:
+            self._stop_engine(self.client)
+        self.run_state = RunState()
+        self._start_pump(AttachClient(run_dir))
+        self.switch_mode("monitor")
 
     # ------------------------------------------------------------------ engine lifecycle
     def _start_pump(self, client: EngineClientProtocol, then_send: tuple[Any, ...] = ()) -> None:
@@ -146,9 +175,16 @@ class SidestepApp(EngineBridge, App[None]):
         self._start_pump(self.client_factory(log_path), (command,))
         self.switch_mode("monitor")
 
-    def _stop_engine(self, client: EngineClientProtocol) -> None:
+    def _stop_engine(self, client: EngineClientProtocol, *, then_exit: bool = False) -> None:
+        """Shut an engine down off the UI thread (Shutdown -> join -> terminate -> kill)."""
         self._expect_exit = True
-        self.run_worker(lambda: client.shutdown(10.0), thread=True, group="engine-stop", name="engine-stop", exit_on_error=False)
+
+        def stop() -> None:
+            client.shutdown(10.0)
+            if then_exit:
+                self.call_from_thread(self.exit)
+
+        self.run_worker(stop, thread=True, group="engine-stop", name="engine-stop", exit_on_error=False)
 
     @on(m.StartRequested)
     def _on_start(self, message: m.StartRequested) -> None:
@@ -204,8 +240,8 @@ class SidestepApp(EngineBridge, App[None]):
                 self._show_failure()
         ended = any(isinstance(e, (RunFinished, RunFailed)) for e in message.events)
         if ended and self.client is not None and self.client.owns_engine:
-            self._stop_engine(self.client)  # one engine per run: free its memory now
-        if ended and self._quit_when_idle:
+            self._stop_engine(self.client, then_exit=self._quit_when_idle)  # one engine per run
+        elif ended and self._quit_when_idle:
             self.exit()
 
     def _show_failure(self) -> None:
@@ -271,9 +307,9 @@ class SidestepApp(EngineBridge, App[None]):
         running = client is not None and client.is_alive and (self.run_state.active or self.run_state.phase == "preprocessing")
         if not running:
             if client is not None and client.owns_engine and client.is_alive:
-                self._expect_exit = True
-                await self.run_worker(lambda: client.shutdown(5.0), thread=True, name="engine-stop").wait()
-            self.exit()
+                self._stop_engine(client, then_exit=True)
+            else:
+                self.exit()
             return
         from .dialogs.quit import QuitDialog
 

@@ -17,14 +17,12 @@ kill, draining the event queue meanwhile (a child blocked on a full pipe would n
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
 import queue as queue_mod
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -33,13 +31,12 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from engine import protocol
 from engine.protocol import PROTOCOL_VERSION, EngineReady, StopRun
+from engine.runs import EVENTS_FILE, engine_state
 
 HANDSHAKE_TIMEOUT_S = 120.0
 """Spawning imports torch and friends in the child; on a cold disk that takes tens of seconds."""
 POLL_CAP = 2000
 """Most events one ``poll`` returns; the bridge posts one message per poll, so this bounds batch size."""
-ENGINE_FILE = "engine.json"
-EVENTS_FILE = "events.jsonl"
 
 
 class EngineError(RuntimeError):
@@ -144,6 +141,7 @@ class EngineClient:
         self._exit_code: int | None = None
         self.ready: EngineReady | None = None
         self._detached = False
+        self._closing = threading.Event()  # set by shutdown(): a handshake in progress gives up
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -167,6 +165,9 @@ class EngineClient:
         deadline = time.monotonic() + self.handshake_timeout
         while True:
             remaining = deadline - time.monotonic()
+            if self._closing.is_set():
+                self._abort()
+                raise EngineHandshakeError("engine start cancelled (the app is closing)")
             if remaining <= 0:
                 self._abort()
                 raise EngineHandshakeError(
@@ -269,6 +270,7 @@ class EngineClient:
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Shutdown -> join -> terminate -> kill. Safe to call twice and on a dead engine."""
+        self._closing.set()
         if self._process is None or self._detached:
             return
         if self.is_alive:
@@ -305,34 +307,6 @@ class EngineClient:
 # --------------------------------------------------------------------------- attach
 
 
-def read_engine_file(run_dir: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / ENGINE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int, started_at: float | None = None) -> bool:
-    """``pid`` exists and, when ``started_at`` (the engine's own start time) is known, was created no
-    later than that: a recycled pid belongs to a younger process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if started_at is None:
-        return True
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time() <= started_at + 5.0
-    except Exception:  # noqa: BLE001 - psutil missing or the process just went: trust the kill(0) check
-        return True
-
-
 class AttachClient:
     """Follow ``run_dir/events.jsonl`` like ``tail -f`` (from the first line) and the pid in
     ``engine.json``. Read-only, except stop (SIGTERM = stop and save)."""
@@ -347,47 +321,37 @@ class AttachClient:
         self._fh: Any = None
         self._partial = ""
         self._pending: deque[Any] = deque()
-        self._engine = read_engine_file(self.run_dir)
-        self._gone_reason = ""
+        self._engine: dict[str, Any] | None = None
+        self._liveness = "absent"
         self.parse_errors = 0
 
     def start(self) -> None:
         if not Path(self.run_dir).is_dir():
             raise EngineError(f"{self.run_dir} is not a folder")
-        self._engine = read_engine_file(self.run_dir)
+        self._check()
+
+    def _check(self) -> str:
+        """engine.json + the pid (a recycled pid does not count): alive / dead / absent / remote."""
+        self._liveness, info = engine_state(self.run_dir)
+        self._engine = info or self._engine
+        return self._liveness
 
     @property
     def pid(self) -> int | None:
         pid = (self._engine or {}).get("pid")
         return pid if isinstance(pid, int) else None
 
-    def _same_host(self) -> bool:
-        host = (self._engine or {}).get("host")
-        return not host or host == socket.gethostname()
-
     @property
     def is_alive(self) -> bool:
-        """The engine that wrote ``engine.json`` is still running (on this host). The engine removes
-        ``engine.json`` when it exits cleanly; a stale file with a dead pid reads as not alive."""
-        if not (Path(self.run_dir) / ENGINE_FILE).exists():
-            return False
-        self._engine = read_engine_file(self.run_dir) or self._engine
-        pid = self.pid
-        if pid is None or not self._same_host():
-            return False
-        started = next(
-            (v for k in ("started_at", "start_time", "started") if isinstance(v := (self._engine or {}).get(k), (int, float))),
-            None,
-        )
-        return pid_alive(pid, started)
+        return self._check() == "alive"
 
     @property
     def exit_code(self) -> int | None:
         return None  # not our child: the exit code is not ours to see
 
     def death_reason(self) -> str:
-        if not self._same_host():
-            return f"the engine runs on {self._engine.get('host')}; attach from there"  # type: ignore[union-attr]
+        if self._liveness == "remote":
+            return f"the engine runs on {(self._engine or {}).get('host')}; attach from there"
         return "the engine process is not running (its events.jsonl shows how the run ended)"
 
     def send(self, cmd: Any) -> None:

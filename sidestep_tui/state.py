@@ -377,7 +377,9 @@ def apply(state: RunState, event: Event) -> RunState:
         case RunStarted():
             return _on_run_started(state, event)
         case PhaseChanged():
-            return dataclasses.replace(state, phase=event.phase, phase_detail=event.detail)
+            # Loading comes before RunStarted: adopt the run id so the run counts as active already.
+            run_id = state.run_id or (event.run_id if state.finished_status is None and state.failure is None else "")
+            return dataclasses.replace(state, phase=event.phase, phase_detail=event.detail, run_id=run_id)
         case StepMetrics():
             return _on_step(state, event)
         case EpochCompleted():

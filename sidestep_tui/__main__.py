@@ -1,0 +1,77 @@
+"""``sidestep``: the TUI, or the headless command line.
+
+- ``sidestep``                 the TUI
+- ``sidestep demo``            the TUI on the built-in demo (plain output with --plain or without a TTY)
+- ``sidestep attach RUN_DIR``  the monitor on an existing run (--plain: follow it as text)
+- anything else                ``engine.cli`` (train, presets, runs, preprocess, dataset, ...)
+
+The headless paths never import textual or torch before they need to, so ``sidestep --help`` and
+``sidestep train --help`` answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+
+def _wants_help(args: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in args)
+
+
+def _is_tty() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _run(app: object) -> int:
+    app.run()  # type: ignore[attr-defined]
+    code = getattr(app, "return_code", 0) or 0
+    return int(code)
+
+
+def run_tui() -> int:
+    from .app import make_app
+
+    return _run(make_app())
+
+
+def run_attach(run_dir: str) -> int:
+    from .app import make_app
+    from .engine_client import AttachClient
+
+    if not os.path.isdir(run_dir):
+        print(f"error: {run_dir} is not a folder", file=sys.stderr)
+        return 2
+    return _run(make_app(client=AttachClient(os.path.abspath(run_dir)), initial_mode="monitor"))
+
+
+def run_demo(root: str | None, adapter: str, max_steps: int) -> int:
+    from .app import make_app
+
+    return _run(make_app(initial_mode="monitor", demo={"root": root, "adapter": adapter, "max_steps": max_steps}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        return run_tui()
+    command = args[0]
+    if command == "attach" and "--plain" not in args and not _wants_help(args):
+        rest = [a for a in args[1:] if not a.startswith("-")]
+        if len(rest) != 1 or len(rest) != len(args) - 1:
+            print("usage: sidestep attach RUN_DIR [--plain] [--stop]   (--stop needs --plain)", file=sys.stderr)
+            return 2
+        return run_attach(rest[0])
+    if command == "demo" and "--plain" not in args and not _wants_help(args) and _is_tty():
+        from engine.cli import build_parser
+
+        ns = build_parser().parse_args(args)
+        return run_demo(ns.root, ns.adapter, ns.max_steps)
+    from engine.cli import main as cli_main
+
+    return cli_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Runs: every run under the output root, from each run's ``config.json`` and ``events.jsonl``.
+
+Open one to replay its curves (its events.jsonl folded through the same reducer as a live run), attach
+to a live one (read-only; stop = SIGTERM, which saves), or resume a stopped / failed / died one from its
+newest checkpoint in a freshly spawned engine. Scanning and replay reading run in thread workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from engine import config as cfgmod
+from engine import protocol
+from engine.runs import RunSummary, scan_runs
+
+from .. import messages as m
+from ..state import RunState, apply_all
+from ..widgets.sparklines import fmt_duration
+
+COLUMNS = ("Run", "Status", "Adapter", "Model", "Steps", "Best", "Final", "Duration", "Adapter path")
+RESUMABLE = ("stopped", "failed", "died")
+
+
+def _loss(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None and math.isfinite(value) else "n/a"
+
+
+def run_row(r: RunSummary) -> tuple[str, ...]:
+    steps = f"{r.steps}/{r.total_steps}" if r.total_steps else str(r.steps)
+    return (
+        r.name,
+        r.status.replace("_", " "),
+        r.adapter_type or "n/a",
+        r.model_variant or "n/a",
+        steps,
+        _loss(r.best_loss),
+        _loss(r.final_loss),
+        fmt_duration(r.duration_s),
+        r.adapter_path or "n/a",
+    )
+
+
+def run_detail(r: RunSummary) -> str:
+    lines = [f"{r.name}  [{r.status}]  {r.path}"]
+    if r.adapter_path:
+        lines.append(f"adapter: {r.adapter_path}")
+    if r.error:
+        lines.append(f"error: {r.error}")
+    if r.problem:
+        lines.append(f"problem: {r.problem}")
+    if r.status == "running":
+        lines.append(f"live (engine pid {r.pid}): Attach follows it")
+    elif r.status in RESUMABLE:
+        lines.append("Resume continues it from its newest checkpoint")
+    return "\n".join(lines)
+
+
+def resume_config_json(run_dir: str) -> str:
+    """The run's own config.json with ``resume_from = auto`` (newest checkpoint in that folder)."""
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
+        data = json.load(fh)
+    data["resume_from"] = "auto"
+    data["output_dir"] = run_dir
+    return cfgmod.to_json(cfgmod.parse(data))
+
+
+@dataclass
+class RunsScanned(Message):
+    runs: list[RunSummary]
+
+
+@dataclass
+class ReplayReady(Message):
+    run: RunSummary
+    state: RunState
+
+
+class RunsScreen(Screen[None]):
+    CSS_PATH = "runs.tcss"
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="runs.open", tooltip="Replay the run's curves (read-only)"),
+        Binding("o", "open", "Open", id="runs.open-alt", show=False),
+        Binding("a", "attach", "Attach", id="runs.attach", tooltip="Follow a live run (stop = save and stop)"),
+        Binding("r", "resume", "Resume", id="runs.resume", tooltip="Resume from the newest checkpoint in a new engine"),
+        Binding("g", "rescan", "Refresh", id="runs.refresh", tooltip="Scan the output root again"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[RunSummary] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="runs-title", markup=False)
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="run-detail", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(*COLUMNS)
+        self.action_rescan()
+
+    def on_screen_resume(self) -> None:
+        self.action_rescan()
+
+    @property
+    def output_root(self) -> str:
+        return getattr(self.app, "settings").output_root
+
+    def action_rescan(self) -> None:
+        root = self.output_root
+        self.query_one("#runs-title", Static).update(f"Runs under {root}" if root else "No output root set (Setup or settings)")
+        if root:
+            self._scan(root)
+
+    @work(thread=True, exclusive=True, group="run-scan", name="run-scan", exit_on_error=False)
+    def _scan(self, root: str) -> None:
+        self.post_message(RunsScanned(scan_runs(root)))
+
+    @on(RunsScanned)
+    def _show_runs(self, message: RunsScanned) -> None:
+        table = self.query_one(DataTable)
+        selected = self.selected
+        self.runs = message.runs
+        table.clear()
+        for r in self.runs:
+            table.add_row(*run_row(r), key=r.path)
+        if selected is not None:
+            for i, r in enumerate(self.runs):
+                if r.path == selected.path:
+                    table.move_cursor(row=i)
+        root = self.output_root
+        self.query_one("#runs-title", Static).update(f"{len(self.runs)} run(s) under {root}")
+        self._show_detail()
+        self.refresh_bindings()
+
+    @property
+    def selected(self) -> RunSummary | None:
+        table = self.query_one(DataTable)
+        if not self.runs or table.cursor_row < 0 or table.cursor_row >= len(self.runs):
+            return None
+        return self.runs[table.cursor_row]
+
+    @on(DataTable.RowHighlighted)
+    def _show_detail(self) -> None:
+        r = self.selected
+        self.query_one("#run-detail", Static).update(run_detail(r) if r else "")
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        self.action_open()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        r = self.selected if self.is_mounted else None
+        if action == "open":
+            return r is not None
+        if action == "attach":
+            return r is not None and r.status == "running"
+        if action == "resume":
+            return r is not None and r.status in RESUMABLE
+        return True
+
+    def action_open(self) -> None:
+        if (r := self.selected) is not None:
+            self._read_replay(r)
+
+    @work(thread=True, exclusive=True, group="run-replay", name="run-replay", exit_on_error=False)
+    def _read_replay(self, run: RunSummary) -> None:
+        events = protocol.read_events(os.path.join(run.path, "events.jsonl"))
+        self.post_message(ReplayReady(run, apply_all(RunState(), events)))
+
+    @on(ReplayReady)
+    def _open_replay(self, message: ReplayReady) -> None:
+        from .monitor import MonitorScreen
+
+        self.app.push_screen(MonitorScreen(message.state, title=f"{message.run.name} ({message.run.status})"))
+
+    def action_attach(self) -> None:
+        if (r := self.selected) is not None and r.status == "running":
+            getattr(self.app, "attach_run")(r.path)
+
+    def action_resume(self) -> None:
+        r = self.selected
+        if r is None or r.status not in RESUMABLE:
+            return
+        from ..dialogs.confirm import ConfirmDialog
+
+        try:
+            config_json = resume_config_json(r.path)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+            self.notify(f"Cannot resume {r.name}: {exc}", severity="error", timeout=10)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.post_message(m.StartRequested(config_json))
+
+        self.app.push_screen(ConfirmDialog(f"Resume {r.name}?", f"From the newest checkpoint in {r.path}, in a new engine.", yes="Resume"), answer)

@@ -1,0 +1,51 @@
+"""UI test fixtures: isolated settings dir, UTC clock for log stamps, the app factory with a fake
+engine, and helpers that wait on the pump without sleeping blindly."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_engine, for tests and benchmarks alike
+
+from ui_helpers import FakeClock  # noqa: E402
+
+from sidestep_tui.app import SidestepApp, make_app  # noqa: E402
+from sidestep_tui.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_ui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDESTEP_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ui_settings(tmp_path: Path) -> Settings:
+    (tmp_path / "ckpt").mkdir(exist_ok=True)
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    return Settings(checkpoint_root=str(tmp_path / "ckpt"), output_root=str(tmp_path / "runs"))
+
+
+@pytest.fixture
+def build_app(ui_settings: Settings, clock: FakeClock, tmp_path: Path) -> Callable[..., SidestepApp]:
+    def build(client: Any = None, **kwargs: Any) -> SidestepApp:
+        kwargs.setdefault("settings", ui_settings)
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("initial_mode", "monitor")
+        kwargs.setdefault("log_dir", str(tmp_path / "logs"))
+        app = make_app(client=client, **kwargs)
+        app.animation_level = "none"
+        return app
+
+    return build

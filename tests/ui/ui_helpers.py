@@ -1,0 +1,58 @@
+"""Helpers shared by the UI tests, the snapshot tests and benchmarks/ui.py (importable by name:
+``tests/ui`` is put on ``sys.path`` by the conftests)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from fake_engine import DATA, FakeEngineClient
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def drain(pilot: Any, fake: FakeEngineClient, *, until: Callable[[], bool] | None = None, rounds: int = 200) -> None:
+    """Wait until the fake has handed out every event and the app has folded them in."""
+    app = pilot.app
+    for _ in range(rounds):
+        await pilot.pause(0.02)
+        if fake.pending == 0 and (until is None or until()):
+            await pilot.pause()
+            return
+    raise AssertionError(f"pump did not drain: {fake.pending} events left, state step {app.run_state.step}")
+
+
+def screen_text(app: Any) -> str:
+    """The screen as plain text (what a user reads)."""
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                      record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def make_run_dir(root: Path, name: str = "demo-lora", events: str = "demo_run.jsonl", config: dict[str, Any] | None = None) -> Path:
+    """A run folder with the recorded events.jsonl and a config.json pointing at itself."""
+    import json
+
+    from engine import config as cfg
+
+    run = root / name
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DATA / events, run / "events.jsonl")
+    values = {"checkpoint_dir": "/ckpt", "dataset_dir": "/data", "output_dir": str(run), "run_name": name, **(config or {})}
+    (run / "config.json").write_text(cfg.to_json(cfg.parse(values)))
+    return run
