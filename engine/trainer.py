@@ -187,7 +187,8 @@ class Trainer:
         assert p is not None
         c = self.config
         dev = p.device
-        x0 = batch["target_latents"].to(dev, non_blocking=True)
+        # Targets and noise stay fp32 (datasets store bf16); only the model inputs take the compute dtype.
+        x0 = batch["target_latents"].to(dev, non_blocking=True).float()
         ctx = batch["context_latents"].to(dev, non_blocking=True)
         enc = batch["encoder_hidden_states"].to(dev, non_blocking=True)
         enc_mask = batch["encoder_attention_mask"].to(dev, non_blocking=True)
@@ -195,7 +196,7 @@ class Trainer:
         gen = p.generator
         enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen)
         t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=c.timestep_mu, sigma=c.timestep_sigma, device=dev, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev, x0.dtype)
+        noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev)
         x_t = recipe.noisy_input(x0, noise, t).to(p.compute_input_dtype)
         if c.gradient_checkpointing:
             # The input-grad fix: with reentrant checkpointing no decoder input needs grad and
