@@ -109,8 +109,6 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
             case protocol.StartRun(run_id=run_id, config_json=config_json):
                 run_training(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case protocol.StartPreprocess(run_id=run_id, config_json=config_json):
-                from engine.preprocess.job import run_preprocess_job
-
                 run_preprocess_job(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case _:
                 raise protocol.ProtocolError(f"unexpected job {type(job).__name__}")
@@ -120,3 +118,45 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
         # A run that ends because its UI vanished leaves nothing to serve: the loop exits on the
         # parent check above. Otherwise a stop applies to that run only.
         inbox.reset_for_next_job()
+
+
+def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any) -> Any:
+    """Audio -> tensors in the engine process (the UI never imports torch). Progress arrives as
+    ``PreprocessProgress``; the job ends with ``RunFinished`` (completed, or stopped: a re-run
+    resumes) or ``RunFailed``. ``StopRun`` is honoured between files."""
+    import time
+
+    from engine.preprocess import config as pcfg
+    from engine.preprocess.pipeline import run_preprocess
+    from engine.trainer import failure_event
+
+    bus.run_id = run_id
+    started = time.time()
+    monitor.phase = lambda: "preprocessing"
+    try:
+        config = pcfg.from_json(config_json)
+        bus.emit(protocol.PhaseChanged(phase="preprocessing", detail=config.output_dir))
+
+        def should_stop() -> bool:
+            inbox.poll()
+            return inbox.state.stop_requested
+
+        summary = run_preprocess(config, bus.emit, should_stop)
+        for warning in summary.warnings:
+            bus.log("warning", warning)
+        return bus.emit(
+            protocol.RunFinished(
+                status="stopped" if summary.stopped else "completed",
+                steps=summary.processed,
+                epochs=0,
+                final_loss=float("nan"),
+                best_loss=float("nan"),
+                adapter_path=summary.output_dir,
+                wall_s=time.time() - started,
+            )
+        )
+    except BaseException as exc:  # noqa: BLE001 - reported as RunFailed; the engine stays up
+        event = bus.emit(failure_event(exc))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return event
