@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
     demo.add_argument("--max-steps", type=int, default=300)
-    setup = sub.add_parser("demo-setup", help=argparse.SUPPRESS)
-    setup.add_argument("--root", required=True)
+    demo.add_argument("--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit")
 
     presets = sub.add_parser("presets", help="list, show, export or import presets")
     psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -213,7 +212,7 @@ def setup_demo(root: str) -> dict[str, str]:
 def prepare_demo(root: str | None = None) -> dict[str, str]:
     """Stdlib-only (for the UI process): run the torch part of the demo setup in a subprocess."""
     root = root or default_demo_root()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "demo-setup", "--root", root], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--setup-only", "--root", root], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"demo setup in {root} failed: {tail}")
@@ -222,6 +221,9 @@ def prepare_demo(root: str | None = None) -> dict[str, str]:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     root = ns.root or default_demo_root()
+    if ns.setup_only:
+        print(json.dumps(setup_demo(root)))
+        return 0
     print(f"setting up the demo model and data in {root} ...", flush=True)
     paths = setup_demo(root)
     config = demo_config(paths, adapter=ns.adapter, max_steps=ns.max_steps)
@@ -321,9 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": cmd_runs,
         "attach": cmd_attach_plain,
     }
-    if ns.command == "demo-setup":
-        print(json.dumps(setup_demo(ns.root)))
-        return 0
     if ns.command == "dataset":
         from engine import dataset_builder
 
