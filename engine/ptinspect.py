@@ -1,0 +1,422 @@
+"""Read the structure of ``torch.save`` files without torch, and check a preprocessed dataset.
+
+A ``.pt`` written by torch >= 1.6 is a zip: ``<name>/data.pkl`` (the pickled object graph) plus one
+member per storage (``<name>/data/<key>``). Tensors appear in the pickle as calls to
+``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` whose storage is a persistent
+id ``("storage", torch.BFloat16Storage, key, location, numel)``. A restricted unpickler maps those
+names to stubs, so only ``data.pkl`` is read (never the storages) and nothing from the file is ever
+imported or executed: unknown classes become inert ``Opaque`` placeholders.
+
+``scan_dataset`` uses this to check every sample of a dataset folder (ACE_STEP.md §4.1-4.2) in
+milliseconds per file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import json
+import os
+import pickle
+import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+LATENT_FPS = 25.0  # 48 kHz / hop 1920 (ACE_STEP.md §4.4)
+LATENT_CHANNELS = 64
+CONTEXT_CHANNELS = 128
+REQUIRED_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+    "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+    "UntypedStorage": "uint8",
+}
+_DTYPE_NAME = re.compile(r"^(u?int\d*|float\d+(_\w+)?|bfloat16|complex\d+|c?half|c?float|c?double|chalf|long|short|bool|q(u)?int\w*|bits\d\w*|bit)$")
+_FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
+
+
+class PtError(ValueError):
+    """A file that is not a readable torch zip archive; the message names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str  # torch's name without the "torch." prefix: "bfloat16", "float32", "bool", ...
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Opaque:
+    """An object of a class this reader does not know (kept inert, never imported)."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Opaque":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}>"
+
+
+@dataclass(frozen=True, slots=True)
+class _StorageType:
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DType:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StorageRef:
+    dtype: str
+    key: str
+    location: str
+    numel: int
+
+
+def _dtype_of(value: Any) -> str:
+    if isinstance(value, _DType):
+        return value.name
+    if isinstance(value, _StorageRef):
+        return value.dtype
+    return "unknown"
+
+
+def _shape(size: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in size) if isinstance(size, (tuple, list)) else ()
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *rest: Any) -> TensorInfo:
+    return TensorInfo(_shape(size), _dtype_of(storage))
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *rest: Any) -> TensorInfo:
+    return TensorInfo(_shape(size), _dtype_of(dtype))
+
+
+def _rebuild_parameter(data: Any, *rest: Any) -> Any:
+    return data
+
+
+def _rebuild_meta(dtype: Any, size: Any, *rest: Any) -> TensorInfo:
+    return TensorInfo(_shape(size), _dtype_of(dtype))
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    return func(*args) if callable(func) else Opaque()
+
+
+def _safe_codecs_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """Protocol-2 pickles store ``bytes`` as ``_codecs.encode(str, 'latin1')``."""
+    return codecs.encode(text, encoding, errors)
+
+
+_TORCH_UTILS = {
+    "_rebuild_tensor": _rebuild_tensor,
+    "_rebuild_tensor_v2": _rebuild_tensor,
+    "_rebuild_tensor_v3": _rebuild_tensor_v3,
+    "_rebuild_parameter": _rebuild_parameter,
+    "_rebuild_parameter_with_state": _rebuild_parameter,
+    "_rebuild_device_tensor_from_cpu_tensor": _rebuild_parameter,
+    "_rebuild_meta_tensor_no_storage": _rebuild_meta,
+}
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Size"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+    ("_codecs", "encode"): _safe_codecs_encode,
+}
+_OPAQUE_TYPES: dict[str, type] = {}
+
+
+def _opaque(module: str, name: str) -> type:
+    qualname = f"{module}.{name}"
+    if qualname not in _OPAQUE_TYPES:
+        _OPAQUE_TYPES[qualname] = type(name, (Opaque,), {"qualname": qualname, "__module__": __name__})
+    return _OPAQUE_TYPES[qualname]
+
+
+class _Unpickler(pickle.Unpickler):
+    """Resolves no global from the file: torch names map to stubs, the rest to ``Opaque``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # protocol-2 pickles (torch's default) use Python 2 module names
+            module = "builtins"
+        if module == "torch._utils" and name in _TORCH_UTILS:
+            return _TORCH_UTILS[name]
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if module == "torch":
+            if name in _STORAGE_DTYPES:
+                return _StorageType(_STORAGE_DTYPES[name])
+            if _DTYPE_NAME.match(name):  # dtypes are pickled as bare globals: torch.float32, torch.bool
+                return _DType(name)
+        return _opaque(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage":
+            _, storage_type, key, location, numel = pid
+            dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else "unknown"
+            return _StorageRef(dtype, str(key), str(location), int(numel) if isinstance(numel, int) else -1)
+        raise pickle.UnpicklingError(f"unsupported persistent id {type(pid).__name__}")
+
+
+def _data_pkl_name(names: list[str]) -> str | None:
+    candidates = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not candidates and "data.pkl" in names:
+        candidates = ["data.pkl"]
+    return candidates[0] if candidates else None
+
+
+def read_structure(path: str) -> Any:
+    """The object graph of a torch.save file with tensors replaced by ``TensorInfo``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise PtError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise PtError(f"{path}: empty file")
+    if head[:2] != b"PK":
+        if head[:1] == b"\x80":
+            raise PtError(f"{path}: legacy (pre-1.6, non-zip) torch.save format; load and re-save it with a current torch")
+        raise PtError(f"{path}: not a torch.save zip archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = _data_pkl_name(archive.namelist())
+            if member is None:
+                raise PtError(f"{path}: zip archive without data.pkl (not written by torch.save)")
+            payload = archive.read(member)
+    except zipfile.BadZipFile as exc:
+        raise PtError(f"{path}: corrupt or truncated ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise PtError(f"{path}: unreadable ({exc})") from None
+    try:
+        return _Unpickler(io.BytesIO(payload)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as exc:
+        raise PtError(f"{path}: data.pkl does not unpickle ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_pt(path: str) -> dict[str, Any]:
+    """``{key: TensorInfo | plain value}`` for a file holding a dict (the sample format)."""
+    data = read_structure(path)
+    if not isinstance(data, dict):
+        raise PtError(f"{path}: holds a {type(data).__name__}, not a dict")
+    return dict(data)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetReport:
+    directory: str
+    samples: int  # files that pass every check
+    total_seconds: float  # over the good samples, from T / 25 fps
+    longest_seconds: float
+    files: tuple[str, ...]  # the sample files examined, relative to ``directory`` where possible
+    problems: tuple[tuple[str, str], ...]  # (file, message); "." for the folder itself
+    variant: str | None  # model_variant from preprocess_meta.json
+    hidden_size: int | None = None  # encoder_hidden_states width shared by the samples
+    used_manifest: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.samples > 0 and not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    name: str
+    frames: int = 0
+    hidden: int | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _check_sample(path: str, name: str) -> _Sample:
+    try:
+        data = inspect_pt(path)
+    except PtError as exc:
+        return _Sample(name, problems=(str(exc).removeprefix(f"{path}: "),))
+    problems: list[str] = []
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        problems.append(f"missing key(s): {', '.join(missing)}")
+    tensors = {k: data[k] for k in REQUIRED_KEYS if isinstance(data.get(k), TensorInfo)}
+    for key in REQUIRED_KEYS:
+        if key in data and key not in tensors:
+            problems.append(f"{key} is not a tensor ({type(data[key]).__name__})")
+    expected = {
+        "target_latents": f"[T, {LATENT_CHANNELS}]",
+        "attention_mask": "[T]",
+        "encoder_hidden_states": "[L, H]",
+        "encoder_attention_mask": "[L]",
+        "context_latents": f"[T, {CONTEXT_CHANNELS}]",
+    }
+    rank = {"target_latents": 2, "attention_mask": 1, "encoder_hidden_states": 2, "encoder_attention_mask": 1, "context_latents": 2}
+    last = {"target_latents": LATENT_CHANNELS, "context_latents": CONTEXT_CHANNELS}
+    shape_ok: dict[str, tuple[int, ...]] = {}
+    for key, info in tensors.items():
+        shape = info.shape
+        if len(shape) != rank[key] or (key in last and shape[-1] != last[key]):
+            problems.append(f"{key} has shape {list(shape)}, expected {expected[key]}")
+        else:
+            shape_ok[key] = shape
+        if key in ("target_latents", "encoder_hidden_states", "context_latents") and info.dtype not in _FLOAT_DTYPES:
+            problems.append(f"{key} has dtype {info.dtype}, expected a floating type")
+    frames = {k: shape_ok[k][0] for k in ("target_latents", "attention_mask", "context_latents") if k in shape_ok}
+    if len(set(frames.values())) > 1:
+        problems.append("T differs: " + ", ".join(f"{k} {v}" for k, v in frames.items()))
+    lengths = {k: shape_ok[k][0] for k in ("encoder_hidden_states", "encoder_attention_mask") if k in shape_ok}
+    if len(set(lengths.values())) > 1:
+        problems.append("L differs: " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
+    t = frames.get("target_latents", 0)
+    if "target_latents" in shape_ok and t == 0:
+        problems.append("target_latents is empty (T = 0)")
+    hidden = shape_ok["encoder_hidden_states"][1] if "encoder_hidden_states" in shape_ok else None
+    return _Sample(name, frames=t, hidden=hidden, problems=tuple(problems))
+
+
+def _manifest_files(directory: str, problems: list[tuple[str, str]]) -> list[str] | None:
+    """Sample paths from ``manifest.json`` (upstream format; extra keys tolerated), or None to scan."""
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(("manifest.json", f"unreadable, scanning *.pt instead ({exc})"))
+        return None
+    samples = manifest.get("samples") if isinstance(manifest, dict) else None
+    if not isinstance(samples, list):
+        problems.append(("manifest.json", "has no 'samples' list, scanning *.pt instead"))
+        return None
+    out: list[str] = []
+    for entry in samples:
+        if not isinstance(entry, str):
+            problems.append(("manifest.json", f"sample entry {entry!r} is not a path"))
+            continue
+        normalised = entry.replace("\\", "/")
+        candidates = [normalised] if os.path.isabs(normalised) else []
+        candidates += [os.path.join(directory, normalised), os.path.join(directory, os.path.basename(normalised))]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None:
+            problems.append((entry, "listed in manifest.json but missing"))
+        elif found.endswith(".tmp.pt"):
+            continue
+        elif os.path.normpath(found) not in out:
+            out.append(os.path.normpath(found))
+    return out
+
+
+def _read_variant(directory: str, problems: list[tuple[str, str]]) -> str | None:
+    path = os.path.join(directory, "preprocess_meta.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(("preprocess_meta.json", f"unreadable ({exc})"))
+        return None
+    variant = meta.get("model_variant") if isinstance(meta, dict) else None
+    return variant if isinstance(variant, str) and variant else None
+
+
+def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
+    """Check every sample of a preprocessed dataset folder (reads each file's data.pkl only)."""
+    directory = os.path.expanduser(directory)
+    problems: list[tuple[str, str]] = []
+    if not os.path.isdir(directory):
+        return DatasetReport(directory, 0, 0.0, 0.0, (), ((".", "dataset folder does not exist"),), None)
+    variant = _read_variant(directory, problems)
+    paths = _manifest_files(directory, problems)
+    used_manifest = paths is not None
+    if paths is None:
+        paths = sorted(
+            os.path.join(directory, n)
+            for n in os.listdir(directory)
+            if n.endswith(".pt") and not n.endswith(".tmp.pt") and os.path.isfile(os.path.join(directory, n))
+        )
+    if not paths:
+        pending = [n for n in os.listdir(directory) if n.endswith(".tmp.pt")]
+        message = "no sample .pt files"
+        if pending:
+            message += f" ({len(pending)} *.tmp.pt intermediates: preprocessing did not finish)"
+        problems.append((".", message))
+
+    def name_of(path: str) -> str:
+        rel = os.path.relpath(path, directory)
+        return path if rel.startswith("..") else rel
+
+    names = [name_of(p) for p in paths]
+    if len(paths) > 16 and workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_check_sample, paths, names))
+    else:
+        results = [_check_sample(p, n) for p, n in zip(paths, names)]
+
+    widths = collections.Counter(r.hidden for r in results if r.hidden is not None and not r.problems)
+    common_width = widths.most_common(1)[0][0] if widths else None
+    good: list[_Sample] = []
+    for result in results:
+        issues = list(result.problems)
+        if result.hidden is not None and common_width is not None and result.hidden != common_width:
+            issues.append(f"encoder_hidden_states width {result.hidden} differs from the other files ({common_width})")
+        problems.extend((result.name, issue) for issue in issues)
+        if not issues:
+            good.append(result)
+    seconds = [r.frames / LATENT_FPS for r in good]
+    return DatasetReport(
+        directory=directory,
+        samples=len(good),
+        total_seconds=sum(seconds),
+        longest_seconds=max(seconds, default=0.0),
+        files=tuple(names),
+        problems=tuple(problems),
+        variant=variant,
+        hidden_size=common_width,
+        used_manifest=used_manifest,
+    )

@@ -1,0 +1,156 @@
+"""The wire protocol: every message pickles and JSON-round-trips unchanged, carries primitives only,
+and nothing outside the protocol gets through."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+import typing
+
+import pytest
+
+from engine import protocol
+
+ALL_TYPES = protocol.COMMAND_TYPES + protocol.EVENT_TYPES
+
+_SAMPLES = {
+    "str": "sample",
+    "int": 7,
+    "float": 0.25,
+    "bool": True,
+    "str | None": "maybe",
+    "int | None": 3,
+    "float | None": 1.5,
+    "tuple[str, ...]": ("a", "b"),
+    "tuple[int, ...]": (1, 2, 3),
+    "tuple[float, ...]": (0.0, 0.5, 1.0),
+}
+
+
+def sample(cls: type) -> typing.Any:
+    """An instance with a non-default value in every field."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        annotation = str(f.type)
+        assert annotation in _SAMPLES, f"{cls.__name__}.{f.name}: no sample for type {annotation}"
+        kwargs[f.name] = _SAMPLES[annotation]
+    return cls(**kwargs)
+
+
+def test_protocol_version_is_an_int() -> None:
+    assert isinstance(protocol.PROTOCOL_VERSION, int) and protocol.PROTOCOL_VERSION >= 1
+    assert "protocol_version" in {f.name for f in dataclasses.fields(protocol.EngineReady)}
+
+
+def test_unions_match_the_type_tuples() -> None:
+    assert set(typing.get_args(protocol.Command)) == set(protocol.COMMAND_TYPES)
+    assert set(typing.get_args(protocol.Event)) == set(protocol.EVENT_TYPES)
+    names = [cls.__name__ for cls in ALL_TYPES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+def test_frozen_slotted_kw_only(cls: type) -> None:
+    params = cls.__dataclass_params__
+    assert params.frozen
+    assert hasattr(cls, "__slots__")
+    if dataclasses.fields(cls):
+        with pytest.raises(TypeError):
+            cls(*[None] * len(dataclasses.fields(cls)))  # positional construction is refused (kw_only)
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+def test_fields_are_primitive_only(cls: type) -> None:
+    message = sample(cls)
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        assert protocol.is_primitive(value), f"{cls.__name__}.{f.name} = {value!r} is not primitive"
+    # Defaults too (an empty tuple, NaN, "" are all primitives).
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    assert all(protocol.is_primitive(v) for v in defaults.values())
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+def test_pickle_round_trip(cls: type) -> None:
+    message = sample(cls)
+    assert pickle.loads(pickle.dumps(message)) == message
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+def test_json_round_trip(cls: type) -> None:
+    message = sample(cls)
+    line = protocol.dumps(message)
+    assert "\n" not in line
+    assert json.loads(line)["type"] == cls.__name__
+    assert protocol.loads(line) == message
+    assert protocol.from_dict(protocol.to_dict(message)) == message
+
+
+@pytest.mark.parametrize("cls", protocol.EVENT_TYPES, ids=lambda c: c.__name__)
+def test_events_carry_the_envelope(cls: type) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert names[:3] == ["run_id", "seq", "ts"]
+    stamped = protocol.stamp(sample(cls), run_id="r1", seq=42, ts=123.0)
+    assert (stamped.run_id, stamped.seq, stamped.ts) == ("r1", 42, 123.0)
+
+
+def test_nan_and_inf_survive_json() -> None:
+    event = protocol.RunFinished(status="completed", steps=1, epochs=1, final_loss=float("nan"), best_loss=float("inf"), adapter_path="", wall_s=1.0)
+    back = protocol.loads(protocol.dumps(event))
+    assert math.isnan(back.final_loss) and back.best_loss == float("inf")
+
+
+def test_unknown_type_is_rejected() -> None:
+    with pytest.raises(protocol.ProtocolError, match="unknown message type 'Nope'"):
+        protocol.from_dict({"type": "Nope"})
+    with pytest.raises(protocol.ProtocolError):
+        protocol.from_dict({"step": 1})
+    with pytest.raises(protocol.ProtocolError, match="not a protocol message"):
+        protocol.to_dict(object())
+
+
+def test_unknown_field_is_rejected() -> None:
+    data = protocol.to_dict(sample(protocol.StepMetrics))
+    data["surprise"] = 1
+    with pytest.raises(protocol.ProtocolError, match="unknown field 'surprise'"):
+        protocol.from_dict(data)
+
+
+def test_missing_required_field_is_rejected() -> None:
+    data = protocol.to_dict(sample(protocol.StepMetrics))
+    del data["loss"]
+    with pytest.raises(protocol.ProtocolError, match="StepMetrics"):
+        protocol.from_dict(data)
+
+
+def _write(tmp_path, lines: list[str]) -> str:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def test_read_events_in_order(tmp_path) -> None:
+    events = [protocol.stamp(sample(cls), run_id="r", seq=i, ts=float(i)) for i, cls in enumerate(protocol.EVENT_TYPES)]
+    path = _write(tmp_path, [protocol.dumps(e) for e in events] + [""])
+    assert protocol.read_events(path) == events
+
+
+def test_read_events_tolerates_a_torn_last_line(tmp_path) -> None:
+    good = [protocol.dumps(sample(protocol.Heartbeat)), protocol.dumps(sample(protocol.StepMetrics))]
+    torn = protocol.dumps(sample(protocol.RunFinished))[:25]
+    path = _write(tmp_path, good + [torn, "", "  "])
+    assert len(protocol.read_events(path)) == 2
+    with pytest.raises(protocol.ProtocolError, match=":3:"):
+        protocol.read_events(path, strict=True)
+
+
+def test_read_events_names_a_bad_middle_line(tmp_path) -> None:
+    lines = [protocol.dumps(sample(protocol.Heartbeat)), "{not json", protocol.dumps(sample(protocol.Heartbeat))]
+    path = _write(tmp_path, lines)
+    with pytest.raises(protocol.ProtocolError, match=r"events\.jsonl:2:"):
+        protocol.read_events(path)
+    unknown = [protocol.dumps(sample(protocol.Heartbeat)), '{"type":"Alien"}', protocol.dumps(sample(protocol.Heartbeat))]
+    with pytest.raises(protocol.ProtocolError, match=r":2: unknown message type 'Alien'"):
+        protocol.read_events(_write(tmp_path, unknown))
