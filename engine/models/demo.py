@@ -21,10 +21,13 @@ from typing import Any
 import torch
 
 DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
-DEMO_VERSION = 1  # bump when the modeling file, sizes or data recipe change; forces a rewrite
+DEMO_VERSION = 2  # bump when the modeling file, sizes or data recipe change; forces a rewrite
 MODELING_FILE = "acestep_demo_modeling.py"
 LATENT_FPS = 25
 SILENCE_FRAMES = 750  # 30 s: longer than any demo clip
+DEMO_DURATIONS = (3, 4, 5, 6, 8)  # seconds; varied so batches need bucketing
+DEFAULT_PRETRAIN_STEPS = 200
+PRETRAIN_SEED_OFFSET = 1000  # the base learns other patterns than the demo dataset's
 SIZES: dict[str, dict[str, Any]] = {
     # Trains in seconds on a CPU; same tree and interfaces as the real decoder.
     "tiny": dict(
@@ -41,6 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
     # The shipped 2B values (the config class defaults): honest memory and speed figures.
     "full": {},
 }
+_STATE_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # tiny weights per (size, seed, steps), this process
 _AUTO_MAP = {
     "AutoConfig": "acestep_demo_modeling.AceStepDemoConfig",
     "AutoModel": "acestep_demo_modeling.AceStepConditionGenerationModel",
@@ -92,11 +96,16 @@ def _checkpoint_is_valid(model_dir: Path, size: str) -> bool:
         return False
 
 
-def write_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0) -> str:
+def write_demo_checkpoint(
+    root: str | os.PathLike, *, size: str = "tiny", seed: int = 0, pretrain_steps: int | None = None
+) -> str:
     """Write ``<root>/sidestep-demo-base/`` and ``<root>/silence_latent.pt``; return the model folder.
 
-    An existing valid folder of the same size and version is reused untouched. The full size holds
-    the real 2B decoder (~1.58 B params) and is stored in bf16 like the shipped checkpoints.
+    An existing valid folder of the same size and version is reused untouched. The tiny model is
+    briefly pre-trained (``pretrain_steps``, default 200, a few seconds on a CPU) on pattern data of
+    its own, so like a real base it already denoises and an adapter has something to build on; the
+    demo dataset uses other patterns, so the adapter's loss visibly falls. The full size holds the
+    real 2B decoder (~1.58 B params), untrained, stored in bf16 like the shipped checkpoints.
     """
     from safetensors.torch import save_file
 
@@ -112,16 +121,27 @@ def write_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: 
     config.sidestep_demo_size = size
     store_dtype = torch.float32 if size == "tiny" else torch.bfloat16
     config._attn_implementation = "sdpa"
+    steps = (DEFAULT_PRETRAIN_STEPS if size == "tiny" else 0) if pretrain_steps is None else pretrain_steps
 
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(store_dtype)  # build the full size straight in bf16 (half the RAM)
-    try:
-        model = AceStepConditionGenerationModel(config)
-    finally:
-        torch.set_default_dtype(previous)
-    state = {k: v.detach().to(store_dtype).contiguous() for k, v in model.state_dict().items()}
-    del model
+    generator = torch.Generator().manual_seed(seed + 1)
+    silence = 0.05 * torch.randn(1, config.audio_acoustic_hidden_dim, SILENCE_FRAMES, generator=generator)
+    key = (size, seed, steps)
+    state = _STATE_CACHE.get(key)
+    if state is None:
+        with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG
+            torch.manual_seed(seed)
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(store_dtype)  # build the full size straight in bf16 (half the RAM)
+            try:
+                model = AceStepConditionGenerationModel(config)
+            finally:
+                torch.set_default_dtype(previous)
+            if steps:
+                _pretrain(model, steps, silence[0].transpose(0, 1), seed=seed + PRETRAIN_SEED_OFFSET)
+        state = {k: v.detach().to(store_dtype).contiguous() for k, v in model.state_dict().items()}
+        del model
+        if size == "tiny":  # a few MB; saves the pre-training when tests write many demo folders
+            _STATE_CACHE[key] = state
 
     staging = root / (DEMO_FOLDER + ".__writing__")
     shutil.rmtree(staging, ignore_errors=True)
@@ -130,11 +150,9 @@ def write_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: 
     shutil.copyfile(_modeling_source(), staging / MODELING_FILE)
     config_dict = config.to_dict()
     config_dict["dtype"] = "float32" if store_dtype == torch.float32 else "bfloat16"
+    config_dict["sidestep_demo_pretrain_steps"] = steps
     config_dict.pop("_attn_implementation_autoset", None)
     (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-
-    generator = torch.Generator().manual_seed(seed + 1)
-    silence = 0.05 * torch.randn(1, config.audio_acoustic_hidden_dim, SILENCE_FRAMES, generator=generator)
     _atomic_torch_save(silence, root / "silence_latent.pt")
 
     if model_dir.exists():
@@ -143,22 +161,68 @@ def write_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: 
     return str(model_dir)
 
 
+def _pretrain(model, steps: int, silence: torch.Tensor, *, seed: int, batch: int = 4) -> None:
+    """Flow-matching pre-training of decoder + null embedding on pattern data (own seed), with CFG dropout."""
+    decoder = model.decoder
+    hidden = model.config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    patterns = _patterns(64, generator)
+    conditions = torch.randn(N_PATTERNS, 48, hidden, generator=generator)
+    params = [*decoder.parameters(), model.null_condition_emb]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    decoder.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small runs fastest on one thread (and never oversubscribes)
+    try:
+        _pretrain_steps(model, optimizer, steps, silence, patterns, conditions, generator, batch)
+    finally:
+        torch.set_num_threads(threads)
+    decoder.eval()
+
+
+def _pretrain_steps(model, optimizer, steps, silence, patterns, conditions, generator, batch) -> None:
+    decoder = model.decoder
+    for step in range(steps):
+        frames = DEMO_DURATIONS[step % len(DEMO_DURATIONS)] * LATENT_FPS
+        weights = torch.softmax(3.0 * torch.randn(batch, N_PATTERNS, generator=generator), dim=-1)
+        x0 = torch.stack([_sample_latents(w, frames, patterns) for w in weights])
+        cond = torch.einsum("bk,klh->blh", weights, conditions)
+        drop = torch.rand(batch, generator=generator) < 0.15
+        cond = torch.where(drop[:, None, None], model.null_condition_emb.expand_as(cond), cond)
+        context = torch.cat([silence[:frames], torch.ones(frames, 64)], dim=-1).expand(batch, -1, -1)
+        t = torch.sigmoid(torch.randn(batch, generator=generator) - 0.4)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * x0
+        pred = decoder(
+            hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None,
+            encoder_hidden_states=cond, encoder_attention_mask=None, context_latents=context,
+        )[0]
+        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 # --------------------------------------------------------------------------- dataset
 
 N_PATTERNS = 4
 
 
-def _patterns(channels: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per pattern and channel: frequency (Hz), phase and amplitude of a sinusoid."""
-    freqs = 0.2 + 2.0 * torch.rand(N_PATTERNS, channels, generator=generator)
-    phases = 2 * math.pi * torch.rand(N_PATTERNS, channels, generator=generator)
-    amps = 0.5 + torch.rand(N_PATTERNS, channels, generator=generator)
-    return freqs, phases, amps
+def _patterns(channels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per pattern and channel: a level plus a sinusoid (frequency in Hz, phase, amplitude)."""
+    return {
+        "level": 2.0 * torch.randn(N_PATTERNS, channels, generator=generator),
+        "freq": 0.2 + 2.0 * torch.rand(N_PATTERNS, channels, generator=generator),
+        "phase": 2 * math.pi * torch.rand(N_PATTERNS, channels, generator=generator),
+        "amp": 0.3 + 0.5 * torch.rand(N_PATTERNS, channels, generator=generator),
+    }
 
 
-def _sample_latents(weights: torch.Tensor, frames: int, freqs, phases, amps) -> torch.Tensor:
+def _sample_latents(weights: torch.Tensor, frames: int, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The condition decides the mix: the levels are quick to learn (loss falls early), the waves
+    need the position (RoPE, context) and come later."""
     t = torch.arange(frames, dtype=torch.float32)[:, None, None] / LATENT_FPS  # [T, 1, 1]
-    waves = amps[None] * torch.sin(2 * math.pi * freqs[None] * t + phases[None])  # [T, K, C]
+    waves = p["level"][None] + p["amp"][None] * torch.sin(2 * math.pi * p["freq"][None] * t + p["phase"][None])
     return torch.einsum("k,tkc->tc", weights, waves)
 
 
@@ -170,7 +234,7 @@ def write_demo_dataset(
     hidden_size: int | None = None,
     silence_latent: str | os.PathLike | None = None,
     encoder_length: int = 48,
-    durations: tuple[int, ...] = (3, 4, 5, 6, 8),
+    durations: tuple[int, ...] = DEMO_DURATIONS,
 ) -> str:
     """Write ``n_samples`` training tensors (ACE_STEP.md §4.1) and ``manifest.json`` to ``out_dir``.
 
@@ -181,7 +245,7 @@ def write_demo_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    freqs, phases, amps = _patterns(64, generator)
+    patterns = _patterns(64, generator)
     # One fixed condition sequence per pattern; a sample's condition mixes them with its weights.
     pattern_conditions = torch.randn(N_PATTERNS, encoder_length, hidden, generator=generator)
     if silence_latent is not None:
@@ -202,7 +266,7 @@ def write_demo_dataset(
             [silence, silence[:1].expand(frames - silence.shape[0], -1)]
         )
         context = torch.cat([src, torch.ones(frames, 64)], dim=-1)
-        latents = _sample_latents(weights, frames, freqs, phases, amps)
+        latents = _sample_latents(weights, frames, patterns)
         dominant = int(weights.argmax())
         name = f"demo_{index:03d}.pt"
         metadata = {
