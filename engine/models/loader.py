@@ -193,6 +193,28 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _find_shape_mismatch(model_dir: Path) -> str | None:
+    """Name the first tensor whose stored shape differs from what config.json builds (meta device,
+    so free even at full size). Only on the error path: transformers' message lacks the key."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModel.from_config(config, trust_remote_code=True).state_dict().items()}
+        files = [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").is_file() else sorted(model_dir.glob("*.safetensors"))
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    stored = tuple(handle.get_slice(key).get_shape())
+                    if key in expected and expected[key] != stored:
+                        return f"{key} is {list(stored)}, the config needs {list(expected[key])}"
+    except Exception:  # best effort: fall back to transformers' own line
+        return None
+    return None
+
+
 def _size_mismatch_line(exc: BaseException) -> str | None:
     for line in str(exc).splitlines():
         if "size mismatch for" in line:
@@ -225,8 +247,9 @@ def load_decoder(
                 raise ModelLoadError(f"{path.name}'s model code needs a missing package: {_first_line(exc)}") from exc
             mismatch = _size_mismatch_line(exc)
             if mismatch:
+                detail = _find_shape_mismatch(path) or mismatch
                 raise ModelLoadError(
-                    f"{path / 'model.safetensors'} does not match {path / 'config.json'} ({mismatch}); re-download the folder"
+                    f"{path / 'model.safetensors'} does not match {path / 'config.json'} ({detail}); re-download the folder"
                 ) from exc
             errors.append(f"{backend}: {_first_line(exc)}")
             log(f"attention backend {backend} failed: {_first_line(exc)}")
