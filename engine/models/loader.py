@@ -303,7 +303,8 @@ def unwrap_decoder(module: nn.Module) -> nn.Module:
     seen = set()
     while id(module) not in seen:
         seen.add(id(module))
-        if isinstance(getattr(module, "layers", None), nn.ModuleList) and hasattr(module, "proj_in"):
+        # Own submodules only: PEFT forwards unknown attributes to the wrapped model.
+        if isinstance(module._modules.get("layers"), nn.ModuleList) and "proj_in" in module._modules:
             return module
         for attr in _WRAPPER_ATTRS:
             inner = getattr(module, attr, None)

@@ -299,3 +299,24 @@ def test_save_into_an_existing_checkpoint_folder_keeps_other_files(demo_paths, t
     adapter.save(target, {})  # overwrite in place
     assert sorted(os.listdir(target)) == ["adapter_config.json", "adapter_model.safetensors", "training_state.pt"]
     assert not [p for p in os.listdir(target.parent) if "__writing__" in p]
+
+
+def test_gradient_checkpointing_reaches_through_the_adapter(demo_paths):
+    from engine.models.loader import enable_gradient_checkpointing, unwrap_decoder
+
+    for kind, ratio in (("lora", 1.0), ("lokr", 0.5)):
+        decoder = fresh_decoder(demo_paths)
+        adapter = attach_adapter(decoder, make_config(adapter_type=kind))
+        assert unwrap_decoder(adapter.module) is decoder
+        assert enable_gradient_checkpointing(adapter.module, ratio) == (4 if ratio == 1.0 else 2)
+        adapter.module.train()
+        randomise(adapter)
+        adapter.module(**inputs())[0].square().mean().backward()
+        assert all(p.grad is not None for p in adapter.parameters()), kind
+
+
+def test_lora_bias_all_trains_biases(demo_paths):
+    adapter = attach_adapter(fresh_decoder(demo_paths), make_config(bias="all"))
+    names = {n for n, p in adapter.module.named_parameters() if p.requires_grad}
+    assert "base_model.model.condition_embedder.bias" in names
+    assert "base_model.model.condition_embedder.bias" in adapter.state_dict()

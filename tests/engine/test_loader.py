@@ -130,11 +130,12 @@ def test_missing_decoder_tensor(model_copy):
     assert "decoder.layers.0.mlp.up_proj.weight" in _one_line(exc)
 
 
-def test_missing_remote_code_package(model_copy):
+def test_missing_remote_code_package(demo_paths, tmp_path):
+    # Its own folder name: transformers caches remote code per folder name, shared across processes.
+    model_copy = tmp_path / "broken-code-base"
+    shutil.copytree(demo_paths["model_dir"], model_copy)
     code = model_copy / "acestep_demo_modeling.py"
     code.write_text("import acestep_not_installed_pkg\n" + code.read_text())
-    config = json.loads((model_copy / "config.json").read_text())
-    (model_copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError) as exc:
         load_decoder(model_copy, device=CPU, dtype=torch.float32)
     assert "acestep_not_installed_pkg" in _one_line(exc)
