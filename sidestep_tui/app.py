@@ -119,8 +119,7 @@ class SidestepApp(EngineBridge, App[None]):
         if self.start_config_json is not None:
             self.post_message(m.StartRequested(self.start_config_json))
         if self.demo is not None:
-            self.engine_banner = ""
-            self.notify("Preparing the demo model and data…", title="Demo")
+            self.run_state = RunState(phase="preparing_demo", phase_detail="writing or reusing the demo model and data")
             self.run_worker(self._prepare_demo, thread=True, name="demo-setup", group="demo-setup", exit_on_error=False)
         self.set_interval(1.0, self._check_silence, name="engine-silence")
 
@@ -170,7 +169,7 @@ class SidestepApp(EngineBridge, App[None]):
                 self.switch_mode("monitor")
                 return
             self._stop_engine(client)
-        self.run_state = RunState()
+        self.run_state = RunState(phase="starting_engine", phase_detail="spawning the engine process")
         log_path = str(Path(self.log_dir) / f"engine-{time.strftime('%Y%m%d-%H%M%S')}.log")
         self._start_pump(self.client_factory(log_path), (command,))
         self.switch_mode("monitor")

@@ -17,9 +17,12 @@ kill, draining the event queue meanwhile (a child blocked on a full pipe would n
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
+import sys
+from multiprocessing import resource_tracker
 import os
 import queue as queue_mod
 import signal
@@ -27,7 +30,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from engine import protocol
 from engine.protocol import PROTOCOL_VERSION, EngineReady, StopRun
@@ -107,6 +110,25 @@ class EngineClientProtocol(Protocol):
 ALL_CONTROLS: frozenset[type] = frozenset(protocol.COMMAND_TYPES)
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _real_stderr() -> Iterator[None]:
+    """Textual replaces ``sys.stderr`` with a capture whose ``fileno()`` is -1; multiprocessing's
+    resource tracker (started by the first queue's semaphore) passes ``sys.stderr.fileno()`` to its
+    child and fails on -1 ("bad value(s) in fds_to_keep"). Hand it the real stderr meanwhile."""
+    with _STDERR_LOCK:
+        captured = sys.stderr
+        if sys.__stderr__ is not None:
+            sys.stderr = sys.__stderr__
+        try:
+            resource_tracker.ensure_running()
+            yield
+        finally:
+            sys.stderr = captured
+
+
 def _default_target() -> Callable[..., Any]:
     # engine.entry's top level is stdlib only; the heavy imports happen inside run_engine, in the child.
     from engine.entry import run_engine
@@ -127,11 +149,13 @@ class EngineClient:
         handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
         target: Callable[..., Any] | None = None,
         on_exit: Callable[[int | None], None] | None = None,
+        boot_extra: dict[str, Any] | None = None,
     ) -> None:
         self.log_path = log_path
         self.handshake_timeout = handshake_timeout
         self._target = target
         self._on_exit = on_exit
+        self._boot_extra = dict(boot_extra or {})  # more keys for the engine's boot dict (tests, options)
         self._ctx = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._cmd_q: Any = None
@@ -150,14 +174,15 @@ class EngineClient:
         if self._process is not None:
             raise EngineError("engine already started")
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-        self._cmd_q = self._ctx.Queue()
-        self._evt_q = self._ctx.Queue()
-        boot = {"log_path": self.log_path, "parent_pid": os.getpid()}
+        boot = {**self._boot_extra, "log_path": self.log_path, "parent_pid": os.getpid()}
         target = self._target or _default_target()
-        self._process = self._ctx.Process(
-            target=target, args=(self._cmd_q, self._evt_q, boot), name="sidestep-engine", daemon=False
-        )
-        self._process.start()
+        with _real_stderr():  # queues (their semaphores) and the process start the resource tracker
+            self._cmd_q = self._ctx.Queue()
+            self._evt_q = self._ctx.Queue()
+            self._process = self._ctx.Process(
+                target=target, args=(self._cmd_q, self._evt_q, boot), name="sidestep-engine", daemon=False
+            )
+            self._process.start()
         threading.Thread(target=self._watch_sentinel, name="engine-sentinel", daemon=True).start()
         self._handshake()
 

@@ -368,6 +368,8 @@ def apply(state: RunState, event: Event) -> RunState:
                 cuda_available=event.cuda_available,
                 device_names=event.device_names,
                 engine_stopping=False,
+                phase="idle" if state.phase == "starting_engine" else state.phase,
+                phase_detail=f"engine ready (pid {event.pid})" if state.phase == "starting_engine" else state.phase_detail,
             )
         case Heartbeat():
             phase = state.phase

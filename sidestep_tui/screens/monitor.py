@@ -167,7 +167,10 @@ class MonitorScreen(Screen[None]):
             command = {"stop": StopRun, "save": SaveCheckpoint, "pause": PauseRun, "resume": ResumeRun}[action]
             if action == "pause" and s.paused or action == "resume" and not s.paused:
                 return False
-            return True if can(command) else None
+            client = getattr(app, "client", None)
+            if client is None or command not in client.controls:
+                return False  # e.g. an attached run: only stop is possible, so only stop is shown
+            return True if can(command) else None  # a dead engine: shown, disabled
         if action == "show_error":
             return s.failure is not None
         if action == "back":

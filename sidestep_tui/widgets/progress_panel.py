@@ -37,10 +37,10 @@ def render_progress(state: RunState, width: int) -> str:
         style = "$error"
     elif state.finished_status is not None:
         style = "$primary"
-    who = state.run_id or "no run"
+    who = state.run_id or ("" if state.phase_detail else "no run")
     if state.adapter_type:
         who += f" · {state.adapter_type} on {state.model_variant} · {state.device} {state.precision}"
-    detail = f" ({state.phase_detail})" if state.phase_detail and state.active else ""
+    detail = f" ({state.phase_detail})" if state.phase_detail and (state.active or not state.run_id) else ""
     line1 = f"[b reverse {style}] {escape(label)} [/] {escape(who + detail)}"
 
     total = state.total_steps
@@ -54,7 +54,8 @@ def render_progress(state: RunState, width: int) -> str:
     ckpt = state.checkpoints[-1] if state.checkpoints else None
     parts = [
         f"loss {fmt_num(state.loss)}",
-        f"best {fmt_num(state.best_epoch_loss if state.best_epoch_loss is not None else state.best_loss)}",
+        # The engine's "best" is the lowest epoch mean; before the first epoch ends, the lowest summary.
+        f"best epoch {fmt_num(state.best_epoch_loss)}" if state.best_epoch_loss is not None else f"best {fmt_num(state.best_loss)}",
         f"lr {fmt_num(state.lr, 3)}",
         f"grad {fmt_num(state.grad_norm, 3)}",
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",

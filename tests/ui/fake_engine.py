@@ -174,3 +174,42 @@ def scripted_run(
                               traceback="Traceback (most recent call last):\n  File \"trainer.py\", line 1, in fit\ntorch.OutOfMemoryError: CUDA out of memory",
                               hint="Lower batch size or enable gradient checkpointing.", oom=True, step=steps))
     return ev
+
+
+# --------------------------------------------------------------------------- stub engine process
+# A stand-in for ``engine.entry.run_engine`` with the same signature, for EngineClient tests that need
+# a real spawned process but not torch. ``boot`` picks the behaviour.
+
+
+def stub_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
+    import os
+    import queue
+    import signal
+    import sys
+    import time
+
+    if boot.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if boot.get("silent"):
+        time.sleep(60)
+        return
+    evt_q.put(p.EngineReady(run_id="", seq=0, ts=time.time(), pid=os.getpid(), protocol_version=boot.get("protocol_version", p.PROTOCOL_VERSION),
+                            torch_version="stub", python_version="3", cuda_available=False))
+    seq = 1
+    while True:
+        try:
+            cmd = cmd_q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(cmd, p.StartRun):
+            evt_q.put(p.PhaseChanged(run_id=cmd.run_id, seq=seq, ts=time.time(), phase="training"))
+            seq += 1
+        elif isinstance(cmd, p.Shutdown):
+            if boot.get("ignore_shutdown"):
+                continue
+            evt_q.put(p.EngineStopping(run_id="", seq=seq, ts=time.time(), reason="shutdown"))
+            evt_q.close()
+            evt_q.join_thread()
+            sys.exit(0)
+        elif isinstance(cmd, p.StopRun) and boot.get("crash_on_stop"):
+            raise RuntimeError("stub crash")

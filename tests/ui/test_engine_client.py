@@ -1,0 +1,107 @@
+"""EngineClient against a real spawned process (a stub engine, no torch): handshake, protocol check,
+death reasons, send on a dead engine, shutdown escalation, detach; plus exit-code mapping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from fake_engine import stub_engine
+
+from engine import protocol as p
+from sidestep_tui.engine_client import EngineClient, EngineDeadError, EngineHandshakeError, exit_reason
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _client(tmp_path, **boot) -> EngineClient:
+    return EngineClient(log_path=str(tmp_path / "engine.log"), handshake_timeout=60, target=stub_engine, boot_extra=boot)
+
+
+def _drain_until(client: EngineClient, kind: type, timeout: float = 30.0) -> list:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += client.poll(0.2)
+        if any(isinstance(e, kind) for e in seen):
+            return seen
+    raise AssertionError(f"no {kind.__name__} in {seen}")
+
+
+def test_handshake_commands_and_clean_shutdown(tmp_path) -> None:
+    client = _client(tmp_path)
+    client.start()
+    assert client.ready is not None and client.is_alive
+    assert isinstance(client.poll(0.5)[0], p.EngineReady)  # the handshake event is still delivered
+    client.send(p.StartRun(run_id="r", config_json="{}"))
+    _drain_until(client, p.PhaseChanged)
+    client.shutdown(10)
+    assert not client.is_alive and client.exit_code == 0 and client.death_reason() == "exited normally"
+    assert any(isinstance(e, p.EngineStopping) for e in client.poll(0.1))
+    with pytest.raises(EngineDeadError):
+        client.send(p.PauseRun())
+
+
+def test_protocol_mismatch_is_refused(tmp_path) -> None:
+    client = _client(tmp_path, protocol_version=p.PROTOCOL_VERSION + 1)
+    with pytest.raises(EngineHandshakeError, match="protocol"):
+        client.start()
+    assert not client.is_alive
+
+
+def test_handshake_timeout(tmp_path) -> None:
+    client = _client(tmp_path, silent=True)
+    client.handshake_timeout = 2.0
+    with pytest.raises(EngineHandshakeError, match="did not start within"):
+        client.start()
+    assert client.wait_exit(10) and not client.is_alive
+
+
+def test_sigkill_is_reported_as_the_oom_killer(tmp_path) -> None:
+    client = _client(tmp_path)
+    client.start()
+    os.kill(client.pid, signal.SIGKILL)
+    assert client.wait_exit(10)
+    assert client.exit_code == -9 and client.death_reason() == "killed (likely the OOM killer)"
+    with pytest.raises(EngineDeadError, match="OOM killer"):
+        client.send(p.StopRun())
+
+
+def test_crash_is_exit_code_one(tmp_path) -> None:
+    client = _client(tmp_path, crash_on_stop=True)
+    client.start()
+    client.send(p.StopRun())
+    assert client.wait_exit(20)
+    assert client.exit_code == 1 and client.death_reason().startswith("crashed")
+
+
+def test_shutdown_escalates_to_kill(tmp_path) -> None:
+    client = _client(tmp_path, ignore_shutdown=True, ignore_sigterm=True)
+    client.start()
+    t0 = time.monotonic()
+    client.shutdown(grace_s=1.0)
+    assert not client.is_alive and client.exit_code == -signal.SIGKILL
+    assert time.monotonic() - t0 < 15
+
+
+def test_detach_leaves_the_engine_running(tmp_path) -> None:
+    import multiprocessing
+
+    client = _client(tmp_path)
+    client.start()
+    client.detach()
+    assert client._process not in multiprocessing.active_children()
+    assert client.is_alive
+    os.kill(client.pid, signal.SIGKILL)  # clean up the test's own engine
+    assert client.wait_exit(10)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(None, "still running"), (0, "exited normally"), (-9, "killed (likely the OOM killer)"), (137, "killed (likely the OOM killer)"),
+     (-15, "killed by SIGTERM"), (1, "crashed (exit code 1; see sidestep.log)"), (143, "exited after SIGTERM"), (3, "exited with code 3")],
+)
+def test_exit_reasons(code, reason) -> None:
+    assert exit_reason(code) == reason
