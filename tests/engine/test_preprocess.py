@@ -1,0 +1,320 @@
+"""Two-pass preprocessing end to end on the CPU with the demo components and audio made here:
+exact tensor format, resume after a stop or a kill, bad files skipped, the result trains."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from engine import protocol
+from engine.models.demo import DEMO_FOLDER, demo_config, write_demo_checkpoint
+from engine.models.demo_audio import synthesize_demo_audio, write_demo_audio_components
+from engine.preprocess import config as pcfg
+from engine.preprocess.pipeline import run_preprocess
+
+FINAL_KEYS = {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
+METADATA_KEYS = {
+    "audio_path", "filename", "caption", "lyrics", "duration", "bpm", "keyscale", "timesignature",
+    "genre", "is_instrumental", "custom_tag", "prompt_override", "repeat",
+}  # fmt: skip
+SECONDS = (1.2, 1.0, 1.4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("ckpt")
+    write_demo_checkpoint(root)
+    write_demo_audio_components(root)
+    return str(root)
+
+
+def make_config(checkpoint: str, out, **values) -> pcfg.PreprocessConfig:
+    base = {"checkpoint_dir": checkpoint, "model_variant": DEMO_FOLDER, "output_dir": str(out), "device": "cpu"}
+    return pcfg.parse({**base, **values})
+
+
+def run(config, *, stop_when=None):
+    events: list = []
+
+    def should_stop():
+        return bool(stop_when and stop_when(events))
+
+    summary = run_preprocess(config, events.append, should_stop)
+    return summary, events
+
+
+@pytest.fixture(scope="module")
+def processed(checkpoint, tmp_path_factory):
+    songs = tmp_path_factory.mktemp("songs")
+    synthesize_demo_audio(songs, 6, seconds=SECONDS)
+    out = tmp_path_factory.mktemp("tensors")
+    config = make_config(checkpoint, out, audio_dir=str(songs), normalize="lufs", tag="trig")
+    summary, events = run(config)
+    return {"songs": str(songs), "out": str(out), "summary": summary, "events": events, "config": config}
+
+
+def test_tensors_have_the_exact_format(processed, checkpoint):
+    summary, out = processed["summary"], processed["out"]
+    assert summary.failed == [] and summary.processed == 6 and not summary.stopped
+    hidden = demo_config("tiny").hidden_size
+    silence = torch.load(os.path.join(checkpoint, "silence_latent.pt"), weights_only=True)[0].T.float()
+    files = sorted(glob.glob(os.path.join(out, "*.pt")))
+    assert len(files) == 6 and not glob.glob(os.path.join(out, "*.tmp.pt")) and not glob.glob(os.path.join(out, "*__writing__"))
+    assert any("mélodie_douce" in f for f in files)
+    for path in files:
+        data = torch.load(path, weights_only=True)
+        assert set(data) == FINAL_KEYS
+        meta = data["metadata"]
+        assert set(meta) == METADATA_KEYS
+        samples = sf.info(meta["audio_path"]).frames * 48_000 // sf.info(meta["audio_path"]).samplerate
+        T = samples // 1920
+        assert data["target_latents"].shape == (T, 64) and data["target_latents"].dtype == torch.bfloat16
+        assert data["attention_mask"].shape == (T,) and data["attention_mask"].dtype == torch.bfloat16
+        assert bool((data["attention_mask"] == 1).all())
+        assert data["encoder_hidden_states"].shape == (769, hidden) and data["encoder_hidden_states"].dtype == torch.bfloat16
+        mask = data["encoder_attention_mask"]
+        assert mask.shape == (769,) and mask.dtype == torch.bool
+        valid = int(mask.sum())
+        assert 2 < valid < 769 and bool(mask[:valid].all()) and not bool(mask[valid:].any())  # packed valid-first
+        context = data["context_latents"]
+        assert context.shape == (T, 128) and context.dtype == torch.bfloat16
+        assert bool((context[:, 64:] == 1).all())
+        assert torch.equal(context[:, :64], silence[:T].to(torch.bfloat16))
+        assert all(torch.isfinite(data[k].float()).all() for k in FINAL_KEYS - {"metadata"})
+        assert meta["custom_tag"] == "trig" and meta["duration"] == round(samples / 48_000)
+    lyrics = {os.path.basename(f): torch.load(f, weights_only=True)["metadata"]["lyrics"] for f in files}
+    assert lyrics["tone_a440.pt"].startswith("[Verse]\nthe night is long") and lyrics["chord_c_major.pt"] == "[Instrumental]"
+
+
+def test_index_files_and_events(processed):
+    out, events = processed["out"], processed["events"]
+    manifest = json.load(open(os.path.join(out, "manifest.json"), encoding="utf-8"))
+    assert manifest["num_samples"] == 6 and len(manifest["samples"]) == 6
+    assert all(os.path.isfile(os.path.join(out, name)) for name in manifest["samples"])
+    assert [i["path"] for i in manifest["sample_info"]] == manifest["samples"]
+    assert all(i["shapes"]["context_latents"][1] == 128 for i in manifest["sample_info"])
+    meta = json.load(open(os.path.join(out, "preprocess_meta.json"), encoding="utf-8"))
+    assert meta["model_variant"] == DEMO_FOLDER and meta["normalize"] == "lufs" and meta["target_lufs"] == -14.0
+    assert meta["custom_tag"] == "trig" and meta["processed"] == 6 and meta["failed"] == 0
+    assert meta["storage_dtype"] == "bfloat16" and meta["config"]["audio_dir"] == processed["songs"]
+    for name, md5 in meta["checksums"].items():
+        assert hashlib.md5(open(os.path.join(out, name), "rb").read()).hexdigest() == md5
+
+    assert all(isinstance(e, protocol.PreprocessProgress) for e in events)
+    stages = [e.stage for e in events]
+    assert stages[0] == "scan" and stages[-1] == "done"
+    assert stages.count("pass1") == 6 and stages.count("pass2") == 6 and stages.index("pass2") > max(i for i, s in enumerate(stages) if s == "pass1")
+    pass1 = [e for e in events if e.stage == "pass1"]
+    assert [e.index for e in pass1] == [1, 2, 3, 4, 5, 6] and all(e.total == 6 and e.status == "ok" for e in pass1)
+    assert sum(e.audio_seconds for e in pass1) == pytest.approx(sum(SECONDS * 2), abs=0.01)
+    assert [e.elapsed_s for e in events] == sorted(e.elapsed_s for e in events)
+    for event in events:  # every event crosses the process boundary as JSON
+        assert protocol.loads(protocol.dumps(event)) == event
+
+
+def test_produced_folder_trains(processed, checkpoint, tmp_path):
+    from engine.config import parse
+    from engine.control import CommandInbox
+    from engine.data.dataset import TensorDataset
+    from engine.events import CallbackSink, EventBus
+    from engine.trainer import Trainer
+
+    assert len(TensorDataset(processed["out"])) == 6
+    events: list = []
+    config = parse(
+        {
+            "checkpoint_dir": checkpoint,
+            "model_variant": DEMO_FOLDER,
+            "dataset_dir": processed["out"],
+            "output_dir": str(tmp_path / "run"),
+            "rank": 4,
+            "alpha": 8,
+            "max_steps": 3,
+            "warmup_steps": 1,
+            "gradient_accumulation": 1,
+            "num_workers": 0,
+            "device": "cpu",
+        }
+    )
+    final = Trainer(config, EventBus([CallbackSink(events.append)]), CommandInbox(None), run_id="pp", metrics_hz=math.inf).fit()
+    assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "traceback", final)
+    losses = [e.loss for e in events if isinstance(e, protocol.StepMetrics)]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_vae_tiling_matches_one_call(checkpoint, monkeypatch):
+    """Windows keep their core and drop the overlap, so with an overlap wider than the VAE's receptive
+    field the tiled latents equal the one-call latents (the posterior mean, to compare exactly)."""
+    from engine.preprocess import encode
+
+    models = encode.load_pass1(checkpoint, torch.device("cpu"), torch.float32)
+    audio = (0.1 * np.random.default_rng(0).standard_normal((2, int(2.2 * 48_000) + 777))).astype(np.float32)
+    whole = encode.vae_encode(models, audio, sample=False)
+    monkeypatch.setattr(encode, "TILE_OVERLAP_SECONDS", 0.4)  # small sizes keep the test fast on a CPU
+    models.tile_seconds = 1.6  # windows of 1.6 s keep 0.8 s each: 3 windows, 2 seams
+    tiled = encode.vae_encode(models, audio, sample=False)
+    assert whole.shape == tiled.shape == (55, 64)
+    assert torch.allclose(whole, tiled, atol=1e-4), (whole - tiled).abs().max()
+
+
+def _stop_after(stage: str, count: int):
+    return lambda events: sum(1 for e in events if e.stage == stage and e.status == "ok") >= count
+
+
+def test_stopped_runs_resume_without_redoing_work(checkpoint, tmp_path):
+    songs, out = tmp_path / "songs", tmp_path / "out"
+    synthesize_demo_audio(songs, 4, seconds=(1.0,))
+    config = make_config(checkpoint, out, audio_dir=str(songs))
+
+    summary, events = run(config, stop_when=_stop_after("pass1", 2))  # stop inside pass 1
+    assert summary.stopped and summary.processed == 0
+    assert len(glob.glob(str(out / "*.tmp.pt"))) == 2 and not glob.glob(str(out / "[!m]*[!p].pt"))
+    assert events[-1].stage == "done" and events[-1].status == "skipped"
+
+    summary, events = run(config, stop_when=_stop_after("pass2", 1))  # resume, stop inside pass 2
+    pass1 = [e for e in events if e.stage == "pass1"]
+    assert [e.status for e in pass1] == ["skipped", "skipped", "ok", "ok"]  # the two intermediates were reused
+    assert summary.stopped and summary.processed == 1
+    finals = [p for p in glob.glob(str(out / "*.pt")) if not p.endswith(".tmp.pt")]
+    assert len(finals) == 1 and len(glob.glob(str(out / "*.tmp.pt"))) == 3
+    first_mtime = os.stat(finals[0]).st_mtime_ns
+
+    time.sleep(0.01)
+    summary, events = run(config)  # finish
+    assert not summary.stopped and summary.processed == 3 and summary.skipped == 1 and summary.failed == []
+    assert [e.status for e in events if e.stage == "pass1"] == ["skipped"] * 4  # no VAE work at all
+    assert os.stat(finals[0]).st_mtime_ns == first_mtime
+    assert json.load(open(out / "manifest.json"))["num_samples"] == 4 and not glob.glob(str(out / "*.tmp.pt"))
+
+    summary, events = run(config)  # a finished folder: nothing to do, nothing rewritten
+    assert summary.processed == 0 and summary.skipped == 4 and os.stat(finals[0]).st_mtime_ns == first_mtime
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes(checkpoint, tmp_path):
+    """SIGKILL the CLI in a subprocess after its first encoded file, then finish in-process."""
+    songs, out = tmp_path / "songs", tmp_path / "out"
+    synthesize_demo_audio(songs, 3, seconds=(1.0,))
+    args = ["-c", checkpoint, "--model", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"]
+    code = (
+        "import argparse, sys\n"
+        "from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command\n"
+        "p = argparse.ArgumentParser(); add_preprocess_arguments(p)\n"
+        "sys.exit(run_preprocess_command(p.parse_args(sys.argv[1:])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[pass1 1/3] ok"):
+                proc.kill()
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert any(line.startswith("[pass1 1/3] ok") for line in lines), "".join(lines)
+    assert len(glob.glob(str(out / "*.tmp.pt"))) >= 1
+
+    summary, events = run(make_config(checkpoint, out, audio_dir=str(songs)))
+    assert summary.failed == [] and summary.processed == 3
+    assert [e.status for e in events if e.stage == "pass1"][0] == "skipped"
+    assert not glob.glob(str(out / "*__writing__")) and not glob.glob(str(out / "*.tmp.pt"))
+
+
+def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys):
+    from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command
+
+    songs, out = tmp_path / "songs", tmp_path / "out"
+    songs.mkdir()
+    good = (0.1 * np.random.default_rng(0).standard_normal((int(1.2 * 48_000), 2))).astype(np.float32)
+    sf.write(songs / "good.wav", good, 48_000)
+    sf.write(songs / "truncated.flac", good, 48_000)
+    data = (songs / "truncated.flac").read_bytes()
+    (songs / "truncated.flac").write_bytes(data[: len(data) // 2])
+    (songs / "zero.wav").write_bytes(b"")
+
+    parser = argparse.ArgumentParser()
+    add_preprocess_arguments(parser)
+    args = parser.parse_args(["-c", checkpoint, "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"])
+    assert run_preprocess_command(args) == 1  # some files failed, the rest is done
+    printed = capsys.readouterr().out
+    failed_lines = [line for line in printed.splitlines() if "FAILED" in line]
+    assert any("zero.wav" in line and "empty" in line for line in failed_lines), printed
+    assert any("truncated.flac" in line and "flac" in line for line in failed_lines), printed
+    assert [os.path.basename(p) for p in glob.glob(str(out / "*.pt"))] == ["good.pt"]
+    meta = json.load(open(out / "preprocess_meta.json"))
+    assert {f["file"] for f in meta["failures"]} == {"zero.wav", "truncated.flac"}
+
+
+def test_missing_components_fail_with_one_line(tmp_path, capsys):
+    from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command
+
+    songs = tmp_path / "songs"
+    synthesize_demo_audio(songs, 1, seconds=(1.0,))
+    write_demo_checkpoint(tmp_path / "ck")  # a DiT but no vae/ or text encoder
+    parser = argparse.ArgumentParser()
+    add_preprocess_arguments(parser)
+    args = parser.parse_args(["-c", str(tmp_path / "ck"), "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(tmp_path / "o"), "--device", "cpu"])
+    assert run_preprocess_command(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "VAE" in err and "vae" in err
+
+
+def test_demo_components_are_local_idempotent_and_loadable(checkpoint, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from engine.dataset_builder import scan_audio_dir
+
+    stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(checkpoint, "*", "*.safetensors"))}
+    state = torch.random.get_rng_state()
+    write_demo_audio_components(checkpoint)  # current: nothing is rewritten, the caller's RNG is untouched
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps and torch.equal(state, torch.random.get_rng_state())
+
+    text_dir = os.path.join(checkpoint, "Qwen3-Embedding-0.6B")
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    model = AutoModel.from_pretrained(text_dir)
+    assert model.config.hidden_size == demo_config("tiny").text_hidden_dim and model.config.vocab_size >= len(tokenizer)
+    ids = tokenizer("mélodie 名前 <|endoftext|>", padding="max_length", max_length=16, return_tensors="pt")
+    assert ids["input_ids"].shape == (1, 16) and int(ids["attention_mask"].sum()) < 16
+    assert tokenizer.convert_ids_to_tokens(int(ids["input_ids"][0, int(ids["attention_mask"].sum()) - 1])) == "<|endoftext|>"
+    assert tokenizer.decode(tokenizer("café 名前")["input_ids"]) == "café 名前"  # byte-level: any text round-trips
+
+    paths = synthesize_demo_audio(tmp_path / "songs", 6)
+    assert [os.path.getsize(p) for p in paths] == [os.path.getsize(p) for p in synthesize_demo_audio(tmp_path / "again", 6)]
+    report = scan_audio_dir(str(tmp_path / "songs"))
+    assert len(report.samples) == 6 and not report.missing_sidecars and not report.unreadable
+    kinds = {f.relpath: f.sidecar for f in report.files}
+    assert kinds["tone_a440.wav"] == "key_value" and kinds["chord_c_major.flac"] == "caption_lyrics"
+    assert kinds["noise_bursts.wav"] == "lyrics_txt" and kinds["mélodie_douce.flac"] == "key_value"
+    assert sf.info(os.path.join(tmp_path, "songs", "mono_arp.wav")).channels == 1
+
+
+def test_missing_condition_encoder_weights_are_an_error(checkpoint, tmp_path):
+    """Random encoder weights would condition every tensor on noise; loading must refuse instead."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from engine.preprocess import encode
+
+    root = tmp_path / "ck"
+    shutil.copytree(os.path.join(checkpoint, DEMO_FOLDER), root / DEMO_FOLDER)
+    shutil.copy(os.path.join(checkpoint, "silence_latent.pt"), root / "silence_latent.pt")
+    weights = root / DEMO_FOLDER / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("encoder.text_projector")}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(encode.PreprocessModelError, match="condition-encoder weights.*encoder.text_projector"):
+        encode.load_pass2(str(root), str(root / DEMO_FOLDER), torch.device("cpu"), torch.float32)
