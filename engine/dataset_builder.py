@@ -19,6 +19,7 @@ so the UI process may call it from a worker thread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -342,6 +343,17 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)
     total_duration_s: float = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildReport:
+        data = dict(data)
+        data["files"] = [FoundFile(**f) for f in data.get("files", [])]
+        for key in ("unreadable", "duplicates"):
+            data[key] = [tuple(pair) for pair in data.get(key, [])]
+        return cls(**data)
+
     def summary_lines(self) -> list[str]:
         lines = [
             f"{len(self.samples)} audio files, {self.total_duration_s / 60:.1f} min in {self.audio_dir}",
@@ -440,29 +452,61 @@ def build_dataset(
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``sidestep dataset`` (Side-Step's names)."""
+    """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
     parser.add_argument("-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)")
     parser.add_argument("--tag", default="", help="trigger tag added to every caption")
     parser.add_argument("--tag-position", default="prepend", choices=TAG_POSITIONS, help="where the tag goes (default prepend)")
     parser.add_argument("--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)")
     parser.add_argument("--name", default="local_dataset", help="dataset name")
     parser.add_argument("-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)")
+    parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
 
 
 def run_dataset_command(args: argparse.Namespace) -> int:
-    """``sidestep dataset``: print a summary; one-line errors on stderr; 0 on success, 2 on bad input."""
+    """``sidestep dataset``: print a summary (or JSON); one-line errors on stderr; 0 on success, 2 on bad input."""
     try:
-        report = build_dataset(
-            args.input,
-            tag=args.tag,
-            tag_position=args.tag_position,
-            genre_ratio=args.genre_ratio,
-            name=args.name,
-            output=args.output,
-        )
+        if args.dry_run:
+            report = scan_audio_dir(args.input)
+        else:
+            report = build_dataset(
+                args.input,
+                tag=args.tag,
+                tag_position=args.tag_position,
+                genre_ratio=args.genre_ratio,
+                name=args.name,
+                output=args.output,
+            )
     except (OSError, ValueError) as exc:
         print(f"sidestep dataset: error: {exc}", file=sys.stderr)
         return 2
-    for line in report.summary_lines():
-        print(line)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print("\n".join(report.summary_lines()))
     return 0
+
+
+def scan_in_subprocess(audio_dir: str, *, timeout: float = 3600.0) -> BuildReport:
+    """``scan_audio_dir`` in a child interpreter, for the UI process (soundfile pulls in numpy, which
+    the UI never imports). Raises ``ValueError`` with the child's one-line error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.dataset_builder", "-i", audio_dir, "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    if done.returncode != 0:
+        raise ValueError(error_line(done.stderr).removeprefix("sidestep dataset: error: ") or f"scan failed (exit {done.returncode})")
+    return BuildReport.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.dataset_builder", description="build dataset.json from audio files and sidecar text")
+    add_dataset_arguments(parser)
+    return run_dataset_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -134,3 +134,24 @@ def test_output_is_written_atomically_and_cli_summarises(audio_dir, tmp_path, ca
     assert db.run_dataset_command(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_scan_for_the_ui_process_keeps_numpy_out(audio_dir):
+    """The UI may not import numpy (soundfile does): it scans through a child interpreter and gets the
+    same report; dry runs write nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from engine.dataset_builder import scan_in_subprocess\n"
+        f"report = scan_in_subprocess({str(audio_dir)!r})\n"
+        "print(json.dumps({'heavy': sorted(m for m in ('numpy', 'soundfile') if m in sys.modules), 'report': report.to_dict()}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert db.BuildReport.from_dict(result["report"]) == db.scan_audio_dir(str(audio_dir))
+    assert not (audio_dir / "dataset.json").exists()
+    with pytest.raises(ValueError, match="does not exist"):
+        db.scan_in_subprocess(str(audio_dir / "missing"))
