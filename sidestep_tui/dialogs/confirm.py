@@ -35,8 +35,8 @@ class ConfirmDialog(ModalScreen[bool]):
             if self.body:
                 yield Static(self.body, markup=False)
             with Horizontal():
-                yield Button(f"{self.yes} [y]", id="yes", variant="warning")
-                yield Button(f"{self.no} [n]", id="no")
+                yield Button(f"{self.yes} (y)", id="yes", variant="warning")
+                yield Button(f"{self.no} (n / esc)", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")

@@ -46,7 +46,7 @@ class ErrorDialog(ModalScreen[None]):
                     with VerticalScroll():
                         yield Static(f.traceback, id="error-traceback", markup=False)
             with Horizontal():
-                yield Button("Close", id="close", variant="error")
+                yield Button("Close (esc / q)", id="close", variant="error")
 
     def on_button_pressed(self) -> None:
         self.dismiss(None)

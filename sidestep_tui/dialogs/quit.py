@@ -45,9 +45,9 @@ class QuitDialog(ModalScreen[str]):
             yield Static("Stop and save: finish the current step, save a checkpoint, then quit.", markup=False)
             yield Static(leave, markup=False)
             with Horizontal():
-                yield Button("Stop & save [s]", id="stop", variant="warning")
-                yield Button("Leave running [l]", id="leave", variant="primary")
-                yield Button("Cancel [c]", id="cancel")
+                yield Button("Stop & save (s)", id="stop", variant="warning")
+                yield Button("Leave running (l)", id="leave", variant="primary")
+                yield Button("Cancel (c / esc)", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id or "cancel")

@@ -88,8 +88,8 @@ class ReplayReady(Message):
 class RunsScreen(Screen[None]):
     CSS_PATH = "runs.tcss"
     BINDINGS = [
-        Binding("enter", "open", "Open", id="runs.open", tooltip="Replay the run's curves (read-only)"),
-        Binding("o", "open", "Open", id="runs.open-alt", show=False),
+        # Enter on a row opens it too (DataTable's own binding -> RowSelected).
+        Binding("o", "open", "Open", id="runs.open", tooltip="Replay the run's curves (read-only); Enter too"),
         Binding("a", "attach", "Attach", id="runs.attach", tooltip="Follow a live run (stop = save and stop)"),
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="Resume from the newest checkpoint in a new engine"),
         Binding("g", "rescan", "Refresh", id="runs.refresh", tooltip="Scan the output root again"),

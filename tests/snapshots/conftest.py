@@ -1,0 +1,44 @@
+"""Determinism for snapshots: fixed settings dir and paths, UTC for log stamps, no cursor blink, no
+animation, a fixed clock, no real GPUs, the default theme. Update snapshots only after reading the
+report: ``pytest tests/snapshots --snapshot-update`` is refused unless SIDESTEP_SNAPSHOT_UPDATE=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
+
+FIXED_ROOT = Path("/tmp/sidestep-snapshots")  # paths appear on screen: keep them the same everywhere
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--snapshot-update", default=False) and os.environ.get("SIDESTEP_SNAPSHOT_UPDATE") != "1":
+        raise pytest.UsageError("look at the snapshot report first, then run with SIDESTEP_SNAPSHOT_UPDATE=1 to update")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    from engine import discovery
+
+    monkeypatch.setenv("SIDESTEP_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)  # the cursor stays drawn
+    monkeypatch.setattr(discovery, "gpus", lambda: [])
+
+
+@pytest.fixture
+def fixed_root() -> Path:
+    shutil.rmtree(FIXED_ROOT, ignore_errors=True)
+    FIXED_ROOT.mkdir(parents=True)
+    yield FIXED_ROOT
+    shutil.rmtree(FIXED_ROOT, ignore_errors=True)
