@@ -11,6 +11,7 @@ Every file is written atomically; ``setup_demo`` reuses what is already there an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,16 +56,37 @@ def _modeling_source() -> Path:
     return Path(__file__).with_name(MODELING_FILE)
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.__writing__")  # per process: writers never share a temp
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".__writing__")
+    tmp = _tmp_name(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".__writing__")
+    tmp = _tmp_name(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _root_lock(root: Path):
+    """One writer per demo root (the UI and an engine may both set it up); no-op where fcntl is absent."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(root / ".sidestep-demo.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def demo_config(size: str = "tiny"):
@@ -143,7 +165,7 @@ def write_demo_checkpoint(
         if size == "tiny":  # a few MB; saves the pre-training when tests write many demo folders
             _STATE_CACHE[key] = state
 
-    staging = root / (DEMO_FOLDER + ".__writing__")
+    staging = _tmp_name(model_dir)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
@@ -342,19 +364,22 @@ def _dataset_is_valid(dataset_dir: Path, n_samples: int, hidden: int) -> bool:
 
 def setup_demo(root: str | os.PathLike, *, size: str = "tiny", n_samples: int = 16, seed: int = 0) -> dict[str, str]:
     """Make ``<root>/checkpoints/`` (demo model) and ``<root>/dataset/`` (demo tensors), reusing valid
-    existing files. Returns ``checkpoint_dir`` (the checkpoint root), ``model_variant`` (the folder
-    name) and ``dataset_dir``: exactly the TrainConfig fields."""
+    existing files (safe to call from several processes at once). Returns ``checkpoint_dir`` (the
+    checkpoint root), ``model_variant`` (the folder name) and ``dataset_dir``: the TrainConfig fields.
+    The full size gets the real encoder length (769 tokens, ACE_STEP.md §4.1) for honest memory figures."""
     root = Path(root)
     checkpoint_root = root / "checkpoints"
-    write_demo_checkpoint(checkpoint_root, size=size, seed=seed)
-    hidden = demo_config(size).hidden_size
     dataset_dir = root / "dataset"
-    if not _dataset_is_valid(dataset_dir, n_samples, hidden):
-        write_demo_dataset(
-            dataset_dir,
-            n_samples=n_samples,
-            seed=seed,
-            hidden_size=hidden,
-            silence_latent=checkpoint_root / "silence_latent.pt",
-        )
+    hidden = demo_config(size).hidden_size
+    with _root_lock(root):
+        write_demo_checkpoint(checkpoint_root, size=size, seed=seed)
+        if not _dataset_is_valid(dataset_dir, n_samples, hidden):
+            write_demo_dataset(
+                dataset_dir,
+                n_samples=n_samples,
+                seed=seed,
+                hidden_size=hidden,
+                silence_latent=checkpoint_root / "silence_latent.pt",
+                encoder_length=48 if size == "tiny" else 769,
+            )
     return {"checkpoint_dir": str(checkpoint_root), "model_variant": DEMO_FOLDER, "dataset_dir": str(dataset_dir)}

@@ -273,3 +273,25 @@ def test_dataset_files_have_the_exact_training_format(demo_paths):
                 "genre", "is_instrumental", "custom_tag", "prompt_override", "repeat"} <= set(meta)
         frames_seen.add(T)
     assert len(frames_seen) >= 3, "lengths must vary to exercise bucketing"
+
+
+def test_setup_demo_from_two_writers_at_once(tmp_path, demo_paths):
+    """The UI and an engine may set the demo up together: one writes, the other reuses."""
+    import threading
+
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(demo.setup_demo(tmp_path, n_samples=4))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results[0] == results[1]
+    assert sorted(os.listdir(results[0]["dataset_dir"])) == ["demo_000.pt", "demo_001.pt", "demo_002.pt", "demo_003.pt", "manifest.json"]
+    assert sorted(os.listdir(results[0]["checkpoint_dir"])) == ["sidestep-demo-base", "silence_latent.pt"]
