@@ -154,3 +154,24 @@ def test_resolve_device_and_dtype():
     assert resolve_dtype("bf16", CPU) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_dtype("fp8", CPU)
+
+
+def test_flash_attention_failure_falls_back_to_sdpa(demo_paths, monkeypatch):
+    """Where flash-attn looks usable but transformers refuses it, the next backend loads."""
+    import engine.models.loader as loader
+
+    monkeypatch.setattr(loader, "_flash_attn_usable", lambda device, dtype: True)
+    assert loader.attention_candidates("auto", CPU, torch.bfloat16) == ["flash_attention_2", "sdpa", "eager"]
+    messages = []
+    loaded = load_decoder(demo_paths["model_dir"], device=CPU, dtype=torch.bfloat16, log=messages.append)
+    assert loaded.attention_backend == "sdpa"
+    assert any("flash_attention_2 failed" in m for m in messages)
+
+
+def test_explicit_flash_attention_without_the_package():
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ModelLoadError, match="flash-attn is not installed"):
+        attention_candidates("flash_attention_2", CPU, torch.bfloat16)
