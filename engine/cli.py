@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
     out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
     add_schema_flags(train)
+    from engine.preprocess import cli as pre_cli
+
+    pre_cli.add_train_preprocess_arguments(train)
 
     demo = sub.add_parser("demo", help="set up the built-in demo model and data, then train on it")
     demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
     demo.add_argument("--max-steps", type=int, default=300)
     demo.add_argument("--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit")
+    demo.add_argument("--from-tensors", action="store_true", help="skip the audio -> tensors step: train on synthetic demo tensors")
 
     presets = sub.add_parser("presets", help="list, show, export or import presets")
     psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -93,16 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(sub: Any) -> None:
-    import importlib.util
+    from engine import dataset_builder
+    from engine.preprocess import cli as pre_cli
 
-    if importlib.util.find_spec("engine.dataset_builder") is not None:
-        from engine import dataset_builder
-
-        dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
-    if importlib.util.find_spec("engine.preprocess.cli") is not None:
-        from engine.preprocess import cli as pre_cli
-
-        pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
+    dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
+    pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
 
 
 # --------------------------------------------------------------------------- train
@@ -163,6 +163,23 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValueError as exc:  # a preset that does not load
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from engine.preprocess import cli as pre_cli
+
+    try:
+        pre_config = pre_cli.preprocess_config_from_train(ns, config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if pre_config is not None:
+        from engine.plain import render
+        from engine.preprocess.pipeline import run_preprocess
+
+        summary = run_preprocess(pre_config, lambda e: print(render(e), flush=True))
+        if summary.failed or summary.stopped:
+            print(f"error: preprocessing did not finish ({len(summary.failed)} failed); training not started", file=sys.stderr)
+            return 1
+        if ns.preprocess_only:
+            return 0
     return run_headless(config, json_events=ns.json)
 
 
@@ -200,19 +217,42 @@ def demo_config(paths: dict[str, str], *, adapter: str = "lora", max_steps: int 
     )
 
 
-def setup_demo(root: str) -> dict[str, str]:
-    """Write (or reuse) the demo model and data under ``root``; imports torch."""
+def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[str, str]:
+    """Write (or reuse) the demo model and data under ``root``; imports torch.
+
+    ``audio=False``: synthetic training tensors (seconds; what the tests use). ``audio=True``: the
+    whole user path: a demo VAE and text encoder beside the model, synthesised songs with sidecars,
+    then the real two-pass preprocessing into ``<root>/tensors`` (finished files are reused)."""
     from engine.models.demo import setup_demo as write_demo
 
     paths = dict(write_demo(root))
     paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
+    if audio:
+        from engine.models.demo_audio import synthesize_demo_audio, write_demo_audio_components
+        from engine.preprocess import config as pcfg
+        from engine.preprocess.pipeline import run_preprocess
+
+        write_demo_audio_components(paths["checkpoint_dir"])
+        audio_dir = os.path.join(os.path.abspath(root), "audio")
+        if not os.path.isdir(audio_dir):
+            synthesize_demo_audio(audio_dir)
+        tensors = os.path.join(os.path.abspath(root), "tensors")
+        config = pcfg.parse(
+            {"checkpoint_dir": paths["checkpoint_dir"], "model_variant": paths["model_variant"], "audio_dir": audio_dir, "output_dir": tensors, "device": "cpu"}
+        )
+        summary = run_preprocess(config, progress or (lambda event: None))
+        if summary.failed:
+            raise RuntimeError(f"demo preprocessing failed for {summary.failed[0][0]}: {summary.failed[0][1]}")
+        paths["audio_dir"] = audio_dir
+        paths["dataset_dir"] = tensors
     return paths
 
 
-def prepare_demo(root: str | None = None) -> dict[str, str]:
+def prepare_demo(root: str | None = None, *, audio: bool = True) -> dict[str, str]:
     """Stdlib-only (for the UI process): run the torch part of the demo setup in a subprocess."""
     root = root or default_demo_root()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--setup-only", "--root", root], capture_output=True, text=True)
+    argv = [sys.executable, "-m", "engine.cli", "demo", "--setup-only", "--root", root] + ([] if audio else ["--from-tensors"])
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"demo setup in {root} failed: {tail}")
@@ -222,10 +262,12 @@ def prepare_demo(root: str | None = None) -> dict[str, str]:
 def cmd_demo(ns: argparse.Namespace) -> int:
     root = ns.root or default_demo_root()
     if ns.setup_only:
-        print(json.dumps(setup_demo(root)))
+        print(json.dumps(setup_demo(root, audio=not ns.from_tensors)))
         return 0
-    print(f"setting up the demo model and data in {root} ...", flush=True)
-    paths = setup_demo(root)
+    from engine.plain import render
+
+    print(f"setting up the demo model{'' if ns.from_tensors else ', synthesising songs and preprocessing them'} in {root} ...", flush=True)
+    paths = setup_demo(root, audio=not ns.from_tensors, progress=lambda e: print(render(e), flush=True) if e.status != "ok" or e.stage == "done" else None)
     config = demo_config(paths, adapter=ns.adapter, max_steps=ns.max_steps)
     return run_headless(config, json_events=False)
 
@@ -286,7 +328,7 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
         return 2
     if ns.stop:
         info = rundir.live_engine(ns.run_dir)
-        if info is None:
+        if info is None or info.get("host") != socket.gethostname():
             print(f"error: no live engine for {ns.run_dir}", file=sys.stderr)
             return 1
         os.kill(info["pid"], sig.SIGTERM)

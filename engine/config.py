@@ -60,7 +60,7 @@ class TrainConfig:
     """Everything needed to reproduce a training run; written resolved to ``run_dir/config.json``."""
 
     # ---- Model
-    checkpoint_dir: str = _f("", "Checkpoint root", "Folder holding the model folders (acestep-v15-*/, vae/, ...).", "Model", required=True, kind="path")
+    checkpoint_dir: str = _f("", "Checkpoint root", "Folder holding the model folders (acestep-v15-*/, vae/, ...).", "Model", required=True, kind="path", aliases=("-c",))
     model_variant: str = _f("base", "Model", "turbo, base, sft, xl-turbo, xl-base, xl-sft, or the exact folder name of a fine-tune under the checkpoint root.", "Model", aliases=("--model", "-M"))
     base_model: str | None = _f(None, "Base model", "What a fine-tune was trained from (turbo/base/sft); detected for official models.", "Model", choices=("turbo", "base", "sft"), advanced=True)
     device: str = _f("auto", "Device", "auto (the CUDA GPU with most memory, else MPS, else CPU), cuda, cuda:N, mps or cpu.", "Model")
@@ -327,38 +327,51 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
     return errors
 
 
-def parse(data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
-    """Build a config from ``data`` (over ``base`` or the defaults). Raises ``ConfigError`` with every
-    problem at once: unknown keys, uncoercible values, out-of-range values, cross-field conflicts."""
+def parse_schema(
+    cls: type,
+    data: dict[str, Any],
+    *,
+    base_values: dict[str, Any] | None = None,
+    cross_checks: Any = None,
+    error_cls: type = FieldError,
+) -> Any:
+    """The strict parse shared by every schema built with ``_f`` (this one, the preprocess config):
+    unknown keys (with a did-you-mean), coercion, per-field checks, then cross-field checks, each
+    stage reporting every problem at once in one ``ConfigError``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     errors: list[FieldError] = []
-    values: dict[str, Any] = dataclasses.asdict(base) if base else {}
+    values: dict[str, Any] = dict(base_values or {})
     for key, raw in data.items():
-        if key in ("schema_version",):
+        if key == "schema_version":
             continue
-        f = FIELD_BY_NAME.get(key)
+        f = fields.get(key)
         if f is None:
-            hint = _closest(key, FIELD_BY_NAME)
-            errors.append(FieldError(key, "unknown setting" + (f"; did you mean {hint}?" if hint else "")))
+            hint = _closest(key, fields)
+            errors.append(error_cls(key, "unknown setting" + (f"; did you mean {hint}?" if hint else "")))
             continue
         try:
             values[key] = _coerce(f, raw)
         except ValueError as exc:
-            errors.append(FieldError(key, str(exc)))
+            errors.append(error_cls(key, str(exc)))
     bad_keys = {e.field for e in errors}
-    for f in FIELDS:
-        if f.name in bad_keys:
-            continue
-        value = values.get(f.name, f.default)
-        problem = _check_field(f, value)
-        if problem:
-            errors.append(FieldError(f.name, problem))
+    for f in fields.values():
+        if f.name not in bad_keys:
+            problem = _check_field(f, values.get(f.name, f.default))
+            if problem:
+                errors.append(error_cls(f.name, problem))
     if errors:
         raise ConfigError(errors)
-    config = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_BY_NAME})
-    cross = _cross_checks(config)
+    config = cls(**{k: v for k, v in values.items() if k in fields})
+    cross = cross_checks(config) if cross_checks else []
     if cross:
         raise ConfigError(cross)
     return config
+
+
+def parse(data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from ``data`` (over ``base`` or the defaults). Raises ``ConfigError`` with every
+    problem at once: unknown keys, uncoercible values, out-of-range values, cross-field conflicts."""
+    return parse_schema(TrainConfig, data, base_values=dataclasses.asdict(base) if base else None, cross_checks=_cross_checks)
 
 
 def _closest(key: str, names: Iterable[str]) -> str | None:

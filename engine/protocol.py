@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -81,15 +82,7 @@ class Shutdown:
 
 
 Command = Union[StartRun, StartPreprocess, StopRun, SaveCheckpoint, PauseRun, ResumeRun, Shutdown]
-COMMAND_TYPES: tuple[type, ...] = (
-    StartRun,
-    StartPreprocess,
-    StopRun,
-    SaveCheckpoint,
-    PauseRun,
-    ResumeRun,
-    Shutdown,
-)
+COMMAND_TYPES: tuple[type, ...] = typing.get_args(Command)
 
 
 # --------------------------------------------------------------------------- events
@@ -326,24 +319,7 @@ Event = Union[
     RunFailed,
     EngineStopping,
 ]
-EVENT_TYPES: tuple[type, ...] = (
-    EngineReady,
-    Heartbeat,
-    RunStarted,
-    PhaseChanged,
-    StepMetrics,
-    EpochCompleted,
-    ResourceSample,
-    TimestepHistogram,
-    CheckpointSaved,
-    LogRecord,
-    RunPaused,
-    RunResumed,
-    PreprocessProgress,
-    RunFinished,
-    RunFailed,
-    EngineStopping,
-)
+EVENT_TYPES: tuple[type, ...] = typing.get_args(Event)
 
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in COMMAND_TYPES + EVENT_TYPES}
 _PRIMITIVES = (str, int, float, bool, type(None))

@@ -17,26 +17,13 @@ class RunDirError(ValueError):
     """The output folder cannot be used as asked; the message says why and what to pass instead."""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_engine(run_dir: str) -> dict | None:
-    """The engine.json of a run whose engine process still exists, else None."""
-    try:
-        with open(os.path.join(run_dir, ENGINE_FILE), encoding="utf-8") as fh:
-            info = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) and pid_alive(info["pid"]):
-        return info
-    return None
+    """The engine.json of a run whose engine still runs (here, or on another host sharing the
+    folder), else None. ``engine.runs.engine_state`` also spots a pid reused by another process."""
+    from engine.runs import engine_state
+
+    state, info = engine_state(run_dir)
+    return info if state in ("alive", "remote") else None
 
 
 def _finished(run_dir: str) -> bool:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import PRECISIONS, ConfigError, FieldError, _check_field, _closest, _coerce
+from engine.config import PRECISIONS, ConfigError, FieldError, parse_schema
 from engine.dataset_builder import TAG_POSITIONS
 
 SCHEMA_VERSION = 1
@@ -77,33 +77,7 @@ def _cross_checks(c: PreprocessConfig) -> list[FieldError]:
 
 def parse(data: dict[str, Any]) -> PreprocessConfig:
     """Build a config from ``data`` over the defaults; ``ConfigError`` with every problem at once."""
-    errors: list[FieldError] = []
-    values: dict[str, Any] = {}
-    for key, raw in data.items():
-        if key == "schema_version":
-            continue
-        f = FIELD_BY_NAME.get(key)
-        if f is None:
-            hint = _closest(key, FIELD_BY_NAME)
-            errors.append(PreprocessFieldError(key, "unknown setting" + (f"; did you mean {hint}?" if hint else "")))
-            continue
-        try:
-            values[key] = _coerce(f, raw)
-        except ValueError as exc:
-            errors.append(PreprocessFieldError(key, str(exc)))
-    bad = {e.field for e in errors}
-    for f in FIELDS:
-        if f.name not in bad:
-            problem = _check_field(f, values.get(f.name, f.default))
-            if problem:
-                errors.append(PreprocessFieldError(f.name, problem))
-    if errors:
-        raise ConfigError(errors)
-    config = PreprocessConfig(**values)
-    cross = _cross_checks(config)
-    if cross:
-        raise ConfigError(cross)
-    return config
+    return parse_schema(PreprocessConfig, data, cross_checks=_cross_checks, error_cls=PreprocessFieldError)
 
 
 def to_dict(config: PreprocessConfig) -> dict[str, Any]:
