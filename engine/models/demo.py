@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
-DEMO_VERSION = 2  # bump when the modeling file, sizes or data recipe change; forces a rewrite
+DEMO_VERSION = 3  # bump when the modeling file, sizes or data recipe change; forces a rewrite
 MODELING_FILE = "acestep_demo_modeling.py"
+CONFIG_FILE = "configuration_acestep_demo.py"
+CODE_FILES = (CONFIG_FILE, MODELING_FILE)  # the remote code copied into the folder
 LATENT_FPS = 25
 SILENCE_FRAMES = 750  # 30 s: longer than any demo clip
 DEMO_DURATIONS = (3, 4, 5, 6, 8)  # seconds; varied so batches need bucketing
@@ -47,13 +49,13 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 _STATE_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # tiny weights per (size, seed, steps), this process
 _AUTO_MAP = {
-    "AutoConfig": "acestep_demo_modeling.AceStepDemoConfig",
+    "AutoConfig": "configuration_acestep_demo.AceStepDemoConfig",
     "AutoModel": "acestep_demo_modeling.AceStepConditionGenerationModel",
 }
 
 
-def _modeling_source() -> Path:
-    return Path(__file__).with_name(MODELING_FILE)
+def _code_source(name: str) -> Path:
+    return Path(__file__).with_name(name)
 
 
 def _tmp_name(path: Path) -> Path:
@@ -91,7 +93,7 @@ def _root_lock(root: Path):
 
 def demo_config(size: str = "tiny"):
     """The ``AceStepDemoConfig`` for a size ("tiny" or "full"), with ``auto_map`` filled in."""
-    from engine.models.acestep_demo_modeling import AceStepDemoConfig
+    from engine.models.configuration_acestep_demo import AceStepDemoConfig
 
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
@@ -104,7 +106,7 @@ def demo_config(size: str = "tiny"):
 def _checkpoint_is_valid(model_dir: Path, size: str) -> bool:
     try:
         config = json.loads((model_dir / "config.json").read_text())
-        same_code = (model_dir / MODELING_FILE).read_bytes() == _modeling_source().read_bytes()
+        same_code = all((model_dir / n).read_bytes() == _code_source(n).read_bytes() for n in CODE_FILES)
         weights = model_dir / "model.safetensors"
         return (
             config.get("sidestep_demo_version") == DEMO_VERSION
@@ -169,7 +171,8 @@ def write_demo_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(_modeling_source(), staging / MODELING_FILE)
+    for name in CODE_FILES:
+        shutil.copyfile(_code_source(name), staging / name)
     config_dict = config.to_dict()
     config_dict["dtype"] = "float32" if store_dtype == torch.float32 else "bfloat16"
     config_dict["sidestep_demo_pretrain_steps"] = steps

@@ -39,17 +39,21 @@ def decoder(tiny_config):
 # --------------------------------------------------------------------------- structure
 
 
-def test_modeling_file_is_standalone():
-    """Copied into checkpoint folders: it may import only torch, transformers and the stdlib."""
-    tree = ast.parse(open(mod.__file__).read())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports in remote code"
-            roots.add(node.module.split(".")[0])
-    assert roots <= {"torch", "transformers", "math", "typing", "__future__"}, roots
+def test_remote_code_is_standalone():
+    """Copied into checkpoint folders: only torch, transformers, the stdlib and each other."""
+    from engine.models import configuration_acestep_demo as config_mod
+
+    for module in (mod, config_mod):
+        tree = ast.parse(open(module.__file__).read())
+        roots = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                assert node.module == "configuration_acestep_demo", "the only relative import"
+            elif isinstance(node, ast.ImportFrom):
+                roots.add(node.module.split(".")[0])
+        assert roots <= {"torch", "transformers", "math", "typing", "__future__"}, roots
 
 
 def test_decoder_names_and_counts_match_ace_step(decoder, tiny_config):
@@ -216,7 +220,9 @@ def test_checkpoint_folder_loads_through_automodel(demo_paths):
     model_dir = demo_paths["model_dir"]
     config = json.load(open(os.path.join(model_dir, "config.json")))
     assert config["model_type"] == "acestep_demo" and config["is_turbo"] is False
-    assert config["auto_map"]["AutoModel"].endswith(".AceStepConditionGenerationModel")
+    assert config["auto_map"]["AutoModel"] == "acestep_demo_modeling.AceStepConditionGenerationModel"
+    assert config["auto_map"]["AutoConfig"] == "configuration_acestep_demo.AceStepDemoConfig"
+    assert {"acestep_demo_modeling.py", "configuration_acestep_demo.py"} <= set(os.listdir(model_dir))
     assert os.path.basename(model_dir) == "sidestep-demo-base"
 
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, attn_implementation="eager")

@@ -134,7 +134,7 @@ def test_missing_remote_code_package(demo_paths, tmp_path):
     # Its own folder name: transformers caches remote code per folder name, shared across processes.
     model_copy = tmp_path / "broken-code-base"
     shutil.copytree(demo_paths["model_dir"], model_copy)
-    code = model_copy / "acestep_demo_modeling.py"
+    code = model_copy / "configuration_acestep_demo.py"
     code.write_text("import acestep_not_installed_pkg\n" + code.read_text())
     with pytest.raises(ModelLoadError) as exc:
         load_decoder(model_copy, device=CPU, dtype=torch.float32)
