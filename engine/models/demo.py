@@ -1,12 +1,13 @@
 """The built-in demo: a checkpoint folder and a preprocessed dataset that look exactly like the real ones.
 
 ``write_demo_checkpoint`` writes ``<root>/sidestep-demo-base/`` (config.json with ``auto_map``, the
-standalone modeling file, model.safetensors) and ``<root>/silence_latent.pt``, so the demo loads
+standalone remote-code files, model.safetensors) and ``<root>/silence_latent.pt``, so the demo loads
 through the same ``AutoModel.from_pretrained(trust_remote_code=True)`` path as ACE-Step 1.5.
 ``write_demo_dataset`` writes per-sample ``.pt`` dicts in the format of ACE_STEP.md §4.1 plus an
-upstream-style ``manifest.json``. The latents are mixtures of a few fixed sinusoid patterns chosen
-by each sample's condition, so a model can learn them and the loss falls within a few hundred steps.
-Every file is written atomically; ``setup_demo`` reuses what is already there and valid.
+upstream-style ``manifest.json``. Each sample's latents mix a few fixed patterns (a level plus a
+sinusoid per channel) with weights its condition encodes; the tiny base is briefly pre-trained on
+other patterns, so an adapter's loss visibly falls within a few hundred steps. Every file is
+written atomically; ``setup_demo`` reuses what is already there and valid.
 """
 
 from __future__ import annotations
@@ -62,16 +63,16 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.__writing__")  # per process: writers never share a temp
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = _tmp_name(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from engine.preprocess.output import save_atomic  # preprocessing's writer: temp file, fsync, rename
+
+    save_atomic(obj, str(path))
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    from engine.dataset_builder import write_json_atomic
+
+    write_json_atomic(str(path), data)
 
 
 @contextlib.contextmanager
@@ -348,7 +349,7 @@ def write_demo_dataset(
         "sidestep_demo_version": DEMO_VERSION,
         "seed": seed,
     }
-    _atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    _atomic_write_json(out / "manifest.json", manifest)
     return str(out)
 
 

@@ -3,7 +3,6 @@ fails with one line naming the file and the fix."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
