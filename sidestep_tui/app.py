@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -70,8 +70,9 @@ class SidestepApp(EngineBridge, App[None]):
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks what to do with a running run)"),
     ]
 
-    run_state: reactive[RunState] = reactive(RunState, always_update=True, init=False)
-    engine_banner: reactive[str] = reactive("")
+    # ``var``: a new state per batch must not repaint the screen by itself; screens redraw on timers.
+    run_state: var[RunState] = var(RunState, always_update=True, init=False)
+    engine_banner: var[str] = var("")
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Iterable, NamedTuple, assert_never
+from typing import Any, Iterable, NamedTuple, assert_never
 
 from engine.protocol import (
     CheckpointSaved,
@@ -206,6 +206,9 @@ class RunState:
 
 
 EMA_ALPHA = 0.1
+_NAMES = tuple(f.name for f in dataclasses.fields(RunState))
+_DEFAULTS = {name: getattr(RunState(), name) for name in _NAMES}
+_ENGINE_FIELDS = ("engine_pid", "protocol_version", "cuda_available", "device_names", "last_seq", "seq_gaps", "events_seen")
 
 
 def _na(value: float) -> float | None:
@@ -248,50 +251,45 @@ def _ema(previous: float | None, value: float) -> float:
     return previous + EMA_ALPHA * (value - previous)
 
 
-def _on_run_started(state: RunState, e: RunStarted) -> RunState:
-    same_run = state.run_dir == e.run_dir and state.run_id == e.run_id
-    if same_run or (state.run_dir and state.run_dir == e.run_dir):
-        # A resume of the run already on screen: keep the curve up to where it restarts.
+def _on_run_started(state: RunState, e: RunStarted) -> dict[str, Any]:
+    if state.run_dir and state.run_dir == e.run_dir:
+        # A resume of the run already on screen: keep the curve (up to where it restarts) and the
+        # checkpoints it has written.
         history = tuple(p for p in state.history if p.step <= e.start_step)
         checkpoints = state.checkpoints
-        log = state.log
     else:
-        history, checkpoints, log = (), (), state.log
-    keep_engine = {
-        f.name: getattr(state, f.name)
-        for f in dataclasses.fields(RunState)
-        if f.name in ("engine_pid", "protocol_version", "cuda_available", "device_names", "last_seq", "seq_gaps", "events_seen")
+        history, checkpoints = (), ()
+    return {
+        **_DEFAULTS,  # a new run starts from a clean slate, except what describes the engine
+        **{name: getattr(state, name) for name in _ENGINE_FIELDS},
+        "run_id": e.run_id,
+        "run_dir": e.run_dir,
+        "adapter_type": e.adapter_type,
+        "model_variant": e.model_variant,
+        "device": e.device,
+        "precision": e.precision,
+        "attention_backend": e.attention_backend,
+        "trainable_params": e.trainable_params,
+        "num_samples": e.num_samples,
+        "steps_per_epoch": e.steps_per_epoch,
+        "timestep_mu": e.timestep_mu,
+        "timestep_sigma": e.timestep_sigma,
+        "timestep_mode": e.timestep_mode,
+        "started_ts": e.ts,
+        "phase": "training",
+        "step": e.start_step,
+        "total_steps": e.total_steps,
+        "epoch": e.start_epoch,
+        "history": history,
+        "best_loss": min((p.loss for p in history if math.isfinite(p.loss)), default=None),
+        "loss": history[-1].loss if history else None,
+        "loss_ema": history[-1].loss if history else None,
+        "checkpoints": checkpoints,
+        "log": state.log,
     }
-    return RunState(
-        **keep_engine,
-        run_id=e.run_id,
-        run_dir=e.run_dir,
-        adapter_type=e.adapter_type,
-        model_variant=e.model_variant,
-        device=e.device,
-        precision=e.precision,
-        attention_backend=e.attention_backend,
-        trainable_params=e.trainable_params,
-        num_samples=e.num_samples,
-        steps_per_epoch=e.steps_per_epoch,
-        timestep_mu=e.timestep_mu,
-        timestep_sigma=e.timestep_sigma,
-        timestep_mode=e.timestep_mode,
-        started_ts=e.ts,
-        phase="training",
-        step=e.start_step,
-        total_steps=e.total_steps,
-        epoch=e.start_epoch,
-        history=history,
-        best_loss=min((p.loss for p in history), default=None),
-        loss=history[-1].loss if history else None,
-        loss_ema=history[-1].loss if history else None,
-        checkpoints=checkpoints,
-        log=log,
-    )
 
 
-def _on_step(state: RunState, e: StepMetrics) -> RunState:
+def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
     point = MetricPoint(e.step, e.loss, e.loss_min, e.loss_max, e.steps_covered, e.lr, e.grad_norm, e.samples_per_s, e.ts)
     history = state.history + (point,)
     if len(history) > MAX_METRIC_POINTS:
@@ -300,25 +298,24 @@ def _on_step(state: RunState, e: StepMetrics) -> RunState:
     best = state.best_loss
     if finite and (best is None or e.loss < best):
         best = e.loss
-    return dataclasses.replace(
-        state,
-        phase="paused" if state.paused else "training",
-        step=e.step,
-        epoch=e.epoch,
-        total_steps=e.total_steps or state.total_steps,
-        eta_s=e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
-        samples_per_s=e.samples_per_s if e.samples_per_s >= 0 else None,
-        skipped_steps=state.skipped_steps + e.skipped_steps,
-        history=history,
-        loss=e.loss,
-        loss_ema=_ema(state.loss_ema, e.loss) if finite else state.loss_ema,
-        lr=e.lr,
-        grad_norm=e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
-        best_loss=best,
-    )
+    return {
+        "phase": "paused" if state.paused else "training",
+        "step": e.step,
+        "epoch": e.epoch,
+        "total_steps": e.total_steps or state.total_steps,
+        "eta_s": e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
+        "samples_per_s": e.samples_per_s if e.samples_per_s >= 0 else None,
+        "skipped_steps": state.skipped_steps + e.skipped_steps,
+        "history": history,
+        "loss": e.loss,
+        "loss_ema": _ema(state.loss_ema, e.loss) if finite else state.loss_ema,
+        "lr": e.lr,
+        "grad_norm": e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
+        "best_loss": best,
+    }
 
 
-def _on_resource(state: RunState, e: ResourceSample) -> RunState:
+def _on_resource(state: RunState, e: ResourceSample) -> dict[str, Any]:
     point = ResourcePoint(
         e.ts,
         _na(e.allocated_mb),
@@ -331,107 +328,110 @@ def _on_resource(state: RunState, e: ResourceSample) -> RunState:
         _na(e.gpu_power_w),
         _na(e.process_rss_mb),
     )
-    return dataclasses.replace(state, resources=_append_bounded(state.resources, point, MAX_RESOURCE_POINTS))
+    return {"resources": _append_bounded(state.resources, point, MAX_RESOURCE_POINTS)}
 
 
-def _on_preprocess(state: RunState, e: PreprocessProgress) -> RunState:
+def _on_preprocess(state: RunState, e: PreprocessProgress) -> dict[str, Any]:
     prev = state.preprocess
     ok, skipped, failed = (prev.ok, prev.skipped, prev.failed) if prev and prev.stage == e.stage else (0, 0, 0)
     ok += e.status == "ok"
     skipped += e.status == "skipped"
     failed += e.status == "failed"
     status = PreprocessStatus(e.stage, e.index, e.total, e.file, ok, skipped, failed, e.message or (prev.last_message if prev else ""), e.elapsed_s)
-    return dataclasses.replace(state, preprocess=status, phase="preprocessing" if e.stage != "done" else "finished")
+    return {"preprocess": status, "phase": "preprocessing" if e.stage != "done" else "finished"}
 
 
-def _envelope(state: RunState, event: Event) -> RunState:
+def _changes(state: RunState, event: Event) -> dict[str, Any]:
+    """The fields ``event`` changes (the envelope bookkeeping is added by ``apply``)."""
+    match event:
+        case EngineReady():
+            starting = state.phase == "starting_engine"
+            return {
+                "engine_pid": event.pid,
+                "protocol_version": event.protocol_version,
+                "cuda_available": event.cuda_available,
+                "device_names": event.device_names,
+                "engine_stopping": False,
+                "phase": "idle" if starting else state.phase,
+                "phase_detail": f"engine ready (pid {event.pid})" if starting else state.phase_detail,
+            }
+        case Heartbeat():
+            phase = event.phase if state.active and event.phase and event.phase != "idle" else state.phase
+            return {"last_heartbeat_ts": event.ts, "phase": phase}
+        case RunStarted():
+            return _on_run_started(state, event)
+        case PhaseChanged():
+            # Loading comes before RunStarted: adopt the run id so the run counts as active already.
+            run_id = state.run_id or (event.run_id if state.finished_status is None and state.failure is None else "")
+            return {"phase": event.phase, "phase_detail": event.detail, "run_id": run_id}
+        case StepMetrics():
+            return _on_step(state, event)
+        case EpochCompleted():
+            best = state.best_epoch_loss
+            if math.isfinite(event.mean_loss) and (best is None or event.mean_loss < best):
+                best = event.mean_loss
+            epoch_losses = _append_bounded(state.epoch_losses, (event.epoch, event.mean_loss), MAX_METRIC_POINTS)
+            return {"epoch": event.epoch, "epoch_losses": epoch_losses, "best_epoch_loss": best}
+        case ResourceSample():
+            return _on_resource(state, event)
+        case TimestepHistogram():
+            return {"histogram": Histogram(event.step, event.bin_edges, event.recent, event.cumulative, event.expected)}
+        case CheckpointSaved():
+            info = CheckpointInfo(event.step, event.epoch, event.path, event.kind, event.loss, event.ts)
+            return {"checkpoints": _append_bounded(state.checkpoints, info, MAX_CHECKPOINTS)}
+        case LogRecord():
+            return {"log": _append_bounded(state.log, LogLine(event.ts, event.level, event.message), MAX_LOG_LINES)}
+        case RunPaused():
+            return {"paused": True, "phase": "paused", "step": max(state.step, event.step)}
+        case RunResumed():
+            return {"paused": False, "phase": "training", "step": max(state.step, event.step)}
+        case PreprocessProgress():
+            return _on_preprocess(state, event)
+        case RunFinished():
+            return {
+                "phase": "finished",
+                "paused": False,
+                "finished_status": event.status,
+                "step": max(state.step, event.steps),
+                "epoch": max(state.epoch, event.epochs),
+                "adapter_path": event.adapter_path,
+                "wall_s": event.wall_s,
+                "eta_s": None,
+                "best_loss": _na(event.best_loss) if state.best_loss is None else state.best_loss,
+            }
+        case RunFailed():
+            failure = Failure(event.error_type, event.message, event.traceback, event.hint, event.oom, event.step)
+            return {"phase": "failed", "paused": False, "failure": failure, "eta_s": None}
+        case EngineStopping():
+            return {"engine_stopping": True}
+        case _:
+            assert_never(event)
+
+
+def apply(state: RunState, event: Event) -> RunState:
+    """The next state after ``event``. Pure: same inputs, same output."""
+    changes = _changes(state, event)
     seq = event.seq
     gaps = state.seq_gaps
     # seq is per engine process: a smaller number means a new engine (resume, replay of a later run),
     # not a drop.
     if state.last_seq >= 0 and seq > state.last_seq + 1:
         gaps += seq - state.last_seq - 1
-    return dataclasses.replace(
-        state, last_seq=seq, seq_gaps=gaps, last_event_ts=event.ts or state.last_event_ts, events_seen=state.events_seen + 1
-    )
+    changes["last_seq"] = seq
+    changes["seq_gaps"] = gaps
+    changes["last_event_ts"] = event.ts or state.last_event_ts
+    changes["events_seen"] = state.events_seen + 1
+    return _evolve(state, changes)
 
 
-def apply(state: RunState, event: Event) -> RunState:
-    """The next state after ``event``. Pure: same inputs, same output."""
-    state = _envelope(state, event)
-    match event:
-        case EngineReady():
-            return dataclasses.replace(
-                state,
-                engine_pid=event.pid,
-                protocol_version=event.protocol_version,
-                cuda_available=event.cuda_available,
-                device_names=event.device_names,
-                engine_stopping=False,
-                phase="idle" if state.phase == "starting_engine" else state.phase,
-                phase_detail=f"engine ready (pid {event.pid})" if state.phase == "starting_engine" else state.phase_detail,
-            )
-        case Heartbeat():
-            phase = state.phase
-            if state.active and event.phase and event.phase != "idle":
-                phase = event.phase
-            return dataclasses.replace(state, last_heartbeat_ts=event.ts, phase=phase)
-        case RunStarted():
-            return _on_run_started(state, event)
-        case PhaseChanged():
-            # Loading comes before RunStarted: adopt the run id so the run counts as active already.
-            run_id = state.run_id or (event.run_id if state.finished_status is None and state.failure is None else "")
-            return dataclasses.replace(state, phase=event.phase, phase_detail=event.detail, run_id=run_id)
-        case StepMetrics():
-            return _on_step(state, event)
-        case EpochCompleted():
-            finite = math.isfinite(event.mean_loss)
-            best = state.best_epoch_loss
-            if finite and (best is None or event.mean_loss < best):
-                best = event.mean_loss
-            return dataclasses.replace(
-                state,
-                epoch=event.epoch,
-                epoch_losses=_append_bounded(state.epoch_losses, (event.epoch, event.mean_loss), MAX_METRIC_POINTS),
-                best_epoch_loss=best,
-            )
-        case ResourceSample():
-            return _on_resource(state, event)
-        case TimestepHistogram():
-            hist = Histogram(event.step, event.bin_edges, event.recent, event.cumulative, event.expected)
-            return dataclasses.replace(state, histogram=hist)
-        case CheckpointSaved():
-            info = CheckpointInfo(event.step, event.epoch, event.path, event.kind, event.loss, event.ts)
-            return dataclasses.replace(state, checkpoints=_append_bounded(state.checkpoints, info, MAX_CHECKPOINTS))
-        case LogRecord():
-            line = LogLine(event.ts, event.level, event.message)
-            return dataclasses.replace(state, log=_append_bounded(state.log, line, MAX_LOG_LINES))
-        case RunPaused():
-            return dataclasses.replace(state, paused=True, phase="paused", step=max(state.step, event.step))
-        case RunResumed():
-            return dataclasses.replace(state, paused=False, phase="training", step=max(state.step, event.step))
-        case PreprocessProgress():
-            return _on_preprocess(state, event)
-        case RunFinished():
-            return dataclasses.replace(
-                state,
-                phase="finished",
-                paused=False,
-                finished_status=event.status,
-                step=max(state.step, event.steps),
-                epoch=max(state.epoch, event.epochs),
-                adapter_path=event.adapter_path,
-                wall_s=event.wall_s,
-                eta_s=None,
-                best_loss=_na(event.best_loss) if state.best_loss is None else state.best_loss,
-            )
-        case RunFailed():
-            failure = Failure(event.error_type, event.message, event.traceback, event.hint, event.oom, event.step)
-            return dataclasses.replace(state, phase="failed", paused=False, failure=failure, eta_s=None)
-        case EngineStopping():
-            return dataclasses.replace(state, engine_stopping=True)
-        case _:
-            assert_never(event)
+def _evolve(state: RunState, changes: dict[str, Any]) -> RunState:
+    """``dataclasses.replace`` without its per-call overhead (this runs for every event): copy the
+    slots, then set the changed ones. Only this module builds states this way."""
+    new = object.__new__(RunState)
+    setter = object.__setattr__
+    for name in _NAMES:
+        setter(new, name, changes[name] if name in changes else getattr(state, name))
+    return new
 
 
 def apply_all(state: RunState, events: Iterable[Event]) -> RunState:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -50,8 +50,10 @@ class MonitorScreen(Screen[None]):
         Binding("backspace", "back", "Back", id="monitor.back-alt", show=False),
     ]
 
-    state: reactive[RunState] = reactive(RunState, always_update=True, init=False)
-    banner: reactive[str] = reactive("")
+    # ``var``, not ``reactive``: assigning a state must not repaint the whole screen (that ran the
+    # compositor once per batch); the redraw timer updates the widgets that changed.
+    state: var[RunState] = var(RunState, always_update=True, init=False)
+    banner: var[str] = var("")
 
     def __init__(self, state: RunState | None = None, *, title: str = "") -> None:
         super().__init__()

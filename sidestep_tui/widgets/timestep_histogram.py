@@ -28,6 +28,21 @@ def _regroup(values: list[float], columns: int) -> list[float]:
     return [sum(values[i * n // columns:(i + 1) * n // columns]) for i in range(columns)]
 
 
+def _markup_runs(cells: list[tuple[str, str]]) -> str:
+    """One markup tag per run of equally styled cells (markup parsing costs per tag)."""
+    out: list[str] = []
+    i = 0
+    while i < len(cells):
+        style = cells[i][0]
+        j = i
+        while j < len(cells) and cells[j][0] == style:
+            j += 1
+        text = "".join(c for _s, c in cells[i:j])
+        out.append(f"[{style}]{text}[/]" if style else text)
+        i = j
+    return "".join(out)
+
+
 def tv_distance(observed: list[float], expected: list[float]) -> float:
     return 0.5 * sum(abs(o - e) for o, e in zip(observed, expected))
 
@@ -49,20 +64,18 @@ def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulat
     top = max(max(obs_cols, default=0), max(exp_cols, default=0)) or 1.0
     lines = []
     for r in range(rows - 1, -1, -1):
-        line = []
+        cells: list[tuple[str, str]] = []  # (style, character)
         for o, e in zip(obs_cols, exp_cols):
-            level = o / top * rows  # in rows
-            fill = level - r
-            e_row = int(min(rows - 1, e / top * rows))
+            fill = o / top * rows - r  # how much of this row the bar covers
             if fill >= 1:
-                line.append("[$chart-recent]█[/]")
+                cells.append(("$chart-recent", "█"))
             elif fill > 0:
-                line.append(f"[$chart-recent]{EIGHTHS[max(1, round(fill * 8))]}[/]")
-            elif e > 0 and e_row == r:
-                line.append("[$chart-expected]─[/]")
+                cells.append(("$chart-recent", EIGHTHS[max(1, round(fill * 8))]))
+            elif e > 0 and int(min(rows - 1, e / top * rows)) == r:
+                cells.append(("$chart-expected", "─"))
             else:
-                line.append(" ")
-        lines.append("".join(line))
+                cells.append(("", " "))
+        lines.append(_markup_runs(cells))
     lo, hi = hist.bin_edges[0], hist.bin_edges[-1]
     axis = f"t={lo:g}".ljust(max(0, cols - len(f"{hi:g}"))) + f"{hi:g}"
     which = "cumulative" if cumulative else "recent"

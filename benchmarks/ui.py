@@ -1,0 +1,274 @@
+"""UI benchmarks (issue 3 targets): start-up, memory while monitoring, and event throughput.
+
+    .venv/bin/python benchmarks/ui.py [--paint-runs 5] [--rss-seconds 60] [--rates 500,1000,2000,4000]
+                                      [--skip-rss] [--demo-root DIR]
+
+1. first paint: ``sidestep`` (the installed console script) started in a pseudo-terminal, timed from
+   fork to the first complete frame on the terminal (the footer, its last row, shows "Quit"), then
+   quit with Ctrl+Q. Target <= 1.0 s. Median of --paint-runs.
+2. UI memory: ``sidestep demo`` in a pseudo-terminal (real engine, demo model); the UI process's RSS
+   (the engine is a separate process and is not counted) sampled every second for --rss-seconds once
+   training steps are on screen. Then Ctrl+Q -> "stop and save". Target <= 150 MB.
+3. absorption: the real app (headless, 160x48, the monitor with its plotext chart) fed by a client
+   that releases a realistic event mix at a fixed rate for 8 s per rate. Reported: the UI process's
+   CPU (all threads) as % of one core, and the backlog left (events released but not folded into the
+   state). Target: >= 1,000 events/s under 25 % of a core with no growing backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import pty
+import select
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "ui"))
+SIDESTEP = str(Path(sys.executable).parent / "sidestep")
+
+
+# --------------------------------------------------------------------------- a program in a pty
+
+
+class PtyProgram:
+    def __init__(self, argv: list[str], env: dict[str, str], size: tuple[int, int] = (80, 24)) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        self.t0 = time.perf_counter()
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # child
+            fcntl.ioctl(sys.stdout.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+            os.execve(argv[0], argv, env)
+        self.output = b""
+
+    def read_until(self, marker: bytes, timeout: float) -> float | None:
+        """Seconds since start when ``marker`` first appeared in the output, or None on timeout."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    return None
+                self.output += chunk
+                if marker in self.output[-(len(chunk) + len(marker)):] or marker in chunk:
+                    return time.perf_counter() - self.t0
+        return None
+
+    def drain(self, seconds: float) -> None:
+        self.read_until(b"\x00never\x00", seconds)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            self.drain(0.05)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        return None
+
+
+def _env(config_dir: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, TERM="xterm-256color", SIDESTEP_CONFIG_DIR=config_dir, COLUMNS="80", LINES="24", **extra)
+    env.pop("TEXTUAL", None)
+    return env
+
+
+def bench_first_paint(runs: int) -> list[float]:
+    from sidestep_tui.settings import Settings, save_settings
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        save_settings(Settings(checkpoint_root=tmp, output_root=tmp), Path(tmp) / "settings.json")
+        for _ in range(runs):
+            program = PtyProgram([SIDESTEP], _env(tmp))
+            painted = program.read_until(b"Quit", 30)  # the footer, the last row of the first frame
+            program.drain(0.3)
+            program.send(b"\x11")  # ctrl+q
+            program.wait(15)
+            if painted is not None:
+                times.append(painted)
+    return times
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {"SIDESTEP_DEMO_ROOT": demo_root} if demo_root else {}
+        program = PtyProgram([SIDESTEP, "demo"], _env(tmp, **extra))
+        # The header shows "TRAINING" once steps flow (the demo setup and engine start come first).
+        started = program.read_until(b"TRAINING", 900)
+        if started is None:
+            program.send(b"\x11")
+            program.wait(30)
+            return [], "training never started (see the demo output)"
+        samples = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            program.drain(1.0)
+            samples.append(_rss_mb(program.pid))
+        program.send(b"\x11")  # ctrl+q -> the quit dialog
+        program.drain(1.0)
+        program.send(b"s")  # stop and save, then quit
+        code = program.wait(180)
+        return samples, f"training on screen after {started:.1f} s; UI exit code after stop-and-save: {code}"
+
+
+# --------------------------------------------------------------------------- absorption
+
+
+class RateClient:
+    """Releases pre-built events at ``rate`` per second (the generator costs nothing at poll time)."""
+
+    def __init__(self, events: list, rate: float) -> None:
+        from sidestep_tui.engine_client import ALL_CONTROLS
+
+        self.controls = ALL_CONTROLS
+        self.owns_engine = True
+        self.events, self.rate = events, rate
+        self.t0: float | None = None
+        self.released = 0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def send(self, cmd) -> None:  # noqa: ANN001
+        pass
+
+    def poll(self, timeout: float) -> list:
+        assert self.t0 is not None
+        time.sleep(min(timeout, 0.05))
+        due = min(len(self.events), int((time.perf_counter() - self.t0) * self.rate))
+        out = self.events[self.released:due][:2000]
+        self.released += len(out)
+        return out
+
+    is_alive = True
+    exit_code = None
+
+    def death_reason(self) -> str:
+        return "running"
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
+
+def event_mix(n: int) -> list:
+    """A stress mix: mostly StepMetrics, plus resources, logs, heartbeats and a histogram every 500."""
+    from engine import protocol as p
+    from fake_engine import scripted_run
+
+    head = scripted_run(steps=0, total_steps=10**9, finish=None, gpu=True)
+    hist = next(e for e in scripted_run(steps=10, finish=None) if isinstance(e, p.TimestepHistogram))
+    out = list(head)
+    for i in range(n):
+        seq = len(out)
+        step = i + 1
+        if i % 500 == 0:
+            out.append(p.TimestepHistogram(run_id="run-1", seq=seq, ts=float(seq), step=step, bin_edges=hist.bin_edges, recent=hist.recent,
+                                           cumulative=hist.cumulative, expected=hist.expected))
+        elif i % 50 == 0:
+            out.append(p.ResourceSample(run_id="run-1", seq=seq, ts=float(seq), device="cuda:0", allocated_mb=2000.0 + i % 100, reserved_mb=3000.0,
+                                        peak_allocated_mb=2500.0, gpu_used_mb=5000.0, gpu_total_mb=24576.0, gpu_util_pct=90.0,
+                                        gpu_temp_c=60.0, gpu_power_w=200.0, process_rss_mb=900.0))
+        elif i % 20 == 0:
+            out.append(p.LogRecord(run_id="run-1", seq=seq, ts=float(seq), level="info", message=f"line {i}"))
+        elif i % 97 == 0:
+            out.append(p.Heartbeat(run_id="run-1", seq=seq, ts=float(seq), phase="training", last_step=step))
+        else:
+            loss = 1.0 / (1 + 0.001 * i) + 0.05 * math.sin(i)
+            out.append(p.StepMetrics(run_id="run-1", seq=seq, ts=float(seq), step=step, epoch=i // 100, total_steps=10**9, loss=loss,
+                                     loss_min=loss, loss_max=loss, steps_covered=1, lr=1e-4, grad_norm=0.5, samples_per_s=10.0, eta_s=100.0))
+    return out
+
+
+async def _absorb(rate: float, seconds: float) -> tuple[float, int, int]:
+    from sidestep_tui.app import make_app
+    from sidestep_tui.settings import Settings
+
+    client = RateClient(event_mix(int(rate * seconds) + 100), rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        app = make_app(client=client, settings=Settings(checkpoint_root=tmp, output_root=tmp), initial_mode="monitor", log_dir=tmp)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause(0.5)  # mounted, pump started
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            seen0 = app.run_state.events_seen
+            await asyncio.sleep(seconds)
+            cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+            absorbed = app.run_state.events_seen - seen0
+            backlog = client.released - app.run_state.events_seen
+    return cpu * 100, absorbed, backlog
+
+
+def bench_absorption(rates: list[float], seconds: float) -> list[tuple[float, float, float, int]]:
+    rows = []
+    for rate in rates:
+        cpu, absorbed, backlog = asyncio.run(_absorb(rate, seconds))
+        rows.append((rate, absorbed / seconds, cpu, backlog))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paint-runs", type=int, default=5)
+    parser.add_argument("--rss-seconds", type=float, default=60)
+    parser.add_argument("--skip-rss", action="store_true", help="skip the demo run (it needs the engine and minutes)")
+    parser.add_argument("--rates", default="500,1000,2000,4000")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per absorption rate")
+    parser.add_argument("--demo-root", default=None)
+    args = parser.parse_args()
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    paints = bench_first_paint(args.paint_runs)
+    if paints:
+        print(f"first paint: median {statistics.median(paints):.2f} s, min {min(paints):.2f} s, max {max(paints):.2f} s "
+              f"over {len(paints)} runs  (target <= 1.0 s)")
+    else:
+        print("first paint: no frame seen")
+
+    rows = bench_absorption([float(r) for r in args.rates.split(",")], args.seconds)
+    print("absorption (headless app, monitor at 160x48):")
+    for rate, absorbed, cpu, backlog in rows:
+        print(f"  offered {rate:7.0f} ev/s  absorbed {absorbed:7.0f} ev/s  UI CPU {cpu:5.1f} % of a core  backlog {backlog}")
+    ok = [absorbed for rate, absorbed, cpu, backlog in rows if cpu < 25.0 and backlog < rate]
+    print(f"  best rate under 25 % of a core with no backlog: {max(ok):.0f} ev/s  (target >= 1000)" if ok else "  no rate met 25 %")
+
+    if not args.skip_rss:
+        samples, note = bench_rss(args.rss_seconds, args.demo_root)
+        if samples:
+            print(f"UI RSS while monitoring the demo: median {statistics.median(samples):.0f} MB, max {max(samples):.0f} MB "
+                  f"over {len(samples)} s  (target <= 150 MB); {note}")
+        else:
+            print(f"UI RSS: not measured: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
