@@ -36,16 +36,16 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
         border: thick $primary; background: $surface; padding: 0 1;
     }
     PresetsDialog #presets-title { text-style: bold; }
-    PresetsDialog OptionList { height: auto; max-height: 9; }
-    PresetsDialog #preset-info { height: auto; max-height: 3; color: $text-muted; }
-    PresetsDialog .preset-label { color: $text-muted; margin-top: 1; }
+    PresetsDialog OptionList { height: auto; max-height: 8; text-wrap: nowrap; text-overflow: ellipsis; }
+    PresetsDialog #preset-info { height: auto; max-height: 3; color: $text-muted; margin-bottom: 1; }
+    PresetsDialog .preset-label { color: $text-muted; }
     PresetsDialog #preset-message { height: auto; }
     PresetsDialog #preset-message.-bad { color: $error; text-style: bold; }
     PresetsDialog #preset-message.-ok { color: $success; }
     PresetsDialog Horizontal { height: auto; }
     PresetsDialog Horizontal > Input { width: 1fr; }
-    PresetsDialog #preset-buttons { align-horizontal: right; margin-top: 1; }
-    PresetsDialog Button { margin-left: 1; }
+    PresetsDialog #preset-buttons { align-horizontal: right; }
+    PresetsDialog Button { margin-left: 1; min-width: 8; }
     """
     BINDINGS = [
         Binding("ctrl+l", "load", "Load", id="presets.load", tooltip="Load the highlighted preset (also Enter on the list)"),
@@ -88,8 +88,8 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
         options = self.query_one(OptionList)
         options.clear_options()
         for info in self.infos:
-            label = f"{info.name:<16} {info.source:<8} " + (f"✗ invalid: {info.error}" if info.error else info.description)
-            options.add_option(Option(label, id=info.name, disabled=info.error is not None))
+            text = f"{info.name:<16} {info.source:<8} " + (f"✗ invalid: {info.error}" if info.error else info.description)
+            options.add_option(Option(text, id=info.name, disabled=info.error is not None))  # one line each (CSS)
         names = [i.name for i in self.infos]
         if highlight in names:
             options.highlighted = names.index(highlight)
@@ -109,7 +109,8 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         info = self._selected()
         if info is not None:
-            self.query_one("#preset-info", Static).update(info.error or f"{info.description}\n{info.path}")
+            where = "built-in" if info.source == "builtin" else info.path.replace(os.path.expanduser("~"), "~", 1)
+            self.query_one("#preset-info", Static).update(info.error or f"{info.description}\n{where}")
 
     def on_option_list_option_selected(self) -> None:
         self.action_load()

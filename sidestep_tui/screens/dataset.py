@@ -1,0 +1,165 @@
+"""Dataset: pick a folder of preprocessed tensors and see what is in it before training.
+
+The folder is checked as you type (``PathField``); an existing folder is scanned in a thread worker
+by ``engine.ptinspect.scan_dataset`` (reads each file's pickle header, never the tensors, never
+torch): sample count, total and longest duration, shapes, and every problem naming its file, plus
+mismatches with the chosen model (stale variant, encoder width). Ctrl+S uses the folder:
+``DraftUpdated(dataset_dir)`` and the Setup screen opens.
+
+``#preprocess-section`` is kept empty for the audio → tensors flow (a separate widget mounts there).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from engine import discovery, ptinspect
+from engine.config import VARIANT_ALIASES
+
+from ..formatting import dataset_problems, dataset_summary
+from ..messages import DraftUpdated, SettingsChanged
+from ..widgets.path_input import PathField
+
+NARROW = 110
+NO_REPORT = "Enter the tensor folder above: every file is checked here, before training."
+
+
+@dataclass
+class DatasetScanned(Message):
+    path: str
+    report: ptinspect.DatasetReport
+
+
+class DatasetScreen(Screen[None]):
+    CSS_PATH = "dataset.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "use", "Use dataset", id="dataset.use", tooltip="Use this tensor folder for the run"),
+        Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: ptinspect.DatasetReport | None = None
+        self._report_path = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="dataset-model", markup=False)
+        yield PathField(
+            "Tensor folder: preprocessed .pt files (and manifest.json)",
+            self._initial_path(),
+            placeholder="/path/to/tensors",
+            id="dataset-path",
+        )
+        with Horizontal(id="dataset-body"):
+            yield Static(NO_REPORT, id="dataset-summary", markup=False)
+            with VerticalScroll(id="dataset-problems"):
+                yield Static("", id="dataset-problem-list", markup=False)
+        yield Vertical(id="preprocess-section")
+        yield Footer()
+
+    def _initial_path(self) -> str:
+        draft = self.app.draft  # type: ignore[attr-defined]
+        return str(draft.get("dataset_dir") or self.app.settings.last_dataset_dir or "")  # type: ignore[attr-defined]
+
+    def on_mount(self) -> None:
+        self.query_one(PathField).input.focus()
+        self._show_model()
+
+    def on_screen_resume(self) -> None:
+        self._show_model()
+        if self.report is not None:
+            self._render_report()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < NARROW, "-narrow")
+
+    # ------------------------------------------------------------------ the chosen model
+
+    def _model(self) -> tuple[str | None, int | None]:
+        """(model_variant, hidden size to compare with) from the draft; hidden only for non-XL
+        models, whose encoder width equals their hidden size."""
+        draft = self.app.draft  # type: ignore[attr-defined]
+        variant, root = draft.get("model_variant"), draft.get("checkpoint_dir")
+        if not variant or not root:
+            return None, None
+        folder = os.path.join(os.path.expanduser(root), VARIANT_ALIASES.get(str(variant), str(variant)))
+        info = discovery.inspect_model_dir(folder) if os.path.isdir(folder) else None
+        hidden = info.hidden_size if info is not None and not info.xl else None
+        return str(variant), hidden
+
+    def _show_model(self) -> None:
+        variant, _ = self._model()
+        text = f"For model: {variant}" if variant else "No model chosen yet (Models screen, F1): the variant check waits for one."
+        self.query_one("#dataset-model", Static).update(text)
+
+    # ------------------------------------------------------------------ scanning
+
+    @on(PathField.Checked, "#dataset-path")
+    def _path_checked(self, event: PathField.Checked) -> None:
+        if event.check.ok:
+            self._scan(event.path)
+        else:
+            self.report = None
+            self.query_one("#dataset-summary", Static).update(NO_REPORT)
+            self.query_one("#dataset-problem-list", Static).update("")
+
+    @work(thread=True, exclusive=True, group="dataset-scan", name="dataset-scan", exit_on_error=False)
+    def _scan(self, path: str) -> None:
+        self.post_message(DatasetScanned(path, ptinspect.scan_dataset(path)))
+
+    @on(DatasetScanned)
+    def _scanned(self, message: DatasetScanned) -> None:
+        if message.path != self.query_one(PathField).value:
+            return  # the user typed on; a newer scan is coming
+        self.report, self._report_path = message.report, message.path
+        self._render_report()
+
+    def _render_report(self) -> None:
+        report = self.report
+        if report is None:
+            return
+        variant, hidden = self._model()
+        self.query_one("#dataset-summary", Static).update(dataset_summary(report, variant, hidden))
+        problems = dataset_problems(report, variant, hidden)
+        text = "\n".join(problems) if problems else "✓ no problems found"
+        self.query_one("#dataset-problem-list", Static).update(f"Problems ({len(problems)})\n{text}" if problems else text)
+        self.set_class(bool(problems), "-problems")
+
+    # ------------------------------------------------------------------ actions
+
+    def action_rescan(self) -> None:
+        self.query_one(PathField).recheck()
+
+    def action_use(self) -> None:
+        field = self.query_one(PathField)
+        path = os.path.abspath(os.path.expanduser(field.value)) if field.value else ""
+        report = self.report
+        if report is None or self._report_path != field.value:
+            self.notify("The folder has not been checked yet (or does not exist).", severity="warning")
+            return
+        if report.samples == 0:
+            self.notify("No usable samples in this folder: see the problems listed.", severity="error")
+            return
+        if report.problems:
+            self.notify(
+                f"{len(report.problems)} problem(s) listed: only the {report.samples} good samples are counted.",
+                severity="warning",
+                title="Dataset",
+            )
+        # Straight to the App, then switch: the Setup screen reads app.draft on resume.
+        self.app.post_message(DraftUpdated({"dataset_dir": path}))
+        settings = self.app.settings  # type: ignore[attr-defined]
+        if settings.last_dataset_dir != path:
+            self.app.post_message(SettingsChanged(settings.replace(last_dataset_dir=path)))
+        self.notify(f"Dataset: {path}", title="Draft")
+        if "setup" in self.app.MODES:
+            self.app.call_later(self.app.switch_mode, "setup")

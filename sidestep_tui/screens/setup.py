@@ -1,0 +1,290 @@
+"""Setup: the run configuration, generated from the schema, checked as you type, then Start.
+
+The form (``widgets/config_form.py``) holds raw values; every edit goes through
+``engine.config.parse`` and its per-field errors are shown next to the fields. Start (Ctrl+S) posts
+``StartRequested(config_json)`` only when the config parses; otherwise it lists the problems and jumps
+to the first one. The side panel shows the run length (steps per epoch, total steps, effective batch)
+from the dataset's sample count, the chosen model, and the equivalent ``sidestep train ...`` command.
+Values travel to ``app.draft`` (``DraftUpdated``) so leaving the screen loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from engine import config as cfg
+from engine import discovery, ptinspect
+
+from .. import forms
+from ..formatting import number, plural
+from ..messages import DraftUpdated, StartRequested
+from ..widgets.config_form import ConfigForm
+
+NARROW = 120
+
+
+@dataclass
+class DatasetCounted(Message):
+    path: str
+    samples: int | None
+    problems: int
+
+
+class SetupScreen(Screen[None]):
+    CSS_PATH = "setup.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start", id="setup.start", tooltip="Start training (only when the config is valid)"),
+        Binding("ctrl+t", "toggle_depth", "Basic/Advanced", id="setup.depth", tooltip="Show or hide advanced settings"),
+        Binding("ctrl+l", "presets", "Presets", id="setup.presets", tooltip="Load, save, import or export a preset"),
+        Binding("ctrl+r", "review", "Review", id="setup.review", tooltip="The equivalent command line, to copy"),
+        Binding("ctrl+n", "next_problem", "Next problem", id="setup.next-problem", tooltip="Jump to the next invalid field"),
+        Binding("ctrl+y", "copy_command", "Copy command", id="setup.copy", show=False, tooltip="Copy the sidestep train command"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: cfg.TrainConfig | None = None
+        self.errors: dict[str, str] = {}
+        self.samples: int | None = None
+        self.dataset_problems = 0
+        self._model_key: tuple[str, str] | None = None
+        self._model: discovery.ModelInfo | None = None
+        self._dataset_key: str | None = None
+        self._texts: dict[str, str] = {}
+        self._auto_output = ""
+
+    def compose(self) -> ComposeResult:
+        raw = self._draft_raw()
+        yield Static("", id="setup-status", markup=False)
+        with Horizontal(id="setup-body"):
+            yield ConfigForm(raw, forms.placeholders(raw, self._model_config(raw)), id="config-form")
+            with VerticalScroll(id="setup-side"):
+                yield Static("", id="setup-help", markup=False)
+                yield Static("", id="setup-preview", markup=False)
+                yield Static("", id="setup-model", markup=False)
+                yield Static("", id="setup-command", markup=False)
+        yield Static("", id="setup-help-line", markup=False)
+        yield Footer()
+
+    @property
+    def form(self) -> ConfigForm:
+        return self.query_one(ConfigForm)
+
+    def on_mount(self) -> None:
+        self._validate(self.form.values)
+        self.form.focus_field(forms.SPECS[0].name)
+
+    def on_screen_resume(self) -> None:
+        draft, current = self.app.draft, self.form.values  # type: ignore[attr-defined]
+        changed = {
+            k: v for k, v in draft.items() if k in forms.SPEC_BY_NAME and forms.to_raw(forms.SPEC_BY_NAME[k], v) != current.get(k)
+        }
+        if changed:
+            self.form.set_values(changed)
+        current = self.form.values
+        if self._auto_output and current.get("output_dir") == self._auto_output:
+            fresh = self._output_dir_for(current)  # a different model: rename the untouched default
+            if fresh != self._auto_output:
+                self.form.set_values({"output_dir": fresh})
+                self._auto_output = fresh
+        self._validate(self.form.values)
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < NARROW, "-narrow")
+
+    # ------------------------------------------------------------------ draft and context
+
+    def _draft_raw(self) -> dict[str, Any]:
+        raw = forms.merge_raw(forms.default_raw(), self.app.draft)  # type: ignore[attr-defined]
+        if not raw.get("output_dir"):
+            raw["output_dir"] = self._auto_output = self._output_dir_for(raw)
+        return raw
+
+    def _output_dir_for(self, raw: dict[str, Any]) -> str:
+        """A fresh run folder under the output root, named after the model and adapter (shown in the
+        field, so nothing is decided behind the user's back)."""
+        output_root = self.app.settings.output_root  # type: ignore[attr-defined]
+        if not output_root:
+            return ""
+        name = f"{raw.get('model_variant')}-{raw.get('adapter_type')}-{time.strftime('%Y%m%d-%H%M')}"
+        return os.path.join(output_root, name)
+
+    def _model_info(self, raw: dict[str, Any]) -> discovery.ModelInfo | None:
+        key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
+        if key != self._model_key:
+            self._model_key = key
+            folder = os.path.join(os.path.expanduser(key[0]), cfg.VARIANT_ALIASES.get(key[1], key[1]))
+            self._model = discovery.inspect_model_dir(folder) if key[0] and os.path.isdir(folder) else None
+        return self._model
+
+    def _model_config(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        info = self._model_info(raw)
+        if info is None:
+            return None
+        values = {"timestep_mu": info.timestep_mu, "timestep_sigma": info.timestep_sigma, "is_turbo": info.is_turbo}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def _count_dataset(self, raw: dict[str, Any]) -> None:
+        path = str(raw.get("dataset_dir") or "")
+        if path == self._dataset_key:
+            return
+        self._dataset_key, self.samples, self.dataset_problems = path, None, 0
+        if path and os.path.isdir(os.path.expanduser(path)):
+            self._scan_dataset(path)
+
+    @work(thread=True, exclusive=True, group="setup-dataset", name="setup-dataset", exit_on_error=False)
+    def _scan_dataset(self, path: str) -> None:
+        report = ptinspect.scan_dataset(path)
+        self.post_message(DatasetCounted(path, report.samples, len(report.problems)))
+
+    @on(DatasetCounted)
+    def _dataset_counted(self, message: DatasetCounted) -> None:
+        if message.path == self._dataset_key:
+            self.samples, self.dataset_problems = message.samples, message.problems
+            self._render_side(self.form.values)
+
+    # ------------------------------------------------------------------ validation
+
+    @on(ConfigForm.Focused)
+    def _focused(self, event: ConfigForm.Focused) -> None:
+        spec = event.row.spec
+        self._update("#setup-help", f"{spec.label}\n{event.row.help_text}")
+        self._update("#setup-help-line", f"{spec.label}: {event.row.help_text}")
+
+    def _update(self, selector: str, text: str) -> None:
+        """Update a Static only when its text changes (an update re-lays out the screen)."""
+        widget = self.query_one(selector, Static)
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            widget.update(text)
+
+    @on(ConfigForm.Changed)
+    def _changed(self, event: ConfigForm.Changed) -> None:
+        self._validate(event.values)
+        self.post_message(DraftUpdated(dict(event.values)))
+
+    def _validate(self, raw: dict[str, Any]) -> None:
+        self.config, self.errors = forms.parse_raw(raw)
+        self.form.show_errors(self.errors)
+        self.form.set_placeholders(forms.placeholders(raw, self._model_config(raw)))
+        self._count_dataset(raw)
+        self._render_side(raw)
+
+    def _labels(self, names: list[str]) -> str:
+        return ", ".join(forms.SPEC_BY_NAME[n].label if n in forms.SPEC_BY_NAME else n for n in names)
+
+    def _render_side(self, raw: dict[str, Any]) -> None:
+        depth = "Advanced" if self.form.depth == forms.ADVANCED else "Basic"
+        if self.errors:
+            status = f"✗ {plural(len(self.errors), 'problem')}: {self._labels(self._error_names())} (Ctrl+N)"
+        else:
+            status = "✓ Ready (Ctrl+S starts)"
+        self._update("#setup-status", f"{status} · {depth} · {raw.get('adapter_type')}")
+        self.set_class(bool(self.errors), "-invalid")
+        self._update("#setup-preview", self._preview_text(raw))
+        self._update("#setup-model", self._model_text(raw))
+        command = forms.command_line(self.config) if self.config else "(fix the problems to see the command)"
+        self._update("#setup-command", f"Command (Ctrl+R to review, Ctrl+Y to copy)\n{command}")
+
+    def _preview_text(self, raw: dict[str, Any]) -> str:
+        p = forms.steps_preview(raw, self.samples)
+        if not raw.get("dataset_dir"):
+            samples = "no dataset chosen"
+        elif self.samples is None:
+            samples = "counting …"
+        else:
+            samples = plural(self.samples, "sample") + (f" ({plural(self.dataset_problems, 'problem')})" if self.dataset_problems else "")
+        total = number(p.total_steps) + (" (capped by max steps)" if p.capped_by_max_steps else "")
+        return "\n".join(
+            [
+                "Run length",
+                f"  dataset          {samples}",
+                f"  effective batch  {number(p.effective_batch)} (batch × accumulation)",
+                f"  batches / epoch  {number(p.micro_batches_per_epoch)}",
+                f"  steps / epoch    {number(p.steps_per_epoch)}",
+                f"  total steps      {total}",
+            ]
+        )
+
+    def _model_text(self, raw: dict[str, Any]) -> str:
+        info = self._model_info(raw)
+        if info is None:
+            return f"Model\n  {raw.get('model_variant')}: not found under the checkpoint root"
+        problems = "".join(f"\n  ✗ {p}" for p in info.problems)
+        return (
+            f"Model\n  {info.name} · {number(info.num_hidden_layers)} layers · hidden {number(info.hidden_size)}"
+            f"\n  timestep μ {number(info.timestep_mu)} σ {number(info.timestep_sigma)}{problems}"
+        )
+
+    # ------------------------------------------------------------------ actions
+
+    def action_start(self) -> None:
+        raw = self.form.values
+        self._validate(raw)
+        if self.config is None:
+            details = "; ".join(f"{self._labels([n])}: {self.errors[n]}" for n in self._error_names())
+            self.notify(details, title=f"Not started: {plural(len(self.errors), 'problem')}", severity="error", timeout=8)
+            self.action_next_problem()
+            return
+        self.post_message(StartRequested(cfg.to_json(self.config)))
+
+    def action_toggle_depth(self) -> None:
+        self.form.toggle_depth()
+        self._render_side(self.form.values)
+
+    def _error_names(self) -> list[str]:
+        """Fields with errors in form order (keys outside the schema last)."""
+        names = [s.name for s in forms.SPECS if s.name in self.errors]
+        return names + [n for n in self.errors if n not in forms.SPEC_BY_NAME]
+
+    def action_next_problem(self) -> None:
+        names = [n for n in self._error_names() if n in forms.SPEC_BY_NAME]
+        if not names:
+            return
+        focused = self.focused
+        current = next((n for n in names if focused is not None and focused.id and focused.id.startswith(f"field-{n}")), None)
+        following = names[(names.index(current) + 1) % len(names)] if current else names[0]
+        self.form.focus_field(following)
+
+    def action_copy_command(self) -> None:
+        if self.config is None:
+            self.notify("Fix the problems first: there is no valid command yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(forms.command_line(self.config))
+        self.notify("Copied (through the terminal, OSC 52; in tmux: set -g set-clipboard on).", title="Command")
+
+    def action_review(self) -> None:
+        from ..dialogs.review import ReviewDialog
+
+        raw = self.form.values
+        self.app.push_screen(
+            ReviewDialog(self.config, self.errors, self._preview_text(raw), self._model_text(raw)),
+            self._review_done,
+        )
+
+    def _review_done(self, result: str | None) -> None:
+        if result == "start":
+            self.action_start()
+        elif result == "copy":
+            self.action_copy_command()
+
+    def action_presets(self) -> None:
+        from ..dialogs.presets import PresetsDialog
+
+        self.app.push_screen(PresetsDialog(self.form.values), self._preset_chosen)
+
+    def _preset_chosen(self, values: dict[str, Any] | None) -> None:
+        if values is not None:
+            self.form.set_values(values)
+            self._validate(self.form.values)

@@ -1,0 +1,226 @@
+"""One row of the generated config form: label, the widget its schema type calls for, help and error.
+
+The widget comes from ``FieldSpec.kind`` (see ``sidestep_tui.forms``):
+
+    bool   -> Checkbox (compact)            choice -> Select (blank allowed only if the field is optional)
+    multi  -> one Checkbox per allowed item path   -> PathInput (filesystem completion)
+    int / float / text -> Input (plain text: a bad entry stays visible and the parser names it)
+
+A value that is not one of the allowed choices (from a draft or a preset file) is kept as an extra
+option marked "(invalid)" so the parser reports it next to the field; it is never swapped for a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Checkbox, Input, Label, Select, Static
+
+from ..forms import FieldSpec, RawValue, to_raw
+from .path_input import PathInput
+
+
+class Tick(Checkbox):
+    """A checkbox whose mark is drawn only when checked: Textual's always shows an "X" and tells
+    on from off by colour alone, which 256-colour tmux or NO_COLOR cannot show."""
+
+    @property  # type: ignore[override]
+    def BUTTON_INNER(self) -> str:  # noqa: N802 (Textual's name)
+        return "X" if self.value else " "
+
+
+def _help_text(spec: FieldSpec) -> str:
+    extra = [spec.flag]
+    if spec.range_text:
+        extra.append(spec.range_text)
+    if spec.kind in ("choice", "multi"):
+        extra.append(" | ".join(spec.choices))
+    return f"{spec.help}  [{' · '.join(extra)}]"
+
+
+class FieldRow(Widget):
+    """A schema field as a form row. ``raw`` reads the widget; ``set_raw`` writes it."""
+
+    class Edited(Message):
+        """The user (or ``set_raw``) changed this field."""
+
+        def __init__(self, row: "FieldRow") -> None:
+            super().__init__()
+            self.row = row
+
+        @property
+        def control(self) -> "FieldRow":
+            return self.row
+
+    def __init__(self, spec: FieldSpec, value: RawValue, placeholder: str = "") -> None:
+        super().__init__(id=f"row-{spec.name}", classes="field-row")
+        self.spec = spec
+        self._initial = value
+        self._placeholder = placeholder
+        self._extra_items: tuple[str, ...] = ()
+        self._error: str | None = None
+
+    # ------------------------------------------------------------------ compose
+
+    def compose(self) -> ComposeResult:
+        # Four nodes per row (a grid: label | widget, then the error across both columns): the form
+        # has ~75 rows, and every extra node costs on each restyle.
+        spec = self.spec
+        self._widget = self._make_widget(self._initial)
+        self._error_line = Static("", classes="field-error", markup=False)
+        yield Label(spec.label + (" *" if spec.required else ""), classes="field-label")
+        yield self._widget
+        yield self._error_line
+
+    @property
+    def help_text(self) -> str:
+        """Help, CLI flag, range and choices: shown for the focused field and as the tooltip."""
+        return _help_text(self.spec)
+
+    def _make_widget(self, value: RawValue) -> Widget:
+        spec, wid = self.spec, f"field-{self.spec.name}"
+        tooltip = _help_text(spec)
+        if spec.kind == "bool":
+            box = Tick(_yes_no(bool(value)), bool(value), id=wid, compact=True, tooltip=tooltip)
+            return box
+        if spec.kind == "choice":
+            return Select(
+                self._choice_options(str(value)),
+                value=self._select_value(str(value)),
+                allow_blank=spec.optional,
+                prompt=self._placeholder or "(empty)",
+                id=wid,
+                compact=True,
+                tooltip=tooltip,
+            )
+        if spec.kind == "multi":
+            chosen = tuple(value) if isinstance(value, tuple) else ()
+            self._extra_items = tuple(v for v in chosen if v not in spec.choices)
+            items = [*spec.choices, *self._extra_items]
+            row = Horizontal(
+                *(
+                    Tick(
+                        item if item in spec.choices else f"{item} (invalid)",
+                        item in chosen,
+                        id=f"{wid}-{i}",
+                        name=item,
+                        compact=True,
+                        classes="multi-item",
+                    )
+                    for i, item in enumerate(items)
+                ),
+                id=wid,
+                classes="multi",
+            )
+            row.tooltip = tooltip
+            return row
+        cls = PathInput if spec.kind == "path" else Input
+        return cls(str(value), placeholder=self._placeholder, id=wid, compact=True, tooltip=tooltip)
+
+    def _choice_options(self, current: str) -> list[tuple[str, str]]:
+        options = [(c, c) for c in self.spec.choices]
+        if current not in self.spec.choices and not (self.spec.optional and current == ""):
+            options.append((f"{current!r} (invalid)", current))
+        return options
+
+    def _select_value(self, current: str) -> Any:
+        return Select.NULL if self.spec.optional and current == "" else current
+
+    # ------------------------------------------------------------------ value
+
+    @property
+    def widget(self) -> Widget:
+        """The input widget (kept from compose: the form reads every row on every edit)."""
+        return self._widget
+
+    def _boxes(self) -> list[Checkbox]:
+        return [child for child in self._widget.children if isinstance(child, Checkbox)]
+
+    @property
+    def raw(self) -> RawValue:
+        widget, kind = self.widget, self.spec.kind
+        if kind == "bool":
+            assert isinstance(widget, Checkbox)
+            return widget.value
+        if kind == "choice":
+            assert isinstance(widget, Select)
+            return "" if widget.value is Select.NULL else str(widget.value)
+        if kind == "multi":
+            return tuple(box.name or "" for box in self._boxes() if box.value)
+        assert isinstance(widget, Input)
+        return widget.value
+
+    def set_raw(self, value: Any) -> None:
+        """Show ``value`` (typed or raw). Unknown choices / items become visible "(invalid)" entries."""
+        value = to_raw(self.spec, value)
+        widget, kind = self.widget, self.spec.kind
+        if kind == "bool":
+            assert isinstance(widget, Checkbox)
+            widget.value = bool(value)
+        elif kind == "choice":
+            assert isinstance(widget, Select)
+            text = str(value)
+            widget.set_options(self._choice_options(text))
+            widget.value = self._select_value(text)
+        elif kind == "multi":
+            chosen = tuple(value) if isinstance(value, tuple) else ()
+            extras = tuple(v for v in chosen if v not in self.spec.choices)
+            if extras != self._extra_items:
+                self._extra_items = extras
+                widget.remove_children()
+                widget.mount_all(
+                    Tick(
+                        item if item in self.spec.choices else f"{item} (invalid)",
+                        item in chosen,
+                        name=item,
+                        compact=True,
+                        classes="multi-item",
+                    )
+                    for item in (*self.spec.choices, *extras)
+                )
+                self.post_message(self.Edited(self))  # fresh boxes post no Changed of their own
+            else:
+                for box in self._boxes():
+                    box.value = (box.name or "") in chosen
+        else:
+            assert isinstance(widget, Input)
+            widget.value = str(value)
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        widget = self.widget
+        if isinstance(widget, Input):
+            widget.placeholder = text
+        elif isinstance(widget, Select):
+            widget.prompt = text or "(empty)"
+
+    def set_error(self, message: str | None) -> None:
+        if message == self._error:
+            return  # called for every row on every keystroke: touch only what changed
+        self._error = message
+        self.set_class(bool(message), "-invalid")
+        self._error_line.update(f"✗ {message}" if message else "")
+
+    # ------------------------------------------------------------------ events
+
+    @on(Checkbox.Changed)
+    def _checkbox(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        if self.spec.kind == "bool":
+            event.checkbox.label = _yes_no(event.value)
+        self.post_message(self.Edited(self))
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _edited(self, event: Message) -> None:
+        event.stop()
+        self.post_message(self.Edited(self))
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
