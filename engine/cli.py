@@ -356,6 +356,11 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # bitsandbytes warns on import that an optional 4-bit CPU kernel (fetched from a hub) is absent;
+    # we never use 4-bit layers and never download, so the line is only noise in a headless log.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     parser = build_parser()
     ns = parser.parse_args(argv)
     handlers = {

@@ -82,7 +82,6 @@ class Trainer:
             jsonl = JsonlSink(os.path.join(run_dir, ckpt.EVENTS_FILE))
             self.bus.add(jsonl)
             rundir.write_engine_file(run_dir, self.run_id)
-            self.set_phase("loading_model", self.config.model_dir())
             self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase)
             self.config = self.parts.config
             if self.monitor is not None:
