@@ -56,7 +56,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (torch stays out of this UI process, as in the app)."""
     from engine.cli import prepare_demo
 
-    return prepare_demo(str(tmp_path_factory.mktemp("demo")))
+    return prepare_demo(str(tmp_path_factory.mktemp("demo")), audio=False)
 
 
 @pytest.fixture(scope="session")
@@ -524,3 +524,19 @@ async def test_every_binding_has_an_id_and_no_printable_keys(ckpt: Path, env: Pa
             assert binding.id, binding
             assert not (len(binding.key) == 1 and binding.key.isprintable()), binding
             assert not binding.priority, binding
+
+
+async def test_screen_actions_are_in_the_command_palette(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    from sidestep_tui.screens.screen_commands import ScreenActions
+
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        provider = ScreenActions(app.screen)
+        titles = [str(hit.text) async for hit in provider.discover()]
+        assert titles == ["Setup: Start", "Setup: Basic/Advanced", "Setup: Presets", "Setup: Review", "Setup: Next problem"]
+        hits = [hit async for hit in provider.search("basic")]
+        assert len(hits) == 1
+        await hits[0].command()
+        await pilot.pause()
+        assert app.screen.form.depth == "advanced"
