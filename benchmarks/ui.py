@@ -126,16 +126,38 @@ def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
             program.send(b"\x11")
             program.wait(30)
             return [], "training never started (see the demo output)"
-        samples = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            program.drain(1.0)
-            samples.append(_rss_mb(program.pid))
+        samples = _sample_rss(program, seconds)
+        # The same live run through `sidestep attach` (events from events.jsonl, no queue): the UI
+        # cost without anything the engine's pickled events may drag in.
+        from engine.cli import default_demo_root
+
+        runs = sorted(Path(demo_root or default_demo_root(), "runs").glob("demo-*"), key=lambda p: p.stat().st_mtime)
+        attach_samples: list[float] = []
+        if runs:
+            attached = PtyProgram([SIDESTEP, "attach", str(runs[-1])], _env(tmp))
+            if attached.read_until(b"TRAINING", 60) is not None:
+                attach_samples = _sample_rss(attached, min(seconds, 30))
+            attached.send(b"\x11")
+            attached.drain(1.0)
+            attached.send(b"l")  # leave it running (the demo UI stops it below)
+            attached.wait(30)
         program.send(b"\x11")  # ctrl+q -> the quit dialog
         program.drain(1.0)
         program.send(b"s")  # stop and save, then quit
         code = program.wait(180)
-        return samples, f"training on screen after {started:.1f} s; UI exit code after stop-and-save: {code}"
+        note = f"training on screen after {started:.1f} s; UI exit code after stop-and-save: {code}"
+        if attach_samples:
+            note += f"; `sidestep attach` on the same live run: median {statistics.median(attach_samples):.0f} MB"
+        return samples, note
+
+
+def _sample_rss(program: PtyProgram, seconds: float) -> list[float]:
+    samples = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        program.drain(1.0)
+        samples.append(_rss_mb(program.pid))
+    return samples
 
 
 # --------------------------------------------------------------------------- absorption
@@ -213,7 +235,7 @@ async def _absorb(rate: float, seconds: float) -> tuple[float, int, int]:
     from sidestep_tui.app import make_app
     from sidestep_tui.settings import Settings
 
-    client = RateClient(event_mix(int(rate * seconds) + 100), rate)
+    client = RateClient(event_mix(int(rate * (seconds + 3))), rate)  # more than the window needs
     with tempfile.TemporaryDirectory() as tmp:
         app = make_app(client=client, settings=Settings(checkpoint_root=tmp, output_root=tmp), initial_mode="monitor", log_dir=tmp)
         async with app.run_test(size=(160, 48)) as pilot:
@@ -221,17 +243,18 @@ async def _absorb(rate: float, seconds: float) -> tuple[float, int, int]:
             cpu0, wall0 = time.process_time(), time.perf_counter()
             seen0 = app.run_state.events_seen
             await asyncio.sleep(seconds)
-            cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            absorbed = app.run_state.events_seen - seen0
+            wall = time.perf_counter() - wall0
+            cpu = (time.process_time() - cpu0) / wall
+            absorbed_rate = (app.run_state.events_seen - seen0) / wall
             backlog = client.released - app.run_state.events_seen
-    return cpu * 100, absorbed, backlog
+    return cpu * 100, absorbed_rate, backlog
 
 
 def bench_absorption(rates: list[float], seconds: float) -> list[tuple[float, float, float, int]]:
     rows = []
     for rate in rates:
-        cpu, absorbed, backlog = asyncio.run(_absorb(rate, seconds))
-        rows.append((rate, absorbed / seconds, cpu, backlog))
+        cpu, absorbed_rate, backlog = asyncio.run(_absorb(rate, seconds))
+        rows.append((rate, absorbed_rate, cpu, backlog))
     return rows
 
 
