@@ -104,6 +104,7 @@ class SidestepApp(EngineBridge, App[None]):
         self.last_contact: float | None = None
         self._expect_exit = False  # we asked the engine to go: its exit is not news
         self._quit_when_idle = False
+        self._detached = False
 
     # ------------------------------------------------------------------ setup
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -320,6 +321,7 @@ class SidestepApp(EngineBridge, App[None]):
         if client is None or choice in (None, "cancel"):
             return
         if choice == "leave":
+            self._detached = True
             client.detach()
             self.exit(message="The run keeps training. Re-attach with: sidestep attach " + (self.run_state.run_dir or "RUN_DIR"))
         elif choice == "stop":
@@ -330,6 +332,19 @@ class SidestepApp(EngineBridge, App[None]):
                 self.notify("Stopping: saving a checkpoint, then quitting…", title="Quit", timeout=30)
             else:
                 self.exit(message="Asked the engine to stop and save (SIGTERM).")
+
+    def on_unmount(self) -> None:
+        """However the app ends (quit, a test finishing, an error), never leave an engine behind by
+        accident: an idle one is shut down; a training one is detached, because a run outlives its UI
+        (and multiprocessing would otherwise hold this process's exit until the run ends)."""
+        client = self.client
+        if client is None or not client.owns_engine or self._detached or not client.is_alive:
+            return
+        if self.run_state.active:
+            client.detach()
+        else:
+            self._expect_exit = True
+            client.shutdown(5.0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -105,3 +105,33 @@ def test_detach_leaves_the_engine_running(tmp_path) -> None:
 )
 def test_exit_reasons(code, reason) -> None:
     assert exit_reason(code) == reason
+
+
+async def test_app_exit_shuts_an_idle_engine_down_and_detaches_a_training_one(tmp_path, build_app) -> None:
+    """Tests and crashes end the app without the quit dialog: no engine may be left holding the exit."""
+    idle = _client(tmp_path / "idle")
+    app = build_app(idle)
+    async with app.run_test() as pilot:
+        for _ in range(300):
+            await pilot.pause(0.05)
+            if app.run_state.engine_pid:
+                break
+        assert app.run_state.engine_pid == idle.pid
+    assert not idle.is_alive and idle.exit_code == 0
+
+    busy = _client(tmp_path / "busy")
+    app = build_app(busy)
+    async with app.run_test() as pilot:
+        for _ in range(300):
+            await pilot.pause(0.05)
+            if app.run_state.engine_pid:
+                break
+        busy.send(p.StartRun(run_id="r", config_json="{}"))
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.run_state.active:
+                break
+        assert app.run_state.active
+    assert busy.is_alive  # detached: the run outlives its UI
+    os.kill(busy.pid, signal.SIGKILL)
+    assert busy.wait_exit(10)
