@@ -166,9 +166,10 @@ class SidestepApp(EngineBridge, App[None]):
                 self.notify("A run is in progress: stop it (or quit and leave it running) first.", severity="error")
                 return
             if not self.run_state.run_id and self.run_state.preprocess is None:
-                self.run_state = RunState()
-                client.send(command)  # an idle engine that has not run anything yet: reuse it
-                self.switch_mode("monitor")
+                # An idle engine that has not run anything yet: reuse it.
+                if self.send_command(command):
+                    self.run_state = RunState()
+                    self.switch_mode("monitor")
                 return
             self._stop_engine(client)
         self.run_state = RunState(phase="starting_engine", phase_detail="spawning the engine process")

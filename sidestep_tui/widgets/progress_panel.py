@@ -37,7 +37,7 @@ def render_progress(state: RunState, width: int) -> str:
         style = "$error"
     elif state.finished_status is not None:
         style = "$primary"
-    who = state.run_id or ("" if state.phase_detail else "no run")
+    who = state.run_id or ("" if state.phase_detail else "no run: start one from Setup, or open one in Runs")
     if state.adapter_type:
         who += f" · {state.adapter_type} on {state.model_variant} · {state.device} {state.precision}"
     detail = f" ({state.phase_detail})" if state.phase_detail and (state.active or not state.run_id) else ""
