@@ -27,7 +27,8 @@ from ..widgets.event_log import EventLog
 from ..widgets.gpu_panel import GpuPanel
 from ..widgets.loss_chart import SMOOTHING_WINDOWS, LossChart, chart_series
 from ..widgets.progress_panel import ProgressPanel
-from ..widgets.sparklines import fmt_num, sparkline
+from ..formatting import number
+from ..widgets.sparklines import sparkline
 from ..widgets.timestep_histogram import TimestepHistogram
 
 TICK_S = 0.5
@@ -151,7 +152,7 @@ class MonitorScreen(Screen[None]):
         widget = self.query_one("#loss-spark", Static)
         width = max(10, (widget.content_region.width or self.size.width) - 2)
         _steps, raw, smoothed = chart_series(s.history, self.window)
-        label = f"loss {fmt_num(s.loss)} (smoothed {fmt_num(smoothed[-1] if smoothed else None)}, window {self.window})"
+        label = f"loss {number(s.loss, 4)} (smoothed {number(smoothed[-1] if smoothed else None, 4)}, window {self.window})"
         widget.update(f"{label}\n[$chart-smooth]{sparkline(smoothed, width)}[/]\n[$chart-raw]{sparkline(raw, width)}[/]")
 
     # ------------------------------------------------------------------ controls

@@ -25,7 +25,7 @@ from engine.runs import RunSummary, scan_runs
 
 from .. import messages as m
 from ..state import RunState, apply_all
-from ..widgets.sparklines import fmt_duration
+from ..formatting import human_duration
 
 COLUMNS = ("Run", "Status", "Adapter", "Model", "Steps", "Best", "Final", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
@@ -45,7 +45,7 @@ def run_row(r: RunSummary) -> tuple[str, ...]:
         steps,
         _loss(r.best_loss),
         _loss(r.final_loss),
-        fmt_duration(r.duration_s),
+        human_duration(r.duration_s),
         r.adapter_path or "n/a",
     )
 

@@ -13,7 +13,8 @@ from textual.markup import escape
 from textual.widgets import Static
 
 from ..state import ResourcePoint
-from .sparklines import NA, bar, fmt_mb, sparkline
+from ..formatting import NA, human_size
+from .sparklines import bar, sparkline
 
 
 def _frac(value: float | None, total: float | None) -> float | None:
@@ -71,6 +72,10 @@ def render_gpu(points: Sequence[ResourcePoint], width: int, *, compact: bool, de
     if util:
         lines.append(escape("util hist".ljust(label_w)) + f"[$accent]{sparkline(util, spark_w, lo=0, hi=100)}[/]")
     return "\n".join(lines)
+
+
+def fmt_mb(mb: float | None) -> str:
+    return human_size(None if mb is None else mb * 2**20)
 
 
 def _pct(v: float | None) -> str:

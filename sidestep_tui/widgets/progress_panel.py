@@ -6,7 +6,8 @@ from textual.markup import escape
 from textual.widgets import Static
 
 from ..state import RunState
-from .sparklines import NA, bar, fmt_duration, fmt_num
+from ..formatting import NA, human_duration, number
+from .sparklines import bar
 
 # Every state has a word; colour only repeats it (readable with NO_COLOR and in 256 colours).
 PHASE_STYLE = {
@@ -46,18 +47,18 @@ def render_progress(state: RunState, width: int) -> str:
     total = state.total_steps
     steps = f"step {state.step}/{total}" if total else f"step {state.step}"
     pct = f" {state.progress * 100:3.0f}%" if state.progress is not None else ""
-    tail = f"  ETA {fmt_duration(state.eta_s)}  {fmt_num(state.samples_per_s, 3)} samples/s"
+    tail = f"  ETA {human_duration(state.eta_s)}  {number(state.samples_per_s, 3)} samples/s"
     head = f"epoch {state.epoch}  {steps} "
     bar_width = max(4, width - len(head) - len(pct) - len(tail) - 1)
     line2 = escape(head) + f"[$primary]{bar(state.progress, bar_width)}[/]" + escape(pct + tail)
 
     ckpt = state.checkpoints[-1] if state.checkpoints else None
     parts = [
-        f"loss {fmt_num(state.loss)}",
+        f"loss {number(state.loss, 4)}",
         # The engine's "best" is the lowest epoch mean; before the first epoch ends, the lowest summary.
-        f"best epoch {fmt_num(state.best_epoch_loss)}" if state.best_epoch_loss is not None else f"best {fmt_num(state.best_loss)}",
-        f"lr {fmt_num(state.lr, 3)}",
-        f"grad {fmt_num(state.grad_norm, 3)}",
+        f"best epoch {number(state.best_epoch_loss, 4)}" if state.best_epoch_loss is not None else f"best {number(state.best_loss, 4)}",
+        f"lr {number(state.lr, 3)}",
+        f"grad {number(state.grad_norm, 3)}",
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",
     ]
     if state.skipped_steps:

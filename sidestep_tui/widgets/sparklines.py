@@ -1,8 +1,8 @@
 """Text sparklines and gauges: the compact view's charts. Pure functions, no widget state.
 
 A sparkline buckets ``values`` into ``width`` columns (mean per bucket) and draws each with one of
-eight block heights; a gauge is a bar with its number beside it. "Not available" stays visible as
-``n/a``: a missing reading never becomes an empty bar that looks like zero.
+eight block heights; a gauge bar shows "n/a" when its reading is missing, never an empty bar that
+looks like zero. Numbers are formatted by ``sidestep_tui.formatting`` (shared by every screen).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from typing import Sequence
 
 BLOCKS = "▁▂▃▄▅▆▇█"
-NA = "n/a"
+from ..formatting import NA
 
 
 def bucket(values: Sequence[float], width: int) -> list[float]:
@@ -59,33 +59,3 @@ def bar(fraction: float | None, width: int) -> str:
     partial = " ▏▎▍▌▋▊▉"[part] if part else ""
     filled = "█" * full + partial.strip()
     return filled + "░" * (width - len(filled))
-
-
-def fmt_mb(mb: float | None) -> str:
-    if mb is None:
-        return NA
-    if mb >= 1024:
-        return f"{mb / 1024:.1f} GB"
-    return f"{mb:.0f} MB"
-
-
-def fmt_num(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return NA
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.{max(1, digits - 2)}e}"
-    return f"{value:.{digits}g}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``3:07``, ``1:02:03``, ``2d 03h``; ``n/a`` when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return NA
-    s = int(round(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d {s % 86400 // 3600:02d}h"
-    h, rem = divmod(s, 3600)
-    mnt, sec = divmod(rem, 60)
-    return f"{h}:{mnt:02d}:{sec:02d}" if h else f"{mnt}:{sec:02d}"
