@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ui_helpers import drain, screen_text
+from ui_helpers import drain, screen_text, wait_until
 from fake_engine import FakeEngineClient, recorded, scripted_run
 
 from engine import protocol as p
@@ -107,10 +107,7 @@ async def test_engine_death_shows_a_banner_with_its_reason(build_app) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await drain(pilot, fake)
         fake.die(-9)
-        for _ in range(100):
-            await pilot.pause(0.02)
-            if app.engine_banner:
-                break
+        await wait_until(pilot, lambda: bool(app.engine_banner))
         assert app.engine_banner == "Engine died: killed (likely the OOM killer)"
         await pilot.pause()
         assert "Engine died: killed (likely the OOM killer)" in screen_text(app)
@@ -182,10 +179,7 @@ async def test_quit_during_a_run_can_stop_and_save_first(build_app) -> None:
         await pilot.press("ctrl+q")
         await pilot.pause()
         await pilot.press("s")
-        for _ in range(100):
-            await pilot.pause(0.02)
-            if not app.is_running:
-                break
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit after the stop")
     assert fake.sent == [p.StopRun(save=True)]
     assert app.run_state.finished_status == "stopped" and fake.shutdown_called
 

@@ -7,11 +7,11 @@ interpreter by tests/unit/test_ui_import_hygiene.py; pytest itself may have impo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from textual.widgets import DataTable, Input
-from ui_helpers import screen_text
+from ui_helpers import screen_text, wait_until
 
 from sidestep_tui.app import make_app
 from sidestep_tui.dialogs.confirm import ConfirmDialog
@@ -28,14 +28,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from engine.cli import prepare_demo  # torch runs in its subprocess, not here
 
     return prepare_demo(str(tmp_path_factory.mktemp("demo")))
-
-
-async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float, what: str) -> None:
-    for _ in range(int(timeout / 0.1)):
-        if condition():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out waiting for {what}; state: {pilot.app.run_state.phase} step {pilot.app.run_state.step}, banner {pilot.app.engine_banner!r}")
 
 
 async def settle(pilot: Any) -> None:
@@ -92,9 +84,9 @@ async def test_first_run_to_runs_against_the_real_engine(demo: dict[str, str], t
         await pilot.press("ctrl+s")
 
         # --- the real engine: spawn, handshake, load the demo model, train
-        await wait_for(pilot, lambda: app.current_mode == "monitor", 10, "the monitor")
+        await wait_until(pilot, lambda: app.current_mode == "monitor", 10, "the monitor")
         assert isinstance(app.screen, MonitorScreen)
-        await wait_for(
+        await wait_until(
             pilot,
             lambda: app.run_state.step >= 3 and app.run_state.histogram is not None and bool(app.run_state.resources),
             240,
@@ -116,18 +108,18 @@ async def test_first_run_to_runs_against_the_real_engine(demo: dict[str, str], t
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("y")
-        await wait_for(pilot, lambda: app.run_state.finished_status == "stopped", 180, "RunFinished(stopped)")
+        await wait_until(pilot, lambda: app.run_state.finished_status == "stopped", 180, "RunFinished(stopped)")
         stop = [c for c in app.run_state.checkpoints if c.kind == "stop"]
         assert stop and Path(stop[-1].path).is_dir()
         app.screen.redraw(True)
         await pilot.pause()
         table = app.screen.query_one(CheckpointList)
         assert any(str(table.get_row_at(i)[2]) == "stop" for i in range(table.row_count))
-        await wait_for(pilot, lambda: app.client is not None and not app.client.is_alive, 60, "the engine to exit")
+        await wait_until(pilot, lambda: app.client is not None and not app.client.is_alive, 60, "the engine to exit")
         assert app.client.exit_code == 0 and not app.engine_banner
 
         # --- the run is in Runs
         await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and bool(app.screen.runs), 30, "the Runs list")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and bool(app.screen.runs), 30, "the Runs list")
         (run,) = app.screen.runs
         assert run.status == "stopped" and run.steps == app.run_state.step and Path(run.path).parent == runs_root

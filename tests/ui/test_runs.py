@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ui_helpers import make_run_dir, screen_text
+from ui_helpers import make_run_dir, screen_text, wait_until
 
 from engine import protocol as p
 from sidestep_tui import messages as m
@@ -17,27 +17,19 @@ from sidestep_tui.screens.monitor import MonitorScreen
 from sidestep_tui.screens.runs import RunsScreen
 
 
-async def _wait(pilot, condition, rounds: int = 200) -> None:
-    for _ in range(rounds):
-        await pilot.pause(0.02)
-        if condition():
-            return
-    raise AssertionError("condition not reached")
-
-
 async def test_runs_lists_opens_a_replay_and_goes_back(build_app, ui_settings) -> None:
     make_run_dir(Path(ui_settings.output_root), "demo-lora")
     app = build_app(None, initial_mode="runs")
     async with app.run_test(size=(160, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        await _wait(pilot, lambda: bool(screen.runs))
+        await wait_until(pilot, lambda: bool(screen.runs))
         (run,) = screen.runs
         assert run.status == "stopped" and run.steps == 33
         text = screen_text(app)
         assert "demo-lora" in text and "stopped" in text and "33/40" in text
         await pilot.press("enter")
-        await _wait(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
         replay = app.screen
         assert replay.replay and replay.state.step == 33 and replay.state.finished_status == "stopped"
         await pilot.press("s")  # no controls on a replay
@@ -54,12 +46,12 @@ async def test_resume_a_stopped_run_starts_it_from_auto(build_app, ui_settings) 
     app = build_app(None, initial_mode="runs")
     async with app.run_test(size=(160, 40), message_hook=lambda msg: started.append(msg) if isinstance(msg, m.StartRequested) else None) as pilot:
         app.client_factory = lambda _log: __import__("fake_engine").FakeEngineClient()
-        await _wait(pilot, lambda: bool(app.screen.runs))
+        await wait_until(pilot, lambda: bool(app.screen.runs))
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("y")
-        await _wait(pilot, lambda: bool(started))
+        await wait_until(pilot, lambda: bool(started))
     config = json.loads(started[0].config_json)
     assert config["resume_from"] == "auto" and config["output_dir"] == str(run_dir)
 
@@ -75,11 +67,11 @@ async def test_attach_follows_a_growing_events_file(build_app, tmp_path) -> None
     client = AttachClient(str(run_dir))
     app = build_app(client)
     async with app.run_test(size=(120, 40)) as pilot:
-        await _wait(pilot, lambda: app.run_state.step == 10)
+        await wait_until(pilot, lambda: app.run_state.step == 10)
         assert app.run_state.active
         with open(run_dir / "events.jsonl", "a") as fh:
             fh.write("".join(lines[cut:]))
-        await _wait(pilot, lambda: app.run_state.finished_status == "stopped")
+        await wait_until(pilot, lambda: app.run_state.finished_status == "stopped")
         assert app.run_state.step == 33
         await pilot.press("p")  # an attached run can only be stopped
         await pilot.pause()

@@ -22,15 +22,20 @@ class FakeClock:
         self.now += seconds
 
 
-async def drain(pilot: Any, fake: FakeEngineClient, *, until: Callable[[], bool] | None = None, rounds: int = 200) -> None:
-    """Wait until the fake has handed out every event and the app has folded them in."""
-    app = pilot.app
-    for _ in range(rounds):
+async def wait_until(pilot: Any, condition: Callable[[], bool], timeout: float = 5.0, what: str = "the condition") -> None:
+    """Let the app process messages until ``condition()`` holds; fail after ``timeout`` seconds."""
+    for _ in range(max(1, int(timeout / 0.02))):
         await pilot.pause(0.02)
-        if fake.pending == 0 and (until is None or until()):
+        if condition():
             await pilot.pause()
             return
-    raise AssertionError(f"pump did not drain: {fake.pending} events left, state step {app.run_state.step}")
+    state = pilot.app.run_state
+    raise AssertionError(f"timed out waiting for {what} (phase {state.phase}, step {state.step}, banner {pilot.app.engine_banner!r})")
+
+
+async def drain(pilot: Any, fake: FakeEngineClient, *, until: Callable[[], bool] | None = None, timeout: float = 5.0) -> None:
+    """Wait until the fake has handed out every event and the app has folded them in."""
+    await wait_until(pilot, lambda: fake.pending == 0 and (until is None or until()), timeout, "the pump to drain the fake")
 
 
 def screen_text(app: Any) -> str:
