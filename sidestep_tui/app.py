@@ -125,9 +125,6 @@ class SidestepApp(EngineBridge, App[None]):
             self.run_worker(self._prepare_demo, thread=True, name="demo-setup", group="demo-setup", exit_on_error=False)
         self.set_interval(1.0, self._check_silence, name="engine-silence")
 
-    def get_theme_variable(self, name: str) -> str:
-        return self.theme_variables.get(name) or THEMES[0].variables[name]
-
     def _prepare_demo(self) -> None:
         from .demo import demo_draft, prepare_demo_run
 
