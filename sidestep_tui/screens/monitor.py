@@ -136,7 +136,7 @@ class MonitorScreen(Screen[None]):
         hist.show(s.histogram, s.timestep_mu, s.timestep_sigma)
         self.query_one(GpuPanel).show(s.resources, compact=self.compact, device=s.device)
         self.query_one(EventLog).show(s.log)
-        self.query_one(CheckpointList).show(s.checkpoints)
+        self.query_one(CheckpointList).show(s.checkpoints, s.run_dir)
         if self.compact:
             self._draw_spark(s)
         else:
