@@ -29,7 +29,7 @@ from .bridge import EngineBridge
 from .commands import RunCommands
 from .engine_client import EngineClient, EngineClientProtocol, EngineError
 from .settings import Settings, config_dir, load_settings, save_settings
-from .state import RunState, apply_all
+from .state import RunState, apply_all, engine_lost
 from .theme import THEMES
 
 SILENCE_S = 10.0
@@ -257,8 +257,10 @@ class SidestepApp(EngineBridge, App[None]):
             self.engine_banner = ""
         elif self.client is not None and not self.client.owns_engine:
             self.engine_banner = "" if ended else f"Engine gone: {message.reason}"
+            self.run_state = engine_lost(self.run_state, message.reason)
         else:
             self.engine_banner = f"Engine died: {message.reason}"
+            self.run_state = engine_lost(self.run_state, message.reason)
             self.notify(self.engine_banner, severity="error", timeout=10)
         if self._quit_when_idle:
             self.exit()

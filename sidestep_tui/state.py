@@ -177,6 +177,7 @@ class RunState:
     wall_s: float | None = None
     failure: Failure | None = None
     # liveness / integrity
+    engine_lost: str = ""  # set by ``engine_lost()`` when the process died mid-run (the reason)
     last_heartbeat_ts: float | None = None
     last_event_ts: float | None = None
     last_seq: int = -1
@@ -187,7 +188,7 @@ class RunState:
     @property
     def active(self) -> bool:
         """A run is in progress (started, not finished or failed)."""
-        return bool(self.run_id) and self.finished_status is None and self.failure is None
+        return bool(self.run_id) and self.finished_status is None and self.failure is None and not self.engine_lost
 
     @property
     def progress(self) -> float | None:
@@ -432,6 +433,14 @@ def _evolve(state: RunState, changes: dict[str, Any]) -> RunState:
     for name in _NAMES:
         setter(new, name, changes[name] if name in changes else getattr(state, name))
     return new
+
+
+def engine_lost(state: RunState, reason: str) -> RunState:
+    """The engine process died (no event says so: the client's sentinel does). A run in progress
+    ends there; its last checkpoint is what survives."""
+    if not state.active:
+        return state
+    return _evolve(state, {"engine_lost": reason, "phase": "engine_died", "phase_detail": reason, "paused": False, "eta_s": None})
 
 
 def apply_all(state: RunState, events: Iterable[Event]) -> RunState:

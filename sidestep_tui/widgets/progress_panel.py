@@ -16,6 +16,7 @@ PHASE_STYLE = {
     "failed": "$error",
     "finished": "$primary",
     "idle": "$text-muted",
+    "engine_died": "$error",
 }
 
 
@@ -41,7 +42,7 @@ def render_progress(state: RunState, width: int) -> str:
     who = state.run_id or ("" if state.phase_detail else "no run: start one from Setup, or open one in Runs")
     if state.adapter_type:
         who += f" · {state.adapter_type} on {state.model_variant} · {state.device} {state.precision}"
-    detail = f" ({state.phase_detail})" if state.phase_detail and (state.active or not state.run_id) else ""
+    detail = f" ({state.phase_detail})" if state.phase_detail and (state.active or state.engine_lost or not state.run_id) else ""
     line1 = f"[b reverse {style}] {escape(label)} [/] {escape(who + detail)}"
 
     total = state.total_steps

@@ -78,6 +78,7 @@ def test_engine_died_banner(snap_compare, fixed_root) -> None:
             if pilot.app.engine_banner:
                 break
         pilot.app.clear_notifications()
+        pilot.app.screen.redraw(True)
         await pilot.pause()
 
     assert snap_compare(build(fixed_root, fake), terminal_size=(160, 48), run_before=run_before)

@@ -167,3 +167,14 @@ def test_replay_of_the_recorded_demo_run() -> None:
     assert s.run_id and s.step > 0 and s.history and s.checkpoints
     assert s.finished_status == "stopped" and s.seq_gaps == 0
     assert s.histogram is not None and s.resources
+
+
+def test_engine_lost_ends_an_active_run_only() -> None:
+    from sidestep_tui.state import engine_lost
+
+    running = apply_all(RunState(), scripted_run(steps=5, finish=None))
+    lost = engine_lost(running, "killed (likely the OOM killer)")
+    assert not lost.active and lost.phase == "engine_died" and lost.engine_lost.startswith("killed")
+    assert lost.step == 5 and lost.history == running.history
+    finished = apply_all(RunState(), scripted_run(steps=5, finish="stopped"))
+    assert engine_lost(finished, "exited normally") is finished
