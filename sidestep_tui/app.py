@@ -302,6 +302,11 @@ class SidestepApp(EngineBridge, App[None]):
             self.theme = message.settings.theme
         self.set_keymap(message.settings.keymap)
 
+    def watch_theme(self, theme: str) -> None:
+        """A theme picked in the palette is remembered (settings.json), like every other setting."""
+        if self.is_mounted and theme != self.settings.theme:
+            self.post_message(m.SettingsChanged(self.settings.replace(theme=theme)))
+
     # ------------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
         client = self.client

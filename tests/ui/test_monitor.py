@@ -242,3 +242,13 @@ async def test_palette_offers_run_controls(build_app) -> None:
         dict((t, cb) for t, _h, cb in provider._commands())["Pause run"]()
         await pilot.pause()
         assert fake.sent == [p.PauseRun()]
+
+
+async def test_theme_change_is_remembered(build_app, tmp_path) -> None:
+    from sidestep_tui.settings import load_settings
+
+    app = build_app(None, settings_path=str(tmp_path / "s.json"))
+    async with app.run_test() as pilot:
+        app.theme = "sidestep-light"
+        await pilot.pause()
+    assert load_settings(tmp_path / "s.json").theme == "sidestep-light"
