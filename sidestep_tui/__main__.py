@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _wants_help(args: Sequence[str]) -> bool:
@@ -24,32 +24,37 @@ def _is_tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def _run(app: object) -> int:
-    app.run()  # type: ignore[attr-defined]
-    code = getattr(app, "return_code", 0) or 0
-    return int(code)
+def _run(**kwargs: Any) -> int:
+    """Build the app with the one factory and run it; a broken settings file is an error message."""
+    from .app import make_app
+    from .settings import SettingsError
+
+    try:
+        app = make_app(**kwargs)
+    except SettingsError as exc:
+        print(f"error: {exc} (fix or delete the file)", file=sys.stderr)
+        return 2
+    app.run()
+    return int(app.return_code or 0)
 
 
 def run_tui() -> int:
-    from .app import make_app
-
-    return _run(make_app())
+    return _run()
 
 
 def run_attach(run_dir: str) -> int:
-    from .app import make_app
+    from engine.runs import is_run_dir
+
     from .engine_client import AttachClient
 
-    if not os.path.isdir(run_dir):
-        print(f"error: {run_dir} is not a folder", file=sys.stderr)
+    if not is_run_dir(run_dir):
+        print(f"error: {run_dir} is not a run folder (no events.jsonl or run config.json)", file=sys.stderr)
         return 2
-    return _run(make_app(client=AttachClient(os.path.abspath(run_dir)), initial_mode="monitor"))
+    return _run(client=AttachClient(os.path.abspath(run_dir)), initial_mode="monitor")
 
 
 def run_demo(root: str | None, adapter: str, max_steps: int) -> int:
-    from .app import make_app
-
-    return _run(make_app(initial_mode="monitor", demo={"root": root, "adapter": adapter, "max_steps": max_steps}))
+    return _run(initial_mode="monitor", demo={"root": root, "adapter": adapter, "max_steps": max_steps})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
