@@ -63,7 +63,7 @@ class Trainer:
         self.last_loss = math.nan
         self.started = time.time()
         self._tb: Any = None
-        self._recent_t: list[float] = []
+        self._recent_t: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ lifecycle
     def set_phase(self, phase: str, detail: str = "") -> None:
@@ -120,22 +120,19 @@ class Trainer:
             loader = p.loader_for_epoch(self.epoch, skip=self.batches_done)
             n_batches = p.batches_per_epoch
             window_losses: list[torch.Tensor] = []
-            window_bad = False
             for batch in loader:
                 index = self.batches_done
                 window_start = (index // c.gradient_accumulation) * c.gradient_accumulation
                 window_size = min(c.gradient_accumulation, n_batches - window_start)
                 closes_window = index - window_start + 1 == window_size
-                loss = self._micro_step(batch, window_size, accumulating=not closes_window)
+                window_losses.append(self._micro_step(batch, window_size, accumulating=not closes_window))
                 self.batches_done += 1
-                if loss is None:
-                    window_bad = True
-                else:
-                    window_losses.append(loss)
                 if not closes_window:
                     continue
-                # ---- optimizer step boundary
-                if window_bad:
+                # ---- optimizer step boundary: the one host sync of the step reads the window's loss.
+                # A non-finite micro-batch poisons the window's gradients, so the whole window is skipped.
+                step_loss = float(torch.stack(window_losses).mean().item())
+                if not math.isfinite(step_loss):
                     p.optimizer.zero_grad(set_to_none=True)
                     bad_windows += 1
                     agg.add(step=self.global_step, epoch=self.epoch, loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
@@ -144,7 +141,6 @@ class Trainer:
                         raise TrainingHalted(f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset")
                 else:
                     grad_norm = p.fabric.clip_gradients(p.module, p.optimizer, max_norm=c.max_grad_norm, error_if_nonfinite=False)
-                    step_loss = float(torch.stack(window_losses).mean().item()) * 1.0  # one host sync per step
                     gn = float(grad_norm)
                     if not math.isfinite(gn):
                         p.optimizer.zero_grad(set_to_none=True)
@@ -164,7 +160,7 @@ class Trainer:
                         lr = p.current_lr()
                         agg.add(step=self.global_step, epoch=self.epoch, loss=step_loss, lr=lr, grad_norm=gn, samples=window_size * c.batch_size)
                         self._log_tensorboard(step_loss, lr, gn)
-                window_losses, window_bad = [], False
+                window_losses = []
                 outcome = self._between_steps(agg)
                 if outcome is not None:
                     return outcome
@@ -181,7 +177,9 @@ class Trainer:
         agg.flush()
         return "completed"
 
-    def _micro_step(self, batch: dict[str, Any], window_size: int, *, accumulating: bool) -> torch.Tensor | None:
+    def _micro_step(self, batch: dict[str, Any], window_size: int, *, accumulating: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss without reading it
+        (no host sync here: the step boundary reads the whole window at once)."""
         p = self.parts
         assert p is not None
         c = self.config
@@ -202,8 +200,7 @@ class Trainer:
             # backward fails; non-reentrant does not need it, and it costs nothing.
             x_t.requires_grad_(True)
         p.tracker.add(t)
-        if self._wants_heavy_log():
-            self._recent_t.extend(t.detach().cpu().tolist())
+        self._recent_t.append(t.detach())  # read back only when a histogram is written
         with p.fabric.no_backward_sync(p.module, enabled=accumulating and p.distributed):
             out = p.module(
                 hidden_states=x_t,
@@ -216,8 +213,6 @@ class Trainer:
             )
             pred = out[0]
             loss, _ = recipe.flow_matching_loss(pred, noise, x0, frame_mask, t=t, loss_weighting=c.loss_weighting, snr_gamma=c.snr_gamma)
-            if not torch.isfinite(loss).item():
-                return None
             p.fabric.backward(loss / window_size)
         return loss.detach()
 
@@ -408,9 +403,6 @@ class Trainer:
             self._tb.add_scalar("train/lr", lr, self.global_step)
             self._tb.add_scalar("train/grad_norm", grad_norm, self.global_step)
 
-    def _wants_heavy_log(self) -> bool:
-        return self._tb is not None
-
     def _heavy_due(self) -> bool:
         return self.global_step > 0 and self.global_step % self.config.log_heavy_every == 0
 
@@ -422,7 +414,8 @@ class Trainer:
         if self._tb is not None and self._recent_t:
             import numpy as np
 
-            self._tb.add_histogram("train/timestep_distribution", np.asarray(self._recent_t), self.global_step, bins=np.asarray(snap["bin_edges"]))
+            values = torch.cat(self._recent_t).float().cpu().numpy()
+            self._tb.add_histogram("train/timestep_distribution", values, self.global_step, bins=np.asarray(snap["bin_edges"]))
         self._recent_t = []
 
 
