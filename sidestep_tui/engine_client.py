@@ -17,6 +17,7 @@ kill, draining the event queue meanwhile (a child blocked on a full pipe would n
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import multiprocessing.connection
@@ -184,6 +185,10 @@ class EngineClient:
             )
             self._process.start()
         threading.Thread(target=self._watch_sentinel, name="engine-sentinel", daemon=True).start()
+        # Runs before multiprocessing's own exit hook (atexit is LIFO), which would join a
+        # non-daemonic engine forever if nobody shut it down or detached it: an idle engine never
+        # exits while its parent lives.
+        atexit.register(self._at_exit)
         self._handshake()
 
     def _handshake(self) -> None:
@@ -314,6 +319,10 @@ class EngineClient:
         self._exited.wait(1.0)
         # The engine is gone: never let our own exit wait on a feeder thread nobody reads.
         self._cmd_q.cancel_join_thread()
+
+    def _at_exit(self) -> None:
+        if self._process is not None and not self._detached and self.is_alive:
+            self.shutdown(5.0)
 
     def detach(self) -> None:
         """Leave the engine running and let this process exit without joining it.

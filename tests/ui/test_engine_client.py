@@ -135,3 +135,33 @@ async def test_app_exit_shuts_an_idle_engine_down_and_detaches_a_training_one(tm
     assert busy.is_alive  # detached: the run outlives its UI
     os.kill(busy.pid, signal.SIGKILL)
     assert busy.wait_exit(10)
+
+
+def test_a_forgotten_engine_does_not_hold_the_interpreter_exit(tmp_path) -> None:
+    """A script that starts an engine and simply ends: the atexit hook shuts the idle engine down
+    instead of multiprocessing joining it forever."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "forget.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from fake_engine import stub_engine\n"
+        "from sidestep_tui.engine_client import EngineClient\n"
+        "if __name__ == '__main__':\n"
+        f"    c = EngineClient(log_path={str(tmp_path / 'e.log')!r}, target=stub_engine)\n"
+        "    c.start()\n"
+        "    print(c.pid, flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pid = int(result.stdout.split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the engine outlived its forgetful parent")
