@@ -142,12 +142,20 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         sink = PlainPrinter()
     from engine.trainer import run_training
 
+    from engine.monitor import ResourceMonitor
+
     bus = EventBus([sink])
     inbox = CommandInbox(None)
     inbox.install_signal_handlers()
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    final = run_training(cfgmod.to_json(config), bus, inbox, run_id=run_id)
-    bus.close()
+    # Heartbeats and memory readings land in events.jsonl too, so `sidestep attach` shows them.
+    monitor = ResourceMonitor(bus.emit, phase=lambda: "loading_model", last_step=lambda: 0)
+    monitor.start()
+    try:
+        final = run_training(cfgmod.to_json(config), bus, inbox, run_id=run_id, monitor=monitor)
+    finally:
+        monitor.stop()
+        bus.close()
     from engine import protocol
 
     return 0 if isinstance(final, protocol.RunFinished) else 1

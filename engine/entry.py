@@ -73,7 +73,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
             protocol.EngineReady(
                 pid=os.getpid(),
                 protocol_version=protocol.PROTOCOL_VERSION,
-                torch_version=torch.__version__,
+                torch_version=str(torch.__version__),
                 python_version=platform.python_version(),
                 cuda_available=cuda,
                 device_names=tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else (),

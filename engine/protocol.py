@@ -329,9 +329,26 @@ class ProtocolError(ValueError):
     """A message that is not part of this protocol (unknown type, bad fields)."""
 
 
+def _plain(value: Any) -> Any:
+    """The exact builtin behind a primitive-like value. Subclasses pickle by reference: a
+    ``torch.__version__`` (a ``str`` subclass) or a ``numpy.float64`` (a ``float`` subclass) would make
+    the UI import torch or numpy just to unpickle an event."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (str, int, float):
+        if isinstance(value, kind):
+            return value if type(value) is kind else kind(value)
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    raise ProtocolError(f"event field of type {type(value).__name__} is not a primitive")
+
+
 def stamp(event: Any, *, run_id: str, seq: int, ts: float | None = None) -> Any:
-    """Return ``event`` with its envelope filled in (events are frozen, so this copies)."""
-    return dataclasses.replace(event, run_id=run_id, seq=seq, ts=time.time() if ts is None else ts)
+    """Return ``event`` with its envelope filled in and every field a plain builtin (events are
+    frozen, so this copies)."""
+    fields = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+    fields.update(run_id=run_id, seq=seq, ts=time.time() if ts is None else ts)
+    return type(event)(**fields)
 
 
 def to_dict(message: Any) -> dict[str, Any]:

@@ -154,3 +154,20 @@ def test_read_events_names_a_bad_middle_line(tmp_path) -> None:
     unknown = [protocol.dumps(sample(protocol.Heartbeat)), '{"type":"Alien"}', protocol.dumps(sample(protocol.Heartbeat))]
     with pytest.raises(protocol.ProtocolError, match=r":2: unknown message type 'Alien'"):
         protocol.read_events(_write(tmp_path, unknown))
+
+
+def test_stamp_makes_every_field_a_plain_builtin():
+    """A str/float subclass (torch.__version__, numpy.float64) would be pickled by reference and make
+    the UI import its library to read the event; stamping turns it into the builtin."""
+
+    class Version(str):
+        pass
+
+    class Number(float):
+        pass
+
+    event = protocol.EngineReady(pid=1, protocol_version=1, torch_version=Version("2.13"), python_version="3.11", cuda_available=False, device_names=(Version("gpu"),))
+    stamped = protocol.stamp(event, run_id="r", seq=1)
+    assert type(stamped.torch_version) is str and type(stamped.device_names[0]) is str
+    metrics = protocol.stamp(protocol.StepMetrics(step=1, epoch=0, total_steps=2, loss=Number(0.5), loss_min=0.5, loss_max=0.5, steps_covered=1, lr=1e-3, grad_norm=1.0, samples_per_s=1.0, eta_s=1.0), run_id="r", seq=2)
+    assert type(metrics.loss) is float and metrics.loss == 0.5

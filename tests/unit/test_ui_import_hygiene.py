@@ -88,10 +88,6 @@ if __name__ == "__main__":
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(
-    strict=True,  # once engine/entry.py sends str(torch.__version__) this passes: then drop the marker
-    reason="engine/entry.py puts torch.__version__ (a TorchVersion, pickled by reference) into EngineReady",
-)
 def test_ui_process_stays_torch_free_with_the_real_engine(tmp_path) -> None:
     """Events cross the queue by pickle: a torch or numpy value inside one (``torch.__version__`` is a
     ``TorchVersion``, ``np.float64`` a float subclass) would import torch into the UI on unpickling."""
