@@ -108,7 +108,7 @@ class _Digest:
                 self.total_steps = event.total_steps
                 self.steps = max(self.steps, event.start_step)
                 self.status = self.error = None  # a new segment: whatever ended the previous one is history
-                self.phase = "loading_model"
+                self.phase = ""  # until a Heartbeat or PhaseChanged says
             case protocol.StepMetrics():
                 self.steps, self.epoch, self.total_steps = event.step, event.epoch, event.total_steps or self.total_steps
                 self.final_loss = _finite(event.loss) if _finite(event.loss) is not None else self.final_loss
