@@ -28,6 +28,7 @@ from engine.config import VARIANT_ALIASES
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
 from ..widgets.path_input import PathField
+from .screen_commands import ScreenActions
 
 NARROW = 110
 NO_REPORT = "Enter the tensor folder above: every file is checked here, before training."
@@ -41,6 +42,7 @@ class DatasetScanned(Message):
 
 class DatasetScreen(Screen[None]):
     CSS_PATH = "dataset.tcss"
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("ctrl+s", "use", "Use dataset", id="dataset.use", tooltip="Use this tensor folder for the run"),
         Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),

@@ -22,6 +22,7 @@ from engine import discovery
 from ..formatting import plural
 from ..messages import SettingsChanged
 from ..widgets.path_input import PathCheck, PathField
+from .screen_commands import ScreenActions
 
 DEFAULT_OUTPUT_ROOT = "~/sidestep-runs"
 
@@ -63,6 +64,7 @@ def check_output_root(path: str) -> PathCheck:
 
 class FirstRunScreen(Screen[None]):
     CSS_PATH = "first_run.tcss"
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="first_run.save", tooltip="Save both folders and continue"),
     ]
@@ -97,6 +99,10 @@ class FirstRunScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#checkpoint-root", PathField).input.focus()
+
+    @on(PathField.Checked)
+    def _edited(self) -> None:
+        self.query_one("#first-run-message", Static).display = False  # an old refusal must not linger
 
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:

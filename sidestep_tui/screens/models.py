@@ -22,6 +22,7 @@ from engine import discovery
 
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
 from ..messages import DraftUpdated
+from .screen_commands import ScreenActions
 
 NARROW = 130
 NARROW_COLUMNS = ("Model", "Variant", "Kind", "Size", "Status")
@@ -39,6 +40,7 @@ class GpusDone(Message):
 
 class ModelsScreen(Screen[None]):
     CSS_PATH = "models.tcss"
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("ctrl+s", "choose", "Use model", id="models.choose", tooltip="Use the highlighted model (also Enter)"),
         Binding("ctrl+f", "focus_filter", "Filter", id="models.filter", tooltip="Type to filter the models"),

@@ -30,6 +30,7 @@ from .. import forms
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
+from .screen_commands import ScreenActions
 
 NARROW = 120
 
@@ -43,6 +44,7 @@ class DatasetCounted(Message):
 
 class SetupScreen(Screen[None]):
     CSS_PATH = "setup.tcss"
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("ctrl+s", "start", "Start", id="setup.start", tooltip="Start training (only when the config is valid)"),
         Binding("ctrl+t", "toggle_depth", "Basic/Advanced", id="setup.depth", tooltip="Show or hide advanced settings"),

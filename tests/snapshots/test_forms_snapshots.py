@@ -34,11 +34,28 @@ def _model(root: Path, name: str, *, weights: bool = True, **config: Any) -> Non
         (root / name / "model.safetensors").write_bytes(b"\0" * 4096)
 
 
+_WRITE_SAMPLES = r"""
+import sys, torch
+from pathlib import Path
+out = Path(sys.argv[1]); out.mkdir(parents=True)
+for i, frames in enumerate((250, 500, 125, 375)):  # 10 s, 20 s, 5 s, 15 s at 25 latent frames/s
+    torch.save({
+        "target_latents": torch.zeros(frames, 64, dtype=torch.bfloat16),
+        "attention_mask": torch.ones(frames, dtype=torch.bfloat16),
+        "encoder_hidden_states": torch.zeros(16, 2048, dtype=torch.bfloat16),
+        "encoder_attention_mask": torch.ones(16, dtype=torch.bool),
+        "context_latents": torch.zeros(frames, 128, dtype=torch.bfloat16),
+        "metadata": {"filename": f"song_{i}.wav", "duration": frames // 25},
+    }, out / f"song_{i}.pt")
+"""
+
+
 @pytest.fixture(scope="session")
 def snapshot_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four samples of fixed lengths in the ACE-Step tensor format (written in a subprocess: torch
+    stays out of this UI process), independent of how the demo data is made."""
     out = tmp_path_factory.mktemp("snap-data") / "dataset"
-    code = "import sys; from engine.models.demo import write_demo_dataset; write_demo_dataset(sys.argv[1])"
-    subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=REPO, timeout=180)
+    subprocess.run([sys.executable, "-c", _WRITE_SAMPLES, str(out)], check=True, cwd=REPO, timeout=180)
     return out
 
 
@@ -59,7 +76,8 @@ def snap_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot_dataset: 
     (root / "vae").mkdir()
     (root / "vae" / "config.json").write_text("{}")
     shutil.copytree(snapshot_dataset, tmp_path / "data")
-    (tmp_path / "data" / "demo_003.pt").write_bytes(b"not a torch file")
+    (tmp_path / "data" / "song_x.pt").write_bytes(b"not a torch file")
+    (tmp_path / "data" / "preprocess_meta.json").write_text(json.dumps({"model_variant": "turbo"}))  # stale for base
     return tmp_path
 
 

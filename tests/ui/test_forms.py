@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from textual.worker import WorkerState
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from engine import config as cfg
-from engine import discovery
+from engine import discovery, ptinspect
 from sidestep_tui import messages as m
 from sidestep_tui.app import make_app
 from sidestep_tui.settings import Settings
@@ -52,7 +53,7 @@ def make_checkpoint_root(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The demo model and its 16 samples, written by ``engine.cli.prepare_demo`` in a subprocess
+    """The demo model and its samples, written by ``engine.cli.prepare_demo`` in a subprocess
     (torch stays out of this UI process, as in the app)."""
     from engine.cli import prepare_demo
 
@@ -62,6 +63,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def demo_dataset(demo: dict[str, str]) -> Path:
     return Path(demo["dataset_dir"])
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_dataset: Path) -> ptinspect.DatasetReport:
+    """What the demo dataset holds (the tests do not hard-code the demo's size)."""
+    report = ptinspect.scan_dataset(str(demo_dataset))
+    assert report.ok and report.samples >= 2, report
+    return report
 
 
 @pytest.fixture
@@ -303,17 +312,22 @@ async def test_placeholders_are_variant_aware(ckpt: Path, env: Path, demo_datase
         assert form.row("timestep_mu").widget.placeholder == "auto: -0.3 (model config)"
 
 
-async def test_steps_preview_uses_the_dataset_sample_count(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+async def test_steps_preview_uses_the_dataset_sample_count(
+    ckpt: Path, env: Path, demo_dataset: Path, demo_report: ptinspect.DatasetReport
+) -> None:
     draft = {**setup_draft(env, demo_dataset), "batch_size": "2", "gradient_accumulation": "3", "epochs": "5"}
     app = app_for(env, "setup", draft=draft)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
         preview = str(app.screen.query_one("#setup-preview", Static).render())
-        # 16 samples / batch 2 = 8 micro-batches; ceil(8 / 3) = 3 steps per epoch; x 5 epochs = 15.
-        assert "16 samples" in preview
+        n = demo_report.samples
+        micro = math.ceil(n / 2)  # batches per epoch
+        per_epoch = math.ceil(micro / 3)  # optimizer steps per epoch (the last partial group is flushed)
+        assert f"{n} samples" in preview
         assert "effective batch  6" in preview
-        assert "steps / epoch    3" in preview
-        assert "total steps      15" in preview
+        assert f"batches / epoch  {micro}" in preview
+        assert f"steps / epoch    {per_epoch}" in preview
+        assert f"total steps      {per_epoch * 5}" in preview
         command = str(app.screen.query_one("#setup-command", Static).render())
         assert "sidestep train" in command and "--batch-size 2" in command
 
@@ -361,10 +375,13 @@ async def test_models_screen_shows_real_gpus_from_nvml(ckpt: Path, env: Path, mo
 # --------------------------------------------------------------------------- Dataset
 
 
-async def test_dataset_screen_reports_counts_and_a_corrupt_file(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+async def test_dataset_screen_reports_counts_and_a_corrupt_file(
+    ckpt: Path, env: Path, demo_dataset: Path, demo_report: ptinspect.DatasetReport
+) -> None:
     data = env / "data"
     shutil.copytree(demo_dataset, data)
-    (data / "demo_003.pt").write_bytes(b"this is not a torch file")
+    victim = demo_report.files[1]
+    (data / victim).write_bytes(b"this is not a torch file")
     (data / "preprocess_meta.json").write_text(json.dumps({"model_variant": "turbo"}))
     hook = Recorder(m.DraftUpdated)
     app = app_for(env, "dataset", draft={"checkpoint_dir": str(ckpt), "model_variant": "base"})
@@ -374,8 +391,9 @@ async def test_dataset_screen_reports_counts_and_a_corrupt_file(ckpt: Path, env:
         await settle(pilot)
         summary = str(app.screen.query_one("#dataset-summary", Static).render())
         problems = str(app.screen.query_one("#dataset-problem-list", Static).render())
-        assert "15 usable of 16 files (1 with problems)" in summary
-        assert "demo_003.pt" in problems
+        n = demo_report.samples
+        assert f"{n - 1} usable of {n} files (1 with problems)" in summary
+        assert f"✗ {victim}: not a torch.save zip archive" in problems
         assert "stale: preprocessed for turbo, but the chosen model is base" in problems
         await pilot.press("ctrl+s")
         await settle(pilot)
@@ -384,7 +402,9 @@ async def test_dataset_screen_reports_counts_and_a_corrupt_file(ckpt: Path, env:
         assert app.screen.__class__.__name__ == "SetupScreen"
 
 
-async def test_dataset_path_completes_with_tab(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+async def test_dataset_path_completes_with_tab(
+    ckpt: Path, env: Path, demo_dataset: Path, demo_report: ptinspect.DatasetReport
+) -> None:
     shutil.copytree(demo_dataset, env / "tensors-v1")
     app = app_for(env, "dataset")
     async with app.run_test(size=(120, 40)) as pilot:
@@ -395,7 +415,7 @@ async def test_dataset_path_completes_with_tab(ckpt: Path, env: Path, demo_datas
         await pilot.press("tab")
         await settle(pilot)
         assert field.value == str(env / "tensors-v1") + os.sep
-        assert "16 usable" in str(app.screen.query_one("#dataset-summary", Static).render())
+        assert f"{demo_report.samples} usable" in str(app.screen.query_one("#dataset-summary", Static).render())
         await pilot.press("tab")  # nothing left to complete: Tab moves on as usual
         assert app.screen.focused is not field and field.value == str(env / "tensors-v1") + os.sep
 
@@ -434,7 +454,9 @@ async def test_first_run_asks_for_the_roots_checks_them_and_saves(ckpt: Path, en
 # --------------------------------------------------------------------------- the whole path
 
 
-async def test_first_run_to_start_through_every_form_screen(env: Path, demo: dict[str, str]) -> None:
+async def test_first_run_to_start_through_every_form_screen(
+    env: Path, demo: dict[str, str], demo_report: ptinspect.DatasetReport
+) -> None:
     """First run -> the demo model -> its dataset -> Setup (an error fixed in place) -> Start: the
     engine client built by the App's factory receives StartRun with the config the forms produced."""
     from fake_engine import FakeEngineClient
@@ -468,7 +490,8 @@ async def test_first_run_to_start_through_every_form_screen(env: Path, demo: dic
         assert "For model: sidestep-demo-base" in str(app.screen.query_one("#dataset-model", Static).render())
         await set_text(pilot, app.screen.query_one("#dataset-path Input", Input), demo["dataset_dir"])
         await settle(pilot)
-        assert "16 usable of 16 files" in str(app.screen.query_one("#dataset-summary", Static).render())
+        n = demo_report.samples
+        assert f"{n} usable of {n} files" in str(app.screen.query_one("#dataset-summary", Static).render())
         assert "no problems" in str(app.screen.query_one("#dataset-problem-list", Static).render())
         await pilot.press("ctrl+s")
         await settle(pilot)
@@ -534,7 +557,8 @@ async def test_screen_actions_are_in_the_command_palette(ckpt: Path, env: Path, 
         await settle(pilot)
         provider = ScreenActions(app.screen)
         titles = [str(hit.text) async for hit in provider.discover()]
-        assert titles == ["Setup: Start", "Setup: Basic/Advanced", "Setup: Presets", "Setup: Review", "Setup: Next problem"]
+        assert titles == [
+            "Setup: Start", "Setup: Basic/Advanced", "Setup: Presets", "Setup: Review", "Setup: Next problem", "Setup: Copy command"]
         hits = [hit async for hit in provider.search("basic")]
         assert len(hits) == 1
         await hits[0].command()
