@@ -178,14 +178,14 @@ class StepAggregator:
             return
         now = self.clock() if now is None else now
         elapsed = max(now - self._rate_t0, 1e-9)
-        # An exponential blend keeps the rate steady across bursty flushes.
         rate = self._rate_samples / elapsed
-        self.samples_per_s = rate if self.samples_per_s == 0 else 0.7 * self.samples_per_s + 0.3 * rate
+        self.samples_per_s = _blend(self.samples_per_s, rate)
         self._rate_t0, self._rate_samples = now, 0
         step = int(self._last["step"])
         losses = self._losses or [math.nan]
         steps_left = max(self.total_steps - step, 0)
-        steps_per_s = self._steps_per_s(len(self._losses) + self._skipped, elapsed)
+        self._steps_rate = _blend(self._steps_rate, (len(self._losses) + self._skipped) / elapsed)
+        steps_per_s = self._steps_rate
         self.bus.emit(
             protocol.StepMetrics(
                 step=step,
@@ -205,7 +205,7 @@ class StepAggregator:
         self._losses, self._skipped = [], 0
         self._last_emit = now
 
-    def _steps_per_s(self, steps: int, elapsed: float) -> float:
-        current = steps / elapsed
-        self._steps_rate = current if self._steps_rate == 0 else 0.7 * self._steps_rate + 0.3 * current
-        return self._steps_rate
+
+def _blend(previous: float, current: float) -> float:
+    """An exponential blend that keeps displayed rates steady across bursty flushes."""
+    return current if previous == 0 else 0.7 * previous + 0.3 * current

@@ -30,17 +30,15 @@ class _Nvml:
             return
         try:
             import pynvml
-
+        except ImportError as exc:
+            log.info("NVML unavailable: %s", exc)
+            return
+        try:
             pynvml.nvmlInit()
             self.handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id)
             self.nvml = pynvml
-        except (ImportError, OSError) as exc:
+        except (pynvml.NVMLError, OSError) as exc:  # no driver, or a device NVML does not know
             log.info("NVML unavailable: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - pynvml raises NVMLError subclasses generated at runtime
-            if type(exc).__name__.startswith("NVMLError"):
-                log.info("NVML unavailable: %s", exc)
-            else:
-                raise
 
     def read(self) -> dict[str, float]:
         if self.handle is None:
