@@ -262,8 +262,8 @@ class PreprocessProgress:
     file: str
     status: str  # "ok" | "skipped" | "failed"
     message: str = ""
-    audio_seconds: float = 0.0
-    elapsed_s: float = 0.0
+    audio_seconds: float = 0.0  # scan: all the job will encode; pass1 ok/skipped: this file (cropped); done: encoded by this run
+    elapsed_s: float = 0.0  # since the job started
 
 
 @_frozen

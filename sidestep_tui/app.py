@@ -156,23 +156,29 @@ class SidestepApp(EngineBridge, App[None]):
         self.engine_banner = ""
         self.pump_engine(client, True, then_send)
 
-    def _begin(self, command: StartRun | StartPreprocess) -> None:
+    def _begin(self, command: StartRun | StartPreprocess, *, show_monitor: bool = True) -> bool:
+        """Start ``command`` in an engine (an idle fresh one is reused, else a new one is spawned).
+        False, with a notification, when another run is in progress."""
         client = self.client
         if client is not None and client.is_alive:
             if self.run_state.active or not client.owns_engine:
                 self.notify("A run is in progress: stop it (or quit and leave it running) first.", severity="error")
-                return
+                return False
             if not self.run_state.run_id and self.run_state.preprocess is None:
                 # An idle engine that has not run anything yet: reuse it.
-                if self.send_command(command):
-                    self.run_state = RunState()
+                if not self.send_command(command):
+                    return False
+                self.run_state = RunState()
+                if show_monitor:
                     self.switch_mode("monitor")
-                return
+                return True
             self._stop_engine(client)
         self.run_state = RunState(phase="starting_engine", phase_detail="spawning the engine process")
         log_path = str(Path(self.log_dir) / f"engine-{time.strftime('%Y%m%d-%H%M%S')}.log")
         self._start_pump(self.client_factory(log_path), (command,))
-        self.switch_mode("monitor")
+        if show_monitor:
+            self.switch_mode("monitor")
+        return True
 
     def _stop_engine(self, client: EngineClientProtocol, *, then_exit: bool = False) -> None:
         """Shut an engine down off the UI thread (Shutdown -> join -> terminate -> kill)."""
@@ -192,8 +198,13 @@ class SidestepApp(EngineBridge, App[None]):
 
     @on(m.PreprocessRequested)
     def _on_preprocess(self, message: m.PreprocessRequested) -> None:
-        run_id = f"pre-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self._begin(StartPreprocess(run_id=run_id, config_json=message.config_json))
+        self.start_preprocess(message.config_json)
+
+    def start_preprocess(self, config_json: str, *, run_id: str = "", show_monitor: bool = False) -> bool:
+        """Audio -> tensors in an engine. The Dataset screen follows it itself (it calls this
+        directly to learn at once whether the job started); the Monitor shows it too."""
+        run_id = run_id or f"pre-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        return self._begin(StartPreprocess(run_id=run_id, config_json=config_json), show_monitor=show_monitor)
 
     def send_command(self, command: Any) -> bool:
         """Send one command to the engine; a dead engine or a read-only client is a notification."""
@@ -319,7 +330,7 @@ class SidestepApp(EngineBridge, App[None]):
             return
         from .dialogs.quit import QuitDialog
 
-        self.push_screen(QuitDialog(owns_engine=client.owns_engine), self._quit_choice)
+        self.push_screen(QuitDialog(owns_engine=client.owns_engine, preprocessing=self.run_state.preprocess is not None), self._quit_choice)
 
     def _quit_choice(self, choice: str | None) -> None:
         client = self.client
@@ -328,7 +339,10 @@ class SidestepApp(EngineBridge, App[None]):
         if choice == "leave":
             self._detached = True
             client.detach()
-            self.exit(message="The run keeps training. Re-attach with: sidestep attach " + (self.run_state.run_dir or "RUN_DIR"))
+            if self.run_state.preprocess is not None:
+                self.exit(message="Preprocessing goes on in the background; its tensors appear in " + (self.run_state.phase_detail or "the tensor folder"))
+            else:
+                self.exit(message="The run keeps training. Re-attach with: sidestep attach " + (self.run_state.run_dir or "RUN_DIR"))
         elif choice == "stop":
             if not self.send_command(StopRun(save=True)):
                 return

@@ -216,3 +216,65 @@ def dataset_problems(report, model_variant: str | None = None, model_hidden: int
             f"! encoder_hidden_states width {report.hidden_size} differs from the model's hidden size {model_hidden}"
         )
     return lines
+
+
+# --------------------------------------------------------------------------- audio -> tensors
+
+SIDECAR_LABELS = {
+    "key_value": "key: value",
+    "caption_lyrics": ".caption/.lyrics",
+    "lyrics_txt": "lyrics .txt",
+    "none": "none (file name)",
+}
+STAGE_LABELS = {"scan": "scan", "pass1": "pass 1 (audio, text)", "pass2": "pass 2 (conditions)", "done": "done"}
+
+
+def audio_length(seconds: float | None) -> str:
+    """A song's length: ``0.5 s``, ``12.0 s``, then ``4 m 05 s`` (clips are often a few seconds)."""
+    if seconds is not None and math.isfinite(seconds) and 0 <= seconds < 60:
+        return f"{seconds:.1f} s"
+    return human_duration(seconds)
+
+
+def audio_scan_summary(report) -> str:  # type: ignore[no-untyped-def]
+    """One line on what the dataset builder found, from an ``engine.dataset_builder.BuildReport``."""
+    found = len(report.files)
+    parts = [
+        plural(found, "audio file"),
+        f"{audio_length(report.total_duration_s) if found else NA} of audio",
+        f"{found - len(report.missing_sidecars)} with sidecars",
+    ]
+    if report.missing_sidecars:
+        parts.append(f"{len(report.missing_sidecars)} without (file name as caption)")
+    if report.unreadable:
+        parts.append(f"{len(report.unreadable)} unreadable")
+    if report.duplicates:
+        parts.append(f"{plural(len(report.duplicates), 'duplicate')} left out")
+    return " · ".join(parts)
+
+
+def file_progress_text(progress) -> str:  # type: ignore[no-untyped-def]
+    """A file's status cell from its latest ``state.FileProgress`` (glyph and words, never colour alone)."""
+    message = progress.message
+    if progress.status == "failed":
+        return f"✗ {message or 'failed'}"
+    if progress.status == "skipped":
+        return f"↷ {message or 'skipped'}"
+    if progress.stage == "pass1":
+        return f"… pass 1 ✓ {message}".rstrip()
+    if progress.stage == "pass2":
+        return f"✓ done{f' ({message})' if message else ''}"
+    return f"✓ {message}".rstrip()
+
+
+def preprocess_progress_line(status) -> str:  # type: ignore[no-untyped-def]
+    """Stage, files, speed and ETA of a running job, from a ``state.PreprocessStatus`` (no bar: the
+    caller draws one at the width it has)."""
+    parts = [STAGE_LABELS.get(status.stage, status.stage), f"{status.index}/{status.total}"]
+    speed = status.audio_per_s
+    if speed is not None:
+        parts.append(f"{speed:.2f} s of audio/s")
+    if status.eta_s is not None:
+        parts.append(f"ETA {human_duration(status.eta_s)}")
+    parts.append(f"✓ {status.ok}  ↷ {status.skipped}  ✗ {status.failures}")
+    return " · ".join(parts)

@@ -96,6 +96,12 @@ def _spec(f: dataclasses.Field) -> FieldSpec:
     )
 
 
+def field_spec(f: dataclasses.Field) -> FieldSpec:
+    """The form's view of any schema field built by ``engine.config.parse_schema``'s rules (the
+    preprocessing config uses the same metadata)."""
+    return _spec(f)
+
+
 SPECS: tuple[FieldSpec, ...] = tuple(_spec(f) for f in cfg.FIELDS)
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 

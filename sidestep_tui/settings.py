@@ -34,6 +34,8 @@ class Settings:
     """Where new runs go (one folder per run) and what the Runs screen scans."""
     last_dataset_dir: str = ""
     """The tensor folder picked last time (pre-filled on the Dataset screen)."""
+    last_audio_dir: str = ""
+    """The audio folder preprocessed last time (pre-filled on the Dataset screen's audio tab)."""
     keymap: dict[str, str] = field(default_factory=dict)
     """Binding id -> keys, e.g. {"monitor.stop": "ctrl+s"}; applied with ``App.set_keymap``."""
     theme: str = DEFAULT_THEME

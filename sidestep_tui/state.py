@@ -108,8 +108,21 @@ class Failure:
     step: int
 
 
+class FileProgress(NamedTuple):
+    """The latest word on one file of a preprocessing job."""
+
+    stage: str  # "scan" | "pass1" | "pass2"
+    status: str  # "ok" | "skipped" | "failed"
+    message: str
+    audio_seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class PreprocessStatus:
+    """A preprocessing job: counters of the current stage, every file's latest status, and what speed
+    and ETA need. ``ok``/``skipped``/``failed`` count the current stage; ``failures`` counts files whose
+    latest status is failed, whatever the stage (a file that fails in pass 1 never reaches pass 2)."""
+
     stage: str
     index: int
     total: int
@@ -119,6 +132,31 @@ class PreprocessStatus:
     failed: int
     last_message: str
     elapsed_s: float
+    files: dict[str, FileProgress] = field(default_factory=dict)
+    audio_total: float = 0.0  # seconds of audio the job encodes (the scan's figure, crops applied)
+    audio_done: float = 0.0  # seconds of audio encoded in pass 1 so far
+    stage_started_s: float = 0.0  # ``elapsed_s`` when the current stage began (model loading included)
+    failures: int = 0
+
+    @property
+    def audio_per_s(self) -> float | None:
+        """Seconds of audio encoded per second of pass 1 (model loading included), once known."""
+        spent = self.elapsed_s - self.stage_started_s
+        return self.audio_done / spent if self.stage == "pass1" and self.audio_done > 0 and spent > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Time left in the current pass, from its pace so far (None until one file is done)."""
+        if self.stage not in ("pass1", "pass2") or self.index >= self.total:
+            return None
+        spent, done = self.elapsed_s - self.stage_started_s, self.ok + self.failed
+        if self.stage == "pass1" and self.audio_done > 0 and self.audio_total > 0:
+            left = max(0.0, self.audio_total - self.audio_done - self._audio_skipped())
+            return left * spent / self.audio_done
+        return (self.total - self.index) * spent / done if done and spent > 0 else None
+
+    def _audio_skipped(self) -> float:
+        return sum(f.audio_seconds for f in self.files.values() if f.stage == "pass1" and f.status == "skipped")
 
 
 # eq=False: identity equality. The App assigns a new RunState per batch; comparing two states field by
@@ -334,11 +372,28 @@ def _on_resource(state: RunState, e: ResourceSample) -> dict[str, Any]:
 
 def _on_preprocess(state: RunState, e: PreprocessProgress) -> dict[str, Any]:
     prev = state.preprocess
-    ok, skipped, failed = (prev.ok, prev.skipped, prev.failed) if prev and prev.stage == e.stage else (0, 0, 0)
+    same_stage = prev is not None and prev.stage == e.stage
+    ok, skipped, failed = (prev.ok, prev.skipped, prev.failed) if prev is not None and same_stage else (0, 0, 0)
     ok += e.status == "ok"
     skipped += e.status == "skipped"
     failed += e.status == "failed"
-    status = PreprocessStatus(e.stage, e.index, e.total, e.file, ok, skipped, failed, e.message or (prev.last_message if prev else ""), e.elapsed_s)
+    files = dict(prev.files) if prev is not None else {}  # copied: states are values (a few hundred files)
+    if e.file:
+        files[e.file] = FileProgress(e.stage, e.status, e.message, e.audio_seconds)
+    audio_total = prev.audio_total if prev is not None else 0.0
+    audio_done = prev.audio_done if prev is not None else 0.0
+    if e.stage == "scan" and not e.file:
+        audio_total = e.audio_seconds
+    elif e.stage == "pass1" and e.status == "ok":
+        audio_done += e.audio_seconds
+    # A stage starts when its first event arrives; its first file's time includes loading the models.
+    # (The scan is the start of pass 1: pass 1 loads its models right after it.)
+    started = prev.stage_started_s if prev is not None and same_stage else (prev.elapsed_s if prev is not None else 0.0)
+    message = e.message or (prev.last_message if prev else "")
+    status = PreprocessStatus(
+        e.stage, e.index, e.total, e.file, ok, skipped, failed, message, e.elapsed_s,
+        files, audio_total, audio_done, started, sum(f.status == "failed" for f in files.values()),
+    )  # fmt: skip
     return {"preprocess": status, "phase": "preprocessing" if e.stage != "done" else "finished"}
 
 

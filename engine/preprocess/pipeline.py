@@ -215,6 +215,7 @@ def _pass1_plan(run: _Run, jobs: JobList, fingerprints: dict[str, str], total: i
     todo = []
     for index, job in enumerate(jobs.jobs, start=1):
         final, tmp = run.path(job), run.path(job, TMP_SUFFIX)
+        seconds = min(job.duration_s, jobs.max_duration)  # carried so a UI's ETA leaves skipped audio out
         if os.path.isfile(final):
             run.summary.skipped += 1
             old = run.fingerprints.get(job.stem + ".pt")
@@ -224,9 +225,9 @@ def _pass1_plan(run: _Run, jobs: JobList, fingerprints: dict[str, str], total: i
             else:
                 note = "already done"
                 run.fingerprints[job.stem + ".pt"] = fingerprints[job.stem]
-            run.emit("pass1", index, total, job.display, "skipped", note)
+            run.emit("pass1", index, total, job.display, "skipped", note, seconds)
         elif os.path.isfile(tmp) and _tmp_fingerprint(tmp) == fingerprints[job.stem]:
-            run.emit("pass1", index, total, job.display, "skipped", "encoded earlier; pass 2 will finish it")
+            run.emit("pass1", index, total, job.display, "skipped", "encoded earlier; pass 2 will finish it", seconds)
         else:
             todo.append(job)
     return todo

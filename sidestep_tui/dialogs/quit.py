@@ -1,4 +1,4 @@
-"""Asked when quitting while a run trains: stop and save / leave it running / cancel."""
+"""Asked when quitting while a run trains (or audio is preprocessed): stop / leave it running / cancel."""
 
 from __future__ import annotations
 
@@ -29,20 +29,28 @@ class QuitDialog(ModalScreen[str]):
         Binding("c", "choose('cancel')", "Cancel", id="quit.cancel-alt", show=False),
     ]
 
-    def __init__(self, *, owns_engine: bool = True) -> None:
+    def __init__(self, *, owns_engine: bool = True, preprocessing: bool = False) -> None:
         super().__init__()
         self.owns_engine = owns_engine
+        self.preprocessing = preprocessing
 
     def compose(self) -> ComposeResult:
-        leave = (
-            "Leave it running: the engine keeps training after the app exits; re-attach later with"
-            " `sidestep attach RUN_DIR` or the Runs screen."
-            if self.owns_engine
-            else "Leave it running: stop following it; the engine carries on."
-        )
+        if self.preprocessing:
+            title = "Audio is being preprocessed. Quit how?"
+            stop = "Stop: finish the current file, then quit. Finished files are kept; starting again resumes."
+            leave = "Leave it running: the engine finishes the folder after the app exits (see its tensor folder)."
+        else:
+            title = "A run is training. Quit how?"
+            stop = "Stop and save: finish the current step, save a checkpoint, then quit."
+            leave = (
+                "Leave it running: the engine keeps training after the app exits; re-attach later with"
+                " `sidestep attach RUN_DIR` or the Runs screen."
+                if self.owns_engine
+                else "Leave it running: stop following it; the engine carries on."
+            )
         with Vertical():
-            yield Label("A run is training. Quit how?", id="quit-title")
-            yield Static("Stop and save: finish the current step, save a checkpoint, then quit.", markup=False)
+            yield Label(title, id="quit-title")
+            yield Static(stop, markup=False)
             yield Static(leave, markup=False)
             with Horizontal():
                 yield Button("Stop & save (s)", id="stop", variant="warning")

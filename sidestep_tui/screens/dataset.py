@@ -1,12 +1,16 @@
-"""Dataset: pick a folder of preprocessed tensors and see what is in it before training.
+"""Dataset: the tensors to train on, either an existing folder or one made here from audio.
 
-The folder is checked as you type (``PathField``); an existing folder is scanned in a thread worker
-by ``engine.ptinspect.scan_dataset`` (reads each file's pickle header, never the tensors, never
-torch): sample count, total and longest duration, shapes, and every problem naming its file, plus
-mismatches with the chosen model (stale variant, encoder width). Ctrl+S uses the folder:
-``DraftUpdated(dataset_dir)`` and the Setup screen opens.
+Two tabs (Ctrl+T switches):
 
-``#preprocess-section`` is kept empty for the audio → tensors flow (a separate widget mounts there).
+- **Tensor folder**: the folder is checked as you type (``PathField``); an existing folder is scanned
+  in a thread worker by ``engine.ptinspect.scan_dataset`` (reads each file's pickle header, never the
+  tensors, never torch): sample count, total and longest duration, shapes, and every problem naming
+  its file, plus mismatches with the chosen model (stale variant, encoder width). Ctrl+S uses the
+  folder: ``DraftUpdated(dataset_dir)`` and the Setup screen opens.
+- **Audio → tensors** (``widgets.audio_prep.AudioPrep``): an audio folder, what the dataset builder
+  found in it, tag and normalisation, then preprocessing in the engine with per-file progress. Ctrl+S
+  starts it, Ctrl+X stops it (finished files are kept; starting again resumes), and once it is done
+  Ctrl+S takes the new tensor folder straight to Setup.
 """
 
 from __future__ import annotations
@@ -17,21 +21,27 @@ from dataclasses import dataclass
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from engine import discovery, ptinspect
 from engine.config import VARIANT_ALIASES
+from engine.protocol import StopRun
 
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
+from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
 from ..widgets.path_input import PathField
 from .screen_commands import ScreenActions
 
 NARROW = 110
-NO_REPORT = "Enter the tensor folder above: every file is checked here, before training."
+NO_REPORT = (
+    "Enter the tensor folder above: every file is checked here, before training.\n"
+    "No tensors yet? Ctrl+T: make them from a folder of songs."
+)
+TENSORS, AUDIO = "tab-tensors", "tab-audio"
 
 
 @dataclass
@@ -45,6 +55,10 @@ class DatasetScreen(Screen[None]):
     COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("ctrl+s", "use", "Use dataset", id="dataset.use", tooltip="Use this tensor folder for the run"),
+        Binding("ctrl+s", "preprocess", "Preprocess", id="dataset.preprocess", tooltip="Make tensors from the audio folder"),
+        Binding("ctrl+s", "use_tensors", "Use tensors", id="dataset.use-tensors", tooltip="Train on the tensors just made (opens Setup)"),
+        Binding("ctrl+x", "stop_preprocess", "Stop", id="dataset.stop", tooltip="Stop after the current file (starting again resumes)"),
+        Binding("ctrl+t", "toggle_source", "Tensors/Audio", id="dataset.source", tooltip="Switch between a tensor folder and an audio folder"),
         Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),
     ]
 
@@ -55,17 +69,20 @@ class DatasetScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="dataset-model", markup=False)
-        yield PathField(
-            "Tensor folder: preprocessed .pt files (and manifest.json)",
-            self._initial_path(),
-            placeholder="/path/to/tensors",
-            id="dataset-path",
-        )
-        with Horizontal(id="dataset-body"):
-            yield Static(NO_REPORT, id="dataset-summary", markup=False)
-            with VerticalScroll(id="dataset-problems"):
-                yield Static("", id="dataset-problem-list", markup=False)
-        yield Vertical(id="preprocess-section")
+        with TabbedContent(initial=TENSORS, id="dataset-source"):
+            with TabPane("Tensor folder", id=TENSORS):
+                yield PathField(
+                    "Tensor folder: preprocessed .pt files (and manifest.json)",
+                    self._initial_path(),
+                    placeholder="/path/to/tensors",
+                    id="dataset-path",
+                )
+                with Horizontal(id="dataset-body"):
+                    yield Static(NO_REPORT, id="dataset-summary", markup=False)
+                    with VerticalScroll(id="dataset-problems"):
+                        yield Static("", id="dataset-problem-list", markup=False)
+            with TabPane("Audio → tensors", id=AUDIO):
+                yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")  # type: ignore[attr-defined]
         yield Footer()
 
     def _initial_path(self) -> str:
@@ -73,7 +90,7 @@ class DatasetScreen(Screen[None]):
         return str(draft.get("dataset_dir") or self.app.settings.last_dataset_dir or "")  # type: ignore[attr-defined]
 
     def on_mount(self) -> None:
-        self.query_one(PathField).input.focus()
+        self.query_one("#dataset-path", PathField).input.focus()
         self._show_model()
 
     def on_screen_resume(self) -> None:
@@ -120,7 +137,7 @@ class DatasetScreen(Screen[None]):
 
     @on(DatasetScanned)
     def _scanned(self, message: DatasetScanned) -> None:
-        if message.path != self.query_one(PathField).value:
+        if message.path != self.query_one("#dataset-path", PathField).value:
             return  # the user typed on; a newer scan is coming
         self.report, self._report_path = message.report, message.path
         self._render_report()
@@ -136,13 +153,83 @@ class DatasetScreen(Screen[None]):
         self.query_one("#dataset-problem-list", Static).update(f"Problems ({len(problems)})\n{text}" if problems else text)
         self.set_class(bool(problems), "-problems")
 
+    # ------------------------------------------------------------------ tabs and keys
+
+    @property
+    def source(self) -> str:
+        return self.query_one(TabbedContent).active
+
+    @property
+    def prep(self) -> AudioPrep:
+        return self.query_one(AudioPrep)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """One Ctrl+S, three meanings, only one shown at a time: use the tensor folder, start
+        preprocessing, or (once it is done) use what it made. Stop exists only while a job runs."""
+        if action == "use":
+            return self.source == TENSORS
+        if action in ("preprocess", "use_tensors", "stop_preprocess"):
+            if self.source != AUDIO:
+                return False
+            state = self.prep.state
+            if action == "stop_preprocess":
+                return state in (STARTING, RUNNING)
+            if action == "use_tensors":
+                return state == DONE
+            return state not in (STARTING, RUNNING, DONE)
+        return True
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
+    @on(AudioPrep.StateChanged)
+    def _prep_state(self) -> None:
+        self.refresh_bindings()
+
+    def action_toggle_source(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = AUDIO if tabs.active == TENSORS else TENSORS
+        if tabs.active == TENSORS:
+            self.query_one("#dataset-path", PathField).input.focus()
+        elif self.prep.state in (STARTING, RUNNING):
+            self.prep.query_one("#prep-files").focus()
+        else:
+            self.prep.audio_field.input.focus()
+        self.refresh_bindings()
+
     # ------------------------------------------------------------------ actions
 
     def action_rescan(self) -> None:
-        self.query_one(PathField).recheck()
+        if self.source == AUDIO:
+            self.prep.rescan()
+        else:
+            self.query_one("#dataset-path", PathField).recheck()
+
+    def action_preprocess(self) -> None:
+        prep = self.prep
+        config_json, problem = prep.check_ready(self.app.draft)  # type: ignore[attr-defined]
+        if config_json is None:
+            self.notify(problem, severity="error", title="Preprocess")
+            return
+        settings = self.app.settings  # type: ignore[attr-defined]
+        if prep.start(config_json):
+            audio_dir = os.path.abspath(os.path.expanduser(prep.audio_field.value))
+            if settings.last_audio_dir != audio_dir:
+                self.app.post_message(SettingsChanged(settings.replace(last_audio_dir=audio_dir)))
+
+    def action_stop_preprocess(self) -> None:
+        if self.app.send_command(StopRun(save=True)):  # type: ignore[attr-defined]
+            self.notify("Stopping after the current file; finished files are kept and a new start resumes.", title="Preprocess")
+
+    def action_use_tensors(self) -> None:
+        path = self.prep.output_dir
+        field = self.query_one("#dataset-path", PathField)
+        field.value = path  # the Tensor folder tab shows (and checks) it from now on
+        self._use_path(path)
 
     def action_use(self) -> None:
-        field = self.query_one(PathField)
+        field = self.query_one("#dataset-path", PathField)
         path = os.path.abspath(os.path.expanduser(field.value)) if field.value else ""
         report = self.report
         if report is None or self._report_path != field.value:
@@ -157,6 +244,9 @@ class DatasetScreen(Screen[None]):
                 severity="warning",
                 title="Dataset",
             )
+        self._use_path(path)
+
+    def _use_path(self, path: str) -> None:
         # Straight to the App, then switch: the Setup screen reads app.draft on resume.
         self.app.post_message(DraftUpdated({"dataset_dir": path}))
         settings = self.app.settings  # type: ignore[attr-defined]

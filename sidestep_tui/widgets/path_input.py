@@ -165,8 +165,10 @@ class PathField(Vertical):
         check: Callable[[str], PathCheck] = check_directory,
         placeholder: str = "",
         id: str | None = None,
+        compact: bool = False,
     ) -> None:
         super().__init__(id=id)
+        self._compact = compact
         self._label = label
         self._value = value
         self._placeholder = placeholder
@@ -175,7 +177,7 @@ class PathField(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label(self._label, classes="path-label")
-        yield PathInput(self._value, placeholder=self._placeholder, classes="path-input")
+        yield PathInput(self._value, placeholder=self._placeholder, classes="path-input", compact=self._compact)
         yield Static("", classes="path-candidates")
         yield Static("", classes="path-status")
 

@@ -186,6 +186,7 @@ def test_stopped_runs_resume_without_redoing_work(checkpoint, tmp_path):
     summary, events = run(config, stop_when=_stop_after("pass2", 1))  # resume, stop inside pass 2
     pass1 = [e for e in events if e.stage == "pass1"]
     assert [e.status for e in pass1] == ["skipped", "skipped", "ok", "ok"]  # the two intermediates were reused
+    assert [e.audio_seconds for e in pass1[:2]] == pytest.approx([1.0, 1.0], abs=0.01)  # so a UI's ETA leaves them out
     assert summary.stopped and summary.processed == 1
     finals = [p for p in glob.glob(str(out / "*.pt")) if not p.endswith(".tmp.pt")]
     assert len(finals) == 1 and len(glob.glob(str(out / "*.tmp.pt"))) == 3

@@ -152,6 +152,35 @@ def test_preprocess_progress_counts() -> None:
     assert s.phase == "preprocessing"
 
 
+def test_preprocess_files_speed_and_eta() -> None:
+    def ev(seq: int, stage: str, index: int, file: str, status: str, elapsed: float, audio: float = 0.0, message: str = "") -> p.PreprocessProgress:
+        return p.PreprocessProgress(run_id="pre", seq=seq, ts=0.0, stage=stage, index=index, total=4, file=file, status=status,
+                                    message=message, audio_seconds=audio, elapsed_s=elapsed)
+
+    s = apply_all(RunState(), [
+        ev(0, "scan", 0, "", "ok", 1.0, 40.0, "4 files"),  # 40 s of audio to encode; pass 1 starts at 1.0 s
+        ev(1, "scan", 0, "bad.wav", "failed", 1.0, message="empty file"),
+        ev(2, "pass1", 1, "a.wav", "ok", 11.0, 10.0),  # model loading + 10 s of audio in 10 s
+        ev(3, "pass1", 2, "b.wav", "skipped", 11.0, message="already done"),
+        ev(4, "pass1", 3, "c.wav", "ok", 21.0, 10.0),
+    ])  # fmt: skip
+    prep = s.preprocess
+    assert prep is not None
+    assert (prep.audio_total, prep.audio_done, prep.stage_started_s) == (40.0, 20.0, 1.0)
+    assert prep.audio_per_s == pytest.approx(1.0)
+    assert prep.eta_s == pytest.approx(20.0)  # 20 s of audio left at 1 s of audio per second (b.wav carried no audio figure)
+    assert prep.files["bad.wav"].status == "failed" and prep.files["b.wav"].message == "already done"
+    assert (prep.ok, prep.skipped, prep.failed, prep.failures) == (2, 1, 0, 1)  # counters per stage; failures overall
+
+    s = apply_all(s, [ev(5, "pass2", 1, "a.wav", "ok", 25.0), ev(6, "pass2", 2, "c.wav", "failed", 27.0, message="NaN")])
+    prep = s.preprocess
+    assert prep is not None and prep.stage_started_s == 21.0 and prep.audio_per_s is None  # speed is a pass-1 figure
+    assert prep.eta_s == pytest.approx(6.0)  # 2 files in 6 s, 2 to go
+    assert prep.files["a.wav"].stage == "pass2" and prep.failures == 2
+    s = apply(s, ev(7, "done", 4, "", "ok", 30.0, 20.0, "done: 1 written"))
+    assert s.phase == "finished" and s.preprocess is not None and s.preprocess.eta_s is None
+
+
 def test_smooth() -> None:
     assert smooth([1.0, 2.0, 3.0, 4.0], 1) == [1.0, 2.0, 3.0, 4.0]
     assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]

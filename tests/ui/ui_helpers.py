@@ -61,3 +61,35 @@ def make_run_dir(root: Path, name: str = "demo-lora", events: str = "demo_run.js
     values = {"checkpoint_dir": "/ckpt", "dataset_dir": "/data", "output_dir": str(run), "run_name": name, **(config or {})}
     (run / "config.json").write_text(cfg.to_json(cfg.parse(values)))
     return run
+
+
+def write_wav(path: Path, seconds: float, *, freq: float = 440.0, rate: int = 48000) -> Path:
+    """A stereo 16-bit sine WAV written with the standard library (UI tests must not import numpy)."""
+    import array
+    import math
+    import wave
+
+    n = int(seconds * rate)
+    samples = array.array("h", (int(8000 * math.sin(2 * math.pi * freq * (i // 2) / rate)) for i in range(2 * n)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as fh:
+        fh.setnchannels(2)
+        fh.setsampwidth(2)
+        fh.setframerate(rate)
+        fh.writeframes(samples.tobytes())
+    return path
+
+
+def write_song_folder(root: Path) -> Path:
+    """An audio folder with one of each case the Dataset screen reports: a ``key: value`` sidecar, a
+    ``.caption.txt``, no sidecar, a duplicate and a zero-length file (unreadable)."""
+    import shutil as _shutil
+
+    write_wav(root / "anthem.wav", 1.0, freq=330.0)
+    (root / "anthem.txt").write_text("caption: bright synth anthem\ngenre: synthpop\nlyrics:\n[Verse]\nla la\n", encoding="utf-8")
+    write_wav(root / "sub" / "ballad.wav", 1.5, freq=220.0)
+    (root / "sub" / "ballad.caption.txt").write_text("slow piano ballad", encoding="utf-8")
+    write_wav(root / "untitled_take.wav", 0.5, freq=550.0)
+    _shutil.copy(root / "anthem.wav", root / "anthem_copy.wav")
+    (root / "empty.wav").write_bytes(b"")
+    return root
