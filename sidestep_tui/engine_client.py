@@ -235,6 +235,9 @@ class EngineClient:
         if self._process is not None and self._process.is_alive():
             self._process.kill()
             self._process.join(timeout=5.0)
+            # The sentinel thread reaps it too; until it has, ``is_alive`` may still read True (the
+            # two waitpid calls race), so wait for its verdict.
+            self._exited.wait(timeout=5.0)
         if self._cmd_q is not None:
             self._cmd_q.cancel_join_thread()
 

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.message import Message
@@ -123,6 +123,7 @@ class AudioPrep(Vertical):
     AudioPrep.-narrow #prep-options { grid-size: 1; }
     AudioPrep #prep-options FieldRow { layout: grid; grid-size: 2; grid-columns: 16 1fr; height: auto; }
     AudioPrep #prep-options .field-label { color: $text-muted; }
+    AudioPrep #prep-options FieldRow > Input, AudioPrep #prep-options FieldRow > Select { max-width: 40; }
     AudioPrep #prep-options FieldRow.-invalid > .field-label { color: $error; text-style: bold; }
     AudioPrep #prep-options .field-error { display: none; column-span: 2; color: $error; height: auto; text-style: bold; }
     AudioPrep #prep-options FieldRow.-invalid > .field-error { display: block; }
@@ -206,6 +207,12 @@ class AudioPrep(Vertical):
         mode = str(self.option_row("normalize").raw)
         for mode_name, field_name in TARGET_FOR.items():
             self.option_row(field_name).display = mode == mode_name or self.option_row(field_name).has_class("-invalid")
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """The focused option's help (with its CLI flag and range) where the detail line is."""
+        row = next((a for a in event.widget.ancestors_with_self if isinstance(a, FieldRow)), None)
+        if row is not None:
+            self.query_one("#prep-detail", Static).update(f"{row.spec.label}: {row.help_text}")
 
     @on(FieldRow.Edited)
     def _option_edited(self, event: FieldRow.Edited) -> None:

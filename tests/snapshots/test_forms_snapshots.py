@@ -141,6 +141,22 @@ def test_dataset_with_a_corrupt_file(snap_compare, snap_env: Path, size: tuple[i
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dataset_audio_folder(snap_compare, snap_env: Path, size: tuple[int, int]) -> None:
+    """The audio tab after the builder's scan: a file per row with its sidecar, the problems in place."""
+    from ui_helpers import write_song_folder
+
+    write_song_folder(snap_env / "songs")
+
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("ctrl+t")
+        pilot.app.screen.query_one("#audio-path Input", Input).value = "songs"
+        await _settle(pilot)
+
+    assert snap_compare(_app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_setup(snap_compare, snap_env: Path, size: tuple[int, int]) -> None:
     assert snap_compare(_app("setup", draft=DRAFT), terminal_size=size, run_before=_settle)
 
