@@ -53,7 +53,7 @@ class QuitDialog(ModalScreen[str]):
             yield Static(stop, markup=False)
             yield Static(leave, markup=False)
             with Horizontal():
-                yield Button("Stop & save (s)", id="stop", variant="warning")
+                yield Button("Stop (s)" if self.preprocessing else "Stop & save (s)", id="stop", variant="warning")
                 yield Button("Leave running (l)", id="leave", variant="primary")
                 yield Button("Cancel (c / esc)", id="cancel")
 
