@@ -21,7 +21,7 @@ from engine import discovery
 
 from ..formatting import plural
 from ..messages import SettingsChanged
-from ..widgets.path_input import PathCheck, PathField
+from ..widgets.path_input import PathCheck, PathField, creatable
 from .screen_commands import ScreenActions
 
 DEFAULT_OUTPUT_ROOT = "~/sidestep-runs"
@@ -52,14 +52,7 @@ def check_output_root(path: str) -> PathCheck:
     if os.path.isdir(full):
         ok = os.access(full, os.W_OK)
         return PathCheck(True, "folder exists") if ok else PathCheck(False, "folder is not writable")
-    if os.path.exists(full):
-        return PathCheck(False, "not a folder")
-    parent = os.path.dirname(os.path.abspath(full))
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        return PathCheck(False, f"cannot create it: {parent} is not writable")
-    return PathCheck(None, "will be created on the first run")
+    return creatable(full) or PathCheck(None, "will be created on the first run")
 
 
 class FirstRunScreen(Screen[None]):

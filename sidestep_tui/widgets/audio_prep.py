@@ -44,7 +44,7 @@ from ..formatting import (
 )
 from ..state import PreprocessStatus, RunState
 from .config_field import FieldRow
-from .path_input import PathCheck, PathField
+from .path_input import PathCheck, PathField, creatable
 from .sparklines import bar
 
 OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "normalize", "target_lufs", "target_db", "max_duration")
@@ -72,15 +72,8 @@ def check_tensor_dir(path: str) -> PathCheck:
     if not path.strip():
         return PathCheck(False, "enter a folder for the tensors")
     full = os.path.expanduser(path)
-    if os.path.exists(full) and not os.path.isdir(full):
-        return PathCheck(False, "not a folder")
     if not os.path.isdir(full):
-        parent = os.path.dirname(os.path.abspath(full))
-        while parent and not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            return PathCheck(False, f"cannot create it: {parent} is not writable")
-        return PathCheck(True, "new folder (created when preprocessing starts)")
+        return creatable(full) or PathCheck(True, "new folder (created when preprocessing starts)")
     if not os.access(full, os.W_OK):
         return PathCheck(False, "folder is not writable")
     done = sum(1 for name in os.listdir(full) if name.endswith(".pt") and not name.endswith(".tmp.pt"))
@@ -147,7 +140,7 @@ class AudioPrep(Vertical):
         self.output_dir = ""  # the folder of the job that ran last
         self.result_line = ""
         self._auto_output = ""  # the output path we filled in (replaced when the audio folder changes)
-        self._rows: dict[str, str] = {}  # file (relative path) -> its scan-time status
+        self._rows: dict[str, str] = {}  # file (relative path) -> its caption (for the detail line)
         self._row_status: dict[str, str] = {}  # file -> the text in its status cell now
         self._highlighted = ""
         self._job_values: dict[str, Any] = {}  # the form as it was when the last job started
@@ -230,13 +223,15 @@ class AudioPrep(Vertical):
         what the form says: back to idle. A recheck that changes nothing keeps the result."""
         if self.state in (DONE, STOPPED, FAILED) and self._form_values() != self._job_values:
             self._set_state(IDLE)
+            if self.report is not None and self._report_path == self.audio_field.value:
+                self._fill_table(self.report)  # the old job's statuses go with it
             self._render_idle()
 
     def values(self, draft: dict[str, Any]) -> dict[str, Any]:
         """The raw preprocessing config: the model from the draft, the two folders, the options."""
         raw: dict[str, Any] = {name: self.option_row(name).raw for name in OPTION_FIELDS}
         raw.update(
-            checkpoint_dir=str(draft.get("checkpoint_dir") or ""),
+            checkpoint_dir=_absolute(str(draft.get("checkpoint_dir") or "")),
             model_variant=str(draft.get("model_variant") or ""),
             audio_dir=_absolute(self.audio_field.value) or None,
             output_dir=_absolute(self.output_field.value),

@@ -126,6 +126,20 @@ def check_directory(path: str) -> PathCheck:
     return PathCheck(True, "folder exists")
 
 
+def creatable(path: str) -> PathCheck | None:
+    """For a folder that does not exist yet: a refusal when it cannot be created (not a folder in
+    the way, nearest existing parent not writable), else None."""
+    full = os.path.expanduser(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        return PathCheck(False, "not a folder")
+    parent = os.path.dirname(os.path.abspath(full))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        return PathCheck(False, f"cannot create it: {parent} is not writable")
+    return None
+
+
 def check_text(check: PathCheck) -> str:
     glyph = {True: "✓", False: "✗", None: "!"}[check.ok]
     return f"{glyph} {check.message}"

@@ -233,6 +233,7 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
         prep = await _open_audio_tab(pilot, songs)
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: prep.state == RUNNING, 5, "the job to start")
+        await wait_until(pilot, lambda: _cells(prep)["anthem_copy.wav"][3].startswith("↷"), 5, "the job's scan")
         await pilot.press("ctrl+x")
         await wait_until(pilot, lambda: prep.state == STOPPED, 5, "the stop")
         assert any(isinstance(c, p.StopRun) for c in fake.sent)
@@ -244,6 +245,7 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
         prep.option_row("tag").widget.value = "new"
         await wait_until(pilot, lambda: prep.state == IDLE, 5, "idle after an edit")
         assert "Ctrl+S: preprocess into" in screen_text(app)
+        assert _cells(prep)["anthem_copy.wav"][3] == "= same audio as anthem.wav, left out"  # the job's "↷ ..." went with it
 
 
 def test_tensor_folder_checks(tmp_path: Path) -> None:
