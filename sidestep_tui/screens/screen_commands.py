@@ -17,8 +17,11 @@ class ScreenActions(Provider):
         title = type(screen).__name__.removesuffix("Screen").replace("FirstRun", "First run")
         out = []
         for binding in type(screen).BINDINGS:
-            if isinstance(binding, Binding) and binding.description:  # footer-hidden ones too
-                out.append((f"{title}: {binding.description}", binding.tooltip or binding.description, binding))
+            if not isinstance(binding, Binding) or not binding.description:
+                continue
+            if screen.check_action(binding.action.split("(")[0], ()) is False:
+                continue  # not available now (Dataset: Stop only while preprocessing runs)
+            out.append((f"{title}: {binding.description}", binding.tooltip or binding.description, binding))
         return out
 
     async def discover(self) -> Hits:

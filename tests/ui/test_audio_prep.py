@@ -123,6 +123,11 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
         assert prep.output_field.value == str(songs) + "_tensors"
         assert "Preprocess" in _footer_keys(app) and "Use dataset" not in _footer_keys(app)
 
+        from sidestep_tui.screens.screen_commands import ScreenActions
+
+        titles = [str(hit.text) async for hit in ScreenActions(app.screen).discover()]
+        assert titles == ["Dataset: Preprocess", "Dataset: Tensors/Audio", "Dataset: Rescan"]  # only what applies now
+
 
 async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, ckpt_root: Path, songs: Path, tmp_path: Path) -> None:
     app = _app(build_app, ckpt_root, draft={})
