@@ -165,7 +165,8 @@ class DatasetScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """One Ctrl+S, three meanings, only one shown at a time: use the tensor folder, start
-        preprocessing, or (once it is done) use what it made. Stop exists only while a job runs."""
+        preprocessing, or (once it is done) use what it made. Stop exists only while a job runs.
+        (Returning False also keeps an unavailable action out of the command palette.)"""
         if action == "use":
             return self.source == TENSORS
         if action in ("preprocess", "use_tensors", "stop_preprocess"):
@@ -173,7 +174,7 @@ class DatasetScreen(Screen[None]):
                 return False
             state = self.prep.state
             if action == "stop_preprocess":
-                return state in (STARTING, RUNNING)
+                return state == RUNNING  # once the engine has the job (while it boots, Ctrl+Q still quits)
             if action == "use_tensors":
                 return state == DONE
             return state not in (STARTING, RUNNING, DONE)

@@ -76,10 +76,18 @@ def check_tensor_dir(path: str) -> PathCheck:
         return creatable(full) or PathCheck(True, "new folder (created when preprocessing starts)")
     if not os.access(full, os.W_OK):
         return PathCheck(False, "folder is not writable")
-    done = sum(1 for name in os.listdir(full) if name.endswith(".pt") and not name.endswith(".tmp.pt"))
+    done = finished_tensors(full)
     if done:
         return PathCheck(None, f"holds {plural(done, 'finished .pt file')}: they are kept and skipped (delete them to redo)")
     return PathCheck(True, "folder exists")
+
+
+def finished_tensors(folder: str) -> int:
+    """Final ``.pt`` files in ``folder`` (pass-1 intermediates ``*.tmp.pt`` are not finished)."""
+    try:
+        return sum(1 for name in os.listdir(folder) if name.endswith(".pt") and not name.endswith(".tmp.pt"))
+    except OSError:
+        return 0
 
 
 def check_audio_dir(path: str) -> PathCheck:
@@ -144,6 +152,7 @@ class AudioPrep(Vertical):
         self._row_status: dict[str, str] = {}  # file -> the text in its status cell now
         self._highlighted = ""
         self._job_values: dict[str, Any] = {}  # the form as it was when the last job started
+        self._shown: PreprocessStatus | None = None  # the progress last folded into the table
         self._specs = {name: field_spec(pcfg.FIELD_BY_NAME[name]) for name in OPTION_FIELDS}
 
     def compose(self) -> ComposeResult:
@@ -410,7 +419,8 @@ class AudioPrep(Vertical):
         if self.state == STARTING:
             self._set_state(RUNNING)
         prep = run.preprocess
-        if prep is not None:
+        if prep is not None and prep is not self._shown:  # states are values: same object, nothing new
+            self._shown = prep
             self._update_rows(prep)
         if run.failure is not None:
             self._finish(FAILED, f"✗ failed: {run.failure.message}")
@@ -454,7 +464,7 @@ class AudioPrep(Vertical):
         if run.finished_status == "stopped":
             self._finish(STOPPED, f"■ {line}\nCtrl+S: preprocess again (it resumes where it stopped)")
             return
-        written = self._count_pt(self.output_dir)
+        written = finished_tensors(self.output_dir)
         if written == 0:
             self._finish(FAILED, f"✗ {line}\nNo tensors were written: see the failures listed.")
             return
@@ -465,11 +475,4 @@ class AudioPrep(Vertical):
         self._status(text)
         self._set_state(state)
         self.output_field.recheck()  # it holds tensors now
-
-    @staticmethod
-    def _count_pt(folder: str) -> int:
-        try:
-            return sum(1 for name in os.listdir(folder) if name.endswith(".pt") and not name.endswith(".tmp.pt"))
-        except OSError:
-            return 0
 
