@@ -44,7 +44,7 @@ from ..formatting import (
 )
 from ..state import PreprocessStatus, RunState
 from .config_field import FieldRow
-from .path_input import PathCheck, PathField, creatable
+from .path_input import PathCheck, PathField, check_directory, creatable
 from .sparklines import bar
 
 OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "normalize", "target_lufs", "target_db", "max_duration")
@@ -91,12 +91,7 @@ def finished_tensors(folder: str) -> int:
 
 
 def check_audio_dir(path: str) -> PathCheck:
-    if not path.strip():
-        return PathCheck(False, "enter the folder holding your songs")
-    full = os.path.expanduser(path)
-    if not os.path.isdir(full):
-        return PathCheck(False, "not a folder" if os.path.exists(full) else "no such folder")
-    return PathCheck(True, "folder exists")
+    return check_directory(path, empty="enter the folder holding your songs")
 
 
 def missing_components(checkpoint_root: str) -> list[str]:

@@ -114,10 +114,10 @@ class PathCheck:
     message: str
 
 
-def check_directory(path: str) -> PathCheck:
-    """The default check: an existing folder."""
+def check_directory(path: str, *, empty: str = "enter a folder") -> PathCheck:
+    """The default check: an existing folder (``empty``: what to ask for when nothing is typed)."""
     if not path.strip():
-        return PathCheck(False, "enter a folder")
+        return PathCheck(False, empty)
     full = os.path.expanduser(path)
     if not os.path.exists(full):
         return PathCheck(False, "no such folder")
