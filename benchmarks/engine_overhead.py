@@ -25,10 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from engine import config as cfgmod  # noqa: E402
-from engine import protocol, recipe  # noqa: E402
-from engine.control import CommandInbox  # noqa: E402
-from engine.events import CallbackSink, EventBus, QueueSink  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine import protocol  # noqa: E402
+from engine.train import recipe  # noqa: E402
+from engine.process.control import CommandInbox  # noqa: E402
+from engine.process.events import CallbackSink, EventBus, QueueSink  # noqa: E402
+from engine.train.trainer import Trainer  # noqa: E402
 
 
 def run_config(paths: dict, out: str, steps: int) -> cfgmod.TrainConfig:
@@ -124,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core each side: steadier numbers on a shared 2-core machine
 
-    from engine.models.demo import setup_demo
+    from engine.models.demo.build import setup_demo
 
     work = tempfile.mkdtemp(prefix="sidestep-bench-")
     paths = setup_demo(os.path.join(work, "demo"), size=args.size)

@@ -6,7 +6,7 @@
                                                          # also prints peak GPU memory of each pass
 
 Everything is generated under a temporary folder (``--keep`` to look at it): the demo checkpoint
-(``engine.models.demo``), the demo VAE and text encoder (``engine.models.demo_audio``) and synthetic
+(``engine.models.demo.build``), the demo VAE and text encoder (``engine.models.demo.audio``) and synthetic
 songs with sidecars. It then runs the same two passes as ``sidestep preprocess`` and prints one line
 per pass and the end-to-end figure. Model loading is included in the pass times (it is part of what
 a user waits for); the "steady" figure excludes it.
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine.models.demo import DEMO_FOLDER, write_demo_checkpoint
-    from engine.models.demo_audio import synthesize_demo_audio, write_demo_audio_components
-    from engine.preprocess import config as pcfg
-    from engine.preprocess.pipeline import run_preprocess
+    from engine.models.demo.build import DEMO_FOLDER, write_demo_checkpoint
+    from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
+    from engine import prepconfig as pcfg
+    from engine.audio.preprocess.pipeline import run_preprocess
 
     root = tempfile.mkdtemp(prefix="sidestep-bench-pre-")
     try:

@@ -3,7 +3,7 @@
 - ``sidestep``                 the TUI
 - ``sidestep demo``            the TUI on the built-in demo (plain output with --plain or without a TTY)
 - ``sidestep attach RUN_DIR``  the monitor on an existing run (--plain: follow it as text)
-- anything else                ``engine.cli`` (train, presets, runs, preprocess, dataset, ...)
+- anything else                ``engine.cli.main`` (train, presets, runs, preprocess, dataset, ...)
 
 The headless paths never import textual or torch before they need to, so ``sidestep --help`` and
 ``sidestep train --help`` answer at once.
@@ -69,11 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return run_attach(rest[0])
     if command == "demo" and "--plain" not in args and not _wants_help(args) and _is_tty():
-        from engine.cli import build_parser
+        from engine.cli.main import build_parser
 
         ns = build_parser().parse_args(args)
         return run_demo(ns.root, ns.adapter, ns.max_steps)
-    from engine.cli import main as cli_main
+    from engine.cli.main import main as cli_main
 
     return cli_main(args)
 

@@ -3,7 +3,7 @@
 Two clients share one small interface (``EngineClientProtocol``), so the App and the tests do not care
 which one is behind the monitor:
 
-- ``EngineClient`` owns a freshly spawned engine process (``engine.entry.run_engine``): commands go
+- ``EngineClient`` owns a freshly spawned engine process (``engine.process.entry.run_engine``): commands go
   down a ``multiprocessing`` queue, events come up another. Process exit is the authoritative death
   signal (a monitor thread waits on ``process.sentinel``); the exit code is mapped to a reason.
 - ``AttachClient`` follows an existing run directory read-only: it tails ``events.jsonl`` from the start
@@ -131,8 +131,8 @@ def _real_stderr() -> Iterator[None]:
 
 
 def _default_target() -> Callable[..., Any]:
-    # engine.entry's top level is stdlib only; the heavy imports happen inside run_engine, in the child.
-    from engine.entry import run_engine
+    # engine.process.entry's top level is stdlib only; the heavy imports happen inside run_engine, in the child.
+    from engine.process.entry import run_engine
 
     return run_engine
 

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """{checkpoint_dir, model_variant, dataset_dir, output_root} of a tiny demo written once."""
-    from engine.cli import setup_demo
+    from engine.cli.main import setup_demo
 
     root = tmp_path_factory.mktemp("demo")
     return setup_demo(str(root))

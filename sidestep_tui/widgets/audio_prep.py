@@ -1,10 +1,10 @@
 """Audio folder -> training tensors, inside the Dataset screen.
 
 The flow: pick an audio folder; the dataset builder scans it in a child interpreter
-(``engine.dataset_builder.scan_in_subprocess``: soundfile pulls in numpy, which the UI never imports)
+(``engine.audio.builder.scan_in_subprocess``: soundfile pulls in numpy, which the UI never imports)
 and every file becomes a table row with its length, sidecar and caption, unreadable files and
 duplicates included; set the trigger tag, its position, the genre ratio and loudness normalisation
-(rows generated from ``engine.preprocess.config`` metadata, parsed by its ``parse``: the UI owns no
+(rows generated from ``engine.prepconfig`` metadata, parsed by its ``parse``: the UI owns no
 rule); start. The job runs in the engine process (``StartPreprocess``) and the table's status column
 follows its ``PreprocessProgress`` events per file, with stage, speed, ETA and every failure by name.
 When it is done, the new tensor folder goes straight to Setup.
@@ -29,8 +29,8 @@ from textual.widgets import DataTable, Input, Select, Static
 
 from engine import discovery
 from engine.config import ConfigError
-from engine.dataset_builder import BuildReport, scan_in_subprocess
-from engine.preprocess import config as pcfg
+from engine.audio.builder import BuildReport, scan_in_subprocess
+from engine import prepconfig as pcfg
 
 from ..forms import field_spec, to_raw
 from ..formatting import (

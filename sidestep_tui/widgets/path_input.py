@@ -32,7 +32,7 @@ MAX_CANDIDATES = 200
 @dataclass(frozen=True)
 class Completion:
     suggestion: str | None
-    """The typed text extended as far as it is unambiguous (a unique folder gets a trailing ``/``)."""
+    """The typed text extended as it is unambiguous (a unique folder gets a trailing ``/``)."""
     candidates: tuple[str, ...]
     """Names (folders end in ``/``) in the typed folder that start with the typed name."""
 

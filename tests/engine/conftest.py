@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory) -> dict[str, str]:
-    from engine.models.demo import setup_demo
+    from engine.models.demo.build import setup_demo
 
     paths = setup_demo(tmp_path_factory.mktemp("demo"))
     paths["model_dir"] = os.path.join(paths["checkpoint_dir"], paths["model_variant"])
@@ -18,7 +18,7 @@ def demo_paths(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from engine.models.demo import demo_config
+    from engine.models.demo.build import demo_config
 
     config = demo_config("tiny")
     config._attn_implementation = "sdpa"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import dataset_builder as db
+from engine.audio import builder as db
 
 RATE = 48_000
 
@@ -144,7 +144,7 @@ def test_scan_for_the_ui_process_keeps_numpy_out(audio_dir):
 
     code = (
         "import json, sys\n"
-        "from engine.dataset_builder import scan_in_subprocess\n"
+        "from engine.audio.builder import scan_in_subprocess\n"
         f"report = scan_in_subprocess({str(audio_dir)!r})\n"
         "print(json.dumps({'heavy': sorted(m for m in ('numpy', 'soundfile') if m in sys.modules), 'report': report.to_dict()}))\n"
     )

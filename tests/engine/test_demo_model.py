@@ -12,8 +12,8 @@ import re
 import pytest
 import torch
 
-from engine.models import acestep_demo_modeling as mod
-from engine.models import demo
+from engine.models.demo import acestep_demo_modeling as mod
+from engine.models.demo import build as demo
 
 
 def _inputs(config, batch: int, frames: int, length: int = 12, dtype=torch.float32):
@@ -41,7 +41,7 @@ def decoder(tiny_config):
 
 def test_remote_code_is_standalone():
     """Copied into checkpoint folders: only torch, transformers, the stdlib and each other."""
-    from engine.models import configuration_acestep_demo as config_mod
+    from engine.models.demo import configuration_acestep_demo as config_mod
 
     for module in (mod, config_mod):
         tree = ast.parse(open(module.__file__).read())

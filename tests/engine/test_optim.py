@@ -1,4 +1,4 @@
-"""Optimizers and schedules (engine/optim.py) against ACE_STEP.md §8."""
+"""Optimizers and schedules (engine/train/optim.py) against ACE_STEP.md §8."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.config import OPTIMIZERS, SCHEDULERS, TrainConfig
-from engine.optim import (
+from engine.train.optim import (
     OptimizerUnavailable,
     build_optimizer,
     build_scheduler,

@@ -19,10 +19,10 @@ import soundfile as sf
 import torch
 
 from engine import protocol
-from engine.models.demo import DEMO_FOLDER, demo_config, write_demo_checkpoint
-from engine.models.demo_audio import synthesize_demo_audio, write_demo_audio_components
-from engine.preprocess import config as pcfg
-from engine.preprocess.pipeline import run_preprocess
+from engine.models.demo.build import DEMO_FOLDER, demo_config, write_demo_checkpoint
+from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
+from engine import prepconfig as pcfg
+from engine.audio.preprocess.pipeline import run_preprocess
 
 FINAL_KEYS = {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
 METADATA_KEYS = {
@@ -126,10 +126,10 @@ def test_index_files_and_events(processed):
 
 def test_produced_folder_trains(processed, checkpoint, tmp_path):
     from engine.config import parse
-    from engine.control import CommandInbox
+    from engine.process.control import CommandInbox
     from engine.data.dataset import TensorDataset
-    from engine.events import CallbackSink, EventBus
-    from engine.trainer import Trainer
+    from engine.process.events import CallbackSink, EventBus
+    from engine.train.trainer import Trainer
 
     assert len(TensorDataset(processed["out"])) == 6
     events: list = []
@@ -157,7 +157,7 @@ def test_produced_folder_trains(processed, checkpoint, tmp_path):
 def test_vae_tiling_matches_one_call(checkpoint, monkeypatch):
     """Windows keep their core and drop the overlap, so with an overlap wider than the VAE's receptive
     field the tiled latents equal the one-call latents (the posterior mean, to compare exactly)."""
-    from engine.preprocess import encode
+    from engine.audio.preprocess import encode
 
     models = encode.load_pass1(checkpoint, torch.device("cpu"), torch.float32)
     audio = (0.1 * np.random.default_rng(0).standard_normal((2, int(2.2 * 48_000) + 777))).astype(np.float32)
@@ -211,7 +211,7 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
     args = ["-c", checkpoint, "--model", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"]
     code = (
         "import argparse, sys\n"
-        "from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command\n"
+        "from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command\n"
         "p = argparse.ArgumentParser(); add_preprocess_arguments(p)\n"
         "sys.exit(run_preprocess_command(p.parse_args(sys.argv[1:])))\n"
     )
@@ -236,7 +236,7 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
 
 
 def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys):
-    from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
 
     songs, out = tmp_path / "songs", tmp_path / "out"
     songs.mkdir()
@@ -261,7 +261,7 @@ def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys
 
 
 def test_missing_components_fail_with_one_line(tmp_path, capsys):
-    from engine.preprocess.cli import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
 
     songs = tmp_path / "songs"
     synthesize_demo_audio(songs, 1, seconds=(1.0,))
@@ -277,7 +277,7 @@ def test_missing_components_fail_with_one_line(tmp_path, capsys):
 def test_demo_components_are_local_idempotent_and_loadable(checkpoint, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from engine.dataset_builder import scan_audio_dir
+    from engine.audio.builder import scan_audio_dir
 
     stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(checkpoint, "*", "*.safetensors"))}
     state = torch.random.get_rng_state()
@@ -309,7 +309,7 @@ def test_missing_condition_encoder_weights_are_an_error(checkpoint, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from engine.preprocess import encode
+    from engine.audio.preprocess import encode
 
     root = tmp_path / "ck"
     shutil.copytree(os.path.join(checkpoint, DEMO_FOLDER), root / DEMO_FOLDER)

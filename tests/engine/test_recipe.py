@@ -1,4 +1,4 @@
-"""The training recipe (engine/recipe.py) against ACE_STEP.md §6."""
+"""The training recipe (engine/train/recipe.py) against ACE_STEP.md §6."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
-from engine.recipe import (  # noqa: E402
+from engine.train.recipe import (  # noqa: E402
     DISCRETE_TIMESTEPS,
     TimestepTracker,
     apply_cfg_dropout,

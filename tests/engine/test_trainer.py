@@ -13,9 +13,9 @@ import torch
 
 from engine import config as cfgmod
 from engine import protocol
-from engine.control import CommandInbox
-from engine.events import CallbackSink, EventBus
-from engine.trainer import Trainer
+from engine.process.control import CommandInbox
+from engine.process.events import CallbackSink, EventBus
+from engine.train.trainer import Trainer
 
 
 def train(values: dict, *, stop_at: int | None = None) -> tuple[list, object]:

@@ -15,7 +15,7 @@ import pytest
 
 from engine import config as cfgmod
 from engine import protocol
-from engine.entry import run_engine
+from engine.process.entry import run_engine
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ PARENT = textwrap.dedent(
     """
     import json, multiprocessing as mp, os, sys, time
     from engine import config as cfgmod, protocol
-    from engine.entry import run_engine
+    from engine.process.entry import run_engine
     if __name__ == "__main__":
         values = json.loads(sys.argv[1])
         ctx = mp.get_context("spawn")

@@ -177,7 +177,7 @@ def scripted_run(
 
 
 # --------------------------------------------------------------------------- stub engine process
-# A stand-in for ``engine.entry.run_engine`` with the same signature, for EngineClient tests that need
+# A stand-in for ``engine.process.entry.run_engine`` with the same signature, for EngineClient tests that need
 # a real spawned process but not torch. ``boot`` picks the behaviour.
 
 

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Input
 from ui_helpers import screen_text, wait_until, write_song_folder
 
 from engine import protocol as p
-from engine.preprocess import config as pcfg
+from engine import prepconfig as pcfg
 from sidestep_tui.widgets.audio_prep import DONE, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
 
 MODEL = "acestep-v15-base"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from ui_helpers import make_run_dir
 
-import engine.cli
+import engine.cli.main
 from sidestep_tui import __main__ as entry
 from sidestep_tui.engine_client import AttachClient
 
@@ -15,7 +15,7 @@ from sidestep_tui.engine_client import AttachClient
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     seen: dict[str, list] = {"cli": [], "tui": []}
-    monkeypatch.setattr(engine.cli, "main", lambda argv: seen["cli"].append(list(argv)) or 0)
+    monkeypatch.setattr(engine.cli.main, "main", lambda argv: seen["cli"].append(list(argv)) or 0)
     monkeypatch.setattr(entry, "_run", lambda **kwargs: seen["tui"].append(kwargs) or 0)
     return seen
 

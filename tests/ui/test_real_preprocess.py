@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 _WRITE = r"""
 import json, sys
-from engine.models.demo import DEMO_FOLDER, write_demo_checkpoint
-from engine.models.demo_audio import write_demo_audio_components
+from engine.models.demo.build import DEMO_FOLDER, write_demo_checkpoint
+from engine.models.demo.audio import write_demo_audio_components
 write_demo_checkpoint(sys.argv[1])
 write_demo_audio_components(sys.argv[1])
 print(json.dumps({"model_variant": DEMO_FOLDER}))

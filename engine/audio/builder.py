@@ -491,7 +491,7 @@ def scan_in_subprocess(audio_dir: str, *, timeout: float = 3600.0) -> BuildRepor
     """``scan_audio_dir`` in a child interpreter, for the UI process (soundfile pulls in numpy, which
     the UI never imports). Raises ``ValueError`` with the child's one-line error."""
     done = subprocess.run(
-        [sys.executable, "-m", "engine.dataset_builder", "-i", audio_dir, "--dry-run", "--json"],
+        [sys.executable, "-m", "engine.audio.builder", "-i", audio_dir, "--dry-run", "--json"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -503,7 +503,7 @@ def scan_in_subprocess(audio_dir: str, *, timeout: float = 3600.0) -> BuildRepor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.dataset_builder", description="build dataset.json from audio files and sidecar text")
+    parser = argparse.ArgumentParser(prog="python -m engine.audio.builder", description="build dataset.json from audio files and sidecar text")
     add_dataset_arguments(parser)
     return run_dataset_command(parser.parse_args(argv))
 

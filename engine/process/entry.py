@@ -48,8 +48,8 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
         pass  # already a session leader (e.g. started by a test harness that did it)
     _redirect_stdio(boot["log_path"])
 
-    from engine.control import CommandInbox
-    from engine.events import EventBus, QueueSink
+    from engine.process.control import CommandInbox
+    from engine.process.events import EventBus, QueueSink
 
     queue_sink = QueueSink(evt_q)
     bus = EventBus([queue_sink])
@@ -66,7 +66,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
     try:
         import torch
 
-        from engine.monitor import ResourceMonitor
+        from engine.process.monitor import ResourceMonitor
 
         cuda = torch.cuda.is_available()
         bus.emit(
@@ -85,7 +85,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
     except BaseException as exc:  # noqa: BLE001 - the last line of defence: report, then exit non-zero
         exit_code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         traceback.print_exc()
-        from engine.trainer import failure_event
+        from engine.train.trainer import failure_event
 
         bus.emit(failure_event(exc))
     finally:
@@ -97,7 +97,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
 
 
 def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
-    from engine.trainer import run_training
+    from engine.train.trainer import run_training
 
     while not inbox.state.shutdown_requested:
         if not inbox.parent_alive:
@@ -126,9 +126,9 @@ def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, m
     resumes) or ``RunFailed``. ``StopRun`` is honoured between files."""
     import time
 
-    from engine.preprocess import config as pcfg
-    from engine.preprocess.pipeline import run_preprocess
-    from engine.trainer import failure_event
+    from engine import prepconfig as pcfg
+    from engine.audio.preprocess.pipeline import run_preprocess
+    from engine.train.trainer import failure_event
 
     bus.run_id = run_id
     started = time.time()

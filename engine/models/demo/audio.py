@@ -1,6 +1,6 @@
 """Demo audio components: a random-weight VAE and text encoder, plus synthetic songs with sidecars.
 
-With ``engine.models.demo.write_demo_checkpoint`` (the demo DiT and its condition encoder) these make a
+With ``engine.models.demo.build.write_demo_checkpoint`` (the demo DiT and its condition encoder) these make a
 checkpoint root shaped like ACE-Step 1.5's, so ``sidestep demo`` runs the real preprocessing path:
 audio files -> ``dataset.json`` -> two-pass preprocessing -> tensors -> adapter.
 
@@ -174,7 +174,7 @@ def write_demo_audio_components(root: str | os.PathLike, *, size: str = "tiny", 
     """Write ``<root>/vae/`` and ``<root>/Qwen3-Embedding-0.6B/`` (idempotent: current folders are
     kept). ``text_hidden_dim`` defaults to the demo DiT's for ``size``."""
     if text_hidden_dim is None:
-        from engine.models.demo import demo_config
+        from engine.models.demo.build import demo_config
 
         text_hidden_dim = int(demo_config(size).text_hidden_dim)
     return {

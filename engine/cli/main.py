@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
     out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
     add_schema_flags(train)
-    from engine.preprocess import cli as pre_cli
+    from engine.cli import preprocess as pre_cli
 
     pre_cli.add_train_preprocess_arguments(train)
 
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_commands(sub: Any) -> None:
-    from engine import dataset_builder
-    from engine.preprocess import cli as pre_cli
+    from engine.audio import builder as dataset_builder
+    from engine.cli import preprocess as pre_cli
 
     dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
     pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
@@ -129,9 +129,9 @@ def config_from_args(ns: argparse.Namespace) -> cfgmod.TrainConfig:
 
 def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
     """Train in this process (no UI to outlive); SIGINT/SIGTERM stop and save."""
-    from engine.control import CommandInbox
-    from engine.events import EventBus, StreamJsonSink
-    from engine.plain import PlainPrinter
+    from engine.process.control import CommandInbox
+    from engine.process.events import EventBus, StreamJsonSink
+    from engine.cli.plain import PlainPrinter
 
     if json_events:
         # Libraries print (Prodigy, bitsandbytes); keep stdout pure JSONL by sending fd 1 to stderr.
@@ -140,9 +140,9 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         sink: Any = StreamJsonSink(out)
     else:
         sink = PlainPrinter()
-    from engine.trainer import run_training
+    from engine.train.trainer import run_training
 
-    from engine.monitor import ResourceMonitor
+    from engine.process.monitor import ResourceMonitor
 
     bus = EventBus([sink])
     inbox = CommandInbox(None)
@@ -171,7 +171,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValueError as exc:  # a preset that does not load
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from engine.preprocess import cli as pre_cli
+    from engine.cli import preprocess as pre_cli
 
     try:
         pre_config = pre_cli.preprocess_config_from_train(ns, config)
@@ -179,8 +179,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if pre_config is not None:
-        from engine.plain import render
-        from engine.preprocess.pipeline import run_preprocess
+        from engine.cli.plain import render
+        from engine.audio.preprocess.pipeline import run_preprocess
 
         summary = run_preprocess(pre_config, lambda e: print(render(e), flush=True))
         if summary.failed or summary.stopped:
@@ -231,14 +231,14 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
     ``audio=False``: synthetic training tensors (seconds; what the tests use). ``audio=True``: the
     whole user path: a demo VAE and text encoder beside the model, synthesised songs with sidecars,
     then the real two-pass preprocessing into ``<root>/tensors`` (finished files are reused)."""
-    from engine.models.demo import setup_demo as write_demo
+    from engine.models.demo.build import setup_demo as write_demo
 
     paths = dict(write_demo(root))
     paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
     if audio:
-        from engine.models.demo_audio import synthesize_demo_audio, write_demo_audio_components
-        from engine.preprocess import config as pcfg
-        from engine.preprocess.pipeline import run_preprocess
+        from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
+        from engine import prepconfig as pcfg
+        from engine.audio.preprocess.pipeline import run_preprocess
 
         write_demo_audio_components(paths["checkpoint_dir"])
         audio_dir = os.path.join(os.path.abspath(root), "audio")
@@ -272,7 +272,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     if ns.setup_only:
         print(json.dumps(setup_demo(root, audio=not ns.from_tensors)))
         return 0
-    from engine.plain import render
+    from engine.cli.plain import render
 
     print(f"setting up the demo model{'' if ns.from_tensors else ', synthesising songs and preprocessing them'} in {root} ...", flush=True)
     paths = setup_demo(root, audio=not ns.from_tensors, progress=lambda e: print(render(e), flush=True) if e.status != "ok" or e.stage == "done" else None)
@@ -326,9 +326,10 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
     """Follow events.jsonl and print it; Ctrl-C detaches (the run goes on), --stop asks it to save and stop."""
     import signal as sig
 
-    from engine import protocol, rundir
-    from engine.checkpoint import EVENTS_FILE
-    from engine.plain import render
+    from engine import protocol
+    from engine.train import rundir
+    from engine.train.checkpoint import EVENTS_FILE
+    from engine.cli.plain import render
 
     path = os.path.join(ns.run_dir, EVENTS_FILE)
     if not os.path.isfile(path):
@@ -379,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         "attach": cmd_attach_plain,
     }
     if ns.command == "dataset":
-        from engine import dataset_builder
+        from engine.audio import builder as dataset_builder
 
         return dataset_builder.run_dataset_command(ns)
     if ns.command == "preprocess":
-        from engine.preprocess import cli as pre_cli
+        from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
     if ns.command is None:

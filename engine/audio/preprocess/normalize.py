@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from engine.preprocess.audio import SAMPLE_RATE
-from engine.preprocess.config import NORMALIZE_MODES
+from engine.audio.preprocess.audio import SAMPLE_RATE
+from engine.prepconfig import NORMALIZE_MODES
 
 SILENCE = 1e-6
 LIMITER_CEILING_DB = -1.0

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.dataset_builder import error_line
+from engine.audio.builder import error_line
 from engine.discovery import SILENCE_LATENT, TEXT_ENCODER_DIR, VAE_DIR
-from engine.preprocess.audio import HOP, SAMPLE_RATE
+from engine.audio.preprocess.audio import HOP, SAMPLE_RATE
 
 TEXT_MAX_LENGTH = 256
 LYRICS_MAX_LENGTH = 512

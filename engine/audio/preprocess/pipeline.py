@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from engine.dataset_builder import AudioReadError, error_line, write_json_atomic
-from engine.preprocess import config as cfgmod
-from engine.preprocess.output import META, WRITING, now, read_json, save_atomic, write_manifest
-from engine.preprocess.samples import Job, JobList, collect_jobs, job_prompt
+from engine.audio.builder import AudioReadError, error_line, write_json_atomic
+from engine import prepconfig as cfgmod
+from engine.audio.preprocess.output import META, WRITING, now, read_json, save_atomic, write_manifest
+from engine.audio.preprocess.samples import Job, JobList, collect_jobs, job_prompt
 from engine.protocol import PreprocessProgress
 
 TMP_SUFFIX = ".tmp.pt"
@@ -97,7 +97,7 @@ def run_preprocess(config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Cal
     """Preprocess ``config``'s audio into ``config.output_dir``. Raises only for problems that stop
     everything (no audio, missing model folders); per-file problems land in ``summary.failed``."""
     from engine.models.loader import resolve_device, resolve_dtype
-    from engine.preprocess import encode
+    from engine.audio.preprocess import encode
 
     run = _Run(config, emit, should_stop)
     os.makedirs(run.out, exist_ok=True)
@@ -163,7 +163,7 @@ def _measure(run: _Run, name: str, device: Any) -> Iterator[None]:
 
 def _model_dir(config: cfgmod.PreprocessConfig) -> str:
     from engine.discovery import DiscoveryError, resolve_model_dir
-    from engine.preprocess.encode import PreprocessModelError
+    from engine.audio.preprocess.encode import PreprocessModelError
 
     try:
         return resolve_model_dir(config.checkpoint_dir, config.model_variant)
@@ -259,9 +259,9 @@ def _tmp_fingerprint(path: str) -> str | None:
 def _pass1(run: _Run, jobs: JobList, todo: list[Job], models: Any, fingerprints: dict[str, str], total: int) -> None:
     import torch
 
-    from engine.preprocess import encode
-    from engine.preprocess.audio import SAMPLE_RATE, load_audio
-    from engine.preprocess.normalize import normalize
+    from engine.audio.preprocess import encode
+    from engine.audio.preprocess.audio import SAMPLE_RATE, load_audio
+    from engine.audio.preprocess.normalize import normalize
 
     index_of = {job.stem: i for i, job in enumerate(jobs.jobs, start=1)}
     cfg = run.config
@@ -328,7 +328,7 @@ def _metadata(job: Job, jobs: JobList, duration: int, lyrics: str) -> dict[str, 
 def _pass2(run: _Run, jobs: JobList, todo: list[Job], models: Any, total: int) -> None:
     import torch
 
-    from engine.preprocess import encode
+    from engine.audio.preprocess import encode
 
     index_of = {job.stem: i for i, job in enumerate(jobs.jobs, start=1)}
     for job in todo:

@@ -10,7 +10,7 @@ import socket
 import time
 
 from engine import protocol
-from engine.checkpoint import ADAPTER_DIR_FINAL, ENGINE_FILE, EVENTS_FILE, LOG_FILE, atomic_write_text
+from engine.train.checkpoint import ADAPTER_DIR_FINAL, ENGINE_FILE, EVENTS_FILE, LOG_FILE, atomic_write_text
 
 
 class RunDirError(ValueError):

@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from engine.config import ConfigError
-from engine.preprocess import config as cfgmod
+from engine import prepconfig as cfgmod
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +90,8 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
         return 2
 
     from engine.models.loader import DeviceError
-    from engine.preprocess.encode import PreprocessModelError
-    from engine.preprocess.pipeline import run_preprocess
+    from engine.audio.preprocess.encode import PreprocessModelError
+    from engine.audio.preprocess.pipeline import run_preprocess
 
     stop = {"requested": False}
 

@@ -64,13 +64,13 @@ def _tmp_name(path: Path) -> Path:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from engine.preprocess.output import save_atomic  # preprocessing's writer: temp file, fsync, rename
+    from engine.audio.preprocess.output import save_atomic  # preprocessing's writer: temp file, fsync, rename
 
     save_atomic(obj, str(path))
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    from engine.dataset_builder import write_json_atomic
+    from engine.audio.builder import write_json_atomic
 
     write_json_atomic(str(path), data)
 
@@ -94,7 +94,7 @@ def _root_lock(root: Path):
 
 def demo_config(size: str = "tiny"):
     """The ``AceStepDemoConfig`` for a size ("tiny" or "full"), with ``auto_map`` filled in."""
-    from engine.models.configuration_acestep_demo import AceStepDemoConfig
+    from engine.models.demo.configuration_acestep_demo import AceStepDemoConfig
 
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
@@ -134,7 +134,7 @@ def write_demo_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from engine.models.acestep_demo_modeling import AceStepConditionGenerationModel
+    from engine.models.demo.acestep_demo_modeling import AceStepConditionGenerationModel
 
     root = Path(root)
     model_dir = root / DEMO_FOLDER

@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 
-from engine import checkpoint as ckpt
+from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
-from engine import protocol, recipe, rundir
-from engine.control import CommandInbox
-from engine.events import EventBus, JsonlSink, StepAggregator
-from engine.setup import RunParts, build_run
+from engine import protocol
+from engine.train import recipe, rundir
+from engine.process.control import CommandInbox
+from engine.process.events import EventBus, JsonlSink, StepAggregator
+from engine.train.build import RunParts, build_run
 
 log = logging.getLogger("sidestep.engine")
 MAX_BAD_WINDOWS = 10

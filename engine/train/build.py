@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 import torch
 
-from engine import checkpoint as ckpt
+from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
-from engine import discovery, protocol, recipe
+from engine import discovery, protocol
+from engine.train import recipe
 
 log = logging.getLogger("sidestep.engine")
 
@@ -47,7 +48,7 @@ class RunParts:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def current_lr(self) -> float:
-        from engine.optim import effective_lr
+        from engine.train.optim import effective_lr
 
         return effective_lr(self.optimizer)
 
@@ -129,7 +130,7 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     from engine.data.dataset import TensorDataset
     from engine.data.loader import build_loader, build_planner
     from engine.models.loader import enable_gradient_checkpointing, load_decoder, resolve_device, resolve_dtype
-    from engine.optim import build_optimizer, build_scheduler
+    from engine.train.optim import build_optimizer, build_scheduler
 
     model_dir = discovery.resolve_model_dir(config.checkpoint_dir, config.model_variant)
     config = cfgmod.resolve_variant_defaults(config, read_model_config(model_dir))

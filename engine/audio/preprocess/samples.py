@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.dataset_builder import (
+from engine.audio.builder import (
     INSTRUMENTAL,
     AudioReadError,
     Sidecar,
@@ -28,7 +28,7 @@ from engine.dataset_builder import (
     make_sample,
     scan_audio_dir,
 )
-from engine.preprocess.config import PreprocessConfig
+from engine.prepconfig import PreprocessConfig
 
 DIT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
 # ACE-Step's SFT prompt (§5.3); the metas block ends with a newline before <|endoftext|>.

@@ -10,7 +10,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from engine.dataset_builder import write_json_atomic
+from engine.audio.builder import write_json_atomic
 
 MANIFEST = "manifest.json"
 META = "preprocess_meta.json"
