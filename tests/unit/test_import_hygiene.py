@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-CONTRACT = ("engine.protocol", "engine.config", "engine.presets", "engine.discovery", "engine.runs", "engine.ptinspect")
+CONTRACT = ("engine.protocol", "engine.config", "engine.presets", "engine.discovery", "engine.runs", "engine.ptinspect", "engine.summary",
+            "engine.tailer")
 FORBIDDEN = ("torch", "numpy", "transformers", "lightning", "pytorch_lightning", "peft", "lycoris", "diffusers",
              "bitsandbytes", "safetensors", "textual", "pynvml")
 
