@@ -2,10 +2,12 @@
 (stdlib only; used by ``sidestep runs``, the Runs screen and ``--resume-from auto``).
 
 A run directory (DESIGN.md §4) holds ``config.json`` (the resolved config), ``events.jsonl`` (every
-event) and, while its engine lives, ``engine.json`` (pid, host, start time). Status rules:
+event) and, while its engine lives, ``engine.json`` (pid, host, start time). Every figure read from the
+events (steps, epoch, best and final loss, how the last segment ended ...) is ``engine.summary``'s fold;
+this module adds what only the folder knows. Status rules:
 
-- the last ``RunStarted`` opens the current segment (a resumed run appends a new one);
-- a ``RunFinished`` / ``RunFailed`` after it decides: completed / stopped / failed;
+- the last segment's ``RunFinished`` / ``RunFailed`` decides: completed / stopped / failed
+  (``engine.summary``: a resume opens a new segment);
 - otherwise ``running`` when engine.json names a live process on this host (a pid reused by a
   younger process does not count), ``unknown`` when it names another host, ``died`` when the engine
   is gone (or left events but no final event), and ``not_started`` when there are no events at all.
@@ -17,7 +19,6 @@ few kinds a summary needs are decoded (plus the last of the high-rate ones).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import socket
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import protocol
+from engine.summary import EMPTY, Summary, fold, fold_all
+from engine.tailer import read_run_events
 
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "events.jsonl"
@@ -66,6 +69,10 @@ class RunSummary:
     phase: str = ""  # last Heartbeat / PhaseChanged phase
     pid: int | None = None  # the engine's pid while running
     problem: str | None = None  # why part of the run could not be read
+    segments: int = 0  # engine runs (a resume adds one)
+    best_step: int | None = None  # where best_loss (the adapter in best/) was saved
+    best_epoch: int | None = None
+    # steps, epoch (1-based), best_loss, final_loss, error: as ``engine.summary.Summary`` defines them
 
     @property
     def finished(self) -> bool:
@@ -75,107 +82,30 @@ class RunSummary:
 # --------------------------------------------------------------------------- events digest
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Digest:
-    run_id: str = ""
-    started: float | None = None
-    last_ts: float | None = None
-    adapter_type: str = ""
-    model_variant: str = ""
-    steps: int = 0
-    total_steps: int = 0
-    epoch: int = 0
-    best_loss: float | None = None
-    final_loss: float | None = None
-    status: str | None = None  # terminal status of the current segment
-    error: str | None = None
-    phase: str = ""
-    adapter_path: str = ""
-    events: int = 0
+    """The fold of a run's events.jsonl (``engine.summary``) and the first line that could not be read."""
+
+    summary: Summary = EMPTY
     problem: str | None = None
-
-    def feed(self, event: Any) -> None:
-        self.events += 1
-        if event.run_id and not self.run_id:
-            self.run_id = event.run_id
-        if isinstance(event.ts, (int, float)) and event.ts > 0:
-            self.last_ts = event.ts if self.last_ts is None else max(self.last_ts, event.ts)
-        match event:
-            case protocol.RunStarted():
-                self.run_id = event.run_id or self.run_id
-                self.started = self.started if self.started is not None else event.ts
-                self.adapter_type, self.model_variant = event.adapter_type, event.model_variant
-                self.total_steps = event.total_steps
-                self.steps = max(self.steps, event.start_step)
-                self.status = self.error = None  # a new segment: whatever ended the previous one is history
-                self.phase = ""  # until a Heartbeat or PhaseChanged says
-            case protocol.StepMetrics():
-                self.steps, self.epoch, self.total_steps = event.step, event.epoch, event.total_steps or self.total_steps
-                self.final_loss = _finite(event.loss) if _finite(event.loss) is not None else self.final_loss
-            case protocol.EpochCompleted():
-                self.epoch = max(self.epoch, event.epoch)
-                self.best_loss = _min(self.best_loss, event.mean_loss)
-            case protocol.CheckpointSaved():
-                self.steps = max(self.steps, event.step)
-                if event.kind == "best":
-                    self.best_loss = _min(self.best_loss, event.loss)
-            case protocol.RunFinished():
-                self.status = event.status if event.status in ("completed", "stopped") else "completed"
-                self.steps = max(self.steps, event.steps)
-                self.epoch = max(self.epoch, event.epochs)
-                self.final_loss = _finite(event.final_loss) if _finite(event.final_loss) is not None else self.final_loss
-                self.best_loss = _finite(event.best_loss) if _finite(event.best_loss) is not None else self.best_loss
-                self.adapter_path = event.adapter_path
-                self.phase = "finished"
-            case protocol.RunFailed():
-                self.status = "failed"
-                self.error = event.message + (f" ({event.hint})" if event.hint else "")
-                self.phase = "finished"
-            case protocol.LogRecord() if event.level == "error":
-                self.error = self.error if self.status == "failed" else event.message
-            case protocol.Heartbeat() | protocol.PhaseChanged():
-                self.phase = event.phase
-            case protocol.RunPaused():
-                self.phase = "paused"
-            case protocol.RunResumed():
-                self.phase = "training"
-            case _:
-                pass
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _min(current: float | None, value: Any) -> float | None:
-    value = _finite(value)
-    if value is None:
-        return current
-    return value if current is None else min(current, value)
 
 
 def _digest_small(path: str) -> _Digest:
-    digest = _Digest()
-    try:
-        events = protocol.read_events(path)
-    except ValueError as exc:  # ProtocolError, or bytes that are not UTF-8
-        digest = _digest_fast(path)
-        digest.problem = digest.problem or (str(exc) if isinstance(exc, protocol.ProtocolError) else f"{path}: {exc}")
-        return digest
-    for event in events:
-        digest.feed(event)
-    return digest
+    events, tailer = read_run_events(path)
+    return _Digest(fold_all(events), tailer.problem)
 
 
 def _digest_fast(path: str) -> _Digest:
     """Classify lines by their type prefix; decode only what a summary needs. Undecodable lines are
-    skipped and the first is reported in ``problem`` (a torn last line is not a problem)."""
-    digest = _Digest()
+    skipped and the first is reported in ``problem`` (a torn last line is not a problem), as
+    ``engine.tailer`` does."""
+    problem: str | None = None
     picked: list[tuple[int, bytes]] = []
     last_of: dict[str, tuple[int, bytes]] = {}
     tail: list[tuple[int, bytes]] = []  # the last two non-empty lines (the very last may be torn)
     with open(path, "rb") as fh:
         lines = fh.read().split(b"\n")
+    torn = len(lines)  # the number of the last line when it has no newline (split leaves it last)
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -186,8 +116,8 @@ def _digest_fast(path: str) -> _Digest:
             picked.append((number, raw))
         elif kind in _LAST_KINDS:
             last_of[kind] = (number, raw)
-        elif not match and digest.problem is None and any(r.strip() for r in lines[number:]):
-            digest.problem = f"{path}:{number}: not an event line"
+        elif not match and problem is None and number != torn:
+            problem = f"{path}:{number}: not an event (no message type)"
     picked.extend(last_of.values())
     for number, raw in reversed(tail):  # the last decodable line gives the last timestamp
         try:
@@ -197,16 +127,16 @@ def _digest_fast(path: str) -> _Digest:
         if (number, raw) not in picked:
             picked.append((number, raw))
         break
+    summary = EMPTY
     for number, raw in sorted(picked, key=lambda item: item[0]):
         try:
             event = protocol.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:  # ProtocolError and JSONDecodeError are ValueErrors
-            is_last = all(not rest.strip() for rest in lines[number:])
-            if not is_last and digest.problem is None:
-                digest.problem = f"{path}:{number}: {exc}"
+            if number != torn and problem is None:
+                problem = f"{path}:{number}: not an event ({str(exc).splitlines()[0][:120]})"
             continue
-        digest.feed(event)
-    return digest
+        summary = fold(summary, event)
+    return _Digest(summary, problem)
 
 
 _CACHE: "OrderedDict[str, tuple[tuple[int, int], _Digest]]" = OrderedDict()
@@ -226,7 +156,7 @@ def _digest(path: str) -> _Digest | None:
     try:
         digest = _digest_small(path) if stat.st_size <= BIG_EVENTS_BYTES else _digest_fast(path)
     except OSError as exc:
-        digest = _Digest(problem=f"{path}: unreadable ({exc.strerror or exc})")
+        digest = _Digest(EMPTY, f"{path}: unreadable ({exc.strerror or exc})")
     _CACHE[path] = (key, digest)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -362,61 +292,73 @@ def is_run_dir(path: str) -> bool:
     return bool(config) and "output_dir" in config and "dataset_dir" in config
 
 
+def _adapter_path(run_dir: str, s: Summary) -> str | None:
+    """The summary's adapter folder (inside ``run_dir`` even if the run folder was moved or copied since the
+    engine named it), else the best adapter on disk: final/, best/, then the newest checkpoint."""
+    recorded = s.adapter_path
+    if recorded and s.run_dir and recorded.startswith(s.run_dir.rstrip(os.sep) + os.sep):
+        recorded = os.path.join(run_dir, os.path.relpath(recorded, s.run_dir))  # this folder's copy
+    if recorded and os.path.isdir(recorded):
+        return recorded
+    for candidate in (os.path.join(run_dir, FINAL_DIR), os.path.join(run_dir, BEST_DIR)):
+        if os.path.isdir(candidate):
+            return candidate
+    return latest_checkpoint(run_dir)
+
+
 def summarize_run(run_dir: str) -> RunSummary:
+    """The run's ``engine.summary.Summary`` (its figures are defined there, once) plus what only the
+    folder knows: the engine's liveness, the config's name and the adapter folders on disk."""
     run_dir = os.path.abspath(run_dir)
     folder = os.path.basename(run_dir)
     config, config_problem = _read_config(run_dir)
     config = config or {}
     events_path = os.path.join(run_dir, EVENTS_FILE)
-    digest = _digest(events_path) if os.path.isfile(events_path) else None
-    d = digest or _Digest()
+    digest = (_digest(events_path) if os.path.isfile(events_path) else None) or _Digest()
+    s = digest.summary
     engine, info = engine_state(run_dir)
 
-    if d.status is not None:
-        status = d.status
+    if s.finished:
+        status = s.status
     elif engine == "alive":
         status = "running"
     elif engine == "remote":
         status = "unknown"
-    elif engine == "dead" or d.events:
+    elif engine == "dead" or s.events:
         status = "died"
     else:
         status = "not_started"
 
-    started = d.started
+    started = s.started
     if started is None and info and isinstance(info.get("started"), (int, float)):
         started = float(info["started"])
-    end = time.time() if status == "running" else d.last_ts
+    end = time.time() if status == "running" else s.last_ts
     duration = max(0.0, end - started) if started is not None and end is not None else None
-
-    adapter = None
-    for candidate in (os.path.join(run_dir, FINAL_DIR), os.path.join(run_dir, BEST_DIR)):
-        if os.path.isdir(candidate):
-            adapter = candidate
-            break
-    adapter = adapter or latest_checkpoint(run_dir) or (d.adapter_path if d.adapter_path and os.path.isdir(d.adapter_path) else None)
 
     name = config.get("run_name") if isinstance(config.get("run_name"), str) and config.get("run_name") else folder
     return RunSummary(
-        run_id=d.run_id or (info or {}).get("run_id") or folder,
+        run_id=s.run_id or (info or {}).get("run_id") or folder,
         name=name,
         path=run_dir,
         status=status,
-        adapter_type=str(config.get("adapter_type") or d.adapter_type or ""),
-        model_variant=str(config.get("model_variant") or d.model_variant or ""),
-        steps=d.steps,
-        total_steps=d.total_steps,
-        epoch=d.epoch,
-        best_loss=d.best_loss,
-        final_loss=d.final_loss,
+        adapter_type=str(config.get("adapter_type") or s.adapter_type or ""),
+        model_variant=str(config.get("model_variant") or s.model_variant or ""),
+        steps=s.step,
+        total_steps=s.total_steps,
+        epoch=s.epoch,
+        best_loss=s.best_loss,
+        final_loss=s.final_loss,
         started=started,
-        last_update=d.last_ts,
+        last_update=s.last_ts,
         duration_s=duration,
-        adapter_path=adapter,
-        error=d.error,
-        phase=d.phase,
+        adapter_path=_adapter_path(run_dir, s),
+        error=s.error or None,
+        phase=s.phase,
         pid=info.get("pid") if status == "running" and info else None,
-        problem=d.problem or config_problem,
+        problem=digest.problem or config_problem,
+        segments=s.segments,
+        best_step=s.best_step,
+        best_epoch=s.best_epoch,
     )
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 from engine import protocol
 from engine.protocol import PROTOCOL_VERSION, EngineReady, StopRun
 from engine.runs import EVENTS_FILE, engine_state
+from engine.tailer import EventTailer
 
 HANDSHAKE_TIMEOUT_S = 120.0
 """Spawning imports torch and friends in the child; on a cold disk that takes tens of seconds."""
@@ -346,7 +347,11 @@ class EngineClient:
 
 class AttachClient:
     """Follow ``run_dir/events.jsonl`` like ``tail -f`` (from the first line) and the pid in
-    ``engine.json``. Read-only, except stop (SIGTERM = stop and save)."""
+    ``engine.json``. Read-only, except stop (SIGTERM = stop and save).
+
+    Lines are read by ``engine.tailer.EventTailer`` (the reader ``sidestep attach --plain`` uses): a torn
+    last line waits for its newline; a line that is not an event is skipped and counted
+    (``parse_errors``), and the first one is reported once, as a warning in the run's log."""
 
     controls: frozenset[type] = frozenset({StopRun})
     owns_engine = False
@@ -355,12 +360,12 @@ class AttachClient:
         self.run_dir = str(run_dir)
         self.events_path = Path(run_dir) / EVENTS_FILE
         self._sleep = sleep
-        self._fh: Any = None
-        self._partial = ""
+        self._tailer = EventTailer(str(self.events_path))
+        self._reported = False
+        self._last: Any = None  # the latest event read
         self._pending: deque[Any] = deque()
         self._engine: dict[str, Any] | None = None
         self._liveness = "absent"
-        self.parse_errors = 0
 
     def start(self) -> None:
         if not Path(self.run_dir).is_dir():
@@ -399,24 +404,26 @@ class AttachClient:
             raise EngineDeadError("the engine of this run is not running")
         os.kill(pid, signal.SIGTERM)
 
+    @property
+    def parse_errors(self) -> int:
+        """Lines of events.jsonl that were not events (skipped)."""
+        return self._tailer.skipped
+
     def _read_new(self) -> None:
-        if self._fh is None:
-            try:
-                self._fh = open(self.events_path, encoding="utf-8")  # noqa: SIM115 (kept open to follow)
-            except FileNotFoundError:
-                return
-        chunk = self._fh.read(1 << 20)
-        if not chunk:
-            return
-        lines = (self._partial + chunk).split("\n")
-        self._partial = lines.pop()  # an incomplete last line waits for the rest
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                self._pending.append(protocol.loads(line))
-            except (ValueError, protocol.ProtocolError):
-                self.parse_errors += 1  # counted and shown; one bad line must not end the replay
+        events = self._tailer.read()
+        self._pending.extend(events)
+        self._last = events[-1] if events else self._last
+        if self._tailer.problem is not None and not self._reported:
+            self._reported = True
+            last = self._last
+            # Stamped like the latest event (the same seq invents no gap in the reducer's count; the lost
+            # line's own seq still shows as one), so the Monitor's log shows it.
+            self._pending.append(
+                protocol.LogRecord(
+                    run_id=getattr(last, "run_id", ""), seq=getattr(last, "seq", -1), ts=getattr(last, "ts", 0.0),
+                    level="warning", message=f"{self._tailer.problem}; skipped", logger="attach",
+                )
+            )
 
     def poll(self, timeout: float) -> list[Any]:
         deadline = time.monotonic() + timeout
@@ -430,9 +437,7 @@ class AttachClient:
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop following (the engine is not ours to stop on quit)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._tailer.close()
 
     def detach(self) -> None:
         self.shutdown()

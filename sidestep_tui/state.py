@@ -38,6 +38,8 @@ from engine.protocol import (
     StepMetrics,
     TimestepHistogram,
 )
+from engine.summary import EMPTY as EMPTY_SUMMARY
+from engine.summary import Summary, fold
 
 MAX_METRIC_POINTS = 2048
 MAX_RESOURCE_POINTS = 300  # ~10 minutes at one sample per 2 s
@@ -187,9 +189,6 @@ class RunState:
     # progress
     phase: str = "idle"
     phase_detail: str = ""
-    step: int = 0
-    total_steps: int = 0
-    epoch: int = 0
     eta_s: float | None = None
     samples_per_s: float | None = None
     skipped_steps: int = 0
@@ -199,8 +198,6 @@ class RunState:
     loss_ema: float | None = None
     lr: float | None = None
     grad_norm: float | None = None
-    best_loss: float | None = None
-    best_epoch_loss: float | None = None
     epoch_losses: tuple[tuple[int, float], ...] = ()
     # resources, histogram, checkpoints, log
     resources: tuple[ResourcePoint, ...] = ()
@@ -210,8 +207,6 @@ class RunState:
     preprocess: PreprocessStatus | None = None
     # outcome
     paused: bool = False
-    finished_status: str | None = None  # "completed" | "stopped"
-    adapter_path: str = ""
     wall_s: float | None = None
     failure: Failure | None = None
     # liveness / integrity
@@ -221,8 +216,42 @@ class RunState:
     last_seq: int = -1
     seq_gaps: int = 0
     events_seen: int = 0
+    # step, epoch, best and final loss, how the run ended: ``engine.summary``'s fold of the same events,
+    # the one definition the Runs screen, ``sidestep runs`` and ``attach --plain`` use too.
+    summary: Summary = EMPTY_SUMMARY
 
     # ------------------------------------------------------------------ derived
+    @property
+    def step(self) -> int:
+        return self.summary.step
+
+    @property
+    def total_steps(self) -> int:
+        return self.summary.total_steps
+
+    @property
+    def epoch(self) -> int:
+        """1-based."""
+        return self.summary.epoch
+
+    @property
+    def best_loss(self) -> float | None:
+        """The loss of the adapter in best/ (``engine.summary``), None until one is written."""
+        return self.summary.best_loss
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.summary.final_loss
+
+    @property
+    def finished_status(self) -> str | None:
+        """"completed" | "stopped" when the run's last segment finished, else None."""
+        return self.summary.status if self.summary.status in ("completed", "stopped") else None
+
+    @property
+    def adapter_path(self) -> str:
+        return self.summary.adapter_path
+
     @property
     def active(self) -> bool:
         """A run is in progress (started, not finished or failed)."""
@@ -316,11 +345,7 @@ def _on_run_started(state: RunState, e: RunStarted) -> dict[str, Any]:
         "timestep_mode": e.timestep_mode,
         "started_ts": e.ts,
         "phase": "training",
-        "step": e.start_step,
-        "total_steps": e.total_steps,
-        "epoch": e.start_epoch,
         "history": history,
-        "best_loss": min((p.loss for p in history if math.isfinite(p.loss)), default=None),
         "loss": history[-1].loss if history else None,
         "loss_ema": history[-1].loss if history else None,
         "checkpoints": checkpoints,
@@ -334,14 +359,8 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
     if len(history) > MAX_METRIC_POINTS:
         history = compact(history)
     finite = math.isfinite(e.loss)
-    best = state.best_loss
-    if finite and (best is None or e.loss < best):
-        best = e.loss
     return {
         "phase": "paused" if state.paused else "training",
-        "step": e.step,
-        "epoch": e.epoch,
-        "total_steps": e.total_steps or state.total_steps,
         "eta_s": e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
         "samples_per_s": e.samples_per_s if e.samples_per_s >= 0 else None,
         "skipped_steps": state.skipped_steps + e.skipped_steps,
@@ -350,7 +369,6 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
         "loss_ema": _ema(state.loss_ema, e.loss) if finite else state.loss_ema,
         "lr": e.lr,
         "grad_norm": e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
-        "best_loss": best,
     }
 
 
@@ -423,11 +441,7 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
         case StepMetrics():
             return _on_step(state, event)
         case EpochCompleted():
-            best = state.best_epoch_loss
-            if math.isfinite(event.mean_loss) and (best is None or event.mean_loss < best):
-                best = event.mean_loss
-            epoch_losses = _append_bounded(state.epoch_losses, (event.epoch, event.mean_loss), MAX_METRIC_POINTS)
-            return {"epoch": event.epoch, "epoch_losses": epoch_losses, "best_epoch_loss": best}
+            return {"epoch_losses": _append_bounded(state.epoch_losses, (event.epoch, event.mean_loss), MAX_METRIC_POINTS)}
         case ResourceSample():
             return _on_resource(state, event)
         case TimestepHistogram():
@@ -438,23 +452,13 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
         case LogRecord():
             return {"log": _append_bounded(state.log, LogLine(event.ts, event.level, event.message), MAX_LOG_LINES)}
         case RunPaused():
-            return {"paused": True, "phase": "paused", "step": max(state.step, event.step)}
+            return {"paused": True, "phase": "paused"}
         case RunResumed():
-            return {"paused": False, "phase": "training", "step": max(state.step, event.step)}
+            return {"paused": False, "phase": "training"}
         case PreprocessProgress():
             return _on_preprocess(state, event)
         case RunFinished():
-            return {
-                "phase": "finished",
-                "paused": False,
-                "finished_status": event.status,
-                "step": max(state.step, event.steps),
-                "epoch": max(state.epoch, event.epochs),
-                "adapter_path": event.adapter_path,
-                "wall_s": event.wall_s,
-                "eta_s": None,
-                "best_loss": _na(event.best_loss) if state.best_loss is None else state.best_loss,
-            }
+            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
         case RunFailed():
             failure = Failure(event.error_type, event.message, event.traceback, event.hint, event.oom, event.step)
             return {"phase": "failed", "paused": False, "failure": failure, "eta_s": None}
@@ -467,6 +471,7 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
 def apply(state: RunState, event: Event) -> RunState:
     """The next state after ``event``. Pure: same inputs, same output."""
     changes = _changes(state, event)
+    changes["summary"] = fold(state.summary, event)
     seq = event.seq
     gaps = state.seq_gaps
     # seq is per engine process: a smaller number means a new engine (resume, replay of a later run),

@@ -139,7 +139,7 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         os.dup2(2, 1)
         sink: Any = StreamJsonSink(out)
     else:
-        sink = PlainPrinter()
+        sink = PlainPrinter(seed_from_run_dir=True)
     from engine.train.trainer import run_training
 
     from engine.process.monitor import ResourceMonitor
@@ -306,6 +306,7 @@ def cmd_presets(ns: argparse.Namespace) -> int:
 
 def cmd_runs(ns: argparse.Namespace) -> int:
     from engine import runs
+    from engine.summary import loss_text
 
     found = runs.scan_runs(ns.root)
     if not found:
@@ -314,8 +315,7 @@ def cmd_runs(ns: argparse.Namespace) -> int:
     print(f"{'status':10} {'adapter':7} {'steps':>11} {'best':>8} {'final':>8}  path / adapter")
     for r in found:
         steps = f"{r.steps}/{r.total_steps}" if r.total_steps else str(r.steps)
-        best = f"{r.best_loss:.4f}" if r.best_loss is not None else "-"
-        final = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
+        best, final = loss_text(r.best_loss), loss_text(r.final_loss)
         print(f"{r.status:10} {r.adapter_type or '-':7} {steps:>11} {best:>8} {final:>8}  {r.path}")
         if r.adapter_path:
             print(f"{'':50}-> {r.adapter_path}")
@@ -323,13 +323,16 @@ def cmd_runs(ns: argparse.Namespace) -> int:
 
 
 def cmd_attach_plain(ns: argparse.Namespace) -> int:
-    """Follow events.jsonl and print it; Ctrl-C detaches (the run goes on), --stop asks it to save and stop."""
+    """Follow events.jsonl and print it; Ctrl-C detaches (the run goes on), --stop asks it to save and stop.
+
+    The whole file is read (every segment of a resumed run); the run has ended when the end of what is
+    written leaves its last segment finished or failed (``engine.summary``), or when its engine is gone."""
     import signal as sig
 
-    from engine import protocol
+    from engine.cli.plain import PlainPrinter
+    from engine.runs import EVENTS_FILE
+    from engine.tailer import EventTailer
     from engine.train import rundir
-    from engine.train.checkpoint import EVENTS_FILE
-    from engine.cli.plain import render
 
     path = os.path.join(ns.run_dir, EVENTS_FILE)
     if not os.path.isfile(path):
@@ -342,26 +345,28 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
             return 1
         os.kill(info["pid"], sig.SIGTERM)
         print(f"asked engine {info['pid']} to stop and save")
-    with open(path, encoding="utf-8") as fh:
-        buf = ""
+    tailer = EventTailer(path)
+    printer = PlainPrinter()
+    reported = False
+    try:
         while True:
-            chunk = fh.readline()
-            if chunk:
-                buf += chunk
-                if not buf.endswith("\n"):
-                    continue
-                event = protocol.loads(buf)
-                buf = ""
-                line = render(event)
-                if line:
-                    print(line, flush=True)
-                if isinstance(event, (protocol.RunFinished, protocol.RunFailed)):
-                    return 0 if isinstance(event, protocol.RunFinished) else 1
+            for event in tailer.read():
+                printer.emit(event)
+            if tailer.problem is not None and not reported:
+                reported = True
+                print(f"warning: {tailer.problem}; skipped (later bad lines are only counted)", file=sys.stderr, flush=True)
+            if not tailer.caught_up:
                 continue
+            if printer.summary.finished:
+                return 1 if printer.summary.status == "failed" else 0
             if rundir.live_engine(ns.run_dir) is None:
                 print("the run's engine is not running (no live engine.json)")
                 return 1
             time.sleep(0.5)
+    finally:
+        tailer.close()
+        if tailer.skipped > 1:
+            print(f"warning: {tailer.skipped} lines of {path} were not events and were skipped", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,19 @@
-"""Plain-text rendering of engine events for headless runs and ``attach --plain`` (one line each)."""
+"""Plain-text rendering of engine events for headless runs and ``attach --plain`` (one line each).
+
+The end of a run is stated from ``engine.summary``'s fold of every event so far (the figures the Monitor,
+the Runs screen and ``sidestep runs`` show), never from the final event alone: a resumed run's best
+loss, step and status are the run's, not the last segment's.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any, TextIO
 
 from engine import protocol
+from engine.summary import EMPTY, Summary, fold, fold_all, is_resume, loss_text
 
 
 def fmt_duration(seconds: float) -> str:
@@ -22,8 +29,18 @@ def fmt_mb(value: float) -> str:
     return "n/a" if value < 0 else (f"{value / 1024:.2f} GiB" if value >= 1024 else f"{value:.0f} MiB")
 
 
-def render(event: Any) -> str | None:
-    """The line for ``event``, or None for events a person does not need to read (heartbeats)."""
+def summary_line(s: Summary, wall_s: float | None = None) -> str:
+    """How the run stands (or ended): status, step, epoch, final and best loss, adapter."""
+    steps = f"step {s.step}/{s.total_steps}" if s.total_steps else f"step {s.step}"
+    took = f" in {fmt_duration(wall_s)}" if wall_s is not None else ""
+    best = loss_text(s.best_loss) + (f" (epoch {s.best_epoch}, step {s.best_step})" if s.best_loss is not None else "")
+    line = f"run {s.status or 'running'}: {steps}, epoch {s.epoch}{took}; final loss {loss_text(s.final_loss)}, best {best}"
+    return line + (f"\nadapter: {s.adapter_path}" if s.adapter_path else "")
+
+
+def render(event: Any, summary: Summary | None = None) -> str | None:
+    """The line for ``event``, or None for events a person does not need to read (heartbeats).
+    ``summary``: the fold up to and including ``event``, for the lines that state how the run ended."""
     match event:
         case protocol.EngineReady():
             return f"engine ready: pid {event.pid}, torch {event.torch_version}, {'CUDA: ' + ', '.join(event.device_names) if event.cuda_available else 'no CUDA GPU'}"
@@ -58,14 +75,13 @@ def render(event: Any) -> str | None:
             tail = f" ({event.message})" if event.message else ""
             return f"{event.stage} {event.index}/{event.total} {event.status}: {event.file}{tail}"
         case protocol.RunFinished():
-            return (
-                f"run {event.status}: {event.steps} steps, {event.epochs} epochs in {fmt_duration(event.wall_s)}; "
-                f"final loss {event.final_loss:.4f}, best {event.best_loss:.4f}\nadapter: {event.adapter_path}"
-            )
+            return summary_line(summary if summary is not None else fold(EMPTY, event), event.wall_s)
         case protocol.RunFailed():
             lines = [f"error: {event.message}"]
             if event.hint:
                 lines.append(f"hint: {event.hint}")
+            if summary is not None and summary.segments:
+                lines.append(summary_line(summary))
             return "\n".join(lines)
         case protocol.ResourceSample() | protocol.Heartbeat() | protocol.TimestepHistogram() | protocol.EngineStopping():
             return None
@@ -74,15 +90,34 @@ def render(event: Any) -> str | None:
 
 
 class PlainPrinter:
-    """An event sink that prints ``render`` lines."""
+    """An event sink that folds every event (``summary``) and prints ``render`` lines.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    ``seed_from_run_dir``: a headless resume sees only its own segment's events; when its ``RunStarted``
+    says it resumes, the summary is first rebuilt from the run's events.jsonl (everything written before
+    that RunStarted, including this engine's own lines so far), so the end line states the whole run."""
+
+    def __init__(self, stream: TextIO | None = None, *, seed_from_run_dir: bool = False) -> None:
         self.stream = stream or sys.stdout
+        self.summary = EMPTY
+        self.seed_from_run_dir = seed_from_run_dir
 
     def emit(self, event: Any) -> None:
-        line = render(event)
+        if self.seed_from_run_dir and isinstance(event, protocol.RunStarted) and event.run_dir and is_resume(event):
+            self.summary = self._seeded(event.run_dir)
+        self.summary = fold(self.summary, event)
+        line = render(event, self.summary)
         if line is not None:
             print(line, file=self.stream, flush=True)
+
+    def _seeded(self, run_dir: str) -> Summary:
+        from engine.runs import EVENTS_FILE
+        from engine.tailer import read_run_events
+
+        path = os.path.join(run_dir, EVENTS_FILE)
+        if not os.path.isfile(path):
+            return self.summary
+        events, _tailer = read_run_events(path)
+        return fold_all(events)
 
     def close(self) -> None:
         self.stream.flush()

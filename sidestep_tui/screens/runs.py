@@ -8,7 +8,6 @@ newest checkpoint in a freshly spawned engine. Scanning and replay reading run i
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -20,8 +19,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from engine import config as cfgmod
-from engine import protocol
-from engine.runs import RunSummary, scan_runs
+from engine.runs import EVENTS_FILE, RunSummary, scan_runs
+from engine.summary import loss_text
+from engine.tailer import read_run_events
 
 from .. import messages as m
 from ..state import RunState, apply_all
@@ -29,10 +29,6 @@ from ..formatting import human_duration
 
 COLUMNS = ("Run", "Status", "Adapter", "Model", "Steps", "Best", "Final", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
-
-
-def _loss(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None and math.isfinite(value) else "n/a"
 
 
 def run_row(r: RunSummary) -> tuple[str, ...]:
@@ -43,8 +39,8 @@ def run_row(r: RunSummary) -> tuple[str, ...]:
         r.adapter_type or "n/a",
         r.model_variant or "n/a",
         steps,
-        _loss(r.best_loss),
-        _loss(r.final_loss),
+        loss_text(r.best_loss),
+        loss_text(r.final_loss),
         human_duration(r.duration_s),
         r.adapter_path or "n/a",
     )
@@ -52,6 +48,10 @@ def run_row(r: RunSummary) -> tuple[str, ...]:
 
 def run_detail(r: RunSummary) -> str:
     lines = [f"{r.name}  [{r.status}]  {r.path}"]
+    if r.best_loss is not None:
+        lines.append(f"best {loss_text(r.best_loss)} (the adapter in best/, saved at epoch {r.best_epoch}, step {r.best_step})")
+    if r.segments > 1:
+        lines.append(f"resumed {r.segments - 1} time(s)")
     if r.adapter_path:
         lines.append(f"adapter: {r.adapter_path}")
     if r.error:
@@ -72,6 +72,13 @@ def resume_config_json(run_dir: str) -> str:
     data["resume_from"] = "auto"
     data["output_dir"] = run_dir
     return cfgmod.to_json(cfgmod.parse(data))
+
+
+def replay_state(run_dir: str) -> RunState:
+    """A finished (or running) run's events.jsonl folded through the live reducer: what its replay shows.
+    Lines that are not events are skipped, as everywhere (``engine.tailer``)."""
+    events, _tailer = read_run_events(os.path.join(run_dir, EVENTS_FILE))
+    return apply_all(RunState(), events)
 
 
 @dataclass
@@ -176,8 +183,7 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="run-replay", name="run-replay", exit_on_error=False)
     def _read_replay(self, run: RunSummary) -> None:
-        events = protocol.read_events(os.path.join(run.path, "events.jsonl"))
-        self.post_message(ReplayReady(run, apply_all(RunState(), events)))
+        self.post_message(ReplayReady(run, replay_state(run.path)))
 
     @on(ReplayReady)
     def _open_replay(self, message: ReplayReady) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from textual.markup import escape
 from textual.widgets import Static
 
+from engine.summary import loss_text
+
 from ..state import RunState
 from ..formatting import NA, human_duration, number
 from .sparklines import bar
@@ -54,10 +56,11 @@ def render_progress(state: RunState, width: int) -> str:
     line2 = escape(head) + f"[$primary]{bar(state.progress, bar_width)}[/]" + escape(pct + tail)
 
     ckpt = state.checkpoints[-1] if state.checkpoints else None
+    summary = state.summary  # the figures the Runs screen and `sidestep runs` show too (engine.summary)
+    best_where = f" (epoch {summary.best_epoch})" if summary.best_loss is not None and summary.best_epoch else ""
     parts = [
-        f"loss {number(state.loss, 4)}",
-        # The engine's "best" is the lowest epoch mean; before the first epoch ends, the lowest summary.
-        f"best epoch {number(state.best_epoch_loss, 4)}" if state.best_epoch_loss is not None else f"best {number(state.best_loss, 4)}",
+        f"{'final loss' if summary.finished else 'loss'} {loss_text(summary.final_loss)}",
+        f"best {loss_text(summary.best_loss)}{best_where}",  # the adapter in best/
         f"lr {number(state.lr, 3)}",
         f"grad {number(state.grad_norm, 3)}",
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",

@@ -123,7 +123,7 @@ def scripted_run(
             **env(), run_dir=run_dir, config_json="{}", adapter_type="lora", model_dir="/ckpt/acestep-demo", model_variant="acestep-demo",
             device="cuda:0" if gpu else "cpu", precision="bf16" if gpu else "fp32", attention_backend="sdpa", adapted_modules=48,
             trainable_params=1_234_567, total_params=98_765_432, num_samples=16, steps_per_epoch=4, total_steps=total_steps,
-            start_step=0, start_epoch=0, timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
+            start_step=0, start_epoch=1, timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
         ),
         p.PhaseChanged(**env(), phase="training"),
         p.LogRecord(**env(), level="info", message="training started: 16 samples, 4 steps per epoch"),
@@ -145,11 +145,11 @@ def scripted_run(
     cumulative = [0] * 20
     for step in range(1, steps + 1):
         loss = 1.0 / (1 + 0.05 * step) + 0.05 * math.sin(step)
-        ev.append(p.StepMetrics(**env(), step=step, epoch=(step - 1) // 4, total_steps=total_steps, loss=loss, loss_min=loss - 0.02,
+        ev.append(p.StepMetrics(**env(), step=step, epoch=(step - 1) // 4 + 1, total_steps=total_steps, loss=loss, loss_min=loss - 0.02,
                                 loss_max=loss + 0.02, steps_covered=1, lr=3e-4 * min(1.0, step / 10), grad_norm=0.5 + 0.1 * math.cos(step),
                                 samples_per_s=12.5, eta_s=(total_steps - step) * 0.08))
         if step % 4 == 0:
-            ev.append(p.EpochCompleted(**env(), epoch=step // 4 - 1, step=step, mean_loss=loss, duration_s=0.32))
+            ev.append(p.EpochCompleted(**env(), epoch=step // 4, step=step, mean_loss=loss, duration_s=0.32))
         if step % 8 == 0:
             ev.append(p.ResourceSample(**env(), device="cuda:0" if gpu else "cpu",
                                        **(dict(allocated_mb=2000.0 + step, reserved_mb=3000.0, peak_allocated_mb=2500.0 + step, gpu_used_mb=5000.0 + step * 3,
@@ -163,11 +163,11 @@ def scripted_run(
             ev.append(p.TimestepHistogram(**env(), step=step, bin_edges=edges, recent=recent, cumulative=tuple(cumulative), expected=expected))
         if checkpoint_every and step % checkpoint_every == 0:
             ev.append(p.PhaseChanged(**env(), phase="saving"))
-            ev.append(p.CheckpointSaved(**env(), step=step, epoch=(step - 1) // 4, path=f"{run_dir}/checkpoints/epoch_{step // 4}", kind="periodic", loss=loss))
+            ev.append(p.CheckpointSaved(**env(), step=step, epoch=(step - 1) // 4 + 1, path=f"{run_dir}/checkpoints/epoch_{step // 4}", kind="periodic", loss=loss))
             ev.append(p.PhaseChanged(**env(), phase="training"))
     if finish in ("stopped", "completed"):
-        ev.append(p.CheckpointSaved(**env(), step=steps, epoch=(steps - 1) // 4, path=f"{run_dir}/final", kind="stop" if finish == "stopped" else "final", loss=0.3))
-        ev.append(p.RunFinished(**env(), status=finish, steps=steps, epochs=(steps - 1) // 4 + 1, final_loss=0.3, best_loss=0.28,
+        ev.append(p.CheckpointSaved(**env(), step=steps, epoch=(steps - 1) // 4 + 1, path=f"{run_dir}/final", kind="stop" if finish == "stopped" else "final", loss=0.3))
+        ev.append(p.RunFinished(**env(), status=finish, steps=steps, epochs=steps // 4, final_loss=0.3, best_loss=0.28,
                                 adapter_path=f"{run_dir}/final", wall_s=12.0))
     elif finish == "failed":
         ev.append(p.RunFailed(**env(), error_type="OutOfMemoryError", message="CUDA out of memory. Tried to allocate 2.00 GiB",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -96,3 +97,37 @@ async def test_attach_tolerates_a_torn_last_line(tmp_path) -> None:
     with open(run_dir / "events.jsonl", "a") as fh:
         fh.write(lines[5][20:])
     assert len(client.poll(0.0)) == 1 and client.parse_errors == 0
+
+
+def test_plain_attach_and_the_tui_attach_read_a_damaged_log_alike(tmp_path, capsys) -> None:
+    """One tailer (engine.tailer): a bad complete line is skipped, counted and reported once by both; a torn
+    last line is never an error; both end on the run's own last word."""
+    from engine.cli.main import main
+    from engine.summary import fold_all
+    from sidestep_tui.state import RunState, apply_all
+
+    source = Path(__file__).resolve().parents[1] / "data" / "events" / "demo_run.jsonl"
+    lines = source.read_text().splitlines(keepends=True)
+    damaged = lines[:40] + ["{garbage\n"] + lines[41:90] + ["\xff not an event\n"] + lines[90:] + [lines[1][:25]]
+    run_dir = tmp_path / "damaged"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text("".join(damaged))
+    good = [p.loads(line) for line in lines[:40] + lines[41:]]
+
+    assert main(["attach", str(run_dir), "--plain"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("events.jsonl:41: not an event") == 1 and err.count("warning:") == 2 and "2 lines" in err
+    assert out.rstrip().splitlines()[-2].startswith("run stopped: step 33/40")
+
+    client = AttachClient(str(run_dir), sleep=lambda _s: None)
+    client.start()
+    seen: list = []
+    while batch := client.poll(0.0):
+        seen.extend(batch)
+    warnings = [e for e in seen if isinstance(e, p.LogRecord) and e.logger == "attach"]
+    assert client.parse_errors == 2 and len(warnings) == 1 and "events.jsonl:41: not an event" in warnings[0].message
+    assert [e for e in seen if e not in warnings] == good
+    state = apply_all(RunState(), seen)
+    assert dataclasses.replace(state.summary, events=0) == dataclasses.replace(fold_all(good), events=0)
+    assert state.seq_gaps == 1  # the event on the lost line
+    assert any(line.level == "warning" and line.message == warnings[0].message for line in state.log)  # shown once

@@ -12,7 +12,7 @@ from sidestep_tui.state import MAX_LOG_LINES, MAX_METRIC_POINTS, MAX_RESOURCE_PO
 
 
 def _step(step: int, loss: float = 1.0, *, seq: int = 0, covered: int = 1) -> p.StepMetrics:
-    return p.StepMetrics(run_id="r", seq=seq, ts=float(seq), step=step, epoch=0, total_steps=100, loss=loss, loss_min=loss - 0.1,
+    return p.StepMetrics(run_id="r", seq=seq, ts=float(seq), step=step, epoch=1, total_steps=100, loss=loss, loss_min=loss - 0.1,
                          loss_max=loss + 0.1, steps_covered=covered, lr=1e-4, grad_norm=0.5, samples_per_s=3.0, eta_s=10.0)
 
 
@@ -22,7 +22,8 @@ def test_start_steps_checkpoint_finish() -> None:
     assert s.run_id == "run-1" and s.run_dir == "/runs/demo" and s.adapter_type == "lora"
     assert s.step == 40 and s.total_steps == 100 and s.progress == pytest.approx(0.4)
     assert len(s.history) == 40 and s.history[-1].step == 40
-    assert s.best_loss == min(pt.loss for pt in s.history)
+    assert s.best_loss is None  # no best/ was written (not the lowest loss seen: engine.summary)
+    assert s.final_loss == 0.3 and s.epoch == 10  # RunFinished's final loss; 1-based: step 40 of 4 steps/epoch ends epoch 10
     assert [c.kind for c in s.checkpoints] == ["periodic", "periodic", "stop"]
     assert s.finished_status == "stopped" and s.phase == "finished" and not s.active
     assert s.adapter_path == "/runs/demo/final" and s.eta_s is None
@@ -101,16 +102,17 @@ def test_resume_of_the_same_run_keeps_the_curve_up_to_its_start() -> None:
     started = next(e for e in first if isinstance(e, p.RunStarted))
     import dataclasses
 
-    resumed = dataclasses.replace(started, seq=0, start_step=20, start_epoch=4)
+    resumed = dataclasses.replace(started, seq=0, start_step=20, start_epoch=6)  # step 21 is in epoch 6
     s = apply(s, resumed)
-    assert s.active and s.finished_status is None and s.step == 20
+    assert s.active and s.finished_status is None and s.step == 20 and s.epoch == 6
     assert s.history and s.history[-1].step == 20
     assert s.checkpoints  # the earlier checkpoints are still listed
+    assert s.summary.segments == 2 and s.summary.final_loss is not None  # the run goes on: one summary
 
 
 def test_nan_loss_is_kept_in_history_but_not_best() -> None:
     s = apply_all(RunState(), [_step(1, loss=2.0, seq=1), _step(2, loss=math.nan, seq=2)])
-    assert s.best_loss == 2.0 and math.isnan(s.loss or 0.0) and len(s.history) == 2
+    assert s.final_loss == 2.0 and s.best_loss is None and math.isnan(s.loss or 0.0) and len(s.history) == 2
 
 
 def test_every_event_type_is_handled() -> None:

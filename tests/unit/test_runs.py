@@ -42,12 +42,12 @@ def started(total_steps: int = 100, start_step: int = 0) -> protocol.RunStarted:
     return protocol.RunStarted(
         run_dir="", config_json="{}", adapter_type="lora", model_dir="/m", model_variant="turbo", device="cpu",
         precision="fp32", attention_backend="sdpa", adapted_modules=10, trainable_params=1, total_params=2,
-        num_samples=3, steps_per_epoch=10, total_steps=total_steps, start_step=start_step, start_epoch=0,
+        num_samples=3, steps_per_epoch=10, total_steps=total_steps, start_step=start_step, start_epoch=start_step // 10 + 1,
         timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
     )
 
 
-def metrics(step: int, loss: float, epoch: int = 0, total: int = 100) -> protocol.StepMetrics:
+def metrics(step: int, loss: float, epoch: int = 1, total: int = 100) -> protocol.StepMetrics:
     return protocol.StepMetrics(step=step, epoch=epoch, total_steps=total, loss=loss, loss_min=loss, loss_max=loss,
                                 steps_covered=1, lr=1e-4, grad_norm=1.0, samples_per_s=2.0, eta_s=10.0)
 
@@ -73,7 +73,7 @@ def completed_run(run_dir: Path) -> Path:
     log = Log(run_dir).add(started()).add(metrics(10, 0.5)).add(resource())
     log.add(protocol.EpochCompleted(epoch=1, step=10, mean_loss=0.45, duration_s=5.0))
     log.add(protocol.CheckpointSaved(step=10, epoch=1, path=str(run_dir / "best"), kind="best", loss=0.42))
-    log.add(metrics(20, 0.3, epoch=1)).add(protocol.EpochCompleted(epoch=2, step=20, mean_loss=0.35, duration_s=5.0))
+    log.add(metrics(20, 0.3, epoch=2)).add(protocol.EpochCompleted(epoch=2, step=20, mean_loss=0.35, duration_s=5.0))
     log.add(protocol.RunFinished(status="completed", steps=20, epochs=2, final_loss=0.31, best_loss=0.33,
                                  adapter_path=str(run_dir / "final"), wall_s=9.0))
     log.write()
@@ -88,7 +88,9 @@ def test_completed_run(tmp_path: Path) -> None:
     assert (run.run_id, run.name, run.path) == ("run-1", "my first run", str(tmp_path / "r1"))
     assert (run.adapter_type, run.model_variant) == ("lokr", "base")  # config.json wins over the event
     assert (run.steps, run.total_steps, run.epoch) == (20, 100, 2)
-    assert (run.best_loss, run.final_loss) == (0.33, 0.31)
+    # best = the loss saved with best/ (not RunFinished.best_loss, not the lowest epoch mean); final = the last step's
+    assert (run.best_loss, run.final_loss) == (0.42, 0.31) and (run.best_step, run.best_epoch) == (10, 1)
+    assert run.segments == 1
     assert run.started == T0 + 1 and run.last_update == T0 + 8 and run.duration_s == 7.0
     assert run.adapter_path == str(tmp_path / "r1" / "final")
     assert run.error is None and run.problem is None and run.pid is None and run.phase == "finished"
@@ -225,9 +227,9 @@ def test_binary_garbage_in_the_log_is_a_problem_not_a_crash(tmp_path: Path) -> N
 
 
 def _digest_fields(digest) -> dict:
-    fields = {name: getattr(digest, name) for name in digest.__slots__}
-    fields.pop("events")
-    return fields
+    fields = {name: getattr(digest.summary, name) for name in digest.summary.__slots__}
+    fields.pop("events")  # the fast reader decodes only the events a summary needs
+    return {**fields, "problem": digest.problem}
 
 
 def test_fast_reader_agrees_with_read_events(tmp_path: Path) -> None:
@@ -236,13 +238,15 @@ def test_fast_reader_agrees_with_read_events(tmp_path: Path) -> None:
     step = 0
     while len("\n".join(log.lines)) < runs.BIG_EVENTS_BYTES + 100_000:
         step += 1
-        log.add(metrics(step, 1.0 / step, epoch=step // 100, total=5000))
+        log.add(metrics(step, 1.0 / step, epoch=(step - 1) // 100 + 1, total=5000))
         for _ in range(4):
             log.add(resource())
         log.add(protocol.Heartbeat(phase="training", last_step=step))
         if step % 100 == 0:
             log.add(protocol.EpochCompleted(epoch=step // 100, step=step, mean_loss=1.0 / step, duration_s=1.0))
             log.add(protocol.CheckpointSaved(step=step, epoch=step // 100, path="p", kind="periodic"))
+            if step in (200, 400):
+                log.add(protocol.CheckpointSaved(step=step, epoch=step // 100, path="b", kind="best", loss=2.0 / step))
         if step == 500:
             log.add(protocol.LogRecord(level="error", message="transient"))
             log.add(protocol.PhaseChanged(phase="saving"))
@@ -253,7 +257,8 @@ def test_fast_reader_agrees_with_read_events(tmp_path: Path) -> None:
 
     fast, small = runs._digest_fast(str(path)), runs._digest_small(str(path))
     assert _digest_fields(fast) == _digest_fields(small)
-    assert fast.status == "stopped" and fast.steps == step and fast.error == "transient"
+    assert fast.summary.status == "stopped" and fast.summary.step == step and fast.summary.error == "transient"
+    assert fast.summary.best_loss == 2.0 / 400 and fast.summary.best_step == 400
     summary = runs.summarize_run(str(run_dir))  # goes through the fast path
     assert summary.status == "stopped" and summary.last_update == T0 + log.seq
 
