@@ -132,7 +132,7 @@ class RunStarted:
     steps_per_epoch: int
     total_steps: int
     start_step: int
-    start_epoch: int
+    start_epoch: int  # 1-based: the epoch this segment starts (or, resuming, continues) in
     timestep_mu: float
     timestep_sigma: float
     timestep_mode: str
@@ -155,7 +155,7 @@ class StepMetrics:
     seq: int = 0
     ts: float = 0.0
     step: int
-    epoch: int
+    epoch: int  # 1-based: the epoch ``step`` belongs to
     total_steps: int
     loss: float
     loss_min: float
@@ -173,7 +173,7 @@ class EpochCompleted:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    epoch: int
+    epoch: int  # 1-based number of the epoch that ended
     step: int
     mean_loss: float
     duration_s: float
@@ -219,7 +219,7 @@ class CheckpointSaved:
     seq: int = 0
     ts: float = 0.0
     step: int
-    epoch: int
+    epoch: int  # 1-based: the epoch ``step`` belongs to
     path: str
     kind: str  # "periodic" | "requested" | "stop" | "best" | "final"
     loss: float = float("nan")
@@ -273,7 +273,7 @@ class RunFinished:
     ts: float = 0.0
     status: str  # "completed" | "stopped"
     steps: int
-    epochs: int
+    epochs: int  # epochs finished
     final_loss: float
     best_loss: float
     adapter_path: str

@@ -66,6 +66,16 @@ class Trainer:
         self._tb: Any = None
         self._recent_t: list[torch.Tensor] = []
 
+    def epoch_number(self) -> int:
+        """The 1-based epoch of the latest optimizer step: what every event and view calls "epoch N".
+
+        ``self.epoch`` (and the ``epoch`` stored in training_state.pt, so resume is unchanged) counts
+        finished epochs; this is the one place it is converted. Right after an epoch ended (no batch of
+        the next one taken yet) the latest step still belongs to the epoch that ended. ``EpochCompleted``
+        carries the number of the epoch just finished and ``RunFinished.epochs`` the count: the same
+        numbers. ``RunStarted.start_epoch`` is the epoch a segment starts (or continues) in."""
+        return self.epoch if self.batches_done == 0 and self.epoch > 0 else self.epoch + 1
+
     # ------------------------------------------------------------------ lifecycle
     def set_phase(self, phase: str, detail: str = "") -> None:
         self.phase = phase
@@ -89,7 +99,7 @@ class Trainer:
                 self.monitor.set_device(self.parts.device)
             self._restore_if_resuming()
             self._open_tensorboard()
-            self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch))
+            self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
             self.set_phase("training")
             status = self._train()
             final = self._finish(status)
@@ -136,7 +146,7 @@ class Trainer:
                 if not math.isfinite(step_loss):
                     p.optimizer.zero_grad(set_to_none=True)
                     bad_windows += 1
-                    agg.add(step=self.global_step, epoch=self.epoch, loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
+                    agg.add(step=self.global_step, epoch=self.epoch_number(), loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
                     self.bus.log("warning", f"step {self.global_step + 1}: loss was NaN/Inf; the update was skipped")
                     if bad_windows >= MAX_BAD_WINDOWS:
                         raise TrainingHalted(f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset")
@@ -159,14 +169,14 @@ class Trainer:
                         self.epoch_loss_sum += step_loss
                         self.epoch_loss_n += 1
                         lr = p.current_lr()
-                        agg.add(step=self.global_step, epoch=self.epoch, loss=step_loss, lr=lr, grad_norm=gn, samples=window_size * c.batch_size)
+                        agg.add(step=self.global_step, epoch=self.epoch_number(), loss=step_loss, lr=lr, grad_norm=gn, samples=window_size * c.batch_size)
                         self._log_tensorboard(step_loss, lr, gn)
                 window_losses = []
                 outcome = self._between_steps(agg)
                 if outcome is not None:
                     return outcome
-                if self.global_step >= p.total_steps:
-                    break
+                if self.global_step >= p.total_steps and self.batches_done < n_batches:
+                    break  # (on the epoch's last batch the epoch ends first: EpochCompleted, best/)
             else:
                 # the epoch ran to its end
                 self._end_epoch(self.epoch_loss_sum / self.epoch_loss_n if self.epoch_loss_n else math.nan, time.time() - epoch_start)
@@ -299,10 +309,10 @@ class Trainer:
             adapter=p.adapter,
             metadata=p.adapter_metadata(self.global_step),
             config_json=cfgmod.to_json(self.config),
-            info={"step": self.global_step, "epoch": self.epoch, "kind": kind, "loss": self.last_loss},
+            info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": self.last_loss},
             training_state=self._training_state(),
         )
-        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch, path=target, kind=kind, loss=self.last_loss))
+        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=self.last_loss))
         if kind == "periodic" and self.config.keep_checkpoints:
             self._prune_checkpoints()
         self.phase = previous
@@ -317,9 +327,9 @@ class Trainer:
             adapter=p.adapter,
             metadata=p.adapter_metadata(self.global_step),
             config_json=cfgmod.to_json(self.config),
-            info={"step": self.global_step, "epoch": self.epoch, "kind": kind, "loss": loss},
+            info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
         )
-        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch, path=target, kind=kind, loss=loss))
+        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=loss))
         return target
 
     def _prune_checkpoints(self) -> None:
@@ -388,7 +398,7 @@ class Trainer:
         self.best_loss = float(best["best_loss"])
         self.epoch_losses = [float(x) for x in best["epoch_losses"]]
         self.epochs_since_best = int(best["epochs_since_best"])
-        self.bus.log("info", f"resumed from {source}: step {self.global_step}, epoch {self.epoch}, {matched} adapter tensors restored")
+        self.bus.log("info", f"resumed from {source}: step {self.global_step}, epoch {self.epoch_number()}, {matched} adapter tensors restored")
 
     # ------------------------------------------------------------------ logging
     def _open_tensorboard(self) -> None:
