@@ -88,9 +88,8 @@ class StartPreprocess:
 
 @_frozen
 class StopRun:
-    """Finish the current optimizer step, save a checkpoint, then emit ``RunFinished(stopped)``."""
-
-    save: bool = True
+    """Finish the current optimizer step (preprocessing: the current file), save a checkpoint, then
+    emit ``RunFinished(stopped)``. A stop always saves: no command throws the work away."""
 
 
 @_frozen

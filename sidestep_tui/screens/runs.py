@@ -24,6 +24,7 @@ from engine import protocol
 from engine.runs import RunSummary, scan_runs
 
 from .. import messages as m
+from ..appref import SidestepAppRef
 from ..state import RunState, apply_all
 from ..formatting import human_duration
 
@@ -86,6 +87,7 @@ class ReplayReady(Message):
 
 
 class RunsScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "runs.tcss"
     BINDINGS = [
         # Enter on a row opens it too (DataTable's own binding -> RowSelected).
@@ -114,7 +116,7 @@ class RunsScreen(Screen[None]):
 
     @property
     def output_root(self) -> str:
-        return getattr(self.app, "settings").output_root
+        return self.app.settings.output_root
 
     def action_rescan(self) -> None:
         root = self.output_root
@@ -187,7 +189,7 @@ class RunsScreen(Screen[None]):
 
     def action_attach(self) -> None:
         if (r := self.selected) is not None and r.status == "running":
-            getattr(self.app, "attach_run")(r.path)
+            self.app.attach_run(r.path)
 
     def action_resume(self) -> None:
         r = self.selected
