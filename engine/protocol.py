@@ -12,6 +12,14 @@ Rules
   That keeps pickling across a spawned process cheap and lets the same objects round-trip through
   ``events.jsonl`` unchanged. A run config travels as JSON text (``config_json``) and is re-validated
   by the engine, so the schema in ``engine.config`` stays the single source of truth.
+- Closed vocabularies (phase, run status, checkpoint kind, log level, preprocessing stage and file
+  status) are ``Literal`` types declared here, once. ``Literal`` and not ``StrEnum``: the values on the
+  wire stay exact ``str`` builtins, so a pickled event refers to no class, ``events.jsonl`` is unchanged
+  and a JSON round trip gives back equal values with no conversion. (A ``StrEnum`` member is a ``str``
+  subclass: ``stamp`` would have to turn it back into a plain ``str`` for the cheap-pickle rule, and
+  the field would then hold a value its annotation does not name.) The type checker checks every
+  constructor call and comparison against the vocabulary; at run time ``stamp`` (the engine's one
+  way out) and ``from_dict`` (the one way in from text) refuse a value outside it.
 - Every event carries the envelope ``run_id`` (empty while the engine is idle), ``seq`` (monotonic per
   engine process, so a gap reveals a drop) and ``ts`` (wall clock, for display only).
 - ``EngineReady`` carries ``PROTOCOL_VERSION``; a client refuses to talk to a different version.
@@ -27,11 +35,35 @@ import json
 import time
 import typing
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Literal, TypeVar, Union
 
 PROTOCOL_VERSION = 1
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+_T = TypeVar("_T")
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True)
+def _frozen(cls: type[_T]) -> type[_T]:
+    """Every message is a frozen, slotted, keyword-only dataclass. ``dataclass_transform`` tells type
+    checkers so (they then check every constructor call's keywords)."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+Phase = Literal["idle", "loading_model", "preparing_data", "training", "paused", "saving", "preprocessing", "finished"]
+"""What an engine is doing (``Heartbeat.phase``, ``PhaseChanged.phase``)."""
+RunStatus = Literal["completed", "stopped"]
+"""How a job that did not fail ended (``RunFinished.status``)."""
+CheckpointKind = Literal["periodic", "requested", "stop", "best", "final"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+PreprocessStage = Literal["scan", "pass1", "pass2", "done"]
+FileStatus = Literal["ok", "skipped", "failed"]
+"""One file's outcome in a preprocessing stage; on the ``done`` event, the job's: ok, skipped (stopped
+early), failed (nothing written)."""
+
+PHASES: tuple[Phase, ...] = typing.get_args(Phase)
+RUN_STATUSES: tuple[RunStatus, ...] = typing.get_args(RunStatus)
 
 
 # --------------------------------------------------------------------------- commands
@@ -56,9 +88,8 @@ class StartPreprocess:
 
 @_frozen
 class StopRun:
-    """Finish the current optimizer step, save a checkpoint, then emit ``RunFinished(stopped)``."""
-
-    save: bool = True
+    """Finish the current optimizer step (preprocessing: the current file), save a checkpoint, then
+    emit ``RunFinished(stopped)``. A stop always saves: no command throws the work away."""
 
 
 @_frozen
@@ -87,8 +118,6 @@ COMMAND_TYPES: tuple[type, ...] = typing.get_args(Command)
 
 # --------------------------------------------------------------------------- events
 
-PHASES = ("idle", "loading_model", "preparing_data", "training", "paused", "saving", "preprocessing", "finished")
-
 
 @_frozen
 class EngineReady:
@@ -108,7 +137,7 @@ class Heartbeat:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    phase: str
+    phase: Phase
     last_step: int
 
 
@@ -143,7 +172,7 @@ class PhaseChanged:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    phase: str
+    phase: Phase
     detail: str = ""
 
 
@@ -221,7 +250,7 @@ class CheckpointSaved:
     step: int
     epoch: int  # 1-based: the epoch ``step`` belongs to
     path: str
-    kind: str  # "periodic" | "requested" | "stop" | "best" | "final"
+    kind: CheckpointKind
     loss: float = float("nan")
 
 
@@ -230,7 +259,7 @@ class LogRecord:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    level: str  # "debug" | "info" | "warning" | "error"
+    level: LogLevel
     message: str
     logger: str = "engine"
 
@@ -256,11 +285,11 @@ class PreprocessProgress:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    stage: str  # "scan" | "pass1" | "pass2" | "done"
+    stage: PreprocessStage
     index: int
     total: int
     file: str
-    status: str  # "ok" | "skipped" | "failed"
+    status: FileStatus
     message: str = ""
     audio_seconds: float = 0.0  # scan: all the job will encode; pass1 ok/skipped: this file (cropped); done: encoded by this run
     elapsed_s: float = 0.0  # since the job started
@@ -271,7 +300,7 @@ class RunFinished:
     run_id: str = ""
     seq: int = 0
     ts: float = 0.0
-    status: str  # "completed" | "stopped"
+    status: RunStatus
     steps: int
     epochs: int  # epochs finished
     final_loss: float
@@ -325,8 +354,26 @@ _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in COMMAND_TYPES + EVENT_
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 
+def _vocabulary_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(cls)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
+
+
+_VOCABULARY: dict[type, dict[str, tuple[Any, ...]]] = {cls: _vocabulary_fields(cls) for cls in COMMAND_TYPES + EVENT_TYPES}
+"""Per message type, its ``Literal`` fields and their allowed values."""
+
+
 class ProtocolError(ValueError):
     """A message that is not part of this protocol (unknown type, bad fields)."""
+
+
+def check_vocabulary(message: Any) -> None:
+    """Raise ``ProtocolError`` when a phase, status, kind, level or stage field holds a value outside
+    its ``Literal`` (the type checker catches literals in code; this catches computed values and text)."""
+    for name, allowed in _VOCABULARY.get(type(message), {}).items():
+        value = getattr(message, name)
+        if value not in allowed:
+            raise ProtocolError(f"{type(message).__name__}.{name} = {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def _plain(value: Any) -> Any:
@@ -345,10 +392,12 @@ def _plain(value: Any) -> Any:
 
 def stamp(event: Any, *, run_id: str, seq: int, ts: float | None = None) -> Any:
     """Return ``event`` with its envelope filled in and every field a plain builtin (events are
-    frozen, so this copies)."""
+    frozen, so this copies). A field outside its vocabulary is a ``ProtocolError``."""
     fields = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
     fields.update(run_id=run_id, seq=seq, ts=time.time() if ts is None else ts)
-    return type(event)(**fields)
+    stamped = type(event)(**fields)
+    check_vocabulary(stamped)  # never write what ``from_dict`` would refuse to read back
+    return stamped
 
 
 def to_dict(message: Any) -> dict[str, Any]:
@@ -377,9 +426,11 @@ def from_dict(data: dict[str, Any]) -> Any:
             raise ProtocolError(f"{name}: unknown field {key!r}")
         kwargs[key] = tuple(value) if isinstance(value, list) else value
     try:
-        return cls(**kwargs)
+        message = cls(**kwargs)
     except TypeError as exc:
         raise ProtocolError(f"{name}: {exc}") from None
+    check_vocabulary(message)
+    return message
 
 
 def _json_default(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """App-level Textual messages. Screens post intents *up*; the App alone talks to the engine.
 
 Widget-specific messages live nested in their widget (``ConfigForm.Submitted``); these are the ones
-that cross screens:
+that cross screens (the App routes the engine ones to its ``EngineSession``):
 
 - ``DraftUpdated``: a screen changed part of the run draft (Models: checkpoint_dir / model_variant,
   Dataset: dataset_dir, Setup: anything). The App merges it into ``app.draft``.
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textual.message import Message
+
+from engine.protocol import Event
 
 from .settings import Settings
 
@@ -40,7 +42,7 @@ class PreprocessRequested(Message):
 
 @dataclass
 class StopRequested(Message):
-    save: bool = True
+    """Stop the run; a stop always saves a checkpoint first."""
 
 
 @dataclass
@@ -65,7 +67,7 @@ class SettingsChanged(Message):
 
 @dataclass
 class EngineEventsReceived(Message):
-    events: tuple[Any, ...]
+    events: tuple[Event, ...]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Any, Iterable, NamedTuple, assert_never
+from typing import Any, Iterable, Literal, NamedTuple, assert_never
 
 from engine.protocol import (
     CheckpointSaved,
@@ -27,6 +27,7 @@ from engine.protocol import (
     Event,
     Heartbeat,
     LogRecord,
+    Phase,
     PhaseChanged,
     PreprocessProgress,
     ResourceSample,
@@ -35,11 +36,17 @@ from engine.protocol import (
     RunPaused,
     RunResumed,
     RunStarted,
+    RunStatus,
     StepMetrics,
     TimestepHistogram,
 )
 from engine.summary import EMPTY as EMPTY_SUMMARY
 from engine.summary import Summary, fold
+
+UiPhase = Literal["starting_engine", "preparing_demo", "failed", "engine_died"]
+"""Phases no engine sends, that only the UI shows: before an engine exists (spawning it, writing the
+demo), and after a job ended badly (``RunFailed``, the process died)."""
+ShownPhase = Phase | UiPhase
 
 MAX_METRIC_POINTS = 2048
 MAX_RESOURCE_POINTS = 300  # ~10 minutes at one sample per 2 s
@@ -187,7 +194,7 @@ class RunState:
     timestep_mode: str = ""
     started_ts: float | None = None
     # progress
-    phase: str = "idle"
+    phase: ShownPhase = "idle"
     phase_detail: str = ""
     eta_s: float | None = None
     samples_per_s: float | None = None
@@ -275,6 +282,7 @@ class RunState:
 
 EMA_ALPHA = 0.1
 _NAMES = tuple(f.name for f in dataclasses.fields(RunState))
+_NAME_SET = frozenset(_NAMES)
 _DEFAULTS = {name: getattr(RunState(), name) for name in _NAMES}
 _ENGINE_FIELDS = ("engine_pid", "protocol_version", "cuda_available", "device_names", "last_seq", "seq_gaps", "events_seen")
 
@@ -487,7 +495,10 @@ def apply(state: RunState, event: Event) -> RunState:
 
 def _evolve(state: RunState, changes: dict[str, Any]) -> RunState:
     """``dataclasses.replace`` without its per-call overhead (this runs for every event): copy the
-    slots, then set the changed ones. Only this module builds states this way."""
+    slots, then set the changed ones. Only this module builds states this way. A key that is not a
+    field is a bug in the reducer: it raises instead of being dropped."""
+    if not _NAME_SET.issuperset(changes):
+        raise KeyError(f"RunState has no field {', '.join(sorted(set(changes) - _NAME_SET))}")
     new = object.__new__(RunState)
     setter = object.__setattr__
     for name in _NAMES:

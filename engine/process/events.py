@@ -131,7 +131,7 @@ class EventBus:
                     log.error("event sink %s failed and was switched off: %s", type(sink).__name__, exc)
         return stamped
 
-    def log(self, level: str, message: str) -> None:
+    def log(self, level: protocol.LogLevel, message: str) -> None:
         getattr(log, level)(message)
         self.emit(protocol.LogRecord(level=level, message=message))
 

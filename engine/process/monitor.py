@@ -66,7 +66,7 @@ class _Nvml:
 class ResourceMonitor:
     """Emits ``Heartbeat`` and ``ResourceSample`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, emit: Callable[[Any], Any], *, phase: Callable[[], str], last_step: Callable[[], int], interval: float = 2.0):
+    def __init__(self, emit: Callable[[Any], Any], *, phase: Callable[[], protocol.Phase], last_step: Callable[[], int], interval: float = 2.0):
         self.emit = emit
         self.phase = phase
         self.last_step = last_step
@@ -96,7 +96,7 @@ class ResourceMonitor:
             self._thread.join(timeout=5)
 
     def sample(self) -> protocol.ResourceSample:
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}  # ResourceSample fields (floats)
         try:
             import psutil
 

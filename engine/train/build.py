@@ -122,7 +122,7 @@ def read_model_config(model_dir: str) -> dict[str, Any]:
     return data
 
 
-def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[str, str], None]) -> RunParts:
+def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[protocol.Phase, str], None]) -> RunParts:
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import SingleDeviceStrategy
 

@@ -52,7 +52,7 @@ class Trainer:
         self.run_id = run_id
         self.monitor = monitor
         self.metrics_hz = metrics_hz
-        self.phase = "loading_model"
+        self.phase: protocol.Phase = "loading_model"
         self.global_step = 0
         self.epoch = 0
         self.batches_done = 0  # micro-batches consumed in the current epoch
@@ -77,7 +77,7 @@ class Trainer:
         return self.epoch if self.batches_done == 0 and self.epoch > 0 else self.epoch + 1
 
     # ------------------------------------------------------------------ lifecycle
-    def set_phase(self, phase: str, detail: str = "") -> None:
+    def set_phase(self, phase: protocol.Phase, detail: str = "") -> None:
         self.phase = phase
         self.bus.emit(protocol.PhaseChanged(phase=phase, detail=detail))
 
@@ -120,7 +120,7 @@ class Trainer:
         return final
 
     # ------------------------------------------------------------------ the loop
-    def _train(self) -> str:
+    def _train(self) -> protocol.RunStatus:
         p = self.parts
         assert p is not None
         c = self.config
@@ -228,7 +228,7 @@ class Trainer:
         return loss.detach()
 
     # ------------------------------------------------------------------ between steps
-    def _between_steps(self, agg: StepAggregator) -> str | None:
+    def _between_steps(self, agg: StepAggregator) -> protocol.RunStatus | None:
         """Apply commands and scheduled saves at an optimizer-step boundary."""
         c = self.config
         for job in self.inbox.poll():
@@ -298,7 +298,7 @@ class Trainer:
             "config_meta": {k: getattr(self.config, k) for k in RESUME_MUST_MATCH},
         }
 
-    def save_checkpoint(self, kind: str, *, name: str | None = None) -> str:
+    def save_checkpoint(self, kind: protocol.CheckpointKind, *, name: str | None = None) -> str:
         p = self.parts
         assert p is not None
         previous = self.phase
@@ -318,7 +318,7 @@ class Trainer:
         self.phase = previous
         return target
 
-    def _save_adapter_only(self, dirname: str, kind: str, loss: float) -> str:
+    def _save_adapter_only(self, dirname: str, kind: protocol.CheckpointKind, loss: float) -> str:
         p = self.parts
         assert p is not None
         target = os.path.join(p.run_dir, dirname)
@@ -339,7 +339,7 @@ class Trainer:
         for _, path in periodic[: max(len(periodic) - self.config.keep_checkpoints, 0)]:
             shutil.rmtree(path, ignore_errors=True)
 
-    def _finish(self, status: str) -> Any:
+    def _finish(self, status: protocol.RunStatus) -> Any:
         p = self.parts
         assert p is not None
         if self.global_step == 0:
@@ -420,7 +420,7 @@ class Trainer:
     def _log_heavy(self) -> None:
         p = self.parts
         assert p is not None
-        snap = p.tracker.snapshot()
+        snap: dict[str, Any] = p.tracker.snapshot()  # primitive tuples, one per histogram field
         self.bus.emit(protocol.TimestepHistogram(step=self.global_step, **snap))
         if self._tb is not None and self._recent_t:
             import numpy as np

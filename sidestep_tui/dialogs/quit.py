@@ -8,8 +8,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from ..session import QuitChoice
 
-class QuitDialog(ModalScreen[str]):
+_CHOICES: dict[str, QuitChoice] = {"stop": "stop", "leave": "leave", "cancel": "cancel"}
+
+
+class QuitDialog(ModalScreen[QuitChoice]):
     """Dismisses with "stop", "leave" or "cancel"."""
 
     DEFAULT_CSS = """
@@ -58,7 +62,7 @@ class QuitDialog(ModalScreen[str]):
                 yield Button("Cancel (c / esc)", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id or "cancel")
+        self.dismiss(_CHOICES.get(event.button.id or "", "cancel"))
 
     def action_choose(self, choice: str) -> None:
-        self.dismiss(choice)
+        self.dismiss(_CHOICES.get(choice, "cancel"))

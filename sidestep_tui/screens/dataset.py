@@ -30,6 +30,7 @@ from engine import discovery, ptinspect
 from engine.config import VARIANT_ALIASES
 from engine.protocol import StopRun
 
+from ..appref import SidestepAppRef
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
@@ -51,6 +52,7 @@ class DatasetScanned(Message):
 
 
 class DatasetScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "dataset.tcss"
     COMMANDS = {ScreenActions}
     BINDINGS = [
@@ -82,12 +84,12 @@ class DatasetScreen(Screen[None]):
                     with VerticalScroll(id="dataset-problems"):
                         yield Static("", id="dataset-problem-list", markup=False)
             with TabPane("Audio → tensors", id=AUDIO):
-                yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")  # type: ignore[attr-defined]
+                yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
         yield Footer()
 
     def _initial_path(self) -> str:
-        draft = self.app.draft  # type: ignore[attr-defined]
-        return str(draft.get("dataset_dir") or self.app.settings.last_dataset_dir or "")  # type: ignore[attr-defined]
+        draft = self.app.draft
+        return str(draft.get("dataset_dir") or self.app.settings.last_dataset_dir or "")
 
     def on_mount(self) -> None:
         self.query_one("#dataset-path", PathField).input.focus()
@@ -106,7 +108,7 @@ class DatasetScreen(Screen[None]):
     def _model(self) -> tuple[str | None, int | None]:
         """(model_variant, hidden size to compare with) from the draft; hidden only for non-XL
         models, whose encoder width equals their hidden size."""
-        draft = self.app.draft  # type: ignore[attr-defined]
+        draft = self.app.draft
         variant, root = draft.get("model_variant"), draft.get("checkpoint_dir")
         if not variant or not root:
             return None, None
@@ -209,18 +211,18 @@ class DatasetScreen(Screen[None]):
 
     def action_preprocess(self) -> None:
         prep = self.prep
-        config_json, problem = prep.check_ready(self.app.draft)  # type: ignore[attr-defined]
+        config_json, problem = prep.check_ready(self.app.draft)
         if config_json is None:
             self.notify(problem, severity="error", title="Preprocess")
             return
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = self.app.settings
         if prep.start(config_json):
             audio_dir = os.path.abspath(os.path.expanduser(prep.audio_field.value))
             if settings.last_audio_dir != audio_dir:
                 self.app.post_message(SettingsChanged(settings.replace(last_audio_dir=audio_dir)))
 
     def action_stop_preprocess(self) -> None:
-        if self.app.send_command(StopRun(save=True)):  # type: ignore[attr-defined]
+        if self.app.session.send(StopRun()):
             self.notify("Stopping after the current file; finished files are kept and a new start resumes.", title="Preprocess")
 
     def action_use_tensors(self) -> None:
@@ -250,7 +252,7 @@ class DatasetScreen(Screen[None]):
     def _use_path(self, path: str) -> None:
         # Straight to the App, then switch: the Setup screen reads app.draft on resume.
         self.app.post_message(DraftUpdated({"dataset_dir": path}))
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = self.app.settings
         if settings.last_dataset_dir != path:
             self.app.post_message(SettingsChanged(settings.replace(last_dataset_dir=path)))
         self.notify(f"Dataset: {path}", title="Draft")

@@ -19,6 +19,7 @@ from textual.widgets import Button, Footer, Static
 
 from engine import discovery
 
+from ..appref import SidestepAppRef
 from ..formatting import plural
 from ..messages import SettingsChanged
 from ..widgets.path_input import PathCheck, PathField, creatable
@@ -56,6 +57,7 @@ def check_output_root(path: str) -> PathCheck:
 
 
 class FirstRunScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "first_run.tcss"
     COMMANDS = {ScreenActions}
     BINDINGS = [
@@ -63,7 +65,7 @@ class FirstRunScreen(Screen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = self.app.settings
         with VerticalScroll(id="first-run"):
             with Vertical(id="first-run-box"):
                 yield Static("Welcome to Side-Step", id="first-run-title")
@@ -114,7 +116,7 @@ class FirstRunScreen(Screen[None]):
             message.add_class("-bad")
             message.display = True
             return
-        settings = self.app.settings.replace(  # type: ignore[attr-defined]
+        settings = self.app.settings.replace(
             checkpoint_root=os.path.abspath(os.path.expanduser(fields["checkpoint root"].value)),
             output_root=os.path.abspath(os.path.expanduser(fields["output root"].value)),
         )

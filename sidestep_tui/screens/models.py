@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from engine import discovery
 
+from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
 from ..messages import DraftUpdated
 from .screen_commands import ScreenActions
@@ -39,6 +40,7 @@ class GpusDone(Message):
 
 
 class ModelsScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "models.tcss"
     COMMANDS = {ScreenActions}
     BINDINGS = [
@@ -72,7 +74,7 @@ class ModelsScreen(Screen[None]):
         self._refresh_all()
 
     def on_screen_resume(self) -> None:
-        if self.app.settings.checkpoint_root != self._root:  # type: ignore[attr-defined]
+        if self.app.settings.checkpoint_root != self._root:
             self._refresh_all()
 
     def on_resize(self) -> None:
@@ -84,7 +86,7 @@ class ModelsScreen(Screen[None]):
     # ------------------------------------------------------------------ scanning
 
     def _refresh_all(self) -> None:
-        self._root = self.app.settings.checkpoint_root  # type: ignore[attr-defined]
+        self._root = self.app.settings.checkpoint_root
         self.query_one("#models-root", Static).update(f"Checkpoint root: {self._root or '(not set)'}  · scanning …")
         self._scan(self._root or "")
         self._query_gpus()

@@ -21,6 +21,7 @@ from textual.widgets import Footer, Static
 from engine.protocol import PauseRun, ResumeRun, SaveCheckpoint, StopRun
 
 from .. import messages as m
+from ..appref import SidestepAppRef
 from ..state import RunState
 from ..widgets.checkpoint_list import CheckpointList
 from ..widgets.event_log import EventLog
@@ -36,6 +37,7 @@ CHART_EVERY_S = 1.0
 
 
 class MonitorScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "monitor.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
@@ -140,7 +142,7 @@ class MonitorScreen(Screen[None]):
         if self.compact:
             self._draw_spark(s)
         else:
-            now = self.app.clock() if hasattr(self.app, "clock") else 0.0
+            now = self.app.clock()
             if self._chart_dirty and (force or now - self._chart_at >= CHART_EVERY_S):
                 self._chart_dirty = False
                 self._chart_at = now
@@ -158,22 +160,20 @@ class MonitorScreen(Screen[None]):
     # ------------------------------------------------------------------ controls
     def _controls_key(self) -> tuple:
         s = self.state
-        return (s.active, s.paused, s.failure is not None, self.replay, id(getattr(self.app, "client", None)))
+        return (s.active, s.paused, s.failure is not None, self.replay, id(self.app.session.client))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         s = self.state
-        app = self.app
-        can = getattr(app, "can_send", lambda _t: False)
+        session = self.app.session
         if action in ("stop", "save", "pause", "resume"):
             if self.replay or not s.active:
                 return False
             command = {"stop": StopRun, "save": SaveCheckpoint, "pause": PauseRun, "resume": ResumeRun}[action]
             if action == "pause" and s.paused or action == "resume" and not s.paused:
                 return False
-            client = getattr(app, "client", None)
-            if client is None or command not in client.controls:
+            if command not in session.controls():
                 return False  # e.g. an attached run: only stop is possible, so only stop is shown
-            return True if can(command) else None  # a dead engine: shown, disabled
+            return True if session.can_send(command) else None  # a dead engine: shown, disabled
         if action == "show_error":
             return s.failure is not None
         if action == "back":
@@ -185,7 +185,7 @@ class MonitorScreen(Screen[None]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.post_message(m.StopRequested(save=True))
+                self.post_message(m.StopRequested())
 
         self.app.push_screen(
             ConfirmDialog("Stop the run?", "It finishes the current step and saves a checkpoint first.", yes="Stop & save"),

@@ -24,6 +24,7 @@ from engine.summary import loss_text
 from engine.tailer import read_run_events
 
 from .. import messages as m
+from ..appref import SidestepAppRef
 from ..state import RunState, apply_all
 from ..formatting import human_duration
 
@@ -93,6 +94,7 @@ class ReplayReady(Message):
 
 
 class RunsScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "runs.tcss"
     BINDINGS = [
         # Enter on a row opens it too (DataTable's own binding -> RowSelected).
@@ -121,7 +123,7 @@ class RunsScreen(Screen[None]):
 
     @property
     def output_root(self) -> str:
-        return getattr(self.app, "settings").output_root
+        return self.app.settings.output_root
 
     def action_rescan(self) -> None:
         root = self.output_root
@@ -193,7 +195,7 @@ class RunsScreen(Screen[None]):
 
     def action_attach(self) -> None:
         if (r := self.selected) is not None and r.status == "running":
-            getattr(self.app, "attach_run")(r.path)
+            self.app.attach_run(r.path)
 
     def action_resume(self) -> None:
         r = self.selected

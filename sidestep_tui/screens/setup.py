@@ -27,6 +27,7 @@ from engine import config as cfg
 from engine import discovery, ptinspect
 
 from .. import forms
+from ..appref import SidestepAppRef
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
@@ -43,6 +44,7 @@ class DatasetCounted(Message):
 
 
 class SetupScreen(Screen[None]):
+    app = SidestepAppRef()
     CSS_PATH = "setup.tcss"
     COMMANDS = {ScreenActions}
     BINDINGS = [
@@ -88,7 +90,7 @@ class SetupScreen(Screen[None]):
         self.form.focus_field(forms.SPECS[0].name)
 
     def on_screen_resume(self) -> None:
-        draft, current = self.app.draft, self.form.values  # type: ignore[attr-defined]
+        draft, current = self.app.draft, self.form.values
         changed = {
             k: v for k, v in draft.items() if k in forms.SPEC_BY_NAME and forms.to_raw(forms.SPEC_BY_NAME[k], v) != current.get(k)
         }
@@ -108,7 +110,7 @@ class SetupScreen(Screen[None]):
     # ------------------------------------------------------------------ draft and context
 
     def _draft_raw(self) -> dict[str, Any]:
-        raw = forms.merge_raw(forms.default_raw(), self.app.draft)  # type: ignore[attr-defined]
+        raw = forms.merge_raw(forms.default_raw(), self.app.draft)
         if not raw.get("output_dir"):
             raw["output_dir"] = self._auto_output = self._output_dir_for(raw)
         return raw
@@ -116,7 +118,7 @@ class SetupScreen(Screen[None]):
     def _output_dir_for(self, raw: dict[str, Any]) -> str:
         """A fresh run folder under the output root, named after the model and adapter (shown in the
         field, so nothing is decided behind the user's back)."""
-        output_root = self.app.settings.output_root  # type: ignore[attr-defined]
+        output_root = self.app.settings.output_root
         if not output_root:
             return ""
         name = f"{raw.get('model_variant')}-{raw.get('adapter_type')}-{time.strftime('%Y%m%d-%H%M')}"

@@ -9,8 +9,10 @@ rule); start. The job runs in the engine process (``StartPreprocess``) and the t
 follows its ``PreprocessProgress`` events per file, with stage, speed, ETA and every failure by name.
 When it is done, the new tensor folder goes straight to Setup.
 
-This widget holds no engine logic: it asks the App to start (``App.start_preprocess``) and reads the
-App's ``run_state`` on a timer, matching its own run id so another run can never be mistaken for it.
+This widget holds no engine logic: it asks the engine session to start (``session.start_preprocess``)
+and reads the session's ``state`` on a timer, matching its own run id so another run can never be
+mistaken for it. Whether the job ended well is read from typed values only: the run's
+``finished_status`` and failure, and the session's ``link`` when the engine never took the job.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -32,6 +34,7 @@ from engine.config import ConfigError
 from engine.audio.builder import BuildReport, scan_in_subprocess
 from engine import prepconfig as pcfg
 
+from ..appref import SidestepAppRef
 from ..forms import field_spec, to_raw
 from ..formatting import (
     NA,
@@ -42,6 +45,7 @@ from ..formatting import (
     plural,
     preprocess_progress_line,
 )
+from ..session import LINK_LOST
 from ..state import PreprocessStatus, RunState
 from .config_field import FieldRow
 from .path_input import PathCheck, PathField, check_directory, creatable
@@ -53,8 +57,15 @@ TARGET_FOR = {"lufs": "target_lufs", "peak": "target_db"}
 TENSOR_SUFFIX = "_tensors"
 NO_AUDIO = "Enter a folder of songs (wav, flac, mp3, ogg, opus; m4a/aac with ffmpeg): every file is listed here."
 
-# The pane's states. "done" and "stopped" keep the finished folder until a setting changes.
-IDLE, STARTING, RUNNING, DONE, STOPPED, FAILED = "idle", "starting", "running", "done", "stopped", "failed"
+PrepState = Literal["idle", "starting", "running", "done", "stopped", "failed"]
+"""The pane's own states (not engine phases). "done" and "stopped" keep the finished folder until a
+setting changes."""
+IDLE: Final = "idle"
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+DONE: Final = "done"
+STOPPED: Final = "stopped"
+FAILED: Final = "failed"
 
 
 def default_tensor_dir(audio_dir: str) -> str:
@@ -112,6 +123,8 @@ class AudioPrep(Vertical):
     """The audio -> tensors pane. The screen owns the keys; it calls ``start``, ``stop``, ``rescan``
     and reads ``state`` / ``output_dir``."""
 
+    app = SidestepAppRef()
+
     DEFAULT_CSS = """
     AudioPrep { height: 1fr; }
     AudioPrep > PathField { padding: 0 1; }
@@ -138,7 +151,7 @@ class AudioPrep(Vertical):
         self._audio_dir = audio_dir
         self.report: BuildReport | None = None
         self._report_path = ""
-        self.state = IDLE
+        self.state: PrepState = IDLE
         self.job_id = ""
         self.output_dir = ""  # the folder of the job that ran last
         self.result_line = ""
@@ -368,9 +381,9 @@ class AudioPrep(Vertical):
         return pcfg.to_json(config), ""
 
     def start(self, config_json: str) -> bool:
-        """Ask the App to run the job; False (and the App says why) when it cannot start now."""
+        """Ask the engine session to run the job; False (and the session says why) when it cannot start now."""
         job_id = f"pre-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        if not self.app.start_preprocess(config_json, run_id=job_id):  # type: ignore[attr-defined]
+        if not self.app.session.start_preprocess(config_json, run_id=job_id):
             return False
         self.job_id = job_id
         self._job_values = self._form_values()
@@ -382,15 +395,15 @@ class AudioPrep(Vertical):
         self._status("starting the engine…")
         return True
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: PrepState) -> None:
         if state == self.state:
             return
         self.state = state
         locked = state in (STARTING, RUNNING)
-        for widget in self.query(Input).results():
-            widget.disabled = locked
-        for widget in self.query(Select).results():
-            widget.disabled = locked
+        for field in self.query(Input).results():
+            field.disabled = locked
+        for choice in self.query(Select).results():
+            choice.disabled = locked
         if locked:
             self.query_one("#prep-files", DataTable).focus()
         self.set_class(state == FAILED, "-failed")
@@ -398,16 +411,15 @@ class AudioPrep(Vertical):
         self.post_message(self.StateChanged())
 
     def _follow(self) -> None:
-        """Fold the App's run state into the table and status line while our job is on."""
+        """Fold the session's run state into the table and status line while our job is on."""
         if self.state not in (STARTING, RUNNING):
             return
-        app: Any = self.app
-        run: RunState = app.run_state
+        session = self.app.session
+        run = session.state
         ours = run.run_id == self.job_id
         if not ours:
-            banner = str(app.engine_banner)
-            if banner.startswith(("Engine did not start", "Engine died", "Engine gone")):
-                self._finish(FAILED, f"✗ preprocessing did not start: {banner}")
+            if session.link in LINK_LOST:
+                self._finish(FAILED, f"✗ preprocessing did not start: {session.banner}")
             elif run.run_id:
                 self._finish(FAILED, f"✗ another run took over the engine ({run.run_id})")
             return  # the engine is starting
@@ -465,7 +477,7 @@ class AudioPrep(Vertical):
             return
         self._finish(DONE, f"✓ {line}\nCtrl+S: train on these {plural(written, 'tensor file')} (opens Setup)")
 
-    def _finish(self, state: str, text: str) -> None:
+    def _finish(self, state: PrepState, text: str) -> None:
         self.result_line = text
         self._status(text)
         self._set_state(state)

@@ -18,7 +18,8 @@ from ui_helpers import screen_text, wait_until, write_song_folder
 
 from engine import protocol as p
 from engine import prepconfig as pcfg
-from sidestep_tui.widgets.audio_prep import DONE, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
+from sidestep_tui.engine_client import EngineHandshakeError
+from sidestep_tui.widgets.audio_prep import DONE, FAILED, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
 
 MODEL = "acestep-v15-base"
 
@@ -161,7 +162,7 @@ async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, 
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert "not a folder" in _notes(app)
-        assert prep.state == IDLE and app.client is None  # nothing was started, nothing written
+        assert prep.state == IDLE and app.session.client is None  # nothing was started, nothing written
         assert not Path(str(songs) + "_tensors").exists()
 
 
@@ -251,6 +252,30 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
         await wait_until(pilot, lambda: prep.state == IDLE, 5, "idle after an edit")
         assert "Ctrl+S: preprocess into" in screen_text(app)
         assert _cells(prep)["anthem_copy.wav"][3] == "= same audio as anthem.wav, left out"  # the job's "↷ ..." went with it
+
+
+@pytest.mark.parametrize("how", ["no handshake", "died"])
+async def test_an_engine_that_never_takes_the_job_fails_it_with_the_reason(build_app, ckpt_root: Path, songs: Path, how: str) -> None:
+    """The pane decides from the session's typed link (start_failed / died), not from banner text."""
+
+    class NoHandshake(FakeEngineClient):
+        def start(self) -> None:
+            raise EngineHandshakeError("the engine did not start within 120 s (log: x.log)")
+
+    fake = NoHandshake() if how == "no handshake" else FakeEngineClient()
+    app = _app(build_app, ckpt_root, fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        prep = await _open_audio_tab(pilot, songs)
+        await pilot.press("ctrl+s")
+        if how == "died":
+            await wait_until(pilot, lambda: bool(fake.sent), 5, "the job to be sent")
+            fake.die(-9)
+        await wait_until(pilot, lambda: prep.state == FAILED, 5, "the job to fail")
+        reason = ("Engine did not start: the engine did not start within 120 s (log: x.log)" if how == "no handshake"
+                  else "Engine died: killed (likely the OOM killer)")
+        assert prep.result_line == f"✗ preprocessing did not start: {reason}"
+        assert app.session.link == ("start_failed" if how == "no handshake" else "died")
+        assert "Preprocess" in _footer_keys(app) and not any(w.disabled for w in prep.query(Input))
 
 
 def test_tensor_folder_checks(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ async def test_controls_follow_the_run_state(build_app) -> None:
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("y")
         await pilot.pause()
-        assert fake.sent[-1] == p.StopRun(save=True)
+        assert fake.sent[-1] == p.StopRun()
 
 
 async def test_finished_run_offers_no_controls(build_app) -> None:
@@ -121,7 +121,7 @@ async def test_engine_silence_shows_a_banner_then_clears(build_app, clock) -> No
     async with app.run_test(size=(120, 40)) as pilot:
         await drain(pilot, fake)
         clock.advance(15)
-        app._check_silence()
+        app.session.check_silence()
         assert app.engine_banner.startswith("Engine silent for 15 s")
         fake.push(p.Heartbeat(run_id="run-1", seq=900, ts=0.0, phase="training", last_step=5))
         await drain(pilot, fake, until=lambda: not app.engine_banner)
@@ -180,7 +180,7 @@ async def test_quit_during_a_run_can_stop_and_save_first(build_app) -> None:
         await pilot.pause()
         await pilot.press("s")
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit after the stop")
-    assert fake.sent == [p.StopRun(save=True)]
+    assert fake.sent == [p.StopRun()]
     assert app.run_state.finished_status == "stopped" and fake.shutdown_called
 
 
@@ -198,13 +198,13 @@ async def test_quit_dialog_cancel_keeps_the_app(build_app) -> None:
 
 
 async def test_quit_when_idle_shuts_the_engine_down(build_app) -> None:
-    fake = FakeEngineClient(scripted_run(steps=3, finish="completed"))
+    fake = FakeEngineClient(scripted_run(steps=3, finish=None)[:1])  # ready, never ran: nothing else would stop it
     app = build_app(fake)
     async with app.run_test() as pilot:
-        await drain(pilot, fake)
+        await drain(pilot, fake, until=lambda: app.run_state.engine_pid is not None)
         await pilot.press("ctrl+q")
-        await pilot.pause(0.1)
-    assert fake.shutdown_called and not fake.detached
+        await wait_until(pilot, lambda: fake.shutdown_called, what="the idle engine to be shut down")
+    assert not fake.detached
 
 
 async def test_keymap_from_settings_remaps_bindings(build_app, ui_settings) -> None:

@@ -78,7 +78,7 @@ async def test_first_run_to_runs_against_the_real_engine(demo: dict[str, str], t
         await type_into(pilot, form.row("rank").widget, "0")
         await pilot.press("ctrl+s")
         await settle(pilot)
-        assert app.client is None  # refused: rank 0 is out of range, nothing started
+        assert app.session.client is None  # refused: rank 0 is out of range, nothing started
         await type_into(pilot, form.row("rank").widget, "4")
         await type_into(pilot, form.row("max_steps").widget, "500")
         await pilot.press("ctrl+s")
@@ -115,8 +115,8 @@ async def test_first_run_to_runs_against_the_real_engine(demo: dict[str, str], t
         await pilot.pause()
         table = app.screen.query_one(CheckpointList)
         assert any(str(table.get_row_at(i)[2]) == "stop" for i in range(table.row_count))
-        await wait_until(pilot, lambda: app.client is not None and not app.client.is_alive, 60, "the engine to exit")
-        assert app.client.exit_code == 0 and not app.engine_banner
+        await wait_until(pilot, lambda: app.session.client is not None and not app.session.client.is_alive, 60, "the engine to exit")
+        assert app.session.client.exit_code == 0 and not app.engine_banner
 
         # --- the run is in Runs
         await pilot.press("f5")

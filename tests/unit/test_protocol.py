@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import pickle
+import pickletools
 import typing
 
 import pytest
@@ -30,13 +31,26 @@ _SAMPLES = {
 
 
 def sample(cls: type) -> typing.Any:
-    """An instance with a non-default value in every field."""
+    """An instance with a non-default value in every field (a vocabulary field: its last value)."""
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs[f.name] = typing.get_args(hint)[-1]
+            continue
         annotation = str(f.type)
         assert annotation in _SAMPLES, f"{cls.__name__}.{f.name}: no sample for type {annotation}"
         kwargs[f.name] = _SAMPLES[annotation]
     return cls(**kwargs)
+
+
+VOCABULARY_FIELDS = [
+    pytest.param(cls, f.name, id=f"{cls.__name__}.{f.name}")
+    for cls in ALL_TYPES
+    for f in dataclasses.fields(cls)
+    if typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Literal
+]
 
 
 def test_protocol_version_is_an_int() -> None:
@@ -94,6 +108,39 @@ def test_events_carry_the_envelope(cls: type) -> None:
     assert names[:3] == ["run_id", "seq", "ts"]
     stamped = protocol.stamp(sample(cls), run_id="r1", seq=42, ts=123.0)
     assert (stamped.run_id, stamped.seq, stamped.ts) == ("r1", 42, 123.0)
+
+
+def test_the_closed_vocabularies_are_declared_as_literals() -> None:
+    """Phase, run status, checkpoint kind, log level, preprocessing stage and file status: each field
+    that holds one is typed with its ``Literal`` (so mypy checks every constructor call)."""
+    declared = {(p.values[0].__name__, p.values[1]) for p in VOCABULARY_FIELDS}
+    assert declared == {
+        ("Heartbeat", "phase"), ("PhaseChanged", "phase"), ("CheckpointSaved", "kind"), ("LogRecord", "level"),
+        ("PreprocessProgress", "stage"), ("PreprocessProgress", "status"), ("RunFinished", "status"),
+    }
+    assert protocol.PHASES == typing.get_args(protocol.Phase) and "training" in protocol.PHASES
+    assert protocol.RUN_STATUSES == ("completed", "stopped")
+
+
+@pytest.mark.parametrize(("cls", "name"), VOCABULARY_FIELDS)
+def test_a_value_outside_the_vocabulary_is_refused(cls: type, name: str) -> None:
+    """Reading (``from_dict``) and writing (``stamp``) both refuse it, naming the field and the choices."""
+    data = protocol.to_dict(sample(cls))
+    data[name] = "bogus"
+    with pytest.raises(protocol.ProtocolError, match=rf"{cls.__name__}\.{name} = 'bogus' is not one of "):
+        protocol.from_dict(data)
+    unchecked = dataclasses.replace(sample(cls), **{name: "bogus"})  # the dataclass itself does not check
+    with pytest.raises(protocol.ProtocolError, match=rf"{cls.__name__}\.{name}"):
+        protocol.stamp(unchecked, run_id="r", seq=1)
+
+
+def test_vocabulary_values_stay_plain_strings_on_the_wire() -> None:
+    """Literal, not StrEnum: a pickled event names no vocabulary class, and JSON gives back equal values."""
+    event = protocol.stamp(protocol.PhaseChanged(phase="training", detail="x"), run_id="r", seq=1, ts=1.0)
+    assert type(event.phase) is str
+    strings = {arg for op, arg, _pos in pickletools.genops(pickle.dumps(event)) if isinstance(arg, str)}
+    assert "PhaseChanged" in strings and "Phase" not in strings  # the event's class only, no vocabulary class
+    assert protocol.loads(protocol.dumps(event)) == event
 
 
 def test_nan_and_inf_survive_json() -> None:

@@ -31,7 +31,7 @@ from engine.audio.builder import AudioReadError, error_line, write_json_atomic
 from engine import prepconfig as cfgmod
 from engine.audio.preprocess.output import META, WRITING, now, read_json, save_atomic, write_manifest
 from engine.audio.preprocess.samples import Job, JobList, collect_jobs, job_prompt
-from engine.protocol import PreprocessProgress
+from engine.protocol import FileStatus, PreprocessProgress, PreprocessStage
 
 TMP_SUFFIX = ".tmp.pt"
 Emit = Callable[[Any], None]
@@ -75,7 +75,7 @@ class _Run:
         self.fingerprints: dict[str, str] = dict(self.previous.get("fingerprints") or {})
         self.written: set[str] = set()  # final files written by this call
 
-    def emit(self, stage: str, index: int, total: int, file: str, status: str, message: str = "", audio_seconds: float = 0.0) -> None:
+    def emit(self, stage: PreprocessStage, index: int, total: int, file: str, status: FileStatus, message: str = "", audio_seconds: float = 0.0) -> None:
         self.emit_fn(
             PreprocessProgress(
                 stage=stage,
@@ -139,7 +139,7 @@ def run_preprocess(config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Cal
     run.summary.total = total
     run.summary.elapsed_s = time.monotonic() - run.start
     s = run.summary
-    status = "skipped" if s.stopped else "failed" if s.failed and not (s.processed or s.skipped) else "ok"
+    status: FileStatus = "skipped" if s.stopped else "failed" if s.failed and not (s.processed or s.skipped) else "ok"
     run.emit("done", total, total, "", status, s.line(), s.audio_seconds)
     return run.summary
 
@@ -367,7 +367,7 @@ def _pass2(run: _Run, jobs: JobList, todo: list[Job], models: Any, total: int) -
         run.emit("pass2", index, total, job.display, "ok", f"{frames} frames, {states.shape[0]} condition tokens")
 
 
-def _fail(run: _Run, stage: str, index: int, total: int, job: Job, reason: str) -> None:
+def _fail(run: _Run, stage: PreprocessStage, index: int, total: int, job: Job, reason: str) -> None:
     run.summary.failed.append((job.display, reason))
     run.emit(stage, index, total, job.display, "failed", reason)
 
