@@ -21,6 +21,7 @@ from engine import prepconfig as pcfg
 from sidestep_tui.widgets.audio_prep import DONE, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
 
 MODEL = "acestep-v15-base"
+scans = pytest.mark.integration  # the audio scan runs the dataset builder in a child interpreter
 
 
 @pytest.fixture
@@ -106,6 +107,7 @@ def _footer_keys(app: Any) -> set[str]:
     return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
 
 
+@scans
 async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_root: Path, songs: Path) -> None:
     app = _app(build_app, ckpt_root)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -129,6 +131,7 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
         assert titles == ["Dataset: Preprocess", "Dataset: Tensors/Audio", "Dataset: Rescan"]  # only what applies now
 
 
+@scans
 async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, ckpt_root: Path, songs: Path, tmp_path: Path) -> None:
     app = _app(build_app, ckpt_root, draft={})
     async with app.run_test(size=(120, 40)) as pilot:
@@ -165,6 +168,7 @@ async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, 
         assert not Path(str(songs) + "_tensors").exists()
 
 
+@scans
 async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_root: Path, songs: Path) -> None:
     sent: list[Any] = []
 
@@ -220,6 +224,7 @@ async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_
         assert app.settings.last_dataset_dir == str(out)
 
 
+@scans
 async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root: Path, songs: Path) -> None:
     jobs: list[str] = []
 

@@ -42,6 +42,7 @@ print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidde
 """
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_running_the_app_loads_no_training_stack(tmp_path) -> None:
     code = _PROBE.format(fakes=str(REPO / "tests" / "ui"), root=str(tmp_path), forbidden=FORBIDDEN)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -49,6 +50,7 @@ def test_running_the_app_loads_no_training_stack(tmp_path) -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_cli_help_path_loads_neither_textual_nor_torch() -> None:
     code = (
         "import sys, json, contextlib, io\n"
