@@ -34,6 +34,7 @@ class FakeEngineClient:
         self.controls = controls
         self.owns_engine = owns_engine
         self.sent: list[Any] = []
+        self.refused: list[Any] = []  # sent after the engine died (the app must not even try)
         self.started = False
         self.shutdown_called = False
         self.detached = False
@@ -46,6 +47,7 @@ class FakeEngineClient:
 
     def send(self, cmd: Any) -> None:
         if self._exit_code is not None:
+            self.refused.append(cmd)
             raise EngineDeadError(f"the engine is not running ({self.death_reason()})")
         self.sent.append(cmd)
         if self.on_send is not None:

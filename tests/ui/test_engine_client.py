@@ -4,6 +4,7 @@ here that starts no process)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -97,12 +98,11 @@ def test_shutdown_escalates_to_kill(tmp_path) -> None:
 
 @spawns
 def test_detach_leaves_the_engine_running(tmp_path) -> None:
-    import multiprocessing
-
     client = _client(tmp_path)
     client.start()
+    assert client.pid in [child.pid for child in multiprocessing.active_children()]
     client.detach()
-    assert client._process not in multiprocessing.active_children()
+    assert client.pid not in [child.pid for child in multiprocessing.active_children()]
     assert client.is_alive
     os.kill(client.pid, signal.SIGKILL)  # clean up the test's own engine
     assert client.wait_exit(10)
@@ -133,7 +133,8 @@ async def test_app_exit_shuts_an_idle_engine_down_and_detaches_a_training_one(tm
         await wait_until(pilot, lambda: bool(app.run_state.engine_pid), 15, "the busy engine's handshake")
         busy.send(p.StartRun(run_id="r", config_json="{}"))
         await wait_until(pilot, lambda: app.run_state.active, 5, "the run to start")
-    assert busy.is_alive  # detached: the run outlives its UI
+    # detached: the run outlives its UI, and this interpreter's exit will not wait for it
+    assert busy.is_alive and busy.pid not in [child.pid for child in multiprocessing.active_children()]
     os.kill(busy.pid, signal.SIGKILL)
     assert busy.wait_exit(10)
 

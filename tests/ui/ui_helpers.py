@@ -51,6 +51,11 @@ def screen_text(app: Any) -> str:
     return console.export_text()
 
 
+def footer_keys(app: Any) -> set[str]:
+    """The descriptions of the keys the footer offers now (enabled and shown)."""
+    return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
+
+
 def make_run_dir(root: Path, name: str = "demo-lora", events: str = "demo_run.jsonl", config: dict[str, Any] | None = None) -> Path:
     """A run folder as the recorded run left its own: the recorded events.jsonl with the recording's run
     folder (a temp folder on the machine that made it) rewritten to this one, the checkpoint folders its
