@@ -1,11 +1,68 @@
 """Shared fixtures. The demo model and dataset are generated once per test session (seconds, no
-downloads); runs write under pytest's tmp dirs."""
+downloads); runs write under pytest's tmp dirs.
+
+A test that starts a process (the engine, a child interpreter, a CLI) is marked ``integration``; the
+guard below fails any other test that tries (in its setup, fixtures included, or its body), so
+``-m "not integration"`` means what it says."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing.process
 import os
+import subprocess
+from typing import Any, Iterator
 
 import pytest
+
+_SPAWNERS: tuple[tuple[Any, str], ...] = (
+    (subprocess.Popen, "_execute_child"),  # subprocess.run/check_output/Popen, asyncio subprocesses
+    (multiprocessing.process.BaseProcess, "start"),  # every multiprocessing context
+    (os, "fork"), (os, "forkpty"), (os, "posix_spawn"), (os, "posix_spawnp"),
+)  # not os.system: tests pickle it as an exploit payload, and a stand-in would not pickle by name
+
+
+@contextlib.contextmanager
+def _no_processes(item: pytest.Item) -> Iterator[list[str]]:
+    """While active, starting a process raises, and is recorded (a worker thread may swallow the error)."""
+    tried: list[str] = []
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _SPAWNERS if hasattr(owner, name)]
+
+    def refuse(what: str) -> Any:
+        def spawn(*_args: Any, **_kwargs: Any) -> Any:
+            tried.append(what)
+            raise RuntimeError(f"{item.nodeid} starts a process ({what}) but is not marked integration")
+
+        return spawn
+
+    for owner, name, _real in saved:
+        setattr(owner, name, refuse(f"{getattr(owner, '__name__', owner)}.{name}"))
+    try:
+        yield tried
+    finally:
+        for owner, name, real in saved:
+            setattr(owner, name, real)
+
+
+def _guarded(item: pytest.Item) -> Iterator[Any]:
+    if item.get_closest_marker("integration") is not None:
+        return (yield)
+    with _no_processes(item) as tried:
+        result = yield
+    if tried:
+        pytest.fail(f"starts a process ({', '.join(sorted(set(tried)))}) but is not marked integration: "
+                    "mark it with pytest.mark.integration, or keep it in this process", pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[Any]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
+    return (yield from _guarded(item))
 
 
 @pytest.fixture(scope="session")

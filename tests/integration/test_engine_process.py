@@ -62,7 +62,7 @@ def start_run(engine: Engine, values: dict) -> None:
     engine.cmd_q.put(protocol.StartRun(run_id="it", config_json=cfgmod.to_json(cfgmod.parse(values))))
 
 
-def test_handshake_run_stop_and_clean_exit(engine, demo_config_values):
+def test_handshake_run_stop_and_clean_exit(capfd, engine, demo_config_values):
     ready = engine.wait_for(lambda e: isinstance(e, protocol.EngineReady))
     assert ready.protocol_version == protocol.PROTOCOL_VERSION and ready.pid == engine.proc.pid
     start_run(engine, dict(demo_config_values, max_steps=100000, epochs=100000))
@@ -70,11 +70,17 @@ def test_handshake_run_stop_and_clean_exit(engine, demo_config_values):
     engine.wait_for(lambda e: isinstance(e, protocol.Heartbeat) and e.phase == "training")
     engine.cmd_q.put(protocol.PauseRun())
     paused = engine.wait_for(lambda e: isinstance(e, protocol.RunPaused))
+    # Paused means held: a heartbeat says "paused", and no step and no resume came before it.
+    held_from = len(engine.seen)
+    engine.wait_for(lambda e: isinstance(e, protocol.Heartbeat) and e.phase == "paused")
+    held = engine.seen[held_from:]
+    assert not any(isinstance(e, (protocol.StepMetrics, protocol.RunResumed)) for e in held), [type(e).__name__ for e in held]
     engine.cmd_q.put(protocol.SaveCheckpoint())
     engine.cmd_q.put(protocol.ResumeRun())
     engine.wait_for(lambda e: isinstance(e, protocol.RunResumed))
     saved = engine.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.kind == "requested")
-    assert saved.step >= paused.step
+    assert saved.step == paused.step  # asked for while paused: written before the next step
+    assert os.path.isfile(os.path.join(saved.path, "training_state.pt"))
     engine.cmd_q.put(protocol.StopRun())
     stop = engine.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.kind == "stop")
     finished = engine.wait_for(lambda e: isinstance(e, protocol.RunFinished))
@@ -83,8 +89,9 @@ def test_handshake_run_stop_and_clean_exit(engine, demo_config_values):
     engine.wait_for(lambda e: isinstance(e, protocol.EngineStopping))
     engine.proc.join(30)
     assert engine.proc.exitcode == 0
-    # the engine's own prints and warnings went to its log, never to our terminal
-    assert os.path.getsize(os.path.join(os.path.dirname(demo_config_values["output_dir"]), "engine.log")) >= 0
+    # the engine's own prints and logging went to its log, never to our terminal (it inherited our fds)
+    assert os.path.getsize(os.path.join(os.path.dirname(demo_config_values["output_dir"]), "engine.log")) > 0
+    assert capfd.readouterr() == ("", "")
 
 
 def test_bad_config_is_a_run_failed_and_the_engine_stays_up(engine, demo_config_values):
@@ -102,9 +109,9 @@ def test_sigterm_stops_and_saves(engine, demo_config_values):
     start_run(engine, dict(demo_config_values, max_steps=100000, epochs=100000))
     engine.wait_for(lambda e: isinstance(e, protocol.StepMetrics) and e.step >= 2)
     os.kill(engine.proc.pid, signal.SIGTERM)
-    engine.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.kind == "stop")
+    stop = engine.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.kind == "stop")
     finished = engine.wait_for(lambda e: isinstance(e, protocol.RunFinished))
-    assert finished.status == "stopped"
+    assert finished.status == "stopped" and os.path.isfile(os.path.join(stop.path, "training_state.pt"))
     engine.proc.join(30)
     assert engine.proc.exitcode == 0
 

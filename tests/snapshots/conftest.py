@@ -1,11 +1,12 @@
-"""Determinism for snapshots: fixed settings dir and paths, UTC for log stamps, no cursor blink, no
-animation, a fixed clock, no real GPUs, the default theme. Update snapshots only after reading the
-report: ``pytest tests/snapshots --snapshot-update`` is refused unless SIDESTEP_SNAPSHOT_UPDATE=1."""
+"""Determinism for snapshots: a private settings dir, UTC for log stamps, no cursor blink, no animation,
+a fixed clock, no real GPUs, the default theme. Files go under each test's own ``tmp_path`` (never a
+fixed folder: parallel runs would share it); where a screen prints a path, the test says how it is spelt.
+Update snapshots only after reading the report: ``pytest tests/snapshots --snapshot-update`` is refused
+unless SIDESTEP_SNAPSHOT_UPDATE=1."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,8 +14,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
-
-FIXED_ROOT = Path("/tmp/sidestep-snapshots")  # paths appear on screen: keep them the same everywhere
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,11 +33,3 @@ def _deterministic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     time.tzset()
     monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)  # the cursor stays drawn
     monkeypatch.setattr(discovery, "gpus", lambda: [])
-
-
-@pytest.fixture
-def fixed_root() -> Path:
-    shutil.rmtree(FIXED_ROOT, ignore_errors=True)
-    FIXED_ROOT.mkdir(parents=True)
-    yield FIXED_ROOT
-    shutil.rmtree(FIXED_ROOT, ignore_errors=True)

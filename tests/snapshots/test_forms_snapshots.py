@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pt_files import write_dataset
 from textual.widgets import Input
 from textual.worker import WorkerState
 
@@ -22,7 +21,6 @@ from engine import discovery
 from sidestep_tui.app import make_app
 from sidestep_tui.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 SIZES = [(80, 24), (160, 48)]
 MODEL_CONFIG = {"model_type": "acestep", "num_hidden_layers": 24, "hidden_size": 2048, "timestep_mu": -0.4, "timestep_sigma": 1.0}
 
@@ -34,29 +32,11 @@ def _model(root: Path, name: str, *, weights: bool = True, **config: Any) -> Non
         (root / name / "model.safetensors").write_bytes(b"\0" * 4096)
 
 
-_WRITE_SAMPLES = r"""
-import sys, torch
-from pathlib import Path
-out = Path(sys.argv[1]); out.mkdir(parents=True)
-for i, frames in enumerate((250, 500, 125, 375)):  # 10 s, 20 s, 5 s, 15 s at 25 latent frames/s
-    torch.save({
-        "target_latents": torch.zeros(frames, 64, dtype=torch.bfloat16),
-        "attention_mask": torch.ones(frames, dtype=torch.bfloat16),
-        "encoder_hidden_states": torch.zeros(16, 2048, dtype=torch.bfloat16),
-        "encoder_attention_mask": torch.ones(16, dtype=torch.bool),
-        "context_latents": torch.zeros(frames, 128, dtype=torch.bfloat16),
-        "metadata": {"filename": f"song_{i}.wav", "duration": frames // 25},
-    }, out / f"song_{i}.pt")
-"""
-
-
 @pytest.fixture(scope="session")
 def snapshot_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four samples of fixed lengths in the ACE-Step tensor format (written in a subprocess: torch
-    stays out of this UI process), independent of how the demo data is made."""
-    out = tmp_path_factory.mktemp("snap-data") / "dataset"
-    subprocess.run([sys.executable, "-c", _WRITE_SAMPLES, str(out)], check=True, cwd=REPO, timeout=180)
-    return out
+    """Four samples of fixed lengths (10 s, 20 s, 5 s, 15 s) in the ACE-Step tensor format, written
+    without torch (tests/ui/pt_files.py), independent of how the demo data is made."""
+    return write_dataset(tmp_path_factory.mktemp("snap-data") / "dataset", (250, 500, 125, 375))
 
 
 @pytest.fixture
@@ -140,6 +120,7 @@ def test_dataset_with_a_corrupt_file(snap_compare, snap_env: Path, size: tuple[i
     assert snap_compare(_app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before)
 
 
+@pytest.mark.integration  # the audio folder is scanned by the dataset builder in a child interpreter
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_dataset_audio_folder(snap_compare, snap_env: Path, size: tuple[int, int]) -> None:
     """The audio tab after the builder's scan: a file per row with its sidecar, the problems in place."""

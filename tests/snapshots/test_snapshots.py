@@ -4,18 +4,23 @@ Setup) are in test_forms_snapshots.py. Behaviour is tested in tests/ui; these ca
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_engine import FakeEngineClient, recorded, scripted_run
-from ui_helpers import FakeClock, make_run_dir
+from ui_helpers import FakeClock, drain, make_run_dir, wait_until
 
 from engine import protocol as p
 from sidestep_tui.app import make_app
+from sidestep_tui.screens import runs as runs_screen
 from sidestep_tui.settings import Settings
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
+SHOWN_ROOT = "/home/user/sidestep"
+"""How the Runs screen spells the test's own folder (it prints absolute paths, and ``tmp_path`` differs on
+every machine and every run)."""
 
 
 def build(root: Path, client: Any = None, mode: str = "monitor", **kwargs: Any):
@@ -28,12 +33,11 @@ def build(root: Path, client: Any = None, mode: str = "monitor", **kwargs: Any):
 
 
 def after_drain(fake: FakeEngineClient, until=lambda app: True):
+    """Wait (failing on timeout) until the app has taken every event of ``fake`` and ``until`` holds, then
+    redraw the monitor so its timers' next tick is in the picture."""
+
     async def run_before(pilot) -> None:
-        for _ in range(300):
-            await pilot.pause(0.02)
-            if fake.pending == 0 and until(pilot.app):
-                break
-        await pilot.pause(0.05)
+        await drain(pilot, fake, until=lambda: until(pilot.app), timeout=15.0)
         screen = pilot.app.screen
         target = screen if hasattr(screen, "redraw") else pilot.app.screen_stack[-2] if len(pilot.app.screen_stack) > 1 else None
         if target is not None and hasattr(target, "redraw"):
@@ -44,61 +48,76 @@ def after_drain(fake: FakeEngineClient, until=lambda app: True):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_monitor_live_gpu_run(snap_compare, fixed_root, size) -> None:
+def test_monitor_live_gpu_run(snap_compare, tmp_path, size) -> None:
     fake = FakeEngineClient(scripted_run(steps=60, total_steps=200, finish=None, gpu=True))
-    assert snap_compare(build(fixed_root, fake), terminal_size=size, run_before=after_drain(fake))
+    assert snap_compare(build(tmp_path, fake), terminal_size=size, run_before=after_drain(fake))
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_monitor_recorded_cpu_demo_run(snap_compare, fixed_root, size) -> None:
+def test_monitor_recorded_cpu_demo_run(snap_compare, tmp_path, size) -> None:
     fake = FakeEngineClient(recorded())
-    assert snap_compare(build(fixed_root, fake), terminal_size=size, run_before=after_drain(fake))
+    assert snap_compare(build(tmp_path, fake), terminal_size=size, run_before=after_drain(fake))
 
 
-def test_monitor_paused(snap_compare, fixed_root) -> None:
+def test_monitor_paused(snap_compare, tmp_path) -> None:
     events = scripted_run(steps=20, finish=None) + [p.RunPaused(run_id="run-1", seq=999, ts=1_700_000_100.0, step=20)]
     fake = FakeEngineClient(events)
-    assert snap_compare(build(fixed_root, fake), terminal_size=(80, 24), run_before=after_drain(fake))
+    assert snap_compare(build(tmp_path, fake), terminal_size=(80, 24), run_before=after_drain(fake))
 
 
-def test_failed_run_dialog(snap_compare, fixed_root) -> None:
+def test_failed_run_dialog(snap_compare, tmp_path) -> None:
     fake = FakeEngineClient(scripted_run(steps=12, finish="failed", gpu=True))
-    app = build(fixed_root, fake)
+    app = build(tmp_path, fake)
     assert snap_compare(app, terminal_size=(80, 24), run_before=after_drain(fake, lambda a: type(a.screen).__name__ == "ErrorDialog"))
 
 
-def test_engine_died_banner(snap_compare, fixed_root) -> None:
+def test_engine_died_banner(snap_compare, tmp_path) -> None:
     fake = FakeEngineClient(scripted_run(steps=12, finish=None, gpu=True))
 
     async def run_before(pilot) -> None:
         await after_drain(fake)(pilot)
         fake.die(-9)
-        for _ in range(200):
-            await pilot.pause(0.02)
-            if pilot.app.engine_banner:
-                break
+        await wait_until(pilot, lambda: bool(pilot.app.engine_banner), 10.0, "the engine-died banner")
         pilot.app.clear_notifications()
         pilot.app.screen.redraw(True)
         await pilot.pause()
 
-    assert snap_compare(build(fixed_root, fake), terminal_size=(160, 48), run_before=run_before)
+    assert snap_compare(build(tmp_path, fake), terminal_size=(160, 48), run_before=run_before)
 
 
-def test_quit_dialog(snap_compare, fixed_root) -> None:
+def test_quit_dialog(snap_compare, tmp_path) -> None:
     fake = FakeEngineClient(scripted_run(steps=12, finish=None))
-    assert snap_compare(build(fixed_root, fake), terminal_size=(80, 24), press=["ctrl+q"], run_before=after_drain(fake))
+    assert snap_compare(build(tmp_path, fake), terminal_size=(80, 24), press=["ctrl+q"], run_before=after_drain(fake))
+
+
+@pytest.fixture
+def shown_runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real output root under ``tmp_path`` that the Runs screen shows as ``SHOWN_ROOT/runs``: settings name
+    the shown path, and the screen's scan reads the real folders and reports their paths as shown. Only
+    the spelling of the prefix changes; every summary is read from the files."""
+    real = tmp_path / "runs"
+    real.mkdir()
+    scan = runs_screen.scan_runs
+
+    def shown(path: str | None) -> str | None:
+        return SHOWN_ROOT + path[len(str(tmp_path)):] if path and Path(path).is_relative_to(tmp_path) else path
+
+    def scan_shown(root: str) -> list[Any]:
+        assert root.startswith(SHOWN_ROOT), root
+        found = scan(str(tmp_path) + root[len(SHOWN_ROOT):])
+        return [dataclasses.replace(r, path=shown(r.path), adapter_path=shown(r.adapter_path)) for r in found]
+
+    monkeypatch.setattr(runs_screen, "scan_runs", scan_shown)
+    return real
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_runs_screen(snap_compare, fixed_root, size) -> None:
-    make_run_dir(fixed_root / "runs", "demo-lora-stopped")
-    make_run_dir(fixed_root / "runs", "demo-lokr", config={"adapter_type": "lokr", "run_name": "demo-lokr"})
+def test_runs_screen(snap_compare, tmp_path, shown_runs_root, size) -> None:
+    make_run_dir(shown_runs_root, "demo-lora-stopped")
+    make_run_dir(shown_runs_root, "demo-lokr", config={"adapter_type": "lokr", "run_name": "demo-lokr"})
+    settings = Settings(checkpoint_root=str(tmp_path / "ckpt"), output_root=f"{SHOWN_ROOT}/runs")
 
     async def run_before(pilot) -> None:
-        for _ in range(200):
-            await pilot.pause(0.02)
-            if getattr(pilot.app.screen, "runs", None):
-                break
-        await pilot.pause()
+        await wait_until(pilot, lambda: bool(getattr(pilot.app.screen, "runs", None)), 10.0, "the Runs screen's scan")
 
-    assert snap_compare(build(fixed_root, mode="runs"), terminal_size=size, run_before=run_before)
+    assert snap_compare(build(tmp_path, mode="runs", settings=settings), terminal_size=size, run_before=run_before)

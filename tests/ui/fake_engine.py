@@ -34,10 +34,12 @@ class FakeEngineClient:
         self.controls = controls
         self.owns_engine = owns_engine
         self.sent: list[Any] = []
+        self.refused: list[Any] = []  # sent after the engine died (the app must not even try)
         self.started = False
         self.shutdown_called = False
         self.detached = False
         self._exit_code: int | None = None
+        self._caught_up = False  # polled with nothing left: whatever was handed out before is posted
 
     # protocol -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -45,6 +47,7 @@ class FakeEngineClient:
 
     def send(self, cmd: Any) -> None:
         if self._exit_code is not None:
+            self.refused.append(cmd)
             raise EngineDeadError(f"the engine is not running ({self.death_reason()})")
         self.sent.append(cmd)
         if self.on_send is not None:
@@ -52,11 +55,14 @@ class FakeEngineClient:
 
     def poll(self, timeout: float) -> list[Any]:
         if not self._queue:
+            self._caught_up = True
             self._wake.wait(timeout)
             self._wake.clear()
         out = []
         while self._queue and len(out) < self.batch:
             out.append(self._queue.popleft())
+        if out:
+            self._caught_up = False
         return out
 
     @property
@@ -91,6 +97,11 @@ class FakeEngineClient:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def drained(self) -> bool:
+        """Every event handed out, and the pump back for more (so it has posted the last batch)."""
+        return not self._queue and self._caught_up
 
 
 def recorded(name: str = "demo_run.jsonl") -> list[Any]:

@@ -22,6 +22,7 @@ from sidestep_tui.engine_client import EngineHandshakeError
 from sidestep_tui.widgets.audio_prep import DONE, FAILED, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
 
 MODEL = "acestep-v15-base"
+scans = pytest.mark.integration  # the audio scan runs the dataset builder in a child interpreter
 
 
 @pytest.fixture
@@ -107,6 +108,7 @@ def _footer_keys(app: Any) -> set[str]:
     return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
 
 
+@scans
 async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_root: Path, songs: Path) -> None:
     app = _app(build_app, ckpt_root)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -130,6 +132,7 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
         assert titles == ["Dataset: Preprocess", "Dataset: Tensors/Audio", "Dataset: Rescan"]  # only what applies now
 
 
+@scans
 async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, ckpt_root: Path, songs: Path, tmp_path: Path) -> None:
     app = _app(build_app, ckpt_root, draft={})
     async with app.run_test(size=(120, 40)) as pilot:
@@ -166,6 +169,7 @@ async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, 
         assert not Path(str(songs) + "_tensors").exists()
 
 
+@scans
 async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_root: Path, songs: Path) -> None:
     sent: list[Any] = []
 
@@ -221,6 +225,7 @@ async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_
         assert app.settings.last_dataset_dir == str(out)
 
 
+@scans
 async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root: Path, songs: Path) -> None:
     jobs: list[str] = []
 

@@ -1,19 +1,23 @@
 """EngineClient against a real spawned process (a stub engine, no torch): handshake, protocol check,
-death reasons, send on a dead engine, shutdown escalation, detach; plus exit-code mapping."""
+death reasons, send on a dead engine, shutdown escalation, detach; plus exit-code mapping (the one test
+here that starts no process)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
 
 import pytest
 from fake_engine import stub_engine
+from ui_helpers import wait_until
 
 from engine import protocol as p
 from sidestep_tui.engine_client import EngineClient, EngineDeadError, EngineHandshakeError, exit_reason
 
 pytestmark = pytest.mark.timeout(120)
+spawns = pytest.mark.integration
 
 
 def _client(tmp_path, **boot) -> EngineClient:
@@ -30,6 +34,7 @@ def _drain_until(client: EngineClient, kind: type, timeout: float = 30.0) -> lis
     raise AssertionError(f"no {kind.__name__} in {seen}")
 
 
+@spawns
 def test_handshake_commands_and_clean_shutdown(tmp_path) -> None:
     client = _client(tmp_path)
     client.start()
@@ -44,6 +49,7 @@ def test_handshake_commands_and_clean_shutdown(tmp_path) -> None:
         client.send(p.PauseRun())
 
 
+@spawns
 def test_protocol_mismatch_is_refused(tmp_path) -> None:
     client = _client(tmp_path, protocol_version=p.PROTOCOL_VERSION + 1)
     with pytest.raises(EngineHandshakeError, match="protocol"):
@@ -51,6 +57,7 @@ def test_protocol_mismatch_is_refused(tmp_path) -> None:
     assert not client.is_alive
 
 
+@spawns
 def test_handshake_timeout(tmp_path) -> None:
     client = _client(tmp_path, silent=True)
     client.handshake_timeout = 2.0
@@ -59,6 +66,7 @@ def test_handshake_timeout(tmp_path) -> None:
     assert client.wait_exit(10) and not client.is_alive
 
 
+@spawns
 def test_sigkill_is_reported_as_the_oom_killer(tmp_path) -> None:
     client = _client(tmp_path)
     client.start()
@@ -69,6 +77,7 @@ def test_sigkill_is_reported_as_the_oom_killer(tmp_path) -> None:
         client.send(p.StopRun())
 
 
+@spawns
 def test_crash_is_exit_code_one(tmp_path) -> None:
     client = _client(tmp_path, crash_on_stop=True)
     client.start()
@@ -77,6 +86,7 @@ def test_crash_is_exit_code_one(tmp_path) -> None:
     assert client.exit_code == 1 and client.death_reason().startswith("crashed")
 
 
+@spawns
 def test_shutdown_escalates_to_kill(tmp_path) -> None:
     client = _client(tmp_path, ignore_shutdown=True, ignore_sigterm=True)
     client.start()
@@ -86,13 +96,13 @@ def test_shutdown_escalates_to_kill(tmp_path) -> None:
     assert time.monotonic() - t0 < 15
 
 
+@spawns
 def test_detach_leaves_the_engine_running(tmp_path) -> None:
-    import multiprocessing
-
     client = _client(tmp_path)
     client.start()
+    assert client.pid in [child.pid for child in multiprocessing.active_children()]
     client.detach()
-    assert client._process not in multiprocessing.active_children()
+    assert client.pid not in [child.pid for child in multiprocessing.active_children()]
     assert client.is_alive
     os.kill(client.pid, signal.SIGKILL)  # clean up the test's own engine
     assert client.wait_exit(10)
@@ -107,36 +117,29 @@ def test_exit_reasons(code, reason) -> None:
     assert exit_reason(code) == reason
 
 
+@spawns
 async def test_app_exit_shuts_an_idle_engine_down_and_detaches_a_training_one(tmp_path, build_app) -> None:
     """Tests and crashes end the app without the quit dialog: no engine may be left holding the exit."""
     idle = _client(tmp_path / "idle")
     app = build_app(idle)
     async with app.run_test() as pilot:
-        for _ in range(300):
-            await pilot.pause(0.05)
-            if app.run_state.engine_pid:
-                break
+        await wait_until(pilot, lambda: bool(app.run_state.engine_pid), 15, "the idle engine's handshake")
         assert app.run_state.engine_pid == idle.pid
     assert not idle.is_alive and idle.exit_code == 0
 
     busy = _client(tmp_path / "busy")
     app = build_app(busy)
     async with app.run_test() as pilot:
-        for _ in range(300):
-            await pilot.pause(0.05)
-            if app.run_state.engine_pid:
-                break
+        await wait_until(pilot, lambda: bool(app.run_state.engine_pid), 15, "the busy engine's handshake")
         busy.send(p.StartRun(run_id="r", config_json="{}"))
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if app.run_state.active:
-                break
-        assert app.run_state.active
-    assert busy.is_alive  # detached: the run outlives its UI
+        await wait_until(pilot, lambda: app.run_state.active, 5, "the run to start")
+    # detached: the run outlives its UI, and this interpreter's exit will not wait for it
+    assert busy.is_alive and busy.pid not in [child.pid for child in multiprocessing.active_children()]
     os.kill(busy.pid, signal.SIGKILL)
     assert busy.wait_exit(10)
 
 
+@spawns
 def test_a_forgotten_engine_does_not_hold_the_interpreter_exit(tmp_path) -> None:
     """A script that starts an engine and simply ends: the atexit hook shuts the idle engine down
     instead of multiprocessing joining it forever."""

@@ -1,7 +1,9 @@
 """Pilot tests of the first-run, Models, Dataset and Setup screens, driven through the real app factory.
 
-The checkpoint root is a set of config.json folders (discovery reads nothing else); the dataset is
-the demo dataset written by a subprocess (it needs torch, which this UI test process must not load).
+The checkpoint root is a set of config.json folders (discovery reads nothing else); the dataset is a
+set of samples in the ACE-Step tensor format written without torch (pt_files.py), which this UI test
+process never loads. The one walk through every screen with the real demo model is an integration test
+(the demo is written by a child interpreter).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pt_files import write_dataset
 from textual.message import Message
 from textual.worker import WorkerState
 from textual.widgets import DataTable, Input, OptionList, Static
+from ui_helpers import wait_until
 
 from engine import config as cfg
 from engine import discovery, ptinspect
@@ -61,13 +65,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def demo_dataset(demo: dict[str, str]) -> Path:
-    return Path(demo["dataset_dir"])
+def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six samples of 2 to 12 s (the tests read the count from ``demo_report``, never hard-code it)."""
+    return write_dataset(tmp_path_factory.mktemp("tensors") / "dataset", (50, 100, 150, 200, 250, 300))
 
 
 @pytest.fixture(scope="session")
 def demo_report(demo_dataset: Path) -> ptinspect.DatasetReport:
-    """What the demo dataset holds (the tests do not hard-code the demo's size)."""
+    """What the dataset holds, as the Dataset screen's scan reads it."""
     report = ptinspect.scan_dataset(str(demo_dataset))
     assert report.ok and report.samples >= 2, report
     return report
@@ -88,9 +93,16 @@ def ckpt(env: Path) -> Path:
     return make_checkpoint_root(env / "ckpt")
 
 
-def app_for(env: Path, mode: str, *, settings: Settings | None = None, draft: dict[str, Any] | None = None):
+def _no_engine(_log_path: str) -> Any:
+    raise AssertionError("this test starts no engine (pass client_factory)")
+
+
+def app_for(env: Path, mode: str, *, settings: Settings | None = None, draft: dict[str, Any] | None = None, client_factory: Any = _no_engine):
+    """The app as the CLI builds it, except the engine: a Start reaches ``client_factory`` (by default an
+    error), never a real engine process."""
     settings = settings if settings is not None else Settings(checkpoint_root=str(env / "ckpt"), output_root=str(env / "runs"))
-    return make_app(settings=settings, settings_path=str(env / "config" / "settings.json"), initial_mode=mode, draft=draft)
+    return make_app(settings=settings, settings_path=str(env / "config" / "settings.json"), initial_mode=mode, draft=draft,
+                    client_factory=client_factory, log_dir=str(env / "logs"))
 
 
 class Recorder:
@@ -181,8 +193,13 @@ async def test_form_has_a_field_for_every_schema_field(ckpt: Path, env: Path, de
 async def test_bad_values_show_inline_errors_refuse_start_then_fixed_in_place_start(
     ckpt: Path, env: Path, demo_dataset: Path
 ) -> None:
+    from fake_engine import FakeEngineClient
+
+    from engine.protocol import StartRun
+
     hook = Recorder(m.StartRequested, m.DraftUpdated)
-    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    fake = FakeEngineClient()
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset), client_factory=lambda _log: fake)
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await settle(pilot)
         screen = app.screen
@@ -211,6 +228,8 @@ async def test_bad_values_show_inline_errors_refuse_start_then_fixed_in_place_st
         assert len(started) == 1
         expected = cfg.parse({**setup_draft(env, demo_dataset), "rank": 32, "learning_rate": 1e-4})
         assert json.loads(started[0].config_json) == json.loads(cfg.to_json(expected))
+        await wait_until(pilot, lambda: bool(fake.sent), 10, "StartRun to reach the engine")
+        assert [type(c) for c in fake.sent] == [StartRun] and fake.sent[0].config_json == started[0].config_json
         # The draft follows the form, so leaving the screen loses nothing.
         assert app.draft["rank"] == "32"
 
@@ -454,9 +473,8 @@ async def test_first_run_asks_for_the_roots_checks_them_and_saves(ckpt: Path, en
 # --------------------------------------------------------------------------- the whole path
 
 
-async def test_first_run_to_start_through_every_form_screen(
-    env: Path, demo: dict[str, str], demo_report: ptinspect.DatasetReport
-) -> None:
+@pytest.mark.integration
+async def test_first_run_to_start_through_every_form_screen(env: Path, demo: dict[str, str]) -> None:
     """First run -> the demo model -> its dataset -> Setup (an error fixed in place) -> Start: the
     engine client built by the App's factory receives StartRun with the config the forms produced."""
     from fake_engine import FakeEngineClient
@@ -490,7 +508,7 @@ async def test_first_run_to_start_through_every_form_screen(
         assert "For model: sidestep-demo-base" in str(app.screen.query_one("#dataset-model", Static).render())
         await set_text(pilot, app.screen.query_one("#dataset-path Input", Input), demo["dataset_dir"])
         await settle(pilot)
-        n = demo_report.samples
+        n = ptinspect.scan_dataset(demo["dataset_dir"]).samples
         assert f"{n} usable of {n} files" in str(app.screen.query_one("#dataset-summary", Static).render())
         assert "no problems" in str(app.screen.query_one("#dataset-problem-list", Static).render())
         await pilot.press("ctrl+s")
@@ -508,10 +526,8 @@ async def test_first_run_to_start_through_every_form_screen(
         await type_into(pilot, form.row("rank").widget, "4")
         await type_into(pilot, form.row("max_steps").widget, "2")
         await pilot.press("ctrl+s")
-        for _ in range(100):  # the engine pump worker now runs for good: wait on the fake, not on workers
-            if fake.sent:
-                break
-            await pilot.pause(0.02)
+        # the engine pump worker now runs for good: wait on the fake, not on workers
+        await wait_until(pilot, lambda: bool(fake.sent), 10, "StartRun to reach the engine")
         assert len(fake.sent) == 1 and isinstance(fake.sent[0], StartRun)
         config = cfg.from_json(fake.sent[0].config_json)
         assert (config.checkpoint_dir, config.model_variant, config.dataset_dir) == (

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ui_helpers import drain, screen_text, wait_until
 from fake_engine import FakeEngineClient, recorded, scripted_run
+from ui_helpers import drain, footer_keys, screen_text, wait_until
 
 from engine import protocol as p
 from sidestep_tui import messages as m
@@ -12,6 +12,8 @@ from sidestep_tui.dialogs.confirm import ConfirmDialog
 from sidestep_tui.dialogs.error import ErrorDialog
 from sidestep_tui.dialogs.quit import QuitDialog
 from sidestep_tui.screens.monitor import MonitorScreen
+
+CONTROLS = {"Stop (saves)", "Save", "Pause", "Resume"}
 
 
 async def test_replayed_demo_run_shows_progress_loss_memory_and_histogram(build_app) -> None:
@@ -72,17 +74,20 @@ async def test_controls_follow_the_run_state(build_app) -> None:
         assert fake.sent[-1] == p.StopRun()
 
 
-async def test_finished_run_offers_no_controls(build_app) -> None:
-    fake = FakeEngineClient(scripted_run(steps=5, finish="completed"))
+@pytest.mark.parametrize("owns_engine", [True, False], ids=["own-engine", "attached"])
+async def test_finished_run_offers_no_controls(build_app, owns_engine: bool) -> None:
+    """Neither a freed engine (ours) nor one that outlives the run (attached) is offered any control."""
+    fake = FakeEngineClient(scripted_run(steps=5, finish="completed"), owns_engine=owns_engine)
     app = build_app(fake)
     async with app.run_test() as pilot:
         await drain(pilot, fake, until=lambda: app.run_state.finished_status == "completed")
+        if owns_engine:  # one engine per run: a finished run frees its engine while the app stays open
+            await wait_until(pilot, lambda: fake.shutdown_called, what="the finished run's engine to be shut down")
+        assert CONTROLS.isdisjoint(footer_keys(app))
         for key in ("s", "c", "p", "r"):
             await pilot.press(key)
         await pilot.pause()
-        assert fake.sent == []
-        # one engine per run: a finished run frees its engine
-        assert fake.shutdown_called
+        assert fake.sent == [] and fake.refused == [] and isinstance(app.screen, MonitorScreen)
 
 
 async def test_run_failed_opens_the_error_dialog(build_app) -> None:
@@ -111,8 +116,10 @@ async def test_engine_death_shows_a_banner_with_its_reason(build_app) -> None:
         assert app.engine_banner == "Engine died: killed (likely the OOM killer)"
         await pilot.pause()
         assert "Engine died: killed (likely the OOM killer)" in screen_text(app)
-        await pilot.press("p")  # dead engine: the control is disabled, nothing sent
-        assert fake.sent == []
+        await pilot.press("p")  # dead engine: the control is disabled, nothing is even tried
+        await pilot.pause()
+        assert fake.sent == [] and fake.refused == []
+        assert not any("not running" in str(n.message) for n in app._notifications)
 
 
 async def test_engine_silence_shows_a_banner_then_clears(build_app, clock) -> None:
@@ -137,8 +144,8 @@ async def test_start_requested_spawns_a_fresh_engine_and_sends_start_run(build_a
     app = build_app(None, client_factory=factory, initial_mode="runs")
     async with app.run_test() as pilot:
         app.post_message(m.StartRequested('{"x": 1}'))
-        await pilot.pause(0.1)
-        assert len(made) == 1 and made[0].started
+        await wait_until(pilot, lambda: bool(made) and made[0].started, what="a fresh engine to be started")
+        assert len(made) == 1
         await drain(pilot, made[0], until=lambda: bool(made[0].sent))
         (start,) = made[0].sent
         assert isinstance(start, p.StartRun) and start.config_json == '{"x": 1}' and start.run_id
@@ -198,13 +205,13 @@ async def test_quit_dialog_cancel_keeps_the_app(build_app) -> None:
 
 
 async def test_quit_when_idle_shuts_the_engine_down(build_app) -> None:
-    fake = FakeEngineClient(scripted_run(steps=3, finish=None)[:1])  # ready, never ran: nothing else would stop it
+    fake = FakeEngineClient(scripted_run(steps=3, finish=None)[:1])  # EngineReady: an engine that has run nothing
     app = build_app(fake)
     async with app.run_test() as pilot:
         await drain(pilot, fake, until=lambda: app.run_state.engine_pid is not None)
-        await pilot.press("ctrl+q")
-        await wait_until(pilot, lambda: fake.shutdown_called, what="the idle engine to be shut down")
-    assert not fake.detached
+        await pilot.press("ctrl+q")  # no dialog: nothing to lose
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert fake.shutdown_called and not fake.is_alive and not fake.detached
 
 
 async def test_keymap_from_settings_remaps_bindings(build_app, ui_settings) -> None:
@@ -212,7 +219,9 @@ async def test_keymap_from_settings_remaps_bindings(build_app, ui_settings) -> N
     app = build_app(fake, settings=ui_settings.replace(keymap={"monitor.pause": "z"}))
     async with app.run_test() as pilot:
         await drain(pilot, fake)
-        await pilot.press("p")
+        await pilot.press("p")  # no longer pause
+        await pilot.pause()
+        assert fake.sent == []
         await pilot.press("z")
         await pilot.pause()
         assert fake.sent == [p.PauseRun()]

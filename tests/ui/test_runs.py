@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
-from ui_helpers import make_run_dir, screen_text, wait_until
+import pytest
+from fake_engine import FakeEngineClient, scripted_run
+from ui_helpers import drain, footer_keys, make_run_dir, screen_text, wait_until
 
 from engine import protocol as p
 from sidestep_tui import messages as m
@@ -16,6 +21,32 @@ from sidestep_tui.dialogs.confirm import ConfirmDialog
 from sidestep_tui.engine_client import AttachClient, ReadOnlyClientError
 from sidestep_tui.screens.monitor import MonitorScreen
 from sidestep_tui.screens.runs import RunsScreen
+
+CONTROLS = {"Stop (saves)", "Save", "Pause", "Resume"}
+
+
+@pytest.fixture
+def sigterms() -> Iterator[list[int]]:
+    """The attach tests name this very process as the run's engine (a live pid on this host, started
+    before the run): SIGTERMs sent to it are recorded here instead of ending the test session."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cut_at_step(run_dir: Path, step: int) -> list[str]:
+    """Keep events.jsonl up to the StepMetrics of ``step`` (a run still training); returns the rest."""
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"StepMetrics"' in line and f'"step":{step},' in line) + 1
+    (run_dir / "events.jsonl").write_text("".join(lines[:cut]))
+    return lines[cut:]
+
+
+def name_this_process_as_engine(run_dir: Path) -> None:
+    (run_dir / "engine.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
 
 
 async def test_runs_lists_opens_a_replay_and_goes_back(build_app, ui_settings) -> None:
@@ -57,31 +88,65 @@ async def test_resume_a_stopped_run_starts_it_from_auto(build_app, ui_settings) 
     assert config["resume_from"] == "auto" and config["output_dir"] == str(run_dir)
 
 
-async def test_attach_follows_a_growing_events_file(build_app, tmp_path) -> None:
-    source = Path(__file__).resolve().parents[1] / "data" / "events" / "demo_run.jsonl"
-    lines = source.read_text().splitlines(keepends=True)
-    run_dir = tmp_path / "live"
-    run_dir.mkdir()
-    (run_dir / "engine.json").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": time.time()}))
-    cut = next(i for i, line in enumerate(lines) if '"StepMetrics"' in line and '"step":10,' in line) + 1
-    (run_dir / "events.jsonl").write_text("".join(lines[:cut]))
+async def test_attach_follows_a_growing_events_file(build_app, tmp_path, sigterms) -> None:
+    run_dir = make_run_dir(tmp_path, "live")
+    rest = cut_at_step(run_dir, 10)
+    name_this_process_as_engine(run_dir)
     client = AttachClient(str(run_dir))
     app = build_app(client)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.run_state.step == 10)
         assert app.run_state.active
+        assert "Stop (saves)" in footer_keys(app) and not {"Save", "Pause"} & footer_keys(app)  # attached: only stop
+        await pilot.press("p", "c")
+        await pilot.pause()
         with open(run_dir / "events.jsonl", "a") as fh:
-            fh.write("".join(lines[cut:]))
+            fh.write("".join(rest))
         await wait_until(pilot, lambda: app.run_state.finished_status == "stopped")
         assert app.run_state.step == 33
-        await pilot.press("p")  # an attached run can only be stopped
-        await pilot.pause()
-    try:
+    with pytest.raises(ReadOnlyClientError):
         client.send(p.PauseRun())
-    except ReadOnlyClientError:
-        pass
-    else:
-        raise AssertionError("pause on an attached run must be refused")
+    assert sigterms == []  # nothing reached the engine
+
+
+async def test_attach_from_runs_then_stop_sends_sigterm_to_the_engine(build_app, ui_settings, sigterms) -> None:
+    """Runs -> a live run -> Attach -> Stop: the engine named in engine.json gets SIGTERM (it then saves
+    and stops, tests/integration/test_engine_process.py::test_sigterm_stops_and_saves)."""
+    run_dir = make_run_dir(Path(ui_settings.output_root), "live")
+    cut_at_step(run_dir, 10)
+    name_this_process_as_engine(run_dir)
+    app = build_app(None, initial_mode="runs")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: bool(getattr(app.screen, "runs", None)), what="the Runs list")
+        assert app.screen.runs[0].status == "running"
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.run_state.step == 10, what="the attached monitor")
+        assert isinstance(app.client, AttachClient) and app.client.run_dir == str(run_dir)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="the stop confirmation")
+        assert sigterms == []
+        await pilot.press("y")
+        await wait_until(pilot, lambda: bool(sigterms), what="SIGTERM to reach the engine")
+    assert sigterms == [signal.SIGTERM]
+
+
+async def test_a_replay_never_controls_the_live_engine(build_app, ui_settings) -> None:
+    """A run whose log ends mid-training, opened (replayed, not attached) while another run trains in this
+    app's engine: the replay offers no control, and its keys never reach the live engine."""
+    run_dir = make_run_dir(Path(ui_settings.output_root), "unfinished")
+    cut_at_step(run_dir, 10)
+    fake = FakeEngineClient(scripted_run(steps=5, finish=None))
+    app = build_app(fake, initial_mode="runs")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await drain(pilot, fake, until=lambda: app.run_state.active)
+        await wait_until(pilot, lambda: bool(getattr(app.screen, "runs", None)), what="the Runs list")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.replay, what="the replay")
+        assert app.screen.state.active and app.screen.state.step == 10  # the replayed run had not finished
+        assert CONTROLS.isdisjoint(footer_keys(app))
+        await pilot.press("p", "c", "s")
+        await pilot.pause()
+        assert fake.sent == [] and isinstance(app.screen, MonitorScreen) and app.screen.replay
 
 
 async def test_attach_tolerates_a_torn_last_line(tmp_path) -> None:

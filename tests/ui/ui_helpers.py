@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import io
-import shutil
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 from fake_engine import DATA, FakeEngineClient
+
+from engine import protocol as p
 
 
 class FakeClock:
@@ -35,7 +37,7 @@ async def wait_until(pilot: Any, condition: Callable[[], bool], timeout: float =
 
 async def drain(pilot: Any, fake: FakeEngineClient, *, until: Callable[[], bool] | None = None, timeout: float = 5.0) -> None:
     """Wait until the fake has handed out every event and the app has folded them in."""
-    await wait_until(pilot, lambda: fake.pending == 0 and (until is None or until()), timeout, "the pump to drain the fake")
+    await wait_until(pilot, lambda: fake.drained and (until is None or until()), timeout, "the pump to drain the fake")
 
 
 def screen_text(app: Any) -> str:
@@ -49,15 +51,30 @@ def screen_text(app: Any) -> str:
     return console.export_text()
 
 
+def footer_keys(app: Any) -> set[str]:
+    """The descriptions of the keys the footer offers now (enabled and shown)."""
+    return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
+
+
 def make_run_dir(root: Path, name: str = "demo-lora", events: str = "demo_run.jsonl", config: dict[str, Any] | None = None) -> Path:
-    """A run folder with the recorded events.jsonl and a config.json pointing at itself."""
+    """A run folder as the recorded run left its own: the recorded events.jsonl with the recording's run
+    folder (a temp folder on the machine that made it) rewritten to this one, the checkpoint folders its
+    events name (empty), and a config.json pointing at itself. Nothing refers to the recording machine."""
     import json
 
     from engine import config as cfg
 
     run = root / name
     run.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DATA / events, run / "events.jsonl")
+    text = (DATA / events).read_text(encoding="utf-8")
+    recorded_dir = next((e.run_dir for e in p.read_events(str(DATA / events)) if isinstance(e, p.RunStarted)), "")
+    if recorded_dir:  # the folder as spelt inside JSON strings, followed by a separator or the string's end
+        pattern = re.escape(json.dumps(recorded_dir)[1:-1]) + r'(?=[/"\\])'
+        text = re.sub(pattern, lambda _m: json.dumps(str(run))[1:-1], text)
+    (run / "events.jsonl").write_text(text, encoding="utf-8")
+    for event in p.read_events(str(run / "events.jsonl")):
+        if isinstance(event, p.CheckpointSaved) and Path(event.path).is_relative_to(run):
+            Path(event.path).mkdir(parents=True, exist_ok=True)
     values = {"checkpoint_dir": "/ckpt", "dataset_dir": "/data", "output_dir": str(run), "run_name": name, **(config or {})}
     (run / "config.json").write_text(cfg.to_json(cfg.parse(values)))
     return run

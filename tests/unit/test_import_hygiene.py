@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration  # each check starts a fresh interpreter
+
 CONTRACT = ("engine.protocol", "engine.config", "engine.presets", "engine.discovery", "engine.runs", "engine.ptinspect", "engine.summary",
             "engine.tailer")
 FORBIDDEN = ("torch", "numpy", "transformers", "lightning", "pytorch_lightning", "peft", "lycoris", "diffusers",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -270,3 +271,22 @@ def test_many_files_use_the_thread_pool(tmp_path: Path) -> None:
     assert report.samples == 40 and report.problems == ()
     assert report.files == tuple(f"s{i:02d}.pt" for i in range(40))
     assert report.longest_seconds == pytest.approx(64 / 25)
+
+
+def test_the_ui_tests_stdlib_writer_writes_what_torch_writes(tmp_path: Path, monkeypatch) -> None:
+    """tests/ui/pt_files.py writes samples for the UI tests without torch: torch loads them, and they read
+    exactly as torch's own files of the same content."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pt_files", Path(__file__).resolve().parents[1] / "ui" / "pt_files.py")
+    pt_files = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pt_files", pt_files)
+    spec.loader.exec_module(pt_files)
+    ours = pt_files.save(pt_files.sample(75, tokens=12, hidden=32, filename="song.wav"), tmp_path / "ours.pt")
+    theirs = save(sample(T=75, L=12, H=32, metadata={"duration": 3, "filename": "song.wav"}), tmp_path / "theirs.pt")
+    loaded, reference = torch.load(ours, weights_only=True), torch.load(theirs, weights_only=True)
+    assert set(loaded) == set(reference) and loaded["metadata"] == reference["metadata"]
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor):
+            assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], torch.zeros_like(value)), key
+    assert ptinspect.inspect_pt(str(ours)) == ptinspect.inspect_pt(str(theirs))

@@ -16,37 +16,41 @@ FORBIDDEN = ("torch", "lightning", "lightning_fabric", "pytorch_lightning", "tra
              "bitsandbytes", "safetensors", "numpy")
 
 _PROBE = r"""
-import asyncio, json, os, sys, tempfile
+import asyncio, json, os, sys
 sys.path.insert(0, {fakes!r})
-os.environ["SIDESTEP_CONFIG_DIR"] = tempfile.mkdtemp()
+os.environ["SIDESTEP_CONFIG_DIR"] = os.path.join({root!r}, "config")
 import sidestep_tui.__main__  # the console script's module
 from sidestep_tui.app import make_app
 from sidestep_tui.settings import Settings
 from fake_engine import FakeEngineClient, recorded
+from ui_helpers import wait_until
 
 async def main():
-    root = tempfile.mkdtemp()
-    app = make_app(client=FakeEngineClient(recorded()), settings=Settings(checkpoint_root=root, output_root=root), initial_mode="monitor")
+    root = {root!r}
+    fake = FakeEngineClient(recorded())
+    app = make_app(client=fake, settings=Settings(checkpoint_root=root, output_root=root), initial_mode="monitor",
+                   log_dir=os.path.join(root, "logs"))
     async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause(0.5)
+        await wait_until(pilot, lambda: fake.drained, 60, "the recorded run to be replayed")
         for mode in ("runs", "models", "dataset", "setup", "monitor"):
-            try:
-                await app.switch_mode(mode)
-            except ModuleNotFoundError as exc:  # a screen not written yet must not hide a leak elsewhere
-                print("missing screen:", exc, file=sys.stderr)
-            await pilot.pause(0.3)
+            await app.switch_mode(mode)
+            await pilot.pause()  # each screen's scans run in workers: let them all finish
+            await app.workers.wait_for_complete([w for w in app.workers if w.group != "engine-pump"])
+            await pilot.pause()
 asyncio.run(main())
 print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden!r}))))
 """
 
 
-def test_running_the_app_loads_no_training_stack() -> None:
-    code = _PROBE.format(fakes=str(REPO / "tests" / "ui"), forbidden=FORBIDDEN)
+@pytest.mark.integration  # a fresh interpreter
+def test_running_the_app_loads_no_training_stack(tmp_path) -> None:
+    code = _PROBE.format(fakes=str(REPO / "tests" / "ui"), root=str(tmp_path), forbidden=FORBIDDEN)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_cli_help_path_loads_neither_textual_nor_torch() -> None:
     code = (
         "import sys, json, contextlib, io\n"
@@ -61,13 +65,13 @@ def test_cli_help_path_loads_neither_textual_nor_torch() -> None:
 
 
 _ENGINE_PROBE = r"""
-import json, os, sys, tempfile, time
+import json, os, sys, time
 from sidestep_tui.engine_client import EngineClient
 from sidestep_tui.demo import prepare_demo_run
 from engine import protocol as p
 
 def main():
-    root = tempfile.mkdtemp()
+    root = {root!r}
     paths, config_json = prepare_demo_run(os.path.join(root, "demo"), "lora", 3)
     client = EngineClient(log_path=os.path.join(root, "engine.log"))
     client.start()
@@ -78,6 +82,8 @@ def main():
         for event in client.poll(0.2):
             done = done or isinstance(event, (p.RunFinished, p.RunFailed))
     client.shutdown(10)
+    if not done:
+        sys.exit("timed out waiting for the demo run to finish")
     print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden!r}))))
 
 if __name__ == "__main__":
@@ -92,7 +98,7 @@ def test_ui_process_stays_torch_free_with_the_real_engine(tmp_path) -> None:
     """Events cross the queue by pickle: a torch or numpy value inside one (``torch.__version__`` is a
     ``TorchVersion``, ``np.float64`` a float subclass) would import torch into the UI on unpickling."""
     script = tmp_path / "probe.py"  # a file, so the spawned engine can re-import the main module safely
-    script.write_text(_ENGINE_PROBE.format(forbidden=FORBIDDEN))
+    script.write_text(_ENGINE_PROBE.format(root=str(tmp_path), forbidden=FORBIDDEN))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=380, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
