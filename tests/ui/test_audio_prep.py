@@ -259,6 +259,7 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
         assert _cells(prep)["anthem_copy.wav"][3] == "= same audio as anthem.wav, left out"  # the job's "↷ ..." went with it
 
 
+@scans
 @pytest.mark.parametrize("how", ["no handshake", "died"])
 async def test_an_engine_that_never_takes_the_job_fails_it_with_the_reason(build_app, ckpt_root: Path, songs: Path, how: str) -> None:
     """The pane decides from the session's typed link (start_failed / died), not from banner text."""

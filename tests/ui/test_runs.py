@@ -77,7 +77,7 @@ async def test_resume_a_stopped_run_starts_it_from_auto(build_app, ui_settings) 
     started: list[m.StartRequested] = []
     app = build_app(None, initial_mode="runs")
     async with app.run_test(size=(160, 40), message_hook=lambda msg: started.append(msg) if isinstance(msg, m.StartRequested) else None) as pilot:
-        app.client_factory = lambda _log: __import__("fake_engine").FakeEngineClient()
+        app.session.client_factory = lambda _log: __import__("fake_engine").FakeEngineClient()
         await wait_until(pilot, lambda: bool(app.screen.runs))
         await pilot.press("r")
         await pilot.pause()
