@@ -129,7 +129,7 @@ def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
         samples = _sample_rss(program, seconds)
         # The same live run through `sidestep attach` (events from events.jsonl, no queue): the UI
         # cost without anything the engine's pickled events may drag in.
-        from engine.cli.main import default_demo_root
+        from engine.demo import default_demo_root
 
         runs = sorted(Path(demo_root or default_demo_root(), "runs").glob("demo-*"), key=lambda p: p.stat().st_mtime)
         attach_samples: list[float] = []

@@ -211,7 +211,8 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
     args = ["-c", checkpoint, "--model", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"]
     code = (
         "import argparse, sys\n"
-        "from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command\n"
+        "from engine.cli.parser import add_preprocess_arguments\n"
+        "from engine.cli.preprocess import run_preprocess_command\n"
         "p = argparse.ArgumentParser(); add_preprocess_arguments(p)\n"
         "sys.exit(run_preprocess_command(p.parse_args(sys.argv[1:])))\n"
     )
@@ -236,7 +237,8 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
 
 
 def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys):
-    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.parser import add_preprocess_arguments
+    from engine.cli.preprocess import run_preprocess_command
 
     songs, out = tmp_path / "songs", tmp_path / "out"
     songs.mkdir()
@@ -261,7 +263,8 @@ def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys
 
 
 def test_missing_components_fail_with_one_line(tmp_path, capsys):
-    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.parser import add_preprocess_arguments
+    from engine.cli.preprocess import run_preprocess_command
 
     songs = tmp_path / "songs"
     synthesize_demo_audio(songs, 1, seconds=(1.0,))

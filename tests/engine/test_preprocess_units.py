@@ -164,7 +164,8 @@ def test_train_preprocess_flags_take_model_and_device_from_training():
     import argparse
 
     from engine import config as tcfg
-    from engine.cli.preprocess import add_train_preprocess_arguments, preprocess_config_from_train
+    from engine.cli.parser import add_train_preprocess_arguments
+    from engine.cli.preprocess import preprocess_config_from_train
 
     parser = argparse.ArgumentParser()
     parser.add_argument("-o")  # training's own short flags stay untouched

@@ -53,9 +53,9 @@ def make_checkpoint_root(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The demo model and its samples, written by ``engine.cli.main.prepare_demo`` in a subprocess
+    """The demo model and its samples, written by ``engine.demo.prepare_demo`` in a subprocess
     (torch stays out of this UI process, as in the app)."""
-    from engine.cli.main import prepare_demo
+    from engine.demo import prepare_demo
 
     return prepare_demo(str(tmp_path_factory.mktemp("demo")), audio=False)
 
