@@ -82,6 +82,19 @@ def add_train_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=TRAIN_PREPROCESS_PREFIX + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
+    tag_positions = next(f for f in pcfg.FIELDS if f.name == "tag_position").metadata["choices"]  # the same setting
+    parser.add_argument("-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)")
+    parser.add_argument("--tag", default="", help="trigger tag added to every caption")
+    parser.add_argument("--tag-position", default="prepend", choices=tag_positions, help="where the tag goes (default prepend)")
+    parser.add_argument("--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)")
+    parser.add_argument("--name", default="local_dataset", help="dataset name")
+    parser.add_argument("-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)")
+    parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -126,9 +139,6 @@ def build_parser() -> Parser:
     attach.add_argument("--plain", action="store_true", help="follow the run as plain lines instead of the TUI monitor")
     attach.add_argument("--stop", action="store_true", help="ask the run's engine to stop and save (SIGTERM); needs --plain")
 
-    # The dataset builder's flags live beside it (its module top is stdlib; soundfile loads on first use).
-    from engine.audio import builder as dataset_builder
-
-    dataset_builder.add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
+    add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
     add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
     return parser
