@@ -148,7 +148,7 @@ class ConfigForm(VerticalScroll):
         row = self.row(name)
         row.display = True
         target = row.widget
-        focusable = target if target.can_focus else next(iter(target.query("*").filter(lambda w: w.can_focus)), None)
+        focusable = target if target.can_focus else next((w for w in target.query("*") if w.can_focus), None)
         if focusable is not None:
             focusable.focus()
         self.scroll_to_widget(row, animate=False)

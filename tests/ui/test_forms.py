@@ -244,6 +244,19 @@ async def test_error_in_a_hidden_field_is_shown_anyway(ckpt: Path, env: Path, de
         assert set(form.errors) == {"lokr_linear_dim", "num_workers"}
 
 
+async def test_next_problem_focuses_a_multi_choice_field(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    """A row of ticks (target modules) has no focus of its own: the jump lands on its first tick."""
+    draft = {**setup_draft(env, demo_dataset), "target_modules": ("q_proj", "bogus_proj")}
+    app = app_for(env, "setup", draft=draft)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "target_modules" in app.screen.form.errors
+        app.screen.query_one("#field-dataset_dir").focus()
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.focused is not None and app.focused.id == "field-target_modules-0"
+
+
 async def test_preset_load_changes_field_values(ckpt: Path, env: Path, demo_dataset: Path) -> None:
     app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
     async with app.run_test(size=(120, 40)) as pilot:
