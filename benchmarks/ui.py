@@ -178,7 +178,7 @@ class RateClient:
     def start(self) -> None:
         self.t0 = time.perf_counter()
 
-    def send(self, cmd) -> None:  # noqa: ANN001
+    def send(self, cmd) -> None:
         pass
 
     def poll(self, timeout: float) -> list:
@@ -204,8 +204,9 @@ class RateClient:
 
 def event_mix(n: int) -> list:
     """A stress mix: mostly StepMetrics, plus resources, logs, heartbeats and a histogram every 500."""
-    from engine import protocol as p
     from fake_engine import scripted_run
+
+    from engine import protocol as p
 
     head = scripted_run(steps=0, total_steps=10**9, finish=None, gpu=True)
     hist = next(e for e in scripted_run(steps=10, finish=None) if isinstance(e, p.TimestepHistogram))

@@ -58,9 +58,9 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
             print(f"sidestep preprocess: error: {error}", file=sys.stderr)
         return 2
 
-    from engine.models.loader import DeviceError
     from engine.audio.preprocess.encode import PreprocessModelError
     from engine.audio.preprocess.pipeline import run_preprocess
+    from engine.models.loader import DeviceError
 
     stop = {"requested": False}
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.config import ConfigError
-from engine.audio.builder import AudioReadError
 from engine import prepconfig as pcfg
+from engine.audio.builder import AudioReadError
 from engine.audio.preprocess.audio import SAMPLE_RATE, load_audio
 from engine.audio.preprocess.normalize import LIMITER_CEILING_DB, db_to_gain, integrated_loudness, limit, normalize
 from engine.audio.preprocess.samples import apply_tag, collect_jobs, format_prompt, job_prompt
+from engine.config import ConfigError
 
 RATE = SAMPLE_RATE
 CEILING = db_to_gain(LIMITER_CEILING_DB)

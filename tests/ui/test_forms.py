@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from textual.message import Message
-from textual.worker import WorkerState
 from textual.widgets import DataTable, Input, OptionList, Static
+from textual.worker import WorkerState
 
 from engine import config as cfg
 from engine import discovery, ptinspect
