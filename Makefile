@@ -1,12 +1,16 @@
 # Two commands for a fresh machine (Python 3.11+ and pip only):
 #   make demo   set up, then train the built-in demo model on the CPU (audio -> tensors -> adapter)
 #   make test   set up, then run the test suite
+# and `make lint` for the static checks (CI runs it before the tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint lint-ruff lint-format lint-types lint-imports bench clean
+
+# The checks `make lint` runs. lint-format and lint-types join once the tree is formatted and typed.
+LINT_CHECKS ?= lint-ruff lint-imports
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +31,25 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow"
 
+lint: $(LINT_CHECKS)
+
+lint-ruff: setup
+	$(VENV)/bin/ruff check .
+
+lint-format: setup
+	$(VENV)/bin/ruff format --check .
+
+lint-types: setup
+	$(VENV)/bin/mypy
+
+# import-linter contracts in pyproject.toml: the UI imports only engine's stdlib contract, and layers.
+lint-imports: setup
+	$(VENV)/bin/lint-imports
+
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/ui.py
 	$(PY) benchmarks/preprocess.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

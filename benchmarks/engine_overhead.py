@@ -22,14 +22,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from engine import config as cfgmod  # noqa: E402
-from engine import protocol  # noqa: E402
-from engine.train import recipe  # noqa: E402
-from engine.process.control import CommandInbox  # noqa: E402
-from engine.process.events import CallbackSink, EventBus, QueueSink  # noqa: E402
-from engine.train.trainer import Trainer  # noqa: E402
+from engine import config as cfgmod
+from engine import protocol
+from engine.process.control import CommandInbox
+from engine.process.events import CallbackSink, EventBus, QueueSink
+from engine.train import recipe
+from engine.train.trainer import Trainer
 
 
 def run_config(paths: dict, out: str, steps: int) -> cfgmod.TrainConfig:

@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine.models.demo.build import DEMO_FOLDER, write_demo_checkpoint
-    from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
     from engine import prepconfig as pcfg
     from engine.audio.preprocess.pipeline import run_preprocess
+    from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
+    from engine.models.demo.build import DEMO_FOLDER, write_demo_checkpoint
 
     root = tempfile.mkdtemp(prefix="sidestep-bench-pre-")
     try:

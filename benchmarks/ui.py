@@ -129,7 +129,7 @@ def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
         samples = _sample_rss(program, seconds)
         # The same live run through `sidestep attach` (events from events.jsonl, no queue): the UI
         # cost without anything the engine's pickled events may drag in.
-        from engine.cli.main import default_demo_root
+        from engine.demo import default_demo_root
 
         runs = sorted(Path(demo_root or default_demo_root(), "runs").glob("demo-*"), key=lambda p: p.stat().st_mtime)
         attach_samples: list[float] = []
@@ -178,7 +178,7 @@ class RateClient:
     def start(self) -> None:
         self.t0 = time.perf_counter()
 
-    def send(self, cmd) -> None:  # noqa: ANN001
+    def send(self, cmd) -> None:
         pass
 
     def poll(self, timeout: float) -> list:
@@ -204,8 +204,9 @@ class RateClient:
 
 def event_mix(n: int) -> list:
     """A stress mix: mostly StepMetrics, plus resources, logs, heartbeats and a histogram every 500."""
-    from engine import protocol as p
     from fake_engine import scripted_run
+
+    from engine import protocol as p
 
     head = scripted_run(steps=0, total_steps=10**9, finish=None, gpu=True)
     hist = next(e for e in scripted_run(steps=10, finish=None) if isinstance(e, p.TimestepHistogram))

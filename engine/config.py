@@ -181,12 +181,12 @@ class TrainConfig:
         return None
 
 
-FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainConfig)  # type: ignore[arg-type]
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainConfig)
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 for _fld in FIELDS:
     if _fld.metadata.get("flag") is None:
         # metadata is a read-only mapping; rebuild it with the default flag filled in.
-        _fld.metadata = type(_fld.metadata)({**_fld.metadata, "flag": "--" + _fld.name.replace("_", "-")})  # type: ignore[misc]
+        _fld.metadata = type(_fld.metadata)({**_fld.metadata, "flag": "--" + _fld.name.replace("_", "-")})
 FLAG_TO_FIELD = {}
 for _fld in FIELDS:
     for _name in (_fld.metadata["flag"], *_fld.metadata.get("aliases", ())):

@@ -72,7 +72,7 @@ class ScanResult:
 
 
 class GpuInfo(NamedTuple):
-    index: int  # NVML index (CUDA may number GPUs differently unless CUDA_DEVICE_ORDER=PCI_BUS_ID)
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose; NVML index (CUDA may number GPUs differently unless CUDA_DEVICE_ORDER=PCI_BUS_ID)
     name: str
     used_mb: float
     total_mb: float
@@ -212,7 +212,7 @@ def inspect_model_dir(path: str) -> ModelInfo | None:
     size = sum(files.values())
     weights = sum(s for f, s in files.items() if f.endswith(WEIGHT_SUFFIXES) and f != SILENCE_LATENT)
     config, error = _read_json(config_path)
-    common = dict(
+    common: dict[str, Any] = dict(
         name=name,
         path=path,
         official=is_official(name),

@@ -48,11 +48,11 @@ class PreprocessConfig:
         return self.dataset_json or self.audio_dir or ""
 
 
-FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(PreprocessConfig)  # type: ignore[arg-type]
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(PreprocessConfig)
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 for _fld in FIELDS:
     if _fld.metadata.get("flag") is None:
-        _fld.metadata = type(_fld.metadata)({**_fld.metadata, "flag": "--" + _fld.name.replace("_", "-")})  # type: ignore[misc]
+        _fld.metadata = type(_fld.metadata)({**_fld.metadata, "flag": "--" + _fld.name.replace("_", "-")})
 
 
 @dataclass(frozen=True)

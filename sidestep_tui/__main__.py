@@ -1,23 +1,22 @@
-"""``sidestep``: the TUI, or the headless command line.
+"""``sidestep``: the TUI, or the headless command line. One parser (``engine.cli.parser``) reads
+every command line; then:
 
 - ``sidestep``                 the TUI
-- ``sidestep demo``            the TUI on the built-in demo (plain output with --plain or without a TTY)
+- ``sidestep demo``            the TUI on the built-in demo (plain output with --plain, --setup-only or without a TTY)
 - ``sidestep attach RUN_DIR``  the monitor on an existing run (--plain: follow it as text)
-- anything else                ``engine.cli.main`` (train, presets, runs, preprocess, dataset, ...)
+- anything else                a headless handler in ``engine.cli.main`` (train, presets, runs, preprocess, dataset, ...)
 
-The headless paths never import textual or torch before they need to, so ``sidestep --help`` and
-``sidestep train --help`` answer at once.
+The parser is stdlib only and the headless paths never import textual or torch before they need to,
+so ``sidestep --help`` and ``sidestep train --help`` answer at once; usage errors are argparse's (one
+line, exit 2).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
-
-
-def _wants_help(args: Sequence[str]) -> bool:
-    return any(a in ("-h", "--help") for a in args)
+from collections.abc import Sequence
+from typing import Any
 
 
 def _is_tty() -> bool:
@@ -58,24 +57,23 @@ def run_demo(root: str | None, adapter: str, max_steps: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
+    from engine.cli.parser import build_parser
+
+    parser = build_parser()
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if ns.command is None:
         return run_tui()
-    command = args[0]
-    if command == "attach" and "--plain" not in args and not _wants_help(args):
-        rest = [a for a in args[1:] if not a.startswith("-")]
-        if len(rest) != 1 or len(rest) != len(args) - 1:
-            print("usage: sidestep attach RUN_DIR [--plain] [--stop]   (--stop needs --plain)", file=sys.stderr)
-            return 2
-        return run_attach(rest[0])
-    if command == "demo" and "--plain" not in args and not _wants_help(args) and _is_tty():
-        from engine.cli.main import build_parser
-
-        ns = build_parser().parse_args(args)
+    if ns.command == "attach" and not ns.plain:
+        if ns.stop:
+            parser.commands["attach"].error("--stop needs --plain (in the monitor, Stop is a key)")
+        return run_attach(ns.run_dir)
+    if ns.command == "demo" and not (ns.plain or ns.setup_only) and _is_tty():
+        if ns.from_tensors:
+            parser.commands["demo"].error("--from-tensors needs --plain (the TUI demo preprocesses its songs)")
         return run_demo(ns.root, ns.adapter, ns.max_steps)
-    from engine.cli.main import main as cli_main
+    from engine.cli.main import run_command
 
-    return cli_main(args)
+    return run_command(ns)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``sidestep demo`` in the TUI: write (or reuse) the demo model and data, then the run config.
 
-Stdlib only: the torch part of the setup runs in a subprocess (``engine.cli.main.prepare_demo``), so the UI
+Stdlib only: the torch part of the setup runs in a subprocess (``engine.demo.prepare_demo``), so the UI
 process stays free of torch. Called from a worker thread; raises with a readable message on failure.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import config as cfgmod
-from engine.cli.main import demo_config, prepare_demo
+from engine.demo import demo_config, prepare_demo
 
 
 def prepare_demo_run(root: str | None = None, adapter: str = "lora", max_steps: int = 300) -> tuple[dict[str, str], str]:

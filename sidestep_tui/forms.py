@@ -15,8 +15,9 @@ import dataclasses
 import math
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from engine import config as cfg
 

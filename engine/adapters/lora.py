@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ class LoraAdapter(Adapter):
         return self.load_state_dict(read_safetensors(path), source=str(path))
 
 
-def lora_config(config: "TrainConfig"):
+def lora_config(config: "TrainConfig") -> Any:  # a peft.LoraConfig (peft loads on first use)
     """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex."""
     from peft import LoraConfig, TaskType
     from engine.config import resolve_targets

@@ -1,9 +1,9 @@
-"""Headless command line: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset``.
 
-Nothing heavy is imported at module level: ``sidestep --help`` and ``sidestep train --help`` build
-their parsers from the stdlib schema and answer in well under a second. ``train`` flags are generated
-from ``engine.config`` (never a hand-kept copy); precedence is defaults < ``--preset`` < ``--config``
-file < flags given on the command line.
+The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
+handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
+torch side when it runs. ``train`` precedence: defaults < ``--preset`` < ``--config`` file < flags
+given on the command line.
 """
 
 from __future__ import annotations
@@ -12,98 +12,13 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
 
 from engine import config as cfgmod
-
-DEMO_ROOT_ENV = "SIDESTEP_DEMO_ROOT"
-
-
-def default_demo_root() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get(DEMO_ROOT_ENV) or os.path.join(base, "sidestep", "demo")
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def add_schema_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per schema field, grouped like the TUI form. Defaults are SUPPRESSed so only the flags
-    a user typed override a preset or a config file."""
-    groups = {name: parser.add_argument_group(name) for name in cfgmod.GROUPS}
-    for f in cfgmod.FIELDS:
-        meta = f.metadata
-        names = [meta["flag"], *meta.get("aliases", ())]
-        default = f.default
-        shown = "auto" if default is None else (" ".join(default) if isinstance(default, tuple) else default)
-        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
-        group = groups[meta["group"]]
-        base, _ = cfgmod._type_of(f)
-        if base == "bool":
-            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif base.startswith("tuple"):
-            group.add_argument(*names, dest=f.name, nargs="*", default=argparse.SUPPRESS, metavar="NAME", help=help_text)
-        else:
-            metavar = "{" + ",".join(meta["choices"]) + "}" if meta.get("choices") else f.name.upper()
-            group.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    train = sub.add_parser("train", help="train headless (plain text or --json events)")
-    train.add_argument("--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)")
-    train.add_argument("--preset", metavar="NAME", help="start from a preset (see `sidestep presets list`)")
-    out = train.add_mutually_exclusive_group()
-    out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
-    out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
-    add_schema_flags(train)
-    from engine.cli import preprocess as pre_cli
-
-    pre_cli.add_train_preprocess_arguments(train)
-
-    demo = sub.add_parser("demo", help="set up the built-in demo model and data, then train on it")
-    demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
-    demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
-    demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
-    demo.add_argument("--max-steps", type=int, default=300)
-    demo.add_argument("--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit")
-    demo.add_argument("--from-tensors", action="store_true", help="skip the audio -> tensors step: train on synthetic demo tensors")
-
-    presets = sub.add_parser("presets", help="list, show, export or import presets")
-    psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)
-    psub.add_parser("list")
-    show = psub.add_parser("show")
-    show.add_argument("name")
-    export = psub.add_parser("export")
-    export.add_argument("name")
-    export.add_argument("path")
-    imp = psub.add_parser("import")
-    imp.add_argument("path")
-
-    runs = sub.add_parser("runs", help="list run folders with status, steps, best loss and adapter path")
-    runs.add_argument("root", nargs="?", default=".")
-
-    attach = sub.add_parser("attach", help="follow a run (the TUI monitor; --plain for lines)")
-    attach.add_argument("run_dir")
-    attach.add_argument("--plain", action="store_true")
-    attach.add_argument("--stop", action="store_true", help="ask the run's engine to stop and save (SIGTERM)")
-
-    _add_data_commands(sub)
-    return parser
-
-
-def _add_data_commands(sub: Any) -> None:
-    from engine.audio import builder as dataset_builder
-    from engine.cli import preprocess as pre_cli
-
-    dataset_builder.add_dataset_arguments(sub.add_parser("dataset", help="build dataset.json from audio files and sidecar text"))
-    pre_cli.add_preprocess_arguments(sub.add_parser("preprocess", help="turn audio into training tensors"))
-
+from engine.cli.parser import build_parser
+from engine.demo import default_demo_root, demo_config
 
 # --------------------------------------------------------------------------- train
 
@@ -194,37 +109,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def demo_config(paths: dict[str, str], *, adapter: str = "lora", max_steps: int = 300) -> cfgmod.TrainConfig:
-    """A run that shows the whole product on a laptop CPU in well under a minute."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return cfgmod.parse(
-        {
-            "checkpoint_dir": paths["checkpoint_dir"],
-            "model_variant": paths["model_variant"],
-            "dataset_dir": paths["dataset_dir"],
-            "output_dir": os.path.join(paths["output_root"], f"demo-{adapter}-{stamp}"),
-            "run_name": f"demo {adapter}",
-            "adapter_type": adapter,
-            "rank": 8,
-            "alpha": 16,
-            "lokr_linear_dim": 8,
-            "lokr_linear_alpha": 8,
-            "learning_rate": 2e-3,
-            "batch_size": 1,
-            "gradient_accumulation": 1,
-            "epochs": 1000,
-            "max_steps": max_steps,
-            "warmup_steps": 20,
-            "num_workers": 0,
-            "save_every": 10,
-            "save_best_after": 1,
-            "log_every": 5,
-            "log_heavy_every": 25,
-            "device": "cpu",
-        }
-    )
-
-
 def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[str, str]:
     """Write (or reuse) the demo model and data under ``root``; imports torch.
 
@@ -254,17 +138,6 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
         paths["audio_dir"] = audio_dir
         paths["dataset_dir"] = tensors
     return paths
-
-
-def prepare_demo(root: str | None = None, *, audio: bool = True) -> dict[str, str]:
-    """Stdlib-only (for the UI process): run the torch part of the demo setup in a subprocess."""
-    root = root or default_demo_root()
-    argv = [sys.executable, "-m", "engine.cli", "demo", "--setup-only", "--root", root] + ([] if audio else ["--from-tensors"])
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"demo setup in {root} failed: {tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -369,21 +242,13 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
             print(f"warning: {tailer.skipped} lines of {path} were not events and were skipped", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(ns: argparse.Namespace) -> int:
+    """Run the headless handler of a parsed command line (``engine.cli.parser``)."""
     import logging
 
     # bitsandbytes warns on import that an optional 4-bit CPU kernel (fetched from a hub) is absent;
     # we never use 4-bit layers and never download, so the line is only noise in a headless log.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    handlers = {
-        "train": cmd_train,
-        "demo": cmd_demo,
-        "presets": cmd_presets,
-        "runs": cmd_runs,
-        "attach": cmd_attach_plain,
-    }
     if ns.command == "dataset":
         from engine.audio import builder as dataset_builder
 
@@ -392,10 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
+    handlers = {"train": cmd_train, "demo": cmd_demo, "presets": cmd_presets, "runs": cmd_runs, "attach": cmd_attach_plain}
+    return handlers[ns.command](ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.cli``: the headless command line (no TUI; ``attach`` and ``demo`` are plain)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
         return 0
-    return handlers[ns.command](ns)
+    return run_command(ns)
 
 
 if __name__ == "__main__":

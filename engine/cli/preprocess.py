@@ -1,4 +1,5 @@
-"""``sidestep preprocess``: flags from the ``PreprocessConfig`` schema, plain progress lines.
+"""``sidestep preprocess`` and ``sidestep train --preprocess``: the config from the parsed flags
+(``engine.cli.parser``), plain progress lines.
 
 Importing this module is cheap (no torch); the pipeline is imported when the command runs, so
 ``--help`` stays fast. Ctrl-C once finishes the current file and stops (a re-run resumes); twice
@@ -13,45 +14,13 @@ import sys
 import threading
 from typing import Any
 
-from engine.config import ConfigError
 from engine import prepconfig as cfgmod
-
-
-def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``PreprocessConfig`` field (Side-Step's names and aliases). Values are left as
-    strings and coerced by ``config.parse`` so the CLI, the TUI and JSON share one validation."""
-    for f in cfgmod.FIELDS:
-        meta = f.metadata
-        help_text = meta["help"]
-        if meta.get("choices"):
-            help_text += f" ({'|'.join(meta['choices'])})"
-        if f.default not in (None, ""):
-            help_text += f" [default: {f.default}]"
-        parser.add_argument(meta["flag"], *meta.get("aliases", ()), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+from engine.cli.parser import TRAIN_PREPROCESS_FROM_TRAIN, TRAIN_PREPROCESS_PREFIX
+from engine.config import ConfigError
 
 
 def config_from_args(args: argparse.Namespace) -> cfgmod.PreprocessConfig:
     return cfgmod.parse({f.name: getattr(args, f.name) for f in cfgmod.FIELDS if hasattr(args, f.name)})
-
-
-# ``sidestep train --preprocess``: the model, device and precision come from the training config, the
-# tensors go to its --dataset-dir unless --tensor-output says otherwise (Side-Step's flags).
-_FROM_TRAIN = ("checkpoint_dir", "model_variant", "device", "precision")
-_TRAIN_PREFIX = "preprocess_"
-
-
-def add_train_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--preprocess``, ``--preprocess-only`` and the preprocessing flags that ``sidestep train``
-    does not already have (long names only, so they cannot clash with training's short flags)."""
-    group = parser.add_argument_group("preprocess audio first")
-    group.add_argument("--preprocess", action="store_true", help="turn --audio-dir / --dataset-json into tensors, then train on them")
-    group.add_argument("--preprocess-only", action="store_true", help="like --preprocess, but stop before training")
-    for f in cfgmod.FIELDS:
-        if f.name in _FROM_TRAIN:
-            continue
-        flag = "--tensor-output" if f.name == "output_dir" else f.metadata["flag"]
-        help_text = f.metadata["help"] + (" [default: the training --dataset-dir]" if f.name == "output_dir" else "")
-        group.add_argument(flag, dest=_TRAIN_PREFIX + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
 def preprocess_config_from_train(args: argparse.Namespace, train_config: Any) -> cfgmod.PreprocessConfig | None:
@@ -59,11 +28,11 @@ def preprocess_config_from_train(args: argparse.Namespace, train_config: Any) ->
     Raises ``ConfigError`` (every problem at once) like ``config.parse``."""
     if not (getattr(args, "preprocess", False) or getattr(args, "preprocess_only", False)):
         return None
-    values: dict[str, Any] = {name: getattr(train_config, name) for name in _FROM_TRAIN}
+    values: dict[str, Any] = {name: getattr(train_config, name) for name in TRAIN_PREPROCESS_FROM_TRAIN}
     values["output_dir"] = train_config.dataset_dir
     for f in cfgmod.FIELDS:
-        if hasattr(args, _TRAIN_PREFIX + f.name):
-            values[f.name] = getattr(args, _TRAIN_PREFIX + f.name)
+        if hasattr(args, TRAIN_PREPROCESS_PREFIX + f.name):
+            values[f.name] = getattr(args, TRAIN_PREPROCESS_PREFIX + f.name)
     return cfgmod.parse(values)
 
 
@@ -89,9 +58,9 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
             print(f"sidestep preprocess: error: {error}", file=sys.stderr)
         return 2
 
-    from engine.models.loader import DeviceError
     from engine.audio.preprocess.encode import PreprocessModelError
     from engine.audio.preprocess.pipeline import run_preprocess
+    from engine.models.loader import DeviceError
 
     stop = {"requested": False}
 

@@ -17,7 +17,8 @@ the middle of it) starts from those hits and therefore reproduces the same offse
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

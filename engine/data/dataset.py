@@ -44,7 +44,7 @@ class SampleKey(NamedTuple):
     """What the batch sampler hands the dataset: file ``index`` and the crop window
     ``[start, start + length)`` along T (``length`` None = the whole clip)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index on purpose
     start: int = 0
     length: int | None = None
 
@@ -151,7 +151,8 @@ class TensorDataset(torch.utils.data.Dataset):
         self.total_bytes = sum(os.path.getsize(p) for p in self.paths)
         self.cached = self.total_bytes < CACHE_LIMIT_BYTES
         self._cache: list[dict[str, Any]] = []
-        lengths, enc_lengths = [], []
+        lengths: list[int] = []
+        enc_lengths: list[int] = []
         for path in self.paths:
             data = load_sample(path)
             T, L, H = check_sample(path, data)

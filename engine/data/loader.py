@@ -9,7 +9,8 @@ offsets arrive in the ``SampleKey``s).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -48,7 +49,7 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["frame_mask"] = (torch.arange(T)[None, :] < out["lengths"][:, None]).float()
     out["metadata"] = [item.get("metadata", {}) for item in batch]
     out["files"] = [item.get("file", "") for item in batch]
-    out["crops"] = [item.get("crop", (0, n)) for item, n in zip(batch, lengths)]
+    out["crops"] = [item.get("crop", (0, n)) for item, n in zip(batch, lengths, strict=True)]
     return out
 
 

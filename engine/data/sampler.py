@@ -12,7 +12,7 @@ padding stays small (the decoder ignores masks, ACE_STEP.md §3.4). ``drop_last`
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -54,7 +54,7 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[SampleKey]]):
         order = [i % self.num_files for i in torch.randperm(self.num_items, generator=generator).tolist()]
         starts = self.planner.plan_epoch(epoch, order, generator)
         crop = self.planner.crop_length
-        keys = [SampleKey(index, start, crop) for index, start in zip(order, starts)]
+        keys = [SampleKey(index, start, crop) for index, start in zip(order, starts, strict=True)]
         bs = self.batch_size
         if bs == 1:
             return [[key] for key in keys[skip:]]

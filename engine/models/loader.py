@@ -253,7 +253,7 @@ def load_decoder(
                 ) from exc
             errors.append(f"{backend}: {_first_line(exc)}")
             log(f"attention backend {backend} failed: {_first_line(exc)}")
-    if model is None:
+    if model is None or info is None:
         raise ModelLoadError(f"could not load {path}: " + "; ".join(errors))
 
     bad = [k for k in info.get("mismatched_keys", []) if str(k[0] if isinstance(k, tuple) else k).startswith("decoder.")]
@@ -324,7 +324,7 @@ def enable_gradient_checkpointing(decoder: nn.Module, ratio: float) -> int:
 
     from torch.utils.checkpoint import checkpoint
 
-    bare = unwrap_decoder(decoder)
+    bare: Any = unwrap_decoder(decoder)  # the transformers model: config, layers, gradient_checkpointing_enable
     layers = bare.layers
     bare.config.use_cache = False
     if ratio <= 0:
@@ -341,7 +341,7 @@ def enable_gradient_checkpointing(decoder: nn.Module, ratio: float) -> int:
         inner = layer.forward
 
         @functools.wraps(inner)
-        def forward(*args, _inner=inner, _layer=layer, **kwargs):
+        def forward(*args: Any, _inner: Callable[..., Any] = inner, _layer: nn.Module = layer, **kwargs: Any) -> Any:
             if _layer.training and torch.is_grad_enabled():
                 return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
             return _inner(*args, **kwargs)

@@ -13,8 +13,9 @@ import os
 import queue as queue_mod
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from engine import protocol
 

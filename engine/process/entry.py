@@ -36,8 +36,9 @@ def _redirect_stdio(log_path: str) -> None:
     os.dup2(log_fd, 2)
     os.close(null_fd)
     os.close(log_fd)
-    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
-    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
+    # The engine's own stdout/stderr for the rest of the process (the fds outlive these objects).
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
@@ -82,7 +83,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
         monitor = ResourceMonitor(bus.emit, phase=lambda: "idle", last_step=lambda: 0)
         monitor.start()
         _serve(inbox, bus, monitor)
-    except BaseException as exc:  # noqa: BLE001 - the last line of defence: report, then exit non-zero
+    except BaseException as exc:  # the last line of defence: report, then exit non-zero
         exit_code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         traceback.print_exc()
         from engine.train.trainer import failure_event
@@ -155,7 +156,7 @@ def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, m
                 wall_s=time.time() - started,
             )
         )
-    except BaseException as exc:  # noqa: BLE001 - reported as RunFailed; the engine stays up
+    except BaseException as exc:  # reported as RunFailed; the engine stays up
         event = bus.emit(failure_event(exc))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise

@@ -87,7 +87,7 @@ class ResourceMonitor:
             import torch
 
             props = torch.cuda.get_device_properties(device)
-            pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+            pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"  # type: ignore[attr-defined]  # not in torch's stubs
         self._nvml = _Nvml(pci)
 
     def stop(self) -> None:

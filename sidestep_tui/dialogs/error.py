@@ -42,9 +42,8 @@ class ErrorDialog(ModalScreen[None]):
             if f.hint:
                 yield Static(f"Hint: {f.hint}", id="error-hint", markup=False)
             if f.traceback:
-                with Collapsible(title="Traceback (also in the run's sidestep.log)", collapsed=True):
-                    with VerticalScroll():
-                        yield Static(f.traceback, id="error-traceback", markup=False)
+                with Collapsible(title="Traceback (also in the run's sidestep.log)", collapsed=True), VerticalScroll():
+                    yield Static(f.traceback, id="error-traceback", markup=False)
             with Horizontal():
                 yield Button("Close (esc / q)", id="close", variant="error")
 

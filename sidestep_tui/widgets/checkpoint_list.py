@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from textual.widgets import DataTable
 
@@ -45,5 +45,5 @@ class CheckpointList(DataTable[str]):
         self.clear(columns=True)
         for i, label in enumerate(COLUMNS):
             self.add_column(label, width=max([len(label), *(len(r[i]) for r in rows)]), key=label)
-        for c, row in zip(reversed(items), rows):
+        for c, row in zip(reversed(items), rows, strict=True):
             self.add_row(*row, key=f"{c.path}@{c.ts}")

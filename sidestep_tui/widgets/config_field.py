@@ -29,8 +29,8 @@ class Tick(Checkbox):
     """A checkbox whose mark is drawn only when checked: Textual's always shows an "X" and tells
     on from off by colour alone, which 256-colour tmux or NO_COLOR cannot show."""
 
-    @property  # type: ignore[override]
-    def BUTTON_INNER(self) -> str:  # noqa: N802 (Textual's name)
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  # Textual's name, a class attribute there
         return "X" if self.value else " "
 
 
@@ -49,12 +49,12 @@ class FieldRow(Widget):
     class Edited(Message):
         """The user (or ``set_raw``) changed this field."""
 
-        def __init__(self, row: "FieldRow") -> None:
+        def __init__(self, row: FieldRow) -> None:
             super().__init__()
             self.row = row
 
         @property
-        def control(self) -> "FieldRow":
+        def control(self) -> FieldRow:
             return self.row
 
     def __init__(self, spec: FieldSpec, value: RawValue, placeholder: str = "") -> None:

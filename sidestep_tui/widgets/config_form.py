@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from ..forms import ADVANCED, BASIC, RawValue, SPEC_BY_NAME, field_visible, grouped
+from ..forms import ADVANCED, BASIC, SPEC_BY_NAME, RawValue, field_visible, grouped
 from .config_field import FieldRow
 
 
@@ -49,26 +49,26 @@ class ConfigForm(VerticalScroll):
     class Changed(Message):
         """A field changed; ``values`` are all raw form values (text / bools / tuples)."""
 
-        def __init__(self, form: "ConfigForm", values: dict[str, RawValue], name: str) -> None:
+        def __init__(self, form: ConfigForm, values: dict[str, RawValue], name: str) -> None:
             super().__init__()
             self.form = form
             self.values = values
             self.name = name
 
         @property
-        def control(self) -> "ConfigForm":
+        def control(self) -> ConfigForm:
             return self.form
 
     class Focused(Message):
         """A field got the focus; the screen shows ``row.help_text``."""
 
-        def __init__(self, form: "ConfigForm", row: FieldRow) -> None:
+        def __init__(self, form: ConfigForm, row: FieldRow) -> None:
             super().__init__()
             self.form = form
             self.row = row
 
         @property
-        def control(self) -> "ConfigForm":
+        def control(self) -> ConfigForm:
             return self.form
 
     def __init__(
@@ -148,7 +148,7 @@ class ConfigForm(VerticalScroll):
         row = self.row(name)
         row.display = True
         target = row.widget
-        focusable = target if target.can_focus else next(iter(target.query("*").filter(lambda w: w.can_focus)), None)
+        focusable = target if target.can_focus else next((w for w in target.query("*") if w.can_focus), None)
         if focusable is not None:
             focusable.focus()
         self.scroll_to_widget(row, animate=False)

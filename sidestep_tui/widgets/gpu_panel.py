@@ -7,13 +7,13 @@ temperature, power) come from ``ResourceSample``; anything the engine could not 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from textual.markup import escape
 from textual.widgets import Static
 
-from ..state import ResourcePoint
 from ..formatting import NA, human_size
+from ..state import ResourcePoint
 from .sparklines import bar, sparkline
 
 

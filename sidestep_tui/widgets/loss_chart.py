@@ -7,7 +7,7 @@ A plotext redraw costs ~45 ms, so this widget never redraws by itself: the monit
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from textual.color import Color
 from textual_plotext import PlotextPlot

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -66,7 +66,7 @@ def complete_path(text: str, *, dirs_only: bool = True) -> Completion:
     names = names[:MAX_CANDIDATES]
     if not names:
         return Completion(None, ())
-    prefix = os.path.commonprefix(names)
+    prefix = os.path.commonprefix(names)  # noqa: RUF071 - names in one folder: the character-wise prefix is the completion
     if len(prefix) <= len(partial):
         return Completion(None, tuple(names))
     base = text if text.endswith(os.sep) else text[: len(text) - len(partial)]
@@ -98,9 +98,10 @@ class PathInput(Input):
         done = complete_path(self.value, dirs_only=self.dirs_only)
         # Only a completion that adds a name completes: a bare trailing "/" would stop someone
         # tabbing through a form at every prefilled folder.
-        adds_name = bool(done.suggestion) and done.suggestion.rstrip(os.sep) != self.value.rstrip(os.sep)
+        suggestion = done.suggestion or ""
+        adds_name = suggestion != "" and suggestion.rstrip(os.sep) != self.value.rstrip(os.sep)
         if adds_name and self.cursor_at_end:
-            self.value = done.suggestion
+            self.value = suggestion
             self.cursor_position = len(self.value)
         else:
             self.screen.focus_next()
@@ -161,14 +162,14 @@ class PathField(Vertical):
     class Checked(Message):
         """The path was checked (after an edit or ``recheck``)."""
 
-        def __init__(self, field: "PathField", path: str, check: PathCheck) -> None:
+        def __init__(self, field: PathField, path: str, check: PathCheck) -> None:
             super().__init__()
             self.field = field
             self.path = path
             self.check = check
 
         @property
-        def control(self) -> "PathField":
+        def control(self) -> PathField:
             return self.field
 
     def __init__(

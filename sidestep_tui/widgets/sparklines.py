@@ -8,10 +8,11 @@ looks like zero. Numbers are formatted by ``sidestep_tui.formatting`` (shared by
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+
+from ..formatting import NA
 
 BLOCKS = "▁▂▃▄▅▆▇█"
-from ..formatting import NA
 
 
 def bucket(values: Sequence[float], width: int) -> list[float]:

@@ -44,7 +44,7 @@ def _markup_runs(cells: list[tuple[str, str]]) -> str:
 
 
 def tv_distance(observed: list[float], expected: list[float]) -> float:
-    return 0.5 * sum(abs(o - e) for o, e in zip(observed, expected))
+    return 0.5 * sum(abs(o - e) for o, e in zip(observed, expected, strict=False))  # an event may carry fewer expected bins
 
 
 def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulative: bool = False, mu: float | None = None, sigma: float | None = None) -> str:
@@ -65,7 +65,7 @@ def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulat
     lines = []
     for r in range(rows - 1, -1, -1):
         cells: list[tuple[str, str]] = []  # (style, character)
-        for o, e in zip(obs_cols, exp_cols):
+        for o, e in zip(obs_cols, exp_cols, strict=False):  # no expected curve: bars only
             fill = o / top * rows - r  # how much of this row the bar covers
             if fill >= 1:
                 cells.append(("$chart-recent", "█"))
@@ -81,8 +81,8 @@ def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulat
     which = "cumulative" if cumulative else "recent"
     params = f" μ={mu:g} σ={sigma:g}" if mu is not None and sigma is not None else ""
     fit = f"  TV distance {tv:.3f}" if tv is not None else "  no samples yet"
-    observed_line = f"[$chart-recent]█[/] " + escape(f"{which}: {total} samples at step {hist.step}{fit}"[: width - 2])
-    expected_line = f"[$chart-expected]─[/] " + escape(f"expected logit-normal{params}"[: width - 2])
+    observed_line = "[$chart-recent]█[/] " + escape(f"{which}: {total} samples at step {hist.step}{fit}"[: width - 2])
+    expected_line = "[$chart-expected]─[/] " + escape(f"expected logit-normal{params}"[: width - 2])
     return "\n".join([*lines, escape(axis[:width]), observed_line, expected_line])
 
 

@@ -188,7 +188,7 @@ def test_state_dict_round_trip_and_mismatch(demo_paths, kind):
     dropped = dict(state)
     dropped.pop(next(iter(dropped)))
     dropped["bogus.weight"] = torch.zeros(1)
-    with pytest.raises(AdapterMismatchError, match="1 missing: .*1 unexpected: bogus.weight"):
+    with pytest.raises(AdapterMismatchError, match=r"1 missing: .*1 unexpected: bogus\.weight"):
         other.load_state_dict(dropped)
     smaller = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type=kind, rank=4, lokr_linear_dim=4, lokr_factor=4, lokr_decompose_both=True))
     with pytest.raises(AdapterMismatchError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -120,17 +119,19 @@ def test_m4a_without_ffmpeg_is_named(tmp_path, monkeypatch):
 
 
 def test_output_is_written_atomically_and_cli_summarises(audio_dir, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    db.add_dataset_arguments(parser)
+    """``sidestep dataset``, parsed by the one parser."""
+    from engine.cli.parser import build_parser
+
+    parser = build_parser()
     out = tmp_path / "elsewhere" / "ds.json"
-    args = parser.parse_args(["-i", str(audio_dir), "--tag", "zz", "--tag-position", "replace", "--output", str(out)])
+    args = parser.parse_args(["dataset", "-i", str(audio_dir), "--tag", "zz", "--tag-position", "replace", "--output", str(out)])
     assert db.run_dataset_command(args) == 0
     printed = capsys.readouterr().out
     assert "5 audio files" in printed and str(out) in printed
     assert json.loads(out.read_text(encoding="utf-8"))["metadata"]["tag_position"] == "replace"
     assert not list(out.parent.glob("*__writing__"))
 
-    args = parser.parse_args(["-i", str(tmp_path / "missing")])
+    args = parser.parse_args(["dataset", "-i", str(tmp_path / "missing")])
     assert db.run_dataset_command(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err

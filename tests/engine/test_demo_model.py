@@ -8,6 +8,8 @@ import ast
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +46,7 @@ def test_remote_code_is_standalone():
     from engine.models.demo import configuration_acestep_demo as config_mod
 
     for module in (mod, config_mod):
-        tree = ast.parse(open(module.__file__).read())
+        tree = ast.parse(Path(module.__file__).read_text())
         roots = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -53,7 +55,7 @@ def test_remote_code_is_standalone():
                 assert node.module == "configuration_acestep_demo", "the only relative import"
             elif isinstance(node, ast.ImportFrom):
                 roots.add(node.module.split(".")[0])
-        assert roots <= {"torch", "transformers", "math", "typing", "__future__"}, roots
+        assert roots - {"torch", "transformers"} <= sys.stdlib_module_names, roots
 
 
 def test_decoder_names_and_counts_match_ace_step(decoder, tiny_config):
@@ -218,7 +220,7 @@ def test_checkpoint_folder_loads_through_automodel(demo_paths):
     from transformers import AutoModel
 
     model_dir = demo_paths["model_dir"]
-    config = json.load(open(os.path.join(model_dir, "config.json")))
+    config = json.loads(Path(model_dir, "config.json").read_text())
     assert config["model_type"] == "acestep_demo" and config["is_turbo"] is False
     assert config["auto_map"]["AutoModel"] == "acestep_demo_modeling.AceStepConditionGenerationModel"
     assert config["auto_map"]["AutoConfig"] == "configuration_acestep_demo.AceStepDemoConfig"
@@ -256,11 +258,11 @@ def test_setup_demo_is_idempotent_and_repairs(tmp_path):
 
 
 def test_dataset_files_have_the_exact_training_format(demo_paths):
-    manifest = json.load(open(os.path.join(demo_paths["dataset_dir"], "manifest.json")))
+    manifest = json.loads(Path(demo_paths["dataset_dir"], "manifest.json").read_text())
     assert manifest["num_samples"] == len(manifest["samples"]) == 16
     assert set(manifest["metadata"]) >= {"name", "custom_tag", "tag_position", "created_at", "num_samples", "all_instrumental", "genre_ratio"}
     frames_seen = set()
-    for name, info in zip(manifest["samples"], manifest["sample_info"]):
+    for name, info in zip(manifest["samples"], manifest["sample_info"], strict=True):
         sample = torch.load(os.path.join(demo_paths["dataset_dir"], name), weights_only=True)
         assert set(sample) == {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
         T = sample["target_latents"].shape[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 
 import pytest
@@ -45,7 +46,7 @@ def test_each_optimizer_steps_on_cpu(kind):
     config = TrainConfig(optimizer_type=kind, learning_rate=1.0 if kind == "prodigy" else 1e-3)
     optimizer = build_optimizer(module.parameters(), config, device_type="cpu", log=lines.append)
     _train(optimizer, module, steps=3 if kind == "prodigy" else 5)
-    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
     assert lines and all(isinstance(line, str) for line in lines)
     assert effective_lr(optimizer) > 0
 
@@ -128,7 +129,7 @@ def test_warmup_starts_at_ten_percent_and_reaches_full_lr(kind):
     assert lrs[10] == pytest.approx(0.55 * lr)
     assert lrs[20] == pytest.approx(lr)
     assert max(lrs) == pytest.approx(lr)
-    assert all(a <= b + 1e-15 for a, b in zip(lrs[:20], lrs[1:21]))  # monotone ramp
+    assert all(a <= b + 1e-15 for a, b in itertools.pairwise(lrs[:21]))  # monotone ramp
 
 
 def test_main_schedules_end_where_they_should():
@@ -187,5 +188,5 @@ def test_state_dict_round_trip_continues_the_schedule(kind, optimizer_type):
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(saved[2]["_last_lr"][0])
     resumed = [step(optimizer2, scheduler2, fresh) for _ in range(total - cut)]
     assert resumed == pytest.approx(reference, rel=1e-12)
-    for a, b in zip(module.parameters(), fresh.parameters()):
+    for a, b in zip(module.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -12,17 +12,18 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from engine import protocol
-from engine.models.demo.build import DEMO_FOLDER, demo_config, write_demo_checkpoint
-from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 from engine import prepconfig as pcfg
+from engine import protocol
 from engine.audio.preprocess.pipeline import run_preprocess
+from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
+from engine.models.demo.build import DEMO_FOLDER, demo_config, write_demo_checkpoint
 
 FINAL_KEYS = {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
 METADATA_KEYS = {
@@ -100,17 +101,17 @@ def test_tensors_have_the_exact_format(processed, checkpoint):
 
 def test_index_files_and_events(processed):
     out, events = processed["out"], processed["events"]
-    manifest = json.load(open(os.path.join(out, "manifest.json"), encoding="utf-8"))
+    manifest = json.loads(Path(out, "manifest.json").read_text(encoding="utf-8"))
     assert manifest["num_samples"] == 6 and len(manifest["samples"]) == 6
     assert all(os.path.isfile(os.path.join(out, name)) for name in manifest["samples"])
     assert [i["path"] for i in manifest["sample_info"]] == manifest["samples"]
     assert all(i["shapes"]["context_latents"][1] == 128 for i in manifest["sample_info"])
-    meta = json.load(open(os.path.join(out, "preprocess_meta.json"), encoding="utf-8"))
+    meta = json.loads(Path(out, "preprocess_meta.json").read_text(encoding="utf-8"))
     assert meta["model_variant"] == DEMO_FOLDER and meta["normalize"] == "lufs" and meta["target_lufs"] == -14.0
     assert meta["custom_tag"] == "trig" and meta["processed"] == 6 and meta["failed"] == 0
     assert meta["storage_dtype"] == "bfloat16" and meta["config"]["audio_dir"] == processed["songs"]
     for name, md5 in meta["checksums"].items():
-        assert hashlib.md5(open(os.path.join(out, name), "rb").read()).hexdigest() == md5
+        assert hashlib.md5(Path(out, name).read_bytes()).hexdigest() == md5
 
     assert all(isinstance(e, protocol.PreprocessProgress) for e in events)
     stages = [e.stage for e in events]
@@ -126,8 +127,8 @@ def test_index_files_and_events(processed):
 
 def test_produced_folder_trains(processed, checkpoint, tmp_path):
     from engine.config import parse
-    from engine.process.control import CommandInbox
     from engine.data.dataset import TensorDataset
+    from engine.process.control import CommandInbox
     from engine.process.events import CallbackSink, EventBus
     from engine.train.trainer import Trainer
 
@@ -197,7 +198,7 @@ def test_stopped_runs_resume_without_redoing_work(checkpoint, tmp_path):
     assert not summary.stopped and summary.processed == 3 and summary.skipped == 1 and summary.failed == []
     assert [e.status for e in events if e.stage == "pass1"] == ["skipped"] * 4  # no VAE work at all
     assert os.stat(finals[0]).st_mtime_ns == first_mtime
-    assert json.load(open(out / "manifest.json"))["num_samples"] == 4 and not glob.glob(str(out / "*.tmp.pt"))
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] == 4 and not glob.glob(str(out / "*.tmp.pt"))
 
     summary, events = run(config)  # a finished folder: nothing to do, nothing rewritten
     assert summary.processed == 0 and summary.skipped == 4 and os.stat(finals[0]).st_mtime_ns == first_mtime
@@ -211,7 +212,8 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
     args = ["-c", checkpoint, "--model", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"]
     code = (
         "import argparse, sys\n"
-        "from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command\n"
+        "from engine.cli.parser import add_preprocess_arguments\n"
+        "from engine.cli.preprocess import run_preprocess_command\n"
         "p = argparse.ArgumentParser(); add_preprocess_arguments(p)\n"
         "sys.exit(run_preprocess_command(p.parse_args(sys.argv[1:])))\n"
     )
@@ -231,12 +233,13 @@ def test_a_killed_run_resumes(checkpoint, tmp_path):
 
     summary, events = run(make_config(checkpoint, out, audio_dir=str(songs)))
     assert summary.failed == [] and summary.processed == 3
-    assert [e.status for e in events if e.stage == "pass1"][0] == "skipped"
+    assert next(e.status for e in events if e.stage == "pass1") == "skipped"
     assert not glob.glob(str(out / "*__writing__")) and not glob.glob(str(out / "*.tmp.pt"))
 
 
 def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys):
-    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.parser import add_preprocess_arguments
+    from engine.cli.preprocess import run_preprocess_command
 
     songs, out = tmp_path / "songs", tmp_path / "out"
     songs.mkdir()
@@ -256,12 +259,13 @@ def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys
     assert any("zero.wav" in line and "empty" in line for line in failed_lines), printed
     assert any("truncated.flac" in line and "flac" in line for line in failed_lines), printed
     assert [os.path.basename(p) for p in glob.glob(str(out / "*.pt"))] == ["good.pt"]
-    meta = json.load(open(out / "preprocess_meta.json"))
+    meta = json.loads((out / "preprocess_meta.json").read_text())
     assert {f["file"] for f in meta["failures"]} == {"zero.wav", "truncated.flac"}
 
 
 def test_missing_components_fail_with_one_line(tmp_path, capsys):
-    from engine.cli.preprocess import add_preprocess_arguments, run_preprocess_command
+    from engine.cli.parser import add_preprocess_arguments
+    from engine.cli.preprocess import run_preprocess_command
 
     songs = tmp_path / "songs"
     synthesize_demo_audio(songs, 1, seconds=(1.0,))
@@ -317,5 +321,5 @@ def test_missing_condition_encoder_weights_are_an_error(checkpoint, tmp_path):
     weights = root / DEMO_FOLDER / "model.safetensors"
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("encoder.text_projector")}
     save_file(state, str(weights), metadata={"format": "pt"})
-    with pytest.raises(encode.PreprocessModelError, match="condition-encoder weights.*encoder.text_projector"):
+    with pytest.raises(encode.PreprocessModelError, match=r"condition-encoder weights.*encoder\.text_projector"):
         encode.load_pass2(str(root), str(root / DEMO_FOLDER), torch.device("cpu"), torch.float32)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.config import ConfigError
-from engine.audio.builder import AudioReadError
 from engine import prepconfig as pcfg
+from engine.audio.builder import AudioReadError
 from engine.audio.preprocess.audio import SAMPLE_RATE, load_audio
 from engine.audio.preprocess.normalize import LIMITER_CEILING_DB, db_to_gain, integrated_loudness, limit, normalize
 from engine.audio.preprocess.samples import apply_tag, collect_jobs, format_prompt, job_prompt
+from engine.config import ConfigError
 
 RATE = SAMPLE_RATE
 CEILING = db_to_gain(LIMITER_CEILING_DB)
@@ -164,7 +164,8 @@ def test_train_preprocess_flags_take_model_and_device_from_training():
     import argparse
 
     from engine import config as tcfg
-    from engine.cli.preprocess import add_train_preprocess_arguments, preprocess_config_from_train
+    from engine.cli.parser import add_train_preprocess_arguments
+    from engine.cli.preprocess import preprocess_config_from_train
 
     parser = argparse.ArgumentParser()
     parser.add_argument("-o")  # training's own short flags stay untouched

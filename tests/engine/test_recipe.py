@@ -135,7 +135,7 @@ def test_padded_frames_never_count(weighting):
 
     def batch(pad_value: float):
         padded = [torch.cat([s, torch.full((1, 3, 3), pad_value)], dim=1) for s in short]
-        return [torch.cat([p, q]) for p, q in zip(padded, long)]
+        return [torch.cat([p, q]) for p, q in zip(padded, long, strict=True)]
 
     mask = torch.tensor([[1.0] * 4 + [0.0] * 3, [1.0] * 7])
     loss_a, per_a = flow_matching_loss(*batch(0.0), mask, t=t, loss_weighting=weighting, snr_gamma=5.0)

@@ -38,7 +38,7 @@ class Engine:
                 event = self.evt_q.get(timeout=0.5)
             except queue.Empty:
                 if not self.proc.is_alive():
-                    raise AssertionError(f"engine exited with {self.proc.exitcode}; saw {[type(e).__name__ for e in self.seen]}")
+                    raise AssertionError(f"engine exited with {self.proc.exitcode}; saw {[type(e).__name__ for e in self.seen]}") from None
                 continue
             self.seen.append(event)
             if predicate(event):

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_engine, for tests and benchmarks alike
 
-from ui_helpers import FakeClock  # noqa: E402
+from ui_helpers import FakeClock
 
-from sidestep_tui.app import SidestepApp, make_app  # noqa: E402
-from sidestep_tui.settings import Settings  # noqa: E402
+from sidestep_tui.app import SidestepApp, make_app
+from sidestep_tui.settings import Settings
 
 
 @pytest.fixture(autouse=True)

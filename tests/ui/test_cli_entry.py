@@ -14,8 +14,9 @@ from sidestep_tui.engine_client import AttachClient
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """What the entry point dispatched to: the headless handler (with the parsed namespace) or the TUI."""
     seen: dict[str, list] = {"cli": [], "tui": []}
-    monkeypatch.setattr(engine.cli.main, "main", lambda argv: seen["cli"].append(list(argv)) or 0)
+    monkeypatch.setattr(engine.cli.main, "run_command", lambda ns: seen["cli"].append(ns) or 0)
     monkeypatch.setattr(entry, "_run", lambda **kwargs: seen["tui"].append(kwargs) or 0)
     return seen
 
@@ -25,17 +26,63 @@ def test_no_command_opens_the_tui(calls) -> None:
     assert calls["tui"] == [{}] and calls["cli"] == []
 
 
-@pytest.mark.parametrize("argv", [["train", "--help"], ["runs", "/x"], ["presets", "list"], ["--help"], ["attach", "/r", "--plain"],
-                                  ["attach", "--help"], ["demo", "--plain"]])
-def test_headless_commands_go_to_the_engine_cli(calls, argv) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["runs", "/x"], {"command": "runs", "root": "/x"}),
+        (["presets", "list"], {"command": "presets", "action": "list"}),
+        (["attach", "/r", "--plain"], {"command": "attach", "run_dir": "/r", "plain": True, "stop": False}),
+        (["attach", "/r", "--plain", "--stop"], {"command": "attach", "run_dir": "/r", "stop": True}),
+        (["demo", "--plain"], {"command": "demo", "plain": True, "adapter": "lora"}),
+        (["train", "--preset", "fast", "--epochs", "3"], {"command": "train", "preset": "fast", "epochs": "3"}),
+        (["dataset", "-i", "/songs", "--dry-run"], {"command": "dataset", "input": "/songs", "dry_run": True}),
+    ],
+)
+def test_headless_commands_go_to_the_engine_cli_parsed_once(calls, argv, expected) -> None:
     assert entry.main(argv) == 0
-    assert calls["cli"] == [argv] and calls["tui"] == []
+    (ns,) = calls["cli"]
+    assert {key: getattr(ns, key) for key in expected} == expected and calls["tui"] == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["attach", "--help"], ["demo", "--help"], ["preprocess", "--help"]])
+def test_help_is_answered_by_the_one_parser(calls, argv, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        entry.main(argv)
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: sidestep {argv[0] if len(argv) > 1 else ''}".rstrip())
+    assert calls == {"cli": [], "tui": []}
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "says"),
+    [
+        (["attach"], "sidestep attach", "run_dir"),
+        (["attach", "/r", "--stop"], "sidestep attach", "--stop needs --plain"),
+        (["bogus"], "sidestep", "invalid choice: 'bogus'"),
+        (["train", "--epochs"], "sidestep train", "expected one argument"),
+        (["demo", "--adapter", "xx"], "sidestep demo", "invalid choice: 'xx'"),
+        (["presets"], "sidestep presets", "ACTION"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(calls, capsys, argv, prog, says) -> None:
+    with pytest.raises(SystemExit) as info:
+        entry.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{prog}: error: ") and says in err and f"see `{prog} --help`" in err
+    assert calls == {"cli": [], "tui": []}
 
 
 def test_demo_without_a_terminal_is_plain(calls, monkeypatch) -> None:
     monkeypatch.setattr(entry, "_is_tty", lambda: False)
     entry.main(["demo"])
-    assert calls["cli"] == [["demo"]]
+    assert [ns.command for ns in calls["cli"]] == ["demo"] and calls["tui"] == []
+
+
+def test_demo_setup_only_is_headless_on_a_terminal(calls, monkeypatch) -> None:
+    monkeypatch.setattr(entry, "_is_tty", lambda: True)
+    entry.main(["demo", "--setup-only"])
+    assert [ns.setup_only for ns in calls["cli"]] == [True] and calls["tui"] == []
 
 
 def test_demo_on_a_terminal_opens_the_monitor(calls, monkeypatch) -> None:
@@ -43,6 +90,14 @@ def test_demo_on_a_terminal_opens_the_monitor(calls, monkeypatch) -> None:
     entry.main(["demo", "--max-steps", "50", "--adapter", "lokr"])
     (kwargs,) = calls["tui"]
     assert kwargs["initial_mode"] == "monitor" and kwargs["demo"] == {"root": None, "adapter": "lokr", "max_steps": 50}
+
+
+def test_demo_from_tensors_on_a_terminal_needs_plain(calls, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(entry, "_is_tty", lambda: True)
+    with pytest.raises(SystemExit) as info:
+        entry.main(["demo", "--from-tensors"])
+    assert info.value.code == 2 and "--from-tensors needs --plain" in capsys.readouterr().err
+    assert calls == {"cli": [], "tui": []}
 
 
 def test_attach_opens_the_monitor_on_a_run(calls, tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pt_files import write_dataset
 from textual.message import Message
-from textual.worker import WorkerState
 from textual.widgets import DataTable, Input, OptionList, Static
+from textual.worker import WorkerState
 from ui_helpers import wait_until
 
 from engine import config as cfg
@@ -57,9 +57,9 @@ def make_checkpoint_root(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The demo model and its samples, written by ``engine.cli.main.prepare_demo`` in a subprocess
+    """The demo model and its samples, written by ``engine.demo.prepare_demo`` in a subprocess
     (torch stays out of this UI process, as in the app)."""
-    from engine.cli.main import prepare_demo
+    from engine.demo import prepare_demo
 
     return prepare_demo(str(tmp_path_factory.mktemp("demo")), audio=False)
 
@@ -261,6 +261,19 @@ async def test_error_in_a_hidden_field_is_shown_anyway(ckpt: Path, env: Path, de
         assert form.row("lokr_linear_dim").display  # LoKR field under LoRA: shown because it is wrong
         assert form.row("num_workers").display  # advanced field at Basic depth: same
         assert set(form.errors) == {"lokr_linear_dim", "num_workers"}
+
+
+async def test_next_problem_focuses_a_multi_choice_field(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    """A row of ticks (target modules) has no focus of its own: the jump lands on its first tick."""
+    draft = {**setup_draft(env, demo_dataset), "target_modules": ("q_proj", "bogus_proj")}
+    app = app_for(env, "setup", draft=draft)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "target_modules" in app.screen.form.errors
+        app.screen.query_one("#field-dataset_dir").focus()
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.focused is not None and app.focused.id == "field-target_modules-0"
 
 
 async def test_preset_load_changes_field_values(ckpt: Path, env: Path, demo_dataset: Path) -> None:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from engine.cli.main import prepare_demo  # torch runs in its subprocess, not here
+    from engine.demo import prepare_demo  # torch runs in its subprocess, not here
 
     return prepare_demo(str(tmp_path_factory.mktemp("demo")))
 

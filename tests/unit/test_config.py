@@ -33,7 +33,7 @@ def test_unknown_key_is_rejected_with_a_suggestion() -> None:
     with pytest.raises(cfg.ConfigError) as info:
         parse(rnak=4)
     assert info.value.by_field() == {"rnak": "unknown setting; did you mean rank?"}
-    with pytest.raises(cfg.ConfigError, match="unknown setting$"):
+    with pytest.raises(cfg.ConfigError, match=r"unknown setting$"):
         parse(zzzzzz=1)
 
 
@@ -143,7 +143,7 @@ def _args_to_dict(args: list[str]) -> dict:
         f = cfg.FIELD_BY_NAME[name]
         values = []
         i += 1
-        while i < len(args) and not (args[i].startswith("--") and args[i] in cfg.FLAG_TO_FIELD or args[i].startswith("--no-")):
+        while i < len(args) and not ((args[i].startswith("--") and args[i] in cfg.FLAG_TO_FIELD) or args[i].startswith("--no-")):
             values.append(args[i])
             i += 1
         if str(f.type) == "bool" and not values:

@@ -179,7 +179,7 @@ def test_resolve_model_dir(root: Path) -> None:
     assert "\n" not in message
     assert "no folder acestep-v15-xl-turbo" in message
     assert "available: base, turbo, xl-sft, broken-config" in message
-    with pytest.raises(discovery.DiscoveryError, match="has no config.json"):
+    with pytest.raises(discovery.DiscoveryError, match=r"has no config\.json"):
         discovery.resolve_model_dir(str(root), "empty-folder")
 
 

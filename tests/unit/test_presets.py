@@ -75,8 +75,8 @@ def test_builtin_loads_validates_and_matches_the_table(path: Path, isolated) -> 
 
     values = presets.load_preset(path.stem)
     assert values == presets.load_preset(str(path))
-    assert dict(zip(COLUMNS, EXPECTED[path.stem])) == {k: values[k] for k in COLUMNS}
-    assert COMMON == {k: values[k] for k in COMMON}
+    assert dict(zip(COLUMNS, EXPECTED[path.stem], strict=True)) == {k: values[k] for k in COLUMNS}
+    assert {k: values[k] for k in COMMON} == COMMON
     assert set(values) == set(COLUMNS) | set(COMMON)
 
     config = cfg.parse(presets.apply_preset(path.stem, PATHS))  # the caller parses the merged dict

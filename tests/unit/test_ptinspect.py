@@ -172,7 +172,7 @@ def test_zip_without_data_pkl_and_non_dict(tmp_path: Path) -> None:
     path = tmp_path / "plain.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("a.txt", "hi")
-    with pytest.raises(ptinspect.PtError, match="without data.pkl"):
+    with pytest.raises(ptinspect.PtError, match=r"without data\.pkl"):
         ptinspect.inspect_pt(str(path))
     tensor_only = save(torch.zeros(3), tmp_path / "tensor.pt")
     assert ptinspect.read_structure(str(tensor_only)) == ptinspect.TensorInfo((3,), "float32")

@@ -18,7 +18,8 @@ training never runs them. With the default config the decoder has the real 2B si
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,8 @@ TIMESTEP_FEATURES = 256  # sinusoid width fed to time_embed.linear_1
 
 
 def additive_window_mask(
-    length: int, window: Optional[int], dtype: torch.dtype, device: torch.device, key_mask: Optional[torch.Tensor] = None
-) -> Optional[torch.Tensor]:
+    length: int, window: int | None, dtype: torch.dtype, device: torch.device, key_mask: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Bidirectional mask, 0 where a query may attend and the dtype's minimum elsewhere.
 
     ``window``: each token sees neighbours with ``|i - j| <= window`` (None = everything).
@@ -141,14 +142,16 @@ class AceStepAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_shape = hidden_states.shape[:-1]
         query = self.q_norm(self.q_proj(hidden_states).view(*batch_shape, -1, self.head_dim)).transpose(1, 2)
         source = encoder_hidden_states if self.is_cross_attention else hidden_states
+        if source is None:
+            raise ValueError("cross-attention needs encoder_hidden_states")
         source_shape = source.shape[:-1]
         key = self.k_norm(self.k_proj(source).view(*source_shape, -1, self.head_dim)).transpose(1, 2)
         value = self.v_proj(source).view(*source_shape, -1, self.head_dim).transpose(1, 2)
@@ -188,7 +191,7 @@ class AceStepEncoderLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor]:
         attn, _ = self.self_attn(self.input_layernorm(hidden_states), attention_mask, position_embeddings=position_embeddings)
@@ -218,14 +221,14 @@ class AceStepDiTLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         temb: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         past_key_value: Any = None,
-        output_attentions: Optional[bool] = False,
-        use_cache: Optional[bool] = False,
-        cache_position: Optional[torch.Tensor] = None,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
+        output_attentions: bool | None = False,
+        use_cache: bool | None = False,
+        cache_position: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor]:
         shift, scale, gate, mlp_shift, mlp_scale, mlp_gate = (self.scale_shift_table + temb).chunk(6, dim=1)
@@ -244,10 +247,11 @@ class AceStepDiTLayer(GradientCheckpointingLayer):
 
 
 class AceStepPreTrainedModel(PreTrainedModel):
-    config_class = AceStepDemoConfig
+    config: AceStepDemoConfig
+    config_class = AceStepDemoConfig  # type: ignore[assignment]  # transformers annotates the base attribute as None
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["AceStepEncoderLayer", "AceStepDiTLayer"]
+    _no_split_modules = ["AceStepEncoderLayer", "AceStepDiTLayer"]  # noqa: RUF012 - transformers reads (and expects) a list
     _supports_flash_attn = True
     _supports_flash_attn_2 = True  # older transformers read this name
     _supports_sdpa = True
@@ -263,9 +267,14 @@ class AceStepPreTrainedModel(PreTrainedModel):
             module.weight.data.fill_(1.0)
 
 
+def _rotary_embedding(config: AceStepDemoConfig) -> Qwen3RotaryEmbedding:
+    # Duck-typed, as in the shipped model: Qwen3's rotary embedding reads only rope fields this config has.
+    return Qwen3RotaryEmbedding(config=config)  # type: ignore[arg-type]
+
+
 def _self_attention_masks(
-    config: AceStepDemoConfig, length: int, dtype: torch.dtype, device: torch.device, key_mask: Optional[torch.Tensor]
-) -> dict[str, Optional[torch.Tensor]]:
+    config: AceStepDemoConfig, length: int, dtype: torch.dtype, device: torch.device, key_mask: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
     """Per layer type: 4-D additive masks for sdpa/eager; flash-attn gets the 2-D padding mask and
     applies the window itself (``sliding_window`` kwarg)."""
     if config._attn_implementation.startswith("flash_attention"):
@@ -285,7 +294,7 @@ class AceStepLyricEncoder(nn.Module):
         self.config = config
         self.embed_tokens = nn.Linear(config.text_hidden_dim, config.hidden_size)
         self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+        self.rotary_emb = _rotary_embedding(config)
         self.layers = nn.ModuleList(AceStepEncoderLayer(config, i) for i in range(config.num_lyric_encoder_hidden_layers))
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -293,7 +302,7 @@ class AceStepLyricEncoder(nn.Module):
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
         rope = self.rotary_emb(hidden, positions)
         masks = _self_attention_masks(self.config, hidden.shape[1], hidden.dtype, hidden.device, attention_mask)
-        for layer in self.layers:
+        for layer in cast("Iterable[AceStepEncoderLayer]", self.layers):
             hidden = layer(hidden, rope, masks[layer.attention_type])[0]
         return self.norm(hidden)
 
@@ -307,7 +316,7 @@ class AceStepTimbreEncoder(nn.Module):
         self.config = config
         self.embed_tokens = nn.Linear(config.timbre_hidden_dim, config.hidden_size)
         self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+        self.rotary_emb = _rotary_embedding(config)
         self.special_token = nn.Parameter(torch.randn(1, 1, config.hidden_size))
         self.layers = nn.ModuleList(AceStepEncoderLayer(config, i) for i in range(config.num_timbre_encoder_hidden_layers))
 
@@ -330,7 +339,7 @@ class AceStepTimbreEncoder(nn.Module):
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
         rope = self.rotary_emb(hidden, positions)
         masks = _self_attention_masks(self.config, hidden.shape[1], hidden.dtype, hidden.device, None)
-        for layer in self.layers:
+        for layer in cast("Iterable[AceStepEncoderLayer]", self.layers):
             hidden = layer(hidden, rope, masks[layer.attention_type])[0]
         return self.unpack(self.norm(hidden)[:, 0, :], order)
 
@@ -368,7 +377,7 @@ class AceStepDiTModel(AceStepPreTrainedModel):
         super().__init__(config)
         hidden = config.hidden_size
         self.patch_size = config.patch_size
-        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+        self.rotary_emb = _rotary_embedding(config)
         self.layers = nn.ModuleList(AceStepDiTLayer(config, i) for i in range(config.num_hidden_layers))
         self.proj_in = nn.Sequential(
             Transpose(), nn.Conv1d(config.in_channels, hidden, config.patch_size, stride=config.patch_size), Transpose()
@@ -391,20 +400,20 @@ class AceStepDiTModel(AceStepPreTrainedModel):
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
         timestep_r: torch.Tensor,
-        attention_mask: Optional[torch.Tensor],
+        attention_mask: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: Optional[torch.Tensor],
+        encoder_attention_mask: torch.Tensor | None,
         context_latents: torch.Tensor,
-        use_cache: Optional[bool] = None,
+        use_cache: bool | None = None,
         past_key_values: Any = None,
-        cache_position: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        output_attentions: Optional[bool] = False,
-        return_hidden_states: Optional[int] = None,
-        custom_layers_config: Optional[dict] = None,
+        cache_position: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = False,
+        return_hidden_states: int | None = None,
+        custom_layers_config: dict | None = None,
         enable_early_exit: bool = False,
         **kwargs: Any,
-    ) -> tuple:
+    ) -> torch.Tensor | tuple[torch.Tensor, None]:
         if output_attentions or enable_early_exit:
             raise ValueError("the demo decoder does not return attention maps (output_attentions / enable_early_exit)")
         temb_t, proj_t = self.time_embed(timestep)
@@ -429,7 +438,7 @@ class AceStepDiTModel(AceStepPreTrainedModel):
             position_ids = torch.arange(tokens, device=hidden_states.device)[None]
         rope = self.rotary_emb(hidden_states, position_ids)
 
-        for layer in self.layers:
+        for layer in cast("Iterable[AceStepDiTLayer]", self.layers):
             hidden_states = layer(
                 hidden_states,
                 rope,

@@ -203,7 +203,7 @@ def _tone(freq: float, seconds: float, rate: int) -> np.ndarray:
 
 
 def _chord(names: str, seconds: float, rate: int) -> np.ndarray:
-    return sum(_tone(_NOTES[n], seconds, rate) for n in names) / len(names)
+    return np.stack([_tone(_NOTES[n], seconds, rate) for n in names]).mean(axis=0)
 
 
 def _arpeggio(names: str, seconds: float, rate: int, bpm: int) -> np.ndarray:

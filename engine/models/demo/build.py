@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def _root_lock(root: Path):
+def _root_lock(root: Path) -> Iterator[None]:
     """One writer per demo root (the UI and an engine may both set it up); no-op where fcntl is absent."""
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -92,7 +93,7 @@ def _root_lock(root: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def demo_config(size: str = "tiny"):
+def demo_config(size: str = "tiny") -> Any:
     """The ``AceStepDemoConfig`` for a size ("tiny" or "full"), with ``auto_map`` filled in."""
     from engine.models.demo.configuration_acestep_demo import AceStepDemoConfig
 
@@ -187,7 +188,7 @@ def write_demo_checkpoint(
     return str(model_dir)
 
 
-def _pretrain(model, steps: int, silence: torch.Tensor, *, seed: int, batch: int = 4) -> None:
+def _pretrain(model: Any, steps: int, silence: torch.Tensor, *, seed: int, batch: int = 4) -> None:
     """Flow-matching pre-training of decoder + null embedding on pattern data (own seed), with CFG dropout."""
     decoder = model.decoder
     hidden = model.config.hidden_size
@@ -206,7 +207,10 @@ def _pretrain(model, steps: int, silence: torch.Tensor, *, seed: int, batch: int
     decoder.eval()
 
 
-def _pretrain_steps(model, optimizer, steps, silence, patterns, conditions, generator, batch) -> None:
+def _pretrain_steps(
+    model: Any, optimizer: torch.optim.Optimizer, steps: int, silence: torch.Tensor, patterns: dict[str, torch.Tensor],
+    conditions: torch.Tensor, generator: torch.Generator, batch: int,
+) -> None:
     decoder = model.decoder
     for step in range(steps):
         frames = DEMO_DURATIONS[step % len(DEMO_DURATIONS)] * LATENT_FPS

@@ -6,7 +6,7 @@ transformers and the standard library.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from transformers import PretrainedConfig
 
@@ -21,20 +21,20 @@ class AceStepDemoConfig(PretrainedConfig):
         hidden_size: int = 2048,
         intermediate_size: int = 6144,
         num_hidden_layers: int = 24,
-        num_audio_decoder_hidden_layers: Optional[int] = None,
+        num_audio_decoder_hidden_layers: int | None = None,
         num_attention_heads: int = 16,
         num_key_value_heads: int = 8,
         head_dim: int = 128,
         hidden_act: str = "silu",
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 1_000_000.0,
-        rope_scaling: Optional[dict] = None,
+        rope_scaling: dict | None = None,
         max_position_embeddings: int = 32768,
         attention_bias: bool = False,
         attention_dropout: float = 0.0,
         use_sliding_window: bool = True,
         sliding_window: int = 128,
-        layer_types: Optional[list[str]] = None,
+        layer_types: list[str] | None = None,
         in_channels: int = 192,
         audio_acoustic_hidden_dim: int = 64,
         patch_size: int = 2,

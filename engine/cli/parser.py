@@ -1,0 +1,144 @@
+"""The one ``sidestep`` argument parser: every subcommand, its flags and its usage errors.
+
+Stdlib only (it reads the stdlib schemas in ``engine.config`` and ``engine.prepconfig``), so
+``sidestep --help`` and ``sidestep train --help`` answer without importing torch or textual; the
+entry point (``sidestep_tui.__main__``) parses with it and then chooses the TUI or a headless
+handler (``engine.cli.main``). ``train`` flags are generated from ``engine.config`` (never a
+hand-kept copy); defaults are SUPPRESSed so only the flags a user typed override a preset or a
+``--config`` file. Usage errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from engine import config as cfgmod
+from engine import prepconfig as pcfg
+from engine.demo import default_demo_root
+
+# ``sidestep train --preprocess``: the model, device and precision come from the training config; the
+# preprocessing flags that training lacks are stored under this prefix (read by ``engine.cli.preprocess``).
+TRAIN_PREPROCESS_FROM_TRAIN = ("checkpoint_dir", "model_variant", "device", "precision")
+TRAIN_PREPROCESS_PREFIX = "preprocess_"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (what is wrong, where to read more), exit 2.
+    ``commands`` maps each subcommand to its parser (so a caller can report an error against it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_schema_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field, grouped like the TUI form."""
+    groups = {name: parser.add_argument_group(name) for name in cfgmod.GROUPS}
+    for f in cfgmod.FIELDS:
+        meta = f.metadata
+        names = [meta["flag"], *meta.get("aliases", ())]
+        default = f.default
+        shown = "auto" if default is None else (" ".join(default) if isinstance(default, tuple) else default)
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        group = groups[meta["group"]]
+        base, _ = cfgmod._type_of(f)
+        if base == "bool":
+            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif base.startswith("tuple"):
+            group.add_argument(*names, dest=f.name, nargs="*", default=argparse.SUPPRESS, metavar="NAME", help=help_text)
+        else:
+            metavar = "{" + ",".join(meta["choices"]) + "}" if meta.get("choices") else f.name.upper()
+            group.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``PreprocessConfig`` field (Side-Step's names and aliases). Values are left as
+    strings and coerced by ``prepconfig.parse`` so the CLI, the TUI and JSON share one validation."""
+    for f in pcfg.FIELDS:
+        meta = f.metadata
+        help_text = meta["help"]
+        if meta.get("choices"):
+            help_text += f" ({'|'.join(meta['choices'])})"
+        if f.default not in (None, ""):
+            help_text += f" [default: {f.default}]"
+        parser.add_argument(meta["flag"], *meta.get("aliases", ()), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def add_train_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preprocess``, ``--preprocess-only`` and the preprocessing flags that ``sidestep train``
+    does not already have (long names only, so they cannot clash with training's short flags)."""
+    group = parser.add_argument_group("preprocess audio first")
+    group.add_argument("--preprocess", action="store_true", help="turn --audio-dir / --dataset-json into tensors, then train on them")
+    group.add_argument("--preprocess-only", action="store_true", help="like --preprocess, but stop before training")
+    for f in pcfg.FIELDS:
+        if f.name in TRAIN_PREPROCESS_FROM_TRAIN:
+            continue
+        flag = "--tensor-output" if f.name == "output_dir" else f.metadata["flag"]
+        help_text = f.metadata["help"] + (" [default: the training --dataset-dir]" if f.name == "output_dir" else "")
+        group.add_argument(flag, dest=TRAIN_PREPROCESS_PREFIX + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
+    tag_positions = next(f for f in pcfg.FIELDS if f.name == "tag_position").metadata["choices"]  # the same setting
+    parser.add_argument("-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)")
+    parser.add_argument("--tag", default="", help="trigger tag added to every caption")
+    parser.add_argument("--tag-position", default="prepend", choices=tag_positions, help="where the tag goes (default prepend)")
+    parser.add_argument("--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)")
+    parser.add_argument("--name", default="local_dataset", help="dataset name")
+    parser.add_argument("-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)")
+    parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, **kwargs: Any) -> Parser:
+        parser.commands[name] = sub.add_parser(name, **kwargs)
+        return parser.commands[name]
+
+    train = command("train", help="train headless (plain text or --json events)")
+    train.add_argument("--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)")
+    train.add_argument("--preset", metavar="NAME", help="start from a preset (see `sidestep presets list`)")
+    out = train.add_mutually_exclusive_group()
+    out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
+    out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
+    add_schema_flags(train)
+    add_train_preprocess_arguments(train)
+
+    demo = command("demo", help="set up the built-in demo model and data, then train on it (the TUI on a terminal)")
+    demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
+    demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
+    demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
+    demo.add_argument("--max-steps", type=int, default=300)
+    demo.add_argument("--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit")
+    demo.add_argument("--from-tensors", action="store_true", help="skip the audio -> tensors step: train on synthetic demo tensors (needs --plain on a terminal)")
+
+    presets = command("presets", help="list, show, export or import presets")
+    psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)
+    psub.add_parser("list")
+    show = psub.add_parser("show")
+    show.add_argument("name")
+    export = psub.add_parser("export")
+    export.add_argument("name")
+    export.add_argument("path")
+    imp = psub.add_parser("import")
+    imp.add_argument("path")
+
+    runs = command("runs", help="list run folders with status, steps, best loss and adapter path")
+    runs.add_argument("root", nargs="?", default=".")
+
+    attach = command("attach", help="follow a run (the TUI monitor; --plain for lines)")
+    attach.add_argument("run_dir")
+    attach.add_argument("--plain", action="store_true", help="follow the run as plain lines instead of the TUI monitor")
+    attach.add_argument("--stop", action="store_true", help="ask the run's engine to stop and save (SIGTERM); needs --plain")
+
+    add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
+    add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
+    return parser
