@@ -335,7 +335,8 @@ def summarize_run(run_dir: str) -> RunSummary:
     end = time.time() if status == "running" else s.last_ts
     duration = max(0.0, end - started) if started is not None and end is not None else None
 
-    name = config.get("run_name") if isinstance(config.get("run_name"), str) and config.get("run_name") else folder
+    run_name = config.get("run_name")
+    name = run_name if isinstance(run_name, str) and run_name else folder
     return RunSummary(
         run_id=s.run_id or (info or {}).get("run_id") or folder,
         name=name,
