@@ -328,10 +328,10 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
 
     from engine import protocol
     from engine.train import rundir
-    from engine.train.checkpoint import EVENTS_FILE
+    from engine import layout
     from engine.cli.plain import render
 
-    path = os.path.join(ns.run_dir, EVENTS_FILE)
+    path = layout.events_path(ns.run_dir)
     if not os.path.isfile(path):
         print(f"error: {path} not found; is {ns.run_dir} a run folder?", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 
 from textual import on, work
@@ -20,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from engine import config as cfgmod
-from engine import protocol
+from engine import layout, protocol
 from engine.runs import RunSummary, scan_runs
 
 from .. import messages as m
@@ -67,7 +66,7 @@ def run_detail(r: RunSummary) -> str:
 
 def resume_config_json(run_dir: str) -> str:
     """The run's own config.json with ``resume_from = auto`` (newest checkpoint in that folder)."""
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
+    with open(layout.config_path(run_dir), encoding="utf-8") as fh:
         data = json.load(fh)
     data["resume_from"] = "auto"
     data["output_dir"] = run_dir
@@ -176,7 +175,7 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="run-replay", name="run-replay", exit_on_error=False)
     def _read_replay(self, run: RunSummary) -> None:
-        events = protocol.read_events(os.path.join(run.path, "events.jsonl"))
+        events = protocol.read_events(layout.events_path(run.path))
         self.post_message(ReplayReady(run, apply_all(RunState(), events)))
 
     @on(ReplayReady)
