@@ -24,8 +24,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 TEMP_SUFFIX = ".__writing__"
 

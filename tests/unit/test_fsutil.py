@@ -127,10 +127,9 @@ def test_atomic_dir_swaps_a_whole_folder_or_nothing(tmp_path: Path) -> None:
         assert not target.exists(), "nothing is visible before the commit"
     assert sorted(os.listdir(target)) == ["a.txt", "b.txt"]
 
-    with pytest.raises(Boom):
-        with fsutil.atomic_dir(target) as tmp:
-            (tmp / "a.txt").write_text("2")
-            raise Boom("crash while saving")
+    with pytest.raises(Boom), fsutil.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("2")
+        raise Boom("crash while saving")
     assert sorted(os.listdir(target)) == ["a.txt", "b.txt"] and (target / "a.txt").read_text() == "1"
 
     with fsutil.atomic_dir(target) as tmp:
