@@ -166,9 +166,9 @@ class TrainConfig:
         return 1.0 if self.optimizer_type == "prodigy" else DEFAULT_LEARNING_RATE
 
     def model_dir(self) -> str:
-        import os
+        from engine.discovery import model_folder  # discovery imports this module
 
-        return os.path.join(self.checkpoint_dir, VARIANT_ALIASES.get(self.model_variant, self.model_variant))
+        return model_folder(self.checkpoint_dir, self.model_variant)
 
     def variant_family(self) -> str | None:
         """turbo / base / sft, from an alias, the explicit base model, or the folder name."""

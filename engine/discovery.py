@@ -292,11 +292,27 @@ def scan_checkpoints(root: str) -> ScanResult:
     )
 
 
+def model_folder(root: str, variant: str) -> str:
+    """Where the model ``variant`` (an alias such as ``turbo`` / ``xl-sft``, or a fine-tune's folder
+    name) lives under the checkpoint root ``root``: the one mapping of root + variant to a folder
+    (whether it exists or not)."""
+    return os.path.join(os.path.expanduser(root), VARIANT_ALIASES.get(variant, variant))
+
+
+def find_model(root: str, variant: str) -> ModelInfo | None:
+    """The ``ModelInfo`` of ``variant`` under ``root``, or None without a root, a variant or a model
+    folder there (the screens' quiet lookup; ``resolve_model_dir`` is the one that explains)."""
+    if not root or not variant:
+        return None
+    path = model_folder(root, variant)
+    return inspect_model_dir(path) if os.path.isdir(path) else None
+
+
 def resolve_model_dir(root: str, variant: str) -> str:
-    """The folder for ``variant`` (an alias such as ``turbo`` / ``xl-sft`` or a fine-tune's folder
-    name) under ``root``; ``DiscoveryError`` listing the available variants when it is missing."""
+    """The folder of ``variant`` under ``root`` (``model_folder``); ``DiscoveryError`` listing the
+    available variants when it is missing."""
     folder = VARIANT_ALIASES.get(variant, variant)
-    path = os.path.join(os.path.expanduser(root), folder)
+    path = model_folder(root, variant)
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     scan = scan_checkpoints(root)

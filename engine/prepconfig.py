@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import PRECISIONS, ConfigError, FieldError, parse_schema
-from engine.audio.builder import TAG_POSITIONS
+from engine.sidecars import TAG_POSITIONS
 
 SCHEMA_VERSION = 1
 NORMALIZE_MODES = ("none", "peak", "lufs")

@@ -24,12 +24,12 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import config as schema
+from engine import fsutil
 
 PRESET_SCHEMA_VERSION = 1
 SOURCES = ("project", "user", "builtin")
@@ -261,20 +261,7 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def _write_atomic(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.write_json(path, document)
 
 
 def _check_name(name: str) -> None:

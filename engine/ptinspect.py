@@ -26,9 +26,25 @@ from dataclasses import dataclass
 from typing import Any
 
 LATENT_FPS = 25.0  # 48 kHz / hop 1920 (ACE_STEP.md §4.4)
-LATENT_CHANNELS = 64
-CONTEXT_CHANNELS = 128
-REQUIRED_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
+LATENT_CHANNELS = 64  # VAE latent
+CONTEXT_CHANNELS = 128  # silence latent + chunk mask (§4.1)
+# The sample tensor schema (ACE_STEP.md §4.1), defined here once: this module checks files without
+# torch, ``engine.data.dataset`` checks loaded tensors, both with ``sample_problems``. Each key maps to
+# its dimensions: T = latent frames, L = encoder tokens, H = encoder width, a number = a fixed size.
+SAMPLE_SCHEMA: dict[str, tuple[str | int, ...]] = {
+    "target_latents": ("T", LATENT_CHANNELS),
+    "attention_mask": ("T",),
+    "encoder_hidden_states": ("L", "H"),
+    "encoder_attention_mask": ("L",),
+    "context_latents": ("T", CONTEXT_CHANNELS),
+}
+REQUIRED_KEYS = tuple(SAMPLE_SCHEMA)
+FLOAT_KEYS = ("target_latents", "encoder_hidden_states", "context_latents")
+FRAME_KEYS = tuple(k for k, dims in SAMPLE_SCHEMA.items() if dims[0] == "T")  # cropped together along T
+MANIFEST_FILE = "manifest.json"
+PREPROCESS_META_FILE = "preprocess_meta.json"
+SAMPLE_SUFFIX = ".pt"
+INTERMEDIATE_SUFFIX = ".tmp.pt"  # preprocessing's pass-1 output: never a sample
 
 _STORAGE_DTYPES = {
     "DoubleStorage": "float64",
@@ -274,92 +290,113 @@ class _Sample:
     problems: tuple[str, ...] = ()
 
 
+def expected_shape(key: str) -> str:
+    return "[" + ", ".join(str(d) for d in SAMPLE_SCHEMA[key]) + "]"
+
+
+def sample_problems(data: dict[str, Any]) -> list[str]:
+    """Everything that keeps one sample from fitting ``SAMPLE_SCHEMA`` (keys, tensor ranks and fixed
+    sizes, emptiness, float dtypes, equal T and equal L inside the file), one line each; ``[]`` when it
+    fits. Tensors are described by ``TensorInfo`` (shape and dtype name)."""
+    problems: list[str] = []
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        problems.append(f"missing key(s): {', '.join(missing)}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, dims in SAMPLE_SCHEMA.items():
+        if key not in data:
+            continue
+        info = data[key]
+        if not isinstance(info, TensorInfo):
+            problems.append(f"{key} is not a tensor ({type(info).__name__})")
+            continue
+        if info.ndim != len(dims) or any(isinstance(d, int) and info.shape[i] != d for i, d in enumerate(dims)):
+            problems.append(f"{key} has shape {list(info.shape)}, expected {expected_shape(key)}")
+        elif info.numel == 0:
+            problems.append(f"{key} is empty (shape {list(info.shape)})")
+        else:
+            shapes[key] = info.shape
+        if key in FLOAT_KEYS and info.dtype not in _FLOAT_DTYPES:
+            problems.append(f"{key} has dtype {info.dtype}, expected a floating type")
+    for dim in ("T", "L"):
+        sizes = {k: shape[0] for k, shape in shapes.items() if SAMPLE_SCHEMA[k][0] == dim}
+        if len(set(sizes.values())) > 1:
+            problems.append(f"{dim} differs: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    return problems
+
+
+def is_sample_name(name: str) -> bool:
+    """A file name that holds a training sample (``*.pt``, not a pass-1 ``*.tmp.pt``)."""
+    return name.endswith(SAMPLE_SUFFIX) and not name.endswith(INTERMEDIATE_SUFFIX)
+
+
+def folder_samples(directory: str) -> list[str]:
+    """The sample files directly inside ``directory`` (without a manifest), sorted."""
+    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if is_sample_name(n) and os.path.isfile(os.path.join(directory, n)))
+
+
+def resolve_manifest_entry(entry: str, directory: str) -> str | None:
+    """A ``manifest.json`` sample entry as an existing file: as written (when absolute), then relative
+    to the dataset folder, then by file name in it (manifests written on another machine hold foreign
+    paths); None when none exists."""
+    norm = entry.strip().replace("\\", "/")
+    candidates = [norm] if os.path.isabs(norm) else []
+    candidates += [os.path.join(directory, norm), os.path.join(directory, os.path.basename(norm))]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    return os.path.normpath(found) if found is not None else None
+
+
 def _check_sample(path: str, name: str) -> _Sample:
     try:
         data = inspect_pt(path)
     except PtError as exc:
         return _Sample(name, problems=(str(exc).removeprefix(f"{path}: "),))
-    problems: list[str] = []
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        problems.append(f"missing key(s): {', '.join(missing)}")
-    tensors = {k: data[k] for k in REQUIRED_KEYS if isinstance(data.get(k), TensorInfo)}
-    for key in REQUIRED_KEYS:
-        if key in data and key not in tensors:
-            problems.append(f"{key} is not a tensor ({type(data[key]).__name__})")
-    expected = {
-        "target_latents": f"[T, {LATENT_CHANNELS}]",
-        "attention_mask": "[T]",
-        "encoder_hidden_states": "[L, H]",
-        "encoder_attention_mask": "[L]",
-        "context_latents": f"[T, {CONTEXT_CHANNELS}]",
-    }
-    rank = {"target_latents": 2, "attention_mask": 1, "encoder_hidden_states": 2, "encoder_attention_mask": 1, "context_latents": 2}
-    last = {"target_latents": LATENT_CHANNELS, "context_latents": CONTEXT_CHANNELS}
-    shape_ok: dict[str, tuple[int, ...]] = {}
-    for key, info in tensors.items():
-        shape = info.shape
-        if len(shape) != rank[key] or (key in last and shape[-1] != last[key]):
-            problems.append(f"{key} has shape {list(shape)}, expected {expected[key]}")
-        else:
-            shape_ok[key] = shape
-        if key in ("target_latents", "encoder_hidden_states", "context_latents") and info.dtype not in _FLOAT_DTYPES:
-            problems.append(f"{key} has dtype {info.dtype}, expected a floating type")
-    frames = {k: shape_ok[k][0] for k in ("target_latents", "attention_mask", "context_latents") if k in shape_ok}
-    if len(set(frames.values())) > 1:
-        problems.append("T differs: " + ", ".join(f"{k} {v}" for k, v in frames.items()))
-    lengths = {k: shape_ok[k][0] for k in ("encoder_hidden_states", "encoder_attention_mask") if k in shape_ok}
-    if len(set(lengths.values())) > 1:
-        problems.append("L differs: " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
-    t = frames.get("target_latents", 0)
-    if "target_latents" in shape_ok and t == 0:
-        problems.append("target_latents is empty (T = 0)")
-    hidden = shape_ok["encoder_hidden_states"][1] if "encoder_hidden_states" in shape_ok else None
-    return _Sample(name, frames=t, hidden=hidden, problems=tuple(problems))
+    problems = sample_problems(data)
+    target, states = data.get("target_latents"), data.get("encoder_hidden_states")
+    frames = target.shape[0] if isinstance(target, TensorInfo) and target.ndim == 2 else 0
+    hidden = states.shape[1] if isinstance(states, TensorInfo) and states.ndim == 2 else None
+    return _Sample(name, frames=frames, hidden=hidden, problems=tuple(problems))
 
 
 def _manifest_files(directory: str, problems: list[tuple[str, str]]) -> list[str] | None:
     """Sample paths from ``manifest.json`` (upstream format; extra keys tolerated), or None to scan."""
-    path = os.path.join(directory, "manifest.json")
+    path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(("manifest.json", f"unreadable, scanning *.pt instead ({exc})"))
+        problems.append((MANIFEST_FILE, f"unreadable, scanning *.pt instead ({exc})"))
         return None
     samples = manifest.get("samples") if isinstance(manifest, dict) else None
     if not isinstance(samples, list):
-        problems.append(("manifest.json", "has no 'samples' list, scanning *.pt instead"))
+        problems.append((MANIFEST_FILE, "has no 'samples' list, scanning *.pt instead"))
         return None
     out: list[str] = []
     for entry in samples:
         if not isinstance(entry, str):
-            problems.append(("manifest.json", f"sample entry {entry!r} is not a path"))
+            problems.append((MANIFEST_FILE, f"sample entry {entry!r} is not a path"))
             continue
-        normalised = entry.replace("\\", "/")
-        candidates = [normalised] if os.path.isabs(normalised) else []
-        candidates += [os.path.join(directory, normalised), os.path.join(directory, os.path.basename(normalised))]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
+        found = resolve_manifest_entry(entry, directory)
         if found is None:
-            problems.append((entry, "listed in manifest.json but missing"))
-        elif found.endswith(".tmp.pt"):
+            problems.append((entry, f"listed in {MANIFEST_FILE} but missing"))
+        elif found.endswith(INTERMEDIATE_SUFFIX):
             continue
-        elif os.path.normpath(found) not in out:
-            out.append(os.path.normpath(found))
+        elif found not in out:
+            out.append(found)
     return out
 
 
 def _read_variant(directory: str, problems: list[tuple[str, str]]) -> str | None:
-    path = os.path.join(directory, "preprocess_meta.json")
+    path = os.path.join(directory, PREPROCESS_META_FILE)
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(("preprocess_meta.json", f"unreadable ({exc})"))
+        problems.append((PREPROCESS_META_FILE, f"unreadable ({exc})"))
         return None
     variant = meta.get("model_variant") if isinstance(meta, dict) else None
     return variant if isinstance(variant, str) and variant else None
@@ -375,16 +412,12 @@ def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
     paths = _manifest_files(directory, problems)
     used_manifest = paths is not None
     if paths is None:
-        paths = sorted(
-            os.path.join(directory, n)
-            for n in os.listdir(directory)
-            if n.endswith(".pt") and not n.endswith(".tmp.pt") and os.path.isfile(os.path.join(directory, n))
-        )
+        paths = folder_samples(directory)
     if not paths:
-        pending = [n for n in os.listdir(directory) if n.endswith(".tmp.pt")]
-        message = "no sample .pt files"
+        pending = [n for n in os.listdir(directory) if n.endswith(INTERMEDIATE_SUFFIX)]
+        message = f"no sample {SAMPLE_SUFFIX} files"
         if pending:
-            message += f" ({len(pending)} *.tmp.pt intermediates: preprocessing did not finish)"
+            message += f" ({len(pending)} *{INTERMEDIATE_SUFFIX} intermediates: preprocessing did not finish)"
         problems.append((".", message))
 
     def name_of(path: str) -> str:

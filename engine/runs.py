@@ -27,17 +27,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from engine import protocol
+import psutil
+
+from engine import layout, protocol
+from engine.layout import BEST_DIR, CHECKPOINT_META_FILE, CONFIG_FILE, ENGINE_FILE, EVENTS_FILE, FINAL_DIR
 from engine.summary import EMPTY, Summary, fold, fold_all
 from engine.tailer import read_run_events
 
-CONFIG_FILE = "config.json"
-EVENTS_FILE = "events.jsonl"
-ENGINE_FILE = "engine.json"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_META_FILE = "checkpoint.json"
-TRAINER_STATE_FILE = "training_state.pt"
-FINAL_DIR, BEST_DIR = "final", "best"
 STATUSES = ("running", "completed", "stopped", "failed", "died", "unknown", "not_started")
 BIG_EVENTS_BYTES = 2 * 2**20  # above this, the fast line classifier replaces read_events
 PID_START_SLACK_S = 5.0
@@ -167,27 +163,21 @@ def _digest(path: str) -> _Digest | None:
 
 
 def _process_start_time(pid: int) -> float | None:
-    """Wall-clock start of ``pid`` on Linux (from /proc), else None."""
+    """Wall-clock start of ``pid`` (psutil: every platform), else None."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as fh:
-            boot = next(float(line.split()[1]) for line in fh if line.startswith(b"btime"))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError, StopIteration):
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
         return None
 
 
 def _pid_alive(pid: int) -> bool:
+    """``pid`` names a running process (a zombie, dead but not yet reaped, does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    except (psutil.Error, OSError):
+        return True  # it exists, but we may not look at it (another user's process)
 
 
 def engine_state(run_dir: str) -> tuple[str, dict[str, Any] | None]:
@@ -212,58 +202,6 @@ def engine_state(run_dir: str) -> tuple[str, dict[str, Any] | None]:
     if isinstance(started, (int, float)) and proc_start is not None and proc_start > started + PID_START_SLACK_S:
         return "dead", info  # the pid now belongs to a younger process
     return "alive", info
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_step(path: str) -> int | None:
-    try:
-        with open(os.path.join(path, CHECKPOINT_META_FILE), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        step = meta.get("step") if isinstance(meta, dict) else None
-        if isinstance(step, int) and not isinstance(step, bool):
-            return step
-    except (OSError, ValueError):
-        pass
-    from engine import ptinspect  # only data.pkl is read, never a tensor
-
-    try:
-        state = ptinspect.read_structure(os.path.join(path, TRAINER_STATE_FILE))
-    except ptinspect.PtError:
-        return None
-    if isinstance(state, dict):
-        for key in ("global_step", "step"):
-            if isinstance(state.get(key), int) and not isinstance(state.get(key), bool):
-                return state[key]
-    return None
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest complete checkpoint folder (one holding ``training_state.pt``) under
-    ``run_dir/checkpoints``: highest step (from checkpoint.json, else training_state.pt), then the
-    newest training_state.pt. Folders being written (dot-prefixed) are ignored."""
-    root = os.path.join(run_dir, CHECKPOINTS_DIR)
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return None
-    candidates: list[tuple[int, float, str]] = []
-    for name in names:
-        path = os.path.join(root, name)
-        state = os.path.join(path, TRAINER_STATE_FILE)
-        if name.startswith(".") or not os.path.isfile(state):
-            continue
-        step = _checkpoint_step(path)
-        if step is None:
-            digits = re.findall(r"\d+", name)
-            step = int(digits[-1]) if digits else -1
-        try:
-            mtime = os.path.getmtime(state)
-        except OSError:
-            mtime = 0.0
-        candidates.append((step, mtime, path))
-    return max(candidates)[2] if candidates else None
 
 
 # --------------------------------------------------------------------------- runs
@@ -303,7 +241,7 @@ def _adapter_path(run_dir: str, s: Summary) -> str | None:
     for candidate in (os.path.join(run_dir, FINAL_DIR), os.path.join(run_dir, BEST_DIR)):
         if os.path.isdir(candidate):
             return candidate
-    return latest_checkpoint(run_dir)
+    return layout.newest_checkpoint(run_dir)
 
 
 def summarize_run(run_dir: str) -> RunSummary:

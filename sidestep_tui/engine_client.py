@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from engine import protocol
 from engine.protocol import PROTOCOL_VERSION, EngineReady, StopRun
-from engine.runs import EVENTS_FILE, engine_state
+from engine import layout
+from engine.runs import engine_state
 from engine.tailer import EventTailer
 
 HANDSHAKE_TIMEOUT_S = 120.0
@@ -358,7 +359,7 @@ class AttachClient:
 
     def __init__(self, run_dir: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.run_dir = str(run_dir)
-        self.events_path = Path(run_dir) / EVENTS_FILE
+        self.events_path = Path(layout.events_path(str(run_dir)))
         self._sleep = sleep
         self._tailer = EventTailer(str(self.events_path))
         self._reported = False

@@ -237,7 +237,7 @@ def audio_length(seconds: float | None) -> str:
 
 
 def audio_scan_summary(report) -> str:  # type: ignore[no-untyped-def]
-    """One line on what the dataset builder found, from an ``engine.audio.builder.BuildReport``."""
+    """One line on what the dataset builder found, from an ``engine.sidecars.BuildReport``."""
     found = len(report.files)
     parts = [
         plural(found, "audio file"),

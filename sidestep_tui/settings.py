@@ -12,11 +12,12 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from engine import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +105,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 
 def save_settings(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
-    """Write atomically (temp file in the same folder + rename) and clear the loader cache."""
+    """Write atomically (``engine.fsutil``: temp file in the same folder + rename) and clear the loader cache."""
     target = Path(path) if path is not None else settings_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fsutil.write_json(target, dataclasses.asdict(settings), sort_keys=True)
     _load_cached.cache_clear()
     return target

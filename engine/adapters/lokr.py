@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engine.adapters import Adapter, read_safetensors, target_regex
+from engine.adapters.base import Adapter, read_safetensors, target_regex
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from engine.adapters import Adapter, AdapterLoadError, read_safetensors, target_regex
+from engine.adapters.base import Adapter, AdapterLoadError, read_safetensors, target_regex
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig

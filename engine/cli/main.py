@@ -203,11 +203,11 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
     import signal as sig
 
     from engine.cli.plain import PlainPrinter
-    from engine.runs import EVENTS_FILE
     from engine.tailer import EventTailer
     from engine.train import rundir
+    from engine import layout
 
-    path = os.path.join(ns.run_dir, EVENTS_FILE)
+    path = layout.events_path(ns.run_dir)
     if not os.path.isfile(path):
         print(f"error: {path} not found; is {ns.run_dir} a run folder?", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """Preprocessed-tensor dataset (ACE_STEP.md §4.1–4.3), validated loudly up front.
 
-Each sample is one ``.pt`` dict: ``target_latents [T, 64]``, ``attention_mask [T]``,
-``encoder_hidden_states [L, H]``, ``encoder_attention_mask [L]``, ``context_latents [T, 128]`` and an
-optional ``metadata`` dict. Every file is loaded once at construction and checked (keys, shapes, equal
-T and L inside a file, one H across files, finite values); the first problem raises a
+Each sample is one ``.pt`` dict of the tensors ``engine.ptinspect.SAMPLE_SCHEMA`` defines
+(``target_latents [T, 64]``, ``attention_mask [T]``, ``encoder_hidden_states [L, H]``,
+``encoder_attention_mask [L]``, ``context_latents [T, 128]``) and an optional ``metadata`` dict. Every
+file is loaded once at construction and checked (the schema's ``sample_problems``, one H across files,
+finite values); the first problem raises a
 one-line ``DatasetError`` naming the file and the fix. Side-Step silently dropped missing files and
 zeroed NaNs; here both are errors. When the files total less than 4 GB they stay cached in RAM.
 
@@ -20,20 +21,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-REQUIRED_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
-FRAME_KEYS = ("target_latents", "attention_mask", "context_latents")  # cropped together along T
+from engine.ptinspect import FRAME_KEYS, INTERMEDIATE_SUFFIX, MANIFEST_FILE, REQUIRED_KEYS, TensorInfo, folder_samples, resolve_manifest_entry, sample_problems
+
 CACHE_LIMIT_BYTES = 4 * 1024**3
-MANIFEST = "manifest.json"
 REPREPROCESS = "delete it and preprocess its audio again"
-LATENT_CHANNELS, CONTEXT_CHANNELS = 64, 128  # VAE latent; silence latent + chunk mask (§4.1)
-_SHAPES = {
-    "target_latents": ("T", str(LATENT_CHANNELS)),
-    "attention_mask": ("T",),
-    "encoder_hidden_states": ("L", "H"),
-    "encoder_attention_mask": ("L",),
-    "context_latents": ("T", str(CONTEXT_CHANNELS)),
-}
-_FLOAT_KEYS = ("target_latents", "encoder_hidden_states", "context_latents")
 
 
 class DatasetError(ValueError):
@@ -55,19 +46,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _resolve(entry: Any, root: str) -> str:
-    """A manifest entry as an existing path: as written, then relative to the dataset folder, then by
-    file name in the dataset folder (manifests written on another machine hold foreign paths)."""
+    """A manifest entry as an existing path (``ptinspect.resolve_manifest_entry``), or a one-line error."""
     if not isinstance(entry, str) or not entry.strip():
-        raise DatasetError(f"{os.path.join(root, MANIFEST)}: sample entry {entry!r} is not a path; fix or delete manifest.json")
-    norm = entry.strip().replace("\\", "/")
-    candidates = [norm] if os.path.isabs(norm) else []
-    for candidate in (*candidates, os.path.join(root, norm), os.path.join(root, os.path.basename(norm))):
-        if os.path.isfile(candidate):
-            return os.path.normpath(candidate)
-    raise DatasetError(
-        f"{os.path.join(root, MANIFEST)}: lists {entry!r}, which is not in {root}; "
-        "preprocess again or delete manifest.json to use the folder's .pt files"
-    )
+        raise DatasetError(f"{os.path.join(root, MANIFEST_FILE)}: sample entry {entry!r} is not a path; fix or delete {MANIFEST_FILE}")
+    found = resolve_manifest_entry(entry, root)
+    if found is None:
+        raise DatasetError(
+            f"{os.path.join(root, MANIFEST_FILE)}: lists {entry!r}, which is not in {root}; "
+            f"preprocess again or delete {MANIFEST_FILE} to use the folder's .pt files"
+        )
+    return found
 
 
 def discover_files(dataset_dir: str) -> list[str]:
@@ -76,7 +64,7 @@ def discover_files(dataset_dir: str) -> list[str]:
     root = os.path.abspath(os.path.expanduser(dataset_dir))
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder {root} does not exist; preprocess audio into it or choose the folder holding the .pt files")
-    manifest = os.path.join(root, MANIFEST)
+    manifest = os.path.join(root, MANIFEST_FILE)
     if os.path.isfile(manifest):
         try:
             with open(manifest, encoding="utf-8") as fh:
@@ -88,13 +76,9 @@ def discover_files(dataset_dir: str) -> list[str]:
             raise DatasetError(f"{manifest}: has no 'samples' list; fix or delete it to use the folder's .pt files")
         resolved = (_resolve(entry, root) for entry in samples)
         # like engine/ptinspect.py: pass-1 intermediates skipped, a file listed twice read once
-        files = list(dict.fromkeys(p for p in resolved if not p.endswith(".tmp.pt")))
+        files = list(dict.fromkeys(p for p in resolved if not p.endswith(INTERMEDIATE_SUFFIX)))
     else:
-        files = sorted(
-            os.path.join(root, name)
-            for name in os.listdir(root)
-            if name.endswith(".pt") and not name.endswith(".tmp.pt") and os.path.isfile(os.path.join(root, name))
-        )
+        files = folder_samples(root)
     if not files:
         raise DatasetError(f"dataset folder {root} holds no training tensors (*.pt); preprocess audio into it first")
     return files
@@ -111,29 +95,17 @@ def load_sample(path: str) -> dict[str, Any]:
 
 
 def check_sample(path: str, data: dict[str, Any]) -> tuple[int, int, int]:
-    """Validate one loaded sample; returns ``(T, L, H)``."""
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise DatasetError(f"{path}: missing {', '.join(missing)}; {REPREPROCESS}")
-    for key, shape in _SHAPES.items():
+    """Validate one loaded sample against the schema, then its values; returns ``(T, L, H)``."""
+    described = {k: TensorInfo(tuple(v.shape), str(v.dtype).removeprefix("torch.")) if isinstance(v, Tensor) else v for k, v in data.items()}
+    problems = sample_problems(described)
+    if problems:
+        raise DatasetError(f"{path}: {problems[0]}; {REPREPROCESS}")
+    for key in REQUIRED_KEYS:
         value = data[key]
-        if not isinstance(value, Tensor):
-            raise DatasetError(f"{path}: {key} is a {type(value).__name__}, not a tensor; {REPREPROCESS}")
-        if value.dim() != len(shape) or (shape[-1].isdigit() and value.shape[-1] != int(shape[-1])):
-            raise DatasetError(f"{path}: {key} has shape {list(value.shape)}, expected [{', '.join(shape)}]; {REPREPROCESS}")
-        if value.numel() == 0:
-            raise DatasetError(f"{path}: {key} is empty (shape {list(value.shape)}); {REPREPROCESS}")
-        if key in _FLOAT_KEYS and not value.is_floating_point():
-            raise DatasetError(f"{path}: {key} has dtype {value.dtype}, expected a float dtype; {REPREPROCESS}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise DatasetError(f"{path}: {key} contains NaN/Inf values; check the source audio, then {REPREPROCESS}")
     T = data["target_latents"].shape[0]
     L, H = data["encoder_hidden_states"].shape
-    for key in ("attention_mask", "context_latents"):
-        if data[key].shape[0] != T:
-            raise DatasetError(f"{path}: {key} has {data[key].shape[0]} frames but target_latents has {T}; {REPREPROCESS}")
-    if data["encoder_attention_mask"].shape[0] != L:
-        raise DatasetError(f"{path}: encoder_attention_mask has {data['encoder_attention_mask'].shape[0]} tokens but encoder_hidden_states has {L}; {REPREPROCESS}")
     return T, L, H
 
 

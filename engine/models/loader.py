@@ -5,6 +5,9 @@ with the attention backends tried in ACE_STEP.md §2.1 order. Only ``decoder`` a
 ``null_condition_emb`` are kept (frozen, eval, on the device, dtype checked); the condition encoder,
 tokenizer and detokenizer are dropped before anything moves to the GPU. Every failure is a
 ``ModelLoadError`` whose one-line message names the folder or file and the fix.
+
+Preprocessing loads the same checkpoints for their condition encoder through the public helpers
+``read_model_config``, ``check_weights``, ``from_pretrained`` and ``dtype_kwarg``.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------- folder checks
 
 
-def _read_config(model_dir: Path) -> dict[str, Any]:
+def read_model_config(model_dir: Path) -> dict[str, Any]:
+    """The model folder's config.json; ``ModelLoadError`` (one line) when it is missing or not a model's."""
     if not model_dir.is_dir():
         raise ModelLoadError(
             f"model folder {model_dir} does not exist; check --checkpoint-dir and --model (folder names must not be renamed)"
@@ -110,7 +114,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _check_weights(model_dir: Path) -> None:
+def check_weights(model_dir: Path) -> None:
     """Open every safetensors header (cheap) so a truncated or corrupt file is named precisely."""
     from safetensors import safe_open
 
@@ -161,7 +165,7 @@ def attention_candidates(requested: str, device: torch.device, dtype: torch.dtyp
     return [requested]
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
     """transformers 4.56 renamed ``torch_dtype`` to ``dtype`` (the old name still works, with a warning)."""
     import transformers
 
@@ -176,7 +180,8 @@ def _missing_package(exc: BaseException) -> bool:
     ) and "flash_attn" not in text
 
 
-def _from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
+def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
+    """The whole checkpoint through its own remote code: ``(model, loading_info)``."""
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(
@@ -184,7 +189,7 @@ def _from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
         trust_remote_code=True,
         attn_implementation=backend,
         output_loading_info=True,
-        **{_dtype_kwarg(): dtype},
+        **{dtype_kwarg(): dtype},
     )
 
 
@@ -232,15 +237,15 @@ def load_decoder(
 ) -> LoadedModel:
     """Load ``decoder`` + ``null_condition_emb`` from ``model_dir`` (the variant folder, not the root)."""
     path = Path(model_dir).expanduser()
-    config = _read_config(path)
-    _check_weights(path)
+    config = read_model_config(path)
+    check_weights(path)
 
     model = info = None
     errors: list[str] = []
     candidates = attention_candidates(attention_backend, device, dtype)
     for backend in candidates:
         try:
-            model, info = _from_pretrained(path, backend, dtype)
+            model, info = from_pretrained(path, backend, dtype)
             break
         except Exception as exc:
             if _missing_package(exc):

@@ -4,18 +4,16 @@ Fabric. ``Trainer`` only loops over what this returns."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
-from engine import discovery, protocol
+from engine import discovery, fsutil, layout, protocol
 from engine.train import recipe
 
 log = logging.getLogger("sidestep.engine")
@@ -108,20 +106,6 @@ def fabric_precision(device: torch.device, dtype: torch.dtype) -> str:
     return "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
 
 
-def read_model_config(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a model folder (pick one under the checkpoint root)") from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); the model folder is damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
 def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[protocol.Phase, str], None]) -> RunParts:
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import SingleDeviceStrategy
@@ -129,12 +113,12 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     from engine.adapters import attach_adapter
     from engine.data.dataset import TensorDataset
     from engine.data.loader import build_loader, build_planner
-    from engine.models.loader import enable_gradient_checkpointing, load_decoder, resolve_device, resolve_dtype
+    from engine.models.loader import enable_gradient_checkpointing, load_decoder, read_model_config, resolve_device, resolve_dtype
     from engine.train.optim import build_optimizer, build_scheduler
 
     model_dir = discovery.resolve_model_dir(config.checkpoint_dir, config.model_variant)
-    config = cfgmod.resolve_variant_defaults(config, read_model_config(model_dir))
-    ckpt.atomic_write_text(os.path.join(run_dir, ckpt.CONFIG_FILE), cfgmod.to_json(config))
+    config = cfgmod.resolve_variant_defaults(config, read_model_config(Path(model_dir)))
+    fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(config))
 
     # Validate the data before spending time on the model: a bad file should fail in seconds.
     set_phase("preparing_data", config.dataset_dir)

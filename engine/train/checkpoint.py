@@ -15,33 +15,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from typing import Any
 
-ADAPTER_DIR_FINAL = "final"
-ADAPTER_DIR_BEST = "best"
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_FILE = "training_state.pt"
-CHECKPOINT_META_FILE = "checkpoint.json"
-CONFIG_FILE = "config.json"
-EVENTS_FILE = "events.jsonl"
-ENGINE_FILE = "engine.json"
-LOG_FILE = "sidestep.log"
+from engine import fsutil, layout
+
 STATE_SCHEMA_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_checkpoint_dir(
@@ -53,30 +36,16 @@ def write_checkpoint_dir(
     info: dict[str, Any],
     training_state: dict[str, Any] | None = None,
 ) -> str:
-    """Write adapter files (+ optional training state) into ``target`` atomically; returns ``target``."""
+    """Write adapter files (+ optional training state) as the folder ``target``, all or nothing
+    (``fsutil.atomic_dir``: an old folder of that name is replaced whole); returns ``target``."""
     import torch
 
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.writing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        adapter.save(tmp, metadata)
+    with fsutil.atomic_dir(target) as tmp:
+        adapter.write(tmp, metadata)
         if training_state is not None:
-            torch.save(training_state, os.path.join(tmp, TRAINER_STATE_FILE))
-        atomic_write_text(os.path.join(tmp, CONFIG_FILE), config_json)
-        atomic_write_text(os.path.join(tmp, CHECKPOINT_META_FILE), json.dumps({**info, "saved_at": time.time()}, indent=2))
-        old = None
-        if os.path.exists(target):
-            old = os.path.join(parent, f".{os.path.basename(target)}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            torch.save(training_state, layout.trainer_state_path(str(tmp)))
+        (tmp / layout.CONFIG_FILE).write_text(config_json, encoding="utf-8")
+        (tmp / layout.CHECKPOINT_META_FILE).write_text(json.dumps({**info, "saved_at": time.time()}, indent=2), encoding="utf-8")
     return target
 
 
@@ -127,51 +96,30 @@ def _to_tuple(value: Any) -> Any:
 # --------------------------------------------------------------------------- finding and loading
 
 
-def read_meta(ckpt_dir: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(ckpt_dir, CHECKPOINT_META_FILE), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        return meta if isinstance(meta, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every complete checkpoint with a training state, oldest first."""
-    root = os.path.join(output_dir, CHECKPOINTS_DIR)
-    found: list[tuple[int, str]] = []
-    if not os.path.isdir(root):
-        return found
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        meta = read_meta(path)
-        if name.startswith(".") or meta is None or not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
-            continue
-        found.append((int(meta.get("step", 0)), path))
-    return sorted(found)
-
-
 def find_resume_dir(resume_from: str, output_dir: str) -> str:
     """``auto`` = newest checkpoint of ``output_dir``; a file inside a checkpoint means its folder."""
+    state_file = layout.TRAINER_STATE_FILE
     if resume_from == "auto":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise CheckpointError(f"--resume-from auto: no checkpoint with {TRAINER_STATE_FILE} under {os.path.join(output_dir, CHECKPOINTS_DIR)}; start without --resume-from")
-        return found[-1][1]
+        found = layout.newest_checkpoint(output_dir)
+        if found is None:
+            raise CheckpointError(f"--resume-from auto: no checkpoint with {state_file} under {layout.checkpoints_dir(output_dir)}; start without --resume-from")
+        return found
     path = os.path.abspath(os.path.expanduser(resume_from))
     if os.path.isfile(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        raise CheckpointError(f"--resume-from {resume_from}: no such checkpoint folder; point it at a checkpoints/<name>/ folder or use 'auto'")
-    if not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
-        raise CheckpointError(f"--resume-from {path}: no {TRAINER_STATE_FILE} in it (final/ and best/ hold adapters only); use a folder under checkpoints/")
+        raise CheckpointError(f"--resume-from {resume_from}: no such checkpoint folder; point it at a {layout.CHECKPOINTS_DIR}/<name>/ folder or use 'auto'")
+    if not os.path.isfile(layout.trainer_state_path(path)):
+        raise CheckpointError(
+            f"--resume-from {path}: no {state_file} in it ({layout.FINAL_DIR}/ and {layout.BEST_DIR}/ hold adapters only); use a folder under {layout.CHECKPOINTS_DIR}/"
+        )
     return path
 
 
 def load_training_state(ckpt_dir: str) -> dict[str, Any]:
     import torch
 
-    path = os.path.join(ckpt_dir, TRAINER_STATE_FILE)
+    path = layout.trainer_state_path(ckpt_dir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

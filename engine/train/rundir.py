@@ -3,14 +3,12 @@ folder, keep ``engine.json`` true while a run lives, and send the engine's logs 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
 
-from engine import protocol
-from engine.train.checkpoint import ADAPTER_DIR_FINAL, ENGINE_FILE, EVENTS_FILE, LOG_FILE, atomic_write_text
+from engine import fsutil, layout, protocol
 
 
 class RunDirError(ValueError):
@@ -27,9 +25,9 @@ def live_engine(run_dir: str) -> dict | None:
 
 
 def _finished(run_dir: str) -> bool:
-    if os.path.isdir(os.path.join(run_dir, ADAPTER_DIR_FINAL)):
+    if os.path.isdir(layout.final_dir(run_dir)):
         return True
-    path = os.path.join(run_dir, EVENTS_FILE)
+    path = layout.events_path(run_dir)
     if not os.path.isfile(path):
         return False
     try:
@@ -51,9 +49,9 @@ def prepare(output_dir: str, *, resuming: bool, overwrite: bool) -> str:
         if not overwrite:
             raise RunDirError(f"--output-dir {run_dir} holds a finished run; choose another folder, continue it with --resume-from auto, or pass --overwrite")
         # --overwrite: keep the old history beside the new one rather than destroying it.
-        old = os.path.join(run_dir, EVENTS_FILE)
+        old = layout.events_path(run_dir)
         if os.path.exists(old):
-            os.replace(old, os.path.join(run_dir, f"events.{int(time.time())}.jsonl"))
+            os.replace(old, layout.archived_events_path(run_dir, time.time()))
     os.makedirs(run_dir, exist_ok=True)
     probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
     try:
@@ -66,25 +64,22 @@ def prepare(output_dir: str, *, resuming: bool, overwrite: bool) -> str:
 
 
 def write_engine_file(run_dir: str, run_id: str) -> None:
-    atomic_write_text(
-        os.path.join(run_dir, ENGINE_FILE),
-        json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "protocol_version": protocol.PROTOCOL_VERSION, "run_id": run_id},
-            indent=2,
-        ),
+    fsutil.write_json(
+        layout.engine_path(run_dir),
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "protocol_version": protocol.PROTOCOL_VERSION, "run_id": run_id},
     )
 
 
 def remove_engine_file(run_dir: str) -> None:
     try:
-        os.remove(os.path.join(run_dir, ENGINE_FILE))
+        os.remove(layout.engine_path(run_dir))
     except FileNotFoundError:
         pass
 
 
 def attach_log_file(run_dir: str) -> logging.Handler:
     """Route the engine's loggers (and warnings) to run_dir/sidestep.log for the length of a run."""
-    handler = logging.FileHandler(os.path.join(run_dir, LOG_FILE), encoding="utf-8")
+    handler = logging.FileHandler(layout.log_path(run_dir), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 
 from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
-from engine import protocol
+from engine import layout, protocol
 from engine.train import recipe, rundir
 from engine.process.control import CommandInbox
 from engine.process.events import EventBus, JsonlSink, StepAggregator
@@ -65,6 +64,7 @@ class Trainer:
         self.started = time.time()
         self._tb: Any = None
         self._recent_t: list[torch.Tensor] = []
+        self._boundary_step = 0  # global_step at the last optimizer-step boundary
 
     def epoch_number(self) -> int:
         """The 1-based epoch of the latest optimizer step: what every event and view calls "epoch N".
@@ -90,7 +90,7 @@ class Trainer:
             resuming = self.config.resume_from is not None
             run_dir = rundir.prepare(self.config.output_dir, resuming=resuming, overwrite=self.config.overwrite)
             log_handler = rundir.attach_log_file(run_dir)
-            jsonl = JsonlSink(os.path.join(run_dir, ckpt.EVENTS_FILE))
+            jsonl = JsonlSink(layout.events_path(run_dir))
             self.bus.add(jsonl)
             rundir.write_engine_file(run_dir, self.run_id)
             self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase)
@@ -156,6 +156,7 @@ class Trainer:
                     if not math.isfinite(gn):
                         p.optimizer.zero_grad(set_to_none=True)
                         bad_windows += 1
+                        agg.add(step=self.global_step, epoch=self.epoch_number(), loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
                         self.bus.log("warning", f"step {self.global_step + 1}: gradient norm was NaN/Inf; the update was skipped")
                         if bad_windows >= MAX_BAD_WINDOWS:
                             raise TrainingHalted(f"gradients were NaN/Inf for {bad_windows} optimizer steps in a row; lower the learning rate")
@@ -231,6 +232,8 @@ class Trainer:
     def _between_steps(self, agg: StepAggregator) -> protocol.RunStatus | None:
         """Apply commands and scheduled saves at an optimizer-step boundary."""
         c = self.config
+        # A skipped (NaN/Inf) window ends at the same step as the one before: nothing new to save or log.
+        advanced, self._boundary_step = self.global_step != self._boundary_step, self.global_step
         for job in self.inbox.poll():
             self.bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
         if self.inbox.state.paused:
@@ -247,9 +250,9 @@ class Trainer:
             return "stopped"
         if self.inbox.take_save_request():
             self.save_checkpoint("requested")
-        if c.save_every_n_steps and self.global_step and self.global_step % c.save_every_n_steps == 0:
+        if advanced and c.save_every_n_steps and self.global_step and self.global_step % c.save_every_n_steps == 0:
             self.save_checkpoint("periodic")
-        if self._heavy_due():
+        if advanced and self._heavy_due():
             self._log_heavy()
         return None
 
@@ -270,11 +273,11 @@ class Trainer:
                 self.best_loss = smoothed
                 self.epochs_since_best = 0
                 if c.save_best and self.epoch >= c.save_best_after:
-                    self._save_adapter_only(ckpt.ADAPTER_DIR_BEST, "best", smoothed)
+                    self.save_checkpoint("best", loss=smoothed)
             else:
                 self.epochs_since_best += 1
         if self.epoch % c.save_every == 0 and self.epoch < c.epochs:
-            self.save_checkpoint("periodic", name=f"epoch_{self.epoch}")
+            self.save_checkpoint("periodic", name=layout.epoch_checkpoint_name(self.epoch))
 
     # ------------------------------------------------------------------ saving
     def _training_state(self) -> dict[str, Any]:
@@ -298,44 +301,38 @@ class Trainer:
             "config_meta": {k: getattr(self.config, k) for k in RESUME_MUST_MATCH},
         }
 
-    def save_checkpoint(self, kind: protocol.CheckpointKind, *, name: str | None = None) -> str:
+    def save_checkpoint(self, kind: protocol.CheckpointKind, *, name: str | None = None, loss: float | None = None) -> str:
+        """Save the adapter as ``kind``: "best" and "final" are the run's adapter-only folders; every
+        other kind (periodic, requested, stop) is a resumable checkpoint under checkpoints/ (``name``,
+        default step_<N>). The UI sees the "saving" phase for as long as it takes."""
         p = self.parts
         assert p is not None
+        resumable = kind not in ("best", "final")
+        if resumable:
+            target = layout.checkpoint_dir(p.run_dir, name or layout.step_checkpoint_name(self.global_step))
+        else:
+            target = layout.best_dir(p.run_dir) if kind == "best" else layout.final_dir(p.run_dir)
+        loss = self.last_loss if loss is None else loss
         previous = self.phase
-        self.phase = "saving"
-        target = os.path.join(p.run_dir, ckpt.CHECKPOINTS_DIR, name or f"step_{self.global_step}")
-        ckpt.write_checkpoint_dir(
-            target,
-            adapter=p.adapter,
-            metadata=p.adapter_metadata(self.global_step),
-            config_json=cfgmod.to_json(self.config),
-            info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": self.last_loss},
-            training_state=self._training_state(),
-        )
-        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=self.last_loss))
-        if kind == "periodic" and self.config.keep_checkpoints:
-            self._prune_checkpoints()
-        self.phase = previous
-        return target
-
-    def _save_adapter_only(self, dirname: str, kind: protocol.CheckpointKind, loss: float) -> str:
-        p = self.parts
-        assert p is not None
-        target = os.path.join(p.run_dir, dirname)
+        self.set_phase("saving", kind)
         ckpt.write_checkpoint_dir(
             target,
             adapter=p.adapter,
             metadata=p.adapter_metadata(self.global_step),
             config_json=cfgmod.to_json(self.config),
             info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
+            training_state=self._training_state() if resumable else None,
         )
         self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=loss))
+        if kind == "periodic" and self.config.keep_checkpoints:
+            self._prune_checkpoints()
+        self.set_phase(previous)
         return target
 
     def _prune_checkpoints(self) -> None:
         import shutil
 
-        periodic = [(s, path) for s, path in ckpt.list_checkpoints(self.parts.run_dir) if (ckpt.read_meta(path) or {}).get("kind") == "periodic"]
+        periodic = [(s, path) for s, path in layout.list_checkpoints(self.parts.run_dir) if (layout.read_checkpoint_meta(path) or {}).get("kind") == "periodic"]
         for _, path in periodic[: max(len(periodic) - self.config.keep_checkpoints, 0)]:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -346,10 +343,9 @@ class Trainer:
             raise TrainingHalted("no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps")
         adapter_path = ""
         if status == "completed":
-            adapter_path = self._save_adapter_only(ckpt.ADAPTER_DIR_FINAL, "final", self.last_loss)
+            adapter_path = self.save_checkpoint("final")
         else:
-            found = ckpt.list_checkpoints(p.run_dir)
-            adapter_path = found[-1][1] if found else ""
+            adapter_path = layout.newest_checkpoint(p.run_dir) or ""
         self.phase = "finished"
         return self.bus.emit(
             protocol.RunFinished(
@@ -372,7 +368,7 @@ class Trainer:
         assert p is not None
         source = ckpt.find_resume_dir(c.resume_from, p.run_dir)
         state = ckpt.load_training_state(source)
-        where = os.path.join(source, ckpt.TRAINER_STATE_FILE)
+        where = layout.trainer_state_path(source)
         if state["adapter_type"] != c.adapter_type:
             raise ckpt.CheckpointError(f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type")
         if c.strict_resume:
@@ -398,13 +394,14 @@ class Trainer:
         self.best_loss = float(best["best_loss"])
         self.epoch_losses = [float(x) for x in best["epoch_losses"]]
         self.epochs_since_best = int(best["epochs_since_best"])
+        self._boundary_step = self.global_step
         self.bus.log("info", f"resumed from {source}: step {self.global_step}, epoch {self.epoch_number()}, {matched} adapter tensors restored")
 
     # ------------------------------------------------------------------ logging
     def _open_tensorboard(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        log_dir = self.config.log_dir or os.path.join(self.parts.run_dir, "runs")
+        log_dir = self.config.log_dir or layout.tensorboard_dir(self.parts.run_dir)
         # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
         self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
 

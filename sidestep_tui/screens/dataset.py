@@ -27,7 +27,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from engine import discovery, ptinspect
-from engine.config import VARIANT_ALIASES
 from engine.protocol import StopRun
 
 from ..appref import SidestepAppRef
@@ -112,8 +111,7 @@ class DatasetScreen(Screen[None]):
         variant, root = draft.get("model_variant"), draft.get("checkpoint_dir")
         if not variant or not root:
             return None, None
-        folder = os.path.join(os.path.expanduser(root), VARIANT_ALIASES.get(str(variant), str(variant)))
-        info = discovery.inspect_model_dir(folder) if os.path.isdir(folder) else None
+        info = discovery.find_model(str(root), str(variant))
         hidden = info.hidden_size if info is not None and not info.xl else None
         return str(variant), hidden
 

@@ -8,6 +8,7 @@ newest checkpoint in a freshly spawned engine. Scanning and replay reading run i
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from engine import config as cfgmod
-from engine.runs import EVENTS_FILE, RunSummary, scan_runs
+from engine import layout
+from engine.runs import RunSummary, scan_runs
 from engine.summary import loss_text
 from engine.tailer import read_run_events
 
@@ -68,7 +70,7 @@ def run_detail(r: RunSummary) -> str:
 
 def resume_config_json(run_dir: str) -> str:
     """The run's own config.json with ``resume_from = auto`` (newest checkpoint in that folder)."""
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
+    with open(layout.config_path(run_dir), encoding="utf-8") as fh:
         data = json.load(fh)
     data["resume_from"] = "auto"
     data["output_dir"] = run_dir
@@ -78,7 +80,7 @@ def resume_config_json(run_dir: str) -> str:
 def replay_state(run_dir: str) -> RunState:
     """A finished (or running) run's events.jsonl folded through the live reducer: what its replay shows.
     Lines that are not events are skipped, as everywhere (``engine.tailer``)."""
-    events, _tailer = read_run_events(os.path.join(run_dir, EVENTS_FILE))
+    events, _tailer = read_run_events(layout.events_path(run_dir))
     return apply_all(RunState(), events)
 
 

@@ -128,8 +128,7 @@ class SetupScreen(Screen[None]):
         key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
         if key != self._model_key:
             self._model_key = key
-            folder = os.path.join(os.path.expanduser(key[0]), cfg.VARIANT_ALIASES.get(key[1], key[1]))
-            self._model = discovery.inspect_model_dir(folder) if key[0] and os.path.isdir(folder) else None
+            self._model = discovery.find_model(*key)
         return self._model
 
     def _model_config(self, raw: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """Audio folder -> training tensors, inside the Dataset screen.
 
 The flow: pick an audio folder; the dataset builder scans it in a child interpreter
-(``engine.audio.builder.scan_in_subprocess``: soundfile pulls in numpy, which the UI never imports)
+(``engine.sidecars.scan_in_subprocess``: soundfile pulls in numpy, which the UI never imports)
 and every file becomes a table row with its length, sidecar and caption, unreadable files and
 duplicates included; set the trigger tag, its position, the genre ratio and loudness normalisation
 (rows generated from ``engine.prepconfig`` metadata, parsed by its ``parse``: the UI owns no
@@ -29,9 +29,9 @@ from textual.containers import Grid, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
 
-from engine import discovery
+from engine import discovery, ptinspect
 from engine.config import ConfigError
-from engine.audio.builder import BuildReport, scan_in_subprocess
+from engine.sidecars import BuildReport, scan_in_subprocess
 from engine import prepconfig as pcfg
 
 from ..appref import SidestepAppRef
@@ -96,7 +96,7 @@ def check_tensor_dir(path: str) -> PathCheck:
 def finished_tensors(folder: str) -> int:
     """Final ``.pt`` files in ``folder`` (pass-1 intermediates ``*.tmp.pt`` are not finished)."""
     try:
-        return sum(1 for name in os.listdir(folder) if name.endswith(".pt") and not name.endswith(".tmp.pt"))
+        return sum(1 for name in os.listdir(folder) if ptinspect.is_sample_name(name))
     except OSError:
         return 0
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from engine import sidecars
 from engine.audio import builder as db
 
 RATE = 48_000
@@ -99,13 +100,13 @@ def test_builder_reports_problems(audio_dir):
 
 
 def test_key_value_without_caption_and_plain_lyrics_heuristics():
-    assert db.parse_sidecar_text("\ufeffBPM: 90\nTime Signature: 3\nLyrics:\nhello\n") == {
+    assert sidecars.parse_sidecar_text("\ufeffBPM: 90\nTime Signature: 3\nLyrics:\nhello\n") == {
         "bpm": "90",
         "timesignature": "3",
         "lyrics": "hello",
     }
     # a line starting with [ never starts a key, unknown keys continue the previous value
-    parsed = db.parse_sidecar_text("caption: one\nmood: calm\n[tags: x]\nlyrics: a\nb")
+    parsed = sidecars.parse_sidecar_text("caption: one\nmood: calm\n[tags: x]\nlyrics: a\nb")
     assert parsed == {"caption": "one mood: calm [tags: x]", "lyrics": "a\nb"}
 
 
@@ -145,14 +146,14 @@ def test_scan_for_the_ui_process_keeps_numpy_out(audio_dir):
 
     code = (
         "import json, sys\n"
-        "from engine.audio.builder import scan_in_subprocess\n"
+        "from engine.sidecars import scan_in_subprocess\n"
         f"report = scan_in_subprocess({str(audio_dir)!r})\n"
         "print(json.dumps({'heavy': sorted(m for m in ('numpy', 'soundfile') if m in sys.modules), 'report': report.to_dict()}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
-    assert db.BuildReport.from_dict(result["report"]) == db.scan_audio_dir(str(audio_dir))
+    assert sidecars.BuildReport.from_dict(result["report"]) == db.scan_audio_dir(str(audio_dir))
     assert not (audio_dir / "dataset.json").exists()
     with pytest.raises(ValueError, match="does not exist"):
-        db.scan_in_subprocess(str(audio_dir / "missing"))
+        sidecars.scan_in_subprocess(str(audio_dir / "missing"))

@@ -187,3 +187,46 @@ def test_empty_dataset_is_a_failure(demo_config_values, tmp_path):
     empty.mkdir()
     failed = _failure(dict(demo_config_values, dataset_dir=str(empty)))
     assert str(empty) in failed.message
+
+
+def test_skipped_steps_and_the_saving_phase_reach_the_events(demo_config_values, monkeypatch):
+    """Gradients that turn NaN while the loss stays finite (a hook on the real adapter weight) skip their
+    optimizer step: each skip is counted in the event stream the UI folds. Every save is bracketed by
+    PhaseChanged "saving" and the phase before it."""
+    from engine.train import trainer as trainer_module
+    from sidestep_tui.state import RunState, apply_all
+
+    poisoned = {2, 4}  # backward passes (one per optimizer step here) whose gradient becomes NaN
+    backward = {"n": 0}
+    real_build_run = trainer_module.build_run
+
+    def build_run_with_a_poisoned_gradient(*args, **kwargs):
+        parts = real_build_run(*args, **kwargs)
+
+        def hook(grad):
+            backward["n"] += 1
+            return grad * math.nan if backward["n"] in poisoned else grad
+
+        parts.adapter.parameters()[0].register_hook(hook)
+        return parts
+
+    monkeypatch.setattr(trainer_module, "build_run", build_run_with_a_poisoned_gradient)
+    events, final = train(dict(demo_config_values, max_steps=4, save_every_n_steps=2))
+    assert isinstance(final, protocol.RunFinished) and final.status == "completed" and final.steps == 4, final
+    assert backward["n"] == 6, "4 optimizer steps plus the 2 skipped windows"
+    metrics = [e for e in events if isinstance(e, protocol.StepMetrics)]
+    assert sum(e.skipped_steps for e in metrics) == 2
+    assert sum(e.steps_covered for e in metrics) == 6
+    warnings = [e.message for e in events if isinstance(e, protocol.LogRecord) and "gradient norm was NaN/Inf" in e.message]
+    assert len(warnings) == 2
+    assert apply_all(RunState(), events).skipped_steps == 2
+
+    saves = [i for i, e in enumerate(events) if isinstance(e, protocol.CheckpointSaved)]
+    assert [(events[i].kind, events[i].step) for i in saves] == [("periodic", 2), ("periodic", 4), ("final", 4)], "a skipped window saves nothing again"
+    phases = [(i, e) for i, e in enumerate(events) if isinstance(e, protocol.PhaseChanged)]
+    assert sum(e.phase == "saving" for _, e in phases) == len(saves)
+    for i in saves:
+        before = [e for j, e in phases if j < i][-1]
+        after = [e for j, e in phases if j > i][0]
+        assert (before.phase, before.detail) == ("saving", events[i].kind)
+        assert after.phase == "training"

@@ -183,6 +183,22 @@ def test_resolve_model_dir(root: Path) -> None:
         discovery.resolve_model_dir(str(root), "empty-folder")
 
 
+def test_one_model_folder_rule_for_the_engine_the_config_and_the_screens(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.model_dir(), resolve_model_dir (engine) and find_model (Dataset / Setup screens) all map
+    root + variant through model_folder, so they cannot disagree (e.g. on ``~``)."""
+    from engine import config as cfg
+
+    monkeypatch.setenv("HOME", str(root.parent))
+    home_root = f"~/{root.name}"
+    assert discovery.model_folder(home_root, "turbo") == str(root / "acestep-v15-turbo")
+    config = cfg.TrainConfig(checkpoint_dir=home_root, model_variant="xl-sft", dataset_dir="d", output_dir="o")
+    assert config.model_dir() == discovery.resolve_model_dir(home_root, "xl-sft") == str(root / "acestep-v15-xl-sft")
+    found = discovery.find_model(home_root, "turbo")
+    assert found is not None and found.path == str(root / "acestep-v15-turbo") and found.alias == "turbo"
+    assert discovery.find_model(home_root, "xl-turbo") is None  # no such folder: quiet
+    assert discovery.find_model("", "turbo") is None and discovery.find_model(home_root, "") is None
+
+
 # --------------------------------------------------------------------------- GPUs
 
 

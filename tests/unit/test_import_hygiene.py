@@ -5,9 +5,11 @@ checks every import statement, these tests what an import really does at run tim
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,14 +57,7 @@ def test_contract_modules_import_nothing_heavy() -> None:
     assert [m for m in loaded_after(CONTRACT_MODULES) if not m.startswith("engine.")] == []
 
 
-_PREPCONFIG_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="engine.prepconfig imports TAG_POSITIONS from engine.audio.builder; it moves to the contract module "
-    "engine.sidecars (branch oneway). Remove this mark once that is merged.",
-)
-
-
-@pytest.mark.parametrize("module", [pytest.param(m, marks=_PREPCONFIG_XFAIL) if m == "engine.prepconfig" else m for m in CONTRACT_MODULES])
+@pytest.mark.parametrize("module", CONTRACT_MODULES)
 def test_each_module_alone(module: str) -> None:
     assert loaded_after((module,)) == []
 
@@ -71,9 +66,10 @@ def test_using_the_modules_stays_light(tmp_path) -> None:
     """Listing presets, scanning a (missing) checkpoint root, runs and a dataset loads nothing heavy
     either; gpus() may load pynvml (light by design) but nothing else."""
     after = f"""
-import engine.presets as p, engine.discovery as d, engine.runs as r, engine.ptinspect as t
+import engine.presets as p, engine.discovery as d, engine.runs as r, engine.ptinspect as t, engine.layout as l, engine.sidecars as s
 p.list_presets(); p.load_preset('recommended')
 d.scan_checkpoints({str(tmp_path)!r}); r.scan_runs({str(tmp_path)!r}); t.scan_dataset({str(tmp_path)!r})
+l.newest_checkpoint({str(tmp_path)!r}); s.find_audio_files({str(tmp_path)!r}); d.find_model({str(tmp_path)!r}, 'turbo')
 d.gpus()
 """
     loaded = loaded_after(CONTRACT_MODULES, after)

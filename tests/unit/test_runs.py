@@ -154,7 +154,6 @@ def test_dead_engine_is_died(tmp_path: Path) -> None:
     assert run.status == "died" and run.pid is None
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 def test_reused_pid_is_not_mistaken_for_the_engine(tmp_path: Path) -> None:
     run_dir = tmp_path / "reused"
     Log(run_dir).add(started()).write()
@@ -279,33 +278,6 @@ def make_checkpoint(run_dir: Path, name: str, step: int | None, *, state: bool =
     if step is not None:
         (folder / "checkpoint.json").write_text(json.dumps({"step": step, "epoch": 1, "kind": "periodic"}))
     return folder
-
-
-def test_latest_checkpoint_by_step(tmp_path: Path) -> None:
-    assert runs.latest_checkpoint(str(tmp_path)) is None
-    make_checkpoint(tmp_path, "epoch_9", 90)
-    newest = make_checkpoint(tmp_path, "epoch_10", 100)
-    make_checkpoint(tmp_path, "step_95", 95)
-    make_checkpoint(tmp_path, ".epoch_11.writing-123", 110)  # being written
-    make_checkpoint(tmp_path, "epoch_12", 120, state=False)  # adapter only: not resumable
-    assert runs.latest_checkpoint(str(tmp_path)) == str(newest)
-
-
-def test_latest_checkpoint_reads_training_state_without_torch_import(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    a = make_checkpoint(tmp_path, "a", None)
-    b = make_checkpoint(tmp_path, "b", None)
-    torch.save({"global_step": 300, "epoch": 3, "optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(4)}}}}, a / "training_state.pt")
-    torch.save({"global_step": 200, "epoch": 2}, b / "training_state.pt")
-    os.utime(a / "training_state.pt", (1, 1))  # older file, higher step: step wins
-    assert runs.latest_checkpoint(str(tmp_path)) == str(a)
-
-
-def test_latest_checkpoint_falls_back_to_names(tmp_path: Path) -> None:
-    make_checkpoint(tmp_path, "epoch_5", None)
-    last = make_checkpoint(tmp_path, "epoch_40", None)
-    make_checkpoint(tmp_path, "epoch_7", None)
-    assert runs.latest_checkpoint(str(tmp_path)) == str(last)
 
 
 def test_adapter_path_prefers_final_then_best_then_checkpoint(tmp_path: Path) -> None:

@@ -61,11 +61,6 @@ def test_running_the_app_loads_no_training_stack(app_run) -> None:
     assert app_run["heavy"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="widgets/audio_prep imports engine.audio.builder; its scan moves to the contract module engine.sidecars "
-    "(branch oneway). Remove this mark once that is merged.",
-)
 def test_running_the_app_loads_only_the_contract_modules(app_run) -> None:
     assert app_run["torch_side"] == []
 
@@ -98,11 +93,6 @@ def test_cli_help_path_loads_neither_textual_nor_torch(argv: list[str]) -> None:
     assert heavy == [] and "engine.cli.parser" in ours and "engine.cli.main" not in ours, ours
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.prepconfig (read by the parser) imports engine.audio.builder; TAG_POSITIONS moves to the contract "
-    "module engine.sidecars (branch oneway). Remove this mark once that is merged.",
-)
 @pytest.mark.parametrize("argv", HELP_ARGVS)
 def test_cli_help_path_loads_no_torch_side_module(argv: list[str]) -> None:
     """Of the engine's sub-packages, --help loads only engine.cli (the parser)."""

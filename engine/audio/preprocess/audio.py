@@ -16,7 +16,8 @@ import subprocess
 
 import numpy as np
 
-from engine.audio.builder import FFMPEG_ONLY, AudioReadError, error_line, format_name, unreadable_reason
+from engine.audio.builder import AudioReadError, unreadable_reason
+from engine.sidecars import FFMPEG_ONLY, error_line, format_name
 
 SAMPLE_RATE = 48_000
 HOP = 1920  # VAE samples per latent frame: 48 kHz / 1920 = 25 frames/s

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.audio.builder import error_line
+from engine.sidecars import error_line
 from engine.discovery import SILENCE_LATENT, TEXT_ENCODER_DIR, VAE_DIR
+from engine.ptinspect import LATENT_CHANNELS
 from engine.audio.preprocess.audio import HOP, SAMPLE_RATE
 
 TEXT_MAX_LENGTH = 256
 LYRICS_MAX_LENGTH = 512
-LATENT_CHANNELS = 64
 TILE_SECONDS = 30.0  # VAE window; 15 s on GPUs with <= 8 GB (§5.2)
 TILE_OVERLAP_SECONDS = 2.0  # context on each side of a window's kept core, discarded after encoding
 
@@ -65,7 +65,7 @@ def load_pass1(checkpoint_dir: str, device: torch.device, dtype: torch.dtype) ->
     from diffusers import AutoencoderOobleck
     from transformers import AutoModel, AutoTokenizer
 
-    from engine.models.loader import _dtype_kwarg
+    from engine.models.loader import dtype_kwarg
 
     vae_dir = _require_dir(os.path.join(checkpoint_dir, VAE_DIR), "VAE")
     text_dir = _require_dir(os.path.join(checkpoint_dir, TEXT_ENCODER_DIR), "text encoder")
@@ -77,7 +77,7 @@ def load_pass1(checkpoint_dir: str, device: torch.device, dtype: torch.dtype) ->
         raise PreprocessModelError(f"cannot load the VAE from {vae_dir}: {error_line(exc)}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(text_dir)
-        text_encoder = AutoModel.from_pretrained(text_dir, **{_dtype_kwarg(): dtype})
+        text_encoder = AutoModel.from_pretrained(text_dir, **{dtype_kwarg(): dtype})
     except Exception as exc:
         raise PreprocessModelError(f"cannot load the text encoder from {text_dir}: {error_line(exc)}") from exc
     vae.to(device).eval().requires_grad_(False)
@@ -181,20 +181,20 @@ def load_pass2(checkpoint_dir: str, model_dir: str, device: torch.device, dtype:
     """The checkpoint's condition encoder on ``device``; the rest of the model never leaves the CPU."""
     from pathlib import Path
 
-    from engine.models.loader import ModelLoadError, _check_weights, _from_pretrained, _read_config
+    from engine.models.loader import ModelLoadError, check_weights, from_pretrained, read_model_config
 
     silence = load_silence_latent(find_silence_latent(checkpoint_dir, model_dir))
     path = Path(model_dir)
     try:
-        config = _read_config(path)
-        _check_weights(path)
+        config = read_model_config(path)
+        check_weights(path)
     except ModelLoadError as exc:
         raise PreprocessModelError(str(exc)) from None
     errors = []
     model = info = None
     for backend in ("sdpa", "eager"):
         try:
-            model, info = _from_pretrained(path, backend, dtype)
+            model, info = from_pretrained(path, backend, dtype)
             break
         except Exception as exc:  # the checkpoint's own code may raise anything
             errors.append(f"{backend}: {error_line(exc)}")

@@ -10,26 +10,18 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from engine.audio.builder import write_json_atomic
-
-MANIFEST = "manifest.json"
-META = "preprocess_meta.json"
-WRITING = ".__writing__"
+from engine import fsutil
+from engine.ptinspect import MANIFEST_FILE
 
 
-def save_atomic(obj: dict[str, Any], path: str) -> str:
-    """``torch.save`` to ``<path>.__writing__``, fsync, rename into place; returns the md5 of the bytes."""
+def save_tensors(obj: dict[str, Any], path: str) -> str:
+    """``torch.save`` through ``fsutil`` (temp file, fsync, rename); returns the md5 of the bytes."""
     import torch
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
-    tmp = path + WRITING
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fsutil.write_bytes(path, data)
     return hashlib.md5(data).hexdigest()
 
 
@@ -49,11 +41,11 @@ def write_manifest(out: str, names: list[str], metadata: dict[str, Any], *, rewr
     """Upstream's ``{"metadata", "samples", "num_samples"}`` plus ``sample_info`` (shapes, frames,
     duration per file, so stdlib readers such as the UI need not open a tensor). Entries of files
     this run did not rewrite are carried over from the previous manifest."""
-    path = os.path.join(out, MANIFEST)
+    path = os.path.join(out, MANIFEST_FILE)
     old = {i.get("path"): i for i in ((read_json(path) or {}).get("sample_info") or []) if isinstance(i, dict)}
     info = [old[n] if n in old and n not in rewritten else sample_info(os.path.join(out, n), checksums.get(n)) for n in names]
     metadata = dict(metadata, num_samples=len(names), created_at=now())
-    write_json_atomic(path, {"metadata": metadata, "samples": names, "num_samples": len(names), "sample_info": info})
+    fsutil.write_json(path, {"metadata": metadata, "samples": names, "num_samples": len(names), "sample_info": info})
 
 
 def sample_info(path: str, md5: str | None) -> dict[str, Any]:

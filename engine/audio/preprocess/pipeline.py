@@ -6,8 +6,8 @@ only the DiT checkpoint's condition encoder; per intermediate it builds ``encode
 ``context_latents``, writes ``<stem>.pt`` and deletes the intermediate. Peak device memory is the
 larger of the two passes, never their sum.
 
-Crash safety and resume: every file is written to ``<name>.__writing__`` and renamed into place, so
-a file that exists is complete. A re-run skips finished ``.pt`` files, reuses intermediates whose
+Crash safety and resume: every file is written through ``engine.fsutil`` (a temp file renamed into
+place), so a file that exists is complete. A re-run skips finished ``.pt`` files, reuses intermediates whose
 fingerprint (settings + prompt + lyrics + audio size/mtime) still matches, and redoes the rest.
 One bad file (unreadable, too short, NaN latents, out of memory) is reported by name and skipped.
 A finished file made with different settings is kept and reported; delete it to redo it.
@@ -27,13 +27,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from engine.audio.builder import AudioReadError, error_line, write_json_atomic
+from engine import fsutil
+from engine.audio.builder import AudioReadError
+from engine.sidecars import error_line
 from engine import prepconfig as cfgmod
-from engine.audio.preprocess.output import META, WRITING, now, read_json, save_atomic, write_manifest
+from engine.audio.preprocess.output import now, read_json, save_tensors, write_manifest
 from engine.audio.preprocess.samples import Job, JobList, collect_jobs, job_prompt
 from engine.protocol import FileStatus, PreprocessProgress, PreprocessStage
+from engine.ptinspect import INTERMEDIATE_SUFFIX
+from engine.ptinspect import PREPROCESS_META_FILE as META
 
-TMP_SUFFIX = ".tmp.pt"
+TMP_SUFFIX = INTERMEDIATE_SUFFIX
 Emit = Callable[[Any], None]
 
 
@@ -102,7 +106,7 @@ def run_preprocess(config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Cal
     run = _Run(config, emit, should_stop)
     os.makedirs(run.out, exist_ok=True)
     for name in os.listdir(run.out):
-        if name.endswith(WRITING):  # torn writes of a crashed run
+        if fsutil.is_temp(name):  # torn writes of a crashed run
             os.remove(os.path.join(run.out, name))
     jobs = collect_jobs(config)
     device = resolve_device(config.device)
@@ -300,7 +304,7 @@ def _pass1(run: _Run, jobs: JobList, todo: list[Job], models: Any, fingerprints:
             "fingerprint": fingerprints[job.stem],
             "metadata": _metadata(job, jobs, duration, lyrics),
         }
-        save_atomic(record, run.path(job, TMP_SUFFIX))
+        save_tensors(record, run.path(job, TMP_SUFFIX))
         run.summary.audio_seconds += seconds
         run.emit("pass1", index, total, job.display, "ok", f"{latents.shape[0]} frames, {seconds:.1f} s", seconds)
 
@@ -359,7 +363,7 @@ def _pass2(run: _Run, jobs: JobList, todo: list[Job], models: Any, total: int) -
         except Exception as exc:  # one failing file (e.g. out of memory): report it, keep its intermediate
             _fail(run, "pass2", index, total, job, _reason(exc) + "; run again to retry it")
             continue
-        run.checksums[job.stem + ".pt"] = save_atomic(record, run.path(job))
+        run.checksums[job.stem + ".pt"] = save_tensors(record, run.path(job))
         run.written.add(job.stem + ".pt")
         run.fingerprints[job.stem + ".pt"] = tmp["fingerprint"]
         os.remove(tmp_path)
@@ -403,4 +407,4 @@ def _write_index(run: _Run, jobs: JobList, settings: dict[str, Any], dtype: str,
         "fingerprints": {n: run.fingerprints[n] for n in names if n in run.fingerprints},
         "config": cfgmod.to_dict(run.config),
     }
-    write_json_atomic(os.path.join(run.out, META), meta)
+    fsutil.write_json(os.path.join(run.out, META), meta)

@@ -20,14 +20,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.audio.builder import (
-    INSTRUMENTAL,
-    AudioReadError,
-    Sidecar,
-    audio_duration,
-    make_sample,
-    scan_audio_dir,
-)
+from engine.audio.builder import AudioReadError, audio_duration, scan_audio_dir
+from engine.sidecars import INSTRUMENTAL, Sidecar, make_sample
 from engine.prepconfig import PreprocessConfig
 
 DIT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"

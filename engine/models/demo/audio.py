@@ -15,15 +15,16 @@ Weights are random: the tensors have the right shapes and statistics, not meanin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from engine import fsutil
 from engine.discovery import TEXT_ENCODER_DIR, VAE_DIR
 
 DEMO_AUDIO_VERSION = 1  # bump when a component changes; forces a rewrite
@@ -71,18 +72,12 @@ def _mark(folder: Path, size: str) -> None:
     (folder / MARKER_FILE).write_text(json.dumps({"version": DEMO_AUDIO_VERSION, "size": size}) + "\n", encoding="utf-8")
 
 
-def _publish(staging: Path, target: Path, size: str) -> None:
-    _mark(staging, size)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
-def _staging(target: Path) -> Path:
-    staging = target.with_name(target.name + ".__writing__")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
+@contextlib.contextmanager
+def _publishing(target: Path, size: str) -> Iterator[Path]:
+    """A temp folder that becomes ``target`` (replacing an outdated one) once it holds the marker."""
+    with fsutil.atomic_dir(target) as staging:
+        yield staging
+        _mark(staging, size)
 
 
 def write_demo_vae(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0) -> str:
@@ -103,9 +98,8 @@ def write_demo_vae(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0
             sampling_rate=SAMPLE_RATE,
             **VAE_CONFIGS[size],
         )
-    staging = _staging(target)
-    vae.save_pretrained(staging, safe_serialization=True)
-    _publish(staging, target, size)
+    with _publishing(target, size) as staging:
+        vae.save_pretrained(staging, safe_serialization=True)
     return str(target)
 
 
@@ -163,10 +157,9 @@ def write_demo_text_encoder(root: str | os.PathLike, *, hidden_size: int, size: 
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays untouched
         torch.manual_seed(seed)
         model = Qwen3Model(config).to(dtype)
-    staging = _staging(target)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    _publish(staging, target, size)
+    with _publishing(target, size) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     return str(target)
 
 
@@ -229,7 +222,8 @@ def _stereo(mono: np.ndarray, pan: float) -> np.ndarray:
 
 
 def _write_text(path: Path, text: str, *, bom: bool = False) -> None:
-    path.write_text(text, encoding="utf-8-sig" if bom else "utf-8")
+    with fsutil.atomic_file(path, encoding="utf-8-sig" if bom else "utf-8") as fh:
+        fh.write(text)
 
 
 def synthesize_demo_audio(directory: str | os.PathLike, n: int = 6, *, seed: int = 0, seconds: tuple[float, ...] = (2.0, 1.5, 2.5, 2.0)) -> list[str]:
@@ -277,6 +271,6 @@ def synthesize_demo_audio(directory: str | os.PathLike, n: int = 6, *, seed: int
             audio = _arpeggio("DFA", secs, rate, bpm).astype(np.float32)
             _write_text(path.with_name(path.stem + ".caption.txt"), "a plucked minor arpeggio, mono recording")
             _write_text(path.with_name(path.stem + ".lyrics.txt"), "[Instrumental]")
-        sf.write(str(path), audio, rate)
+        fsutil.atomic_write(path, lambda tmp, audio=audio, rate=rate, kind=path.suffix[1:].upper(): sf.write(tmp, audio, rate, format=kind))
         paths.append(str(path))
     return paths

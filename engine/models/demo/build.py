@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from engine import fsutil
+
 DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
 DEMO_VERSION = 3  # bump when the modeling file, sizes or data recipe change; forces a rewrite
 MODELING_FILE = "acestep_demo_modeling.py"
@@ -60,20 +62,9 @@ def _code_source(name: str) -> Path:
     return Path(__file__).with_name(name)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.__writing__")  # per process: writers never share a temp
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from engine.audio.preprocess.output import save_atomic  # preprocessing's writer: temp file, fsync, rename
-
-    save_atomic(obj, str(path))
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    from engine.audio.builder import write_json_atomic
-
-    write_json_atomic(str(path), data)
+    with fsutil.atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 @contextlib.contextmanager
@@ -169,22 +160,16 @@ def write_demo_checkpoint(
         if size == "tiny":  # a few MB; saves the pre-training when tests write many demo folders
             _STATE_CACHE[key] = state
 
-    staging = _tmp_name(model_dir)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    for name in CODE_FILES:
-        shutil.copyfile(_code_source(name), staging / name)
-    config_dict = config.to_dict()
-    config_dict["dtype"] = "float32" if store_dtype == torch.float32 else "bfloat16"
-    config_dict["sidestep_demo_pretrain_steps"] = steps
-    config_dict.pop("_attn_implementation_autoset", None)
-    (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-    _atomic_torch_save(silence, root / "silence_latent.pt")
-
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(staging, model_dir)
+    with fsutil.atomic_dir(model_dir) as staging:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        for name in CODE_FILES:
+            shutil.copyfile(_code_source(name), staging / name)
+        config_dict = config.to_dict()
+        config_dict["dtype"] = "float32" if store_dtype == torch.float32 else "bfloat16"
+        config_dict["sidestep_demo_pretrain_steps"] = steps
+        config_dict.pop("_attn_implementation_autoset", None)
+        (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+        _atomic_torch_save(silence, root / "silence_latent.pt")
     return str(model_dir)
 
 
@@ -353,7 +338,7 @@ def write_demo_dataset(
         "sidestep_demo_version": DEMO_VERSION,
         "seed": seed,
     }
-    _atomic_write_json(out / "manifest.json", manifest)
+    fsutil.write_json(out / "manifest.json", manifest)
     return str(out)
 
 
