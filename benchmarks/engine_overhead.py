@@ -26,8 +26,8 @@ import torch
 
 from engine import config as cfgmod
 from engine import protocol
-from engine.process.control import CommandInbox
-from engine.process.events import CallbackSink, EventBus, QueueSink
+from engine.channel.control import CommandInbox
+from engine.channel.events import CallbackSink, EventBus, QueueSink
 from engine.train import recipe
 from engine.train.trainer import Trainer
 

@@ -44,8 +44,8 @@ def config_from_args(ns: argparse.Namespace) -> cfgmod.TrainConfig:
 
 def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
     """Train in this process (no UI to outlive); SIGINT/SIGTERM stop and save."""
-    from engine.process.control import CommandInbox
-    from engine.process.events import EventBus, StreamJsonSink
+    from engine.channel.control import CommandInbox
+    from engine.channel.events import EventBus, StreamJsonSink
     from engine.cli.plain import PlainPrinter
 
     if json_events:

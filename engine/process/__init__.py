@@ -1,2 +1,2 @@
-"""The engine process: its entry point (handshake, signals, parent watch), the command inbox, event sinks
-and the resource monitor. Imports the training and audio layers; nothing below imports it."""
+"""The engine process: its entry point (handshake, signals, parent watch) and the resource monitor.
+Wires the channels (``engine.channel``) to training or preprocessing; nothing below imports it."""

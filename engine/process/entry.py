@@ -49,8 +49,8 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
         pass  # already a session leader (e.g. started by a test harness that did it)
     _redirect_stdio(boot["log_path"])
 
-    from engine.process.control import CommandInbox
-    from engine.process.events import EventBus, QueueSink
+    from engine.channel.control import CommandInbox
+    from engine.channel.events import EventBus, QueueSink
 
     queue_sink = QueueSink(evt_q)
     bus = EventBus([queue_sink])

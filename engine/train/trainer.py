@@ -29,8 +29,8 @@ from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
 from engine import layout, protocol
 from engine.train import recipe, rundir
-from engine.process.control import CommandInbox
-from engine.process.events import EventBus, JsonlSink, StepAggregator
+from engine.channel.control import CommandInbox
+from engine.channel.events import EventBus, JsonlSink, StepAggregator
 from engine.train.build import RunParts, build_run
 
 log = logging.getLogger("sidestep.engine")

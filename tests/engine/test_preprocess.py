@@ -128,8 +128,8 @@ def test_index_files_and_events(processed):
 def test_produced_folder_trains(processed, checkpoint, tmp_path):
     from engine.config import parse
     from engine.data.dataset import TensorDataset
-    from engine.process.control import CommandInbox
-    from engine.process.events import CallbackSink, EventBus
+    from engine.channel.control import CommandInbox
+    from engine.channel.events import CallbackSink, EventBus
     from engine.train.trainer import Trainer
 
     assert len(TensorDataset(processed["out"])) == 6

@@ -18,8 +18,8 @@ import pytest
 
 from engine import config as cfgmod
 from engine import protocol
-from engine.process.control import CommandInbox
-from engine.process.events import CallbackSink, EventBus
+from engine.channel.control import CommandInbox
+from engine.channel.events import CallbackSink, EventBus
 from engine.summary import loss_text
 from engine.train.trainer import Trainer
 

@@ -13,8 +13,8 @@ import torch
 
 from engine import config as cfgmod
 from engine import protocol
-from engine.process.control import CommandInbox
-from engine.process.events import CallbackSink, EventBus
+from engine.channel.control import CommandInbox
+from engine.channel.events import CallbackSink, EventBus
 from engine.train.trainer import Trainer
 
 
