@@ -121,7 +121,7 @@ async def test_attach_from_runs_then_stop_sends_sigterm_to_the_engine(build_app,
         assert app.screen.runs[0].status == "running"
         await pilot.press("a")
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.run_state.step == 10, what="the attached monitor")
-        assert isinstance(app.client, AttachClient) and app.client.run_dir == str(run_dir)
+        assert isinstance(app.session.client, AttachClient) and app.session.client.run_dir == str(run_dir)
         await pilot.press("s")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="the stop confirmation")
         assert sigterms == []
