@@ -364,6 +364,7 @@ def test_loader_settings_and_global_rng(folder):
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # loader workers are processes
 def test_workers_see_the_same_crops_as_the_main_process(folder):
     ds = TensorDataset(str(folder), repeats=2)
     cfg = config(batch_size=2, max_latent_length=64)

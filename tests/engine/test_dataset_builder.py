@@ -138,6 +138,7 @@ def test_output_is_written_atomically_and_cli_summarises(audio_dir, tmp_path, ca
     assert err.count("\n") == 1 and "does not exist" in err
 
 
+@pytest.mark.integration  # a child interpreter, as the UI uses
 def test_scan_for_the_ui_process_keeps_numpy_out(audio_dir):
     """The UI may not import numpy (soundfile does): it scans through a child interpreter and gets the
     same report; dry runs write nothing."""

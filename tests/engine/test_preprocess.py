@@ -205,6 +205,7 @@ def test_stopped_runs_resume_without_redoing_work(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # the CLI in a child process
 def test_a_killed_run_resumes(checkpoint, tmp_path):
     """SIGKILL the CLI in a subprocess after its first encoded file, then finish in-process."""
     songs, out = tmp_path / "songs", tmp_path / "out"

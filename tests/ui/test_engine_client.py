@@ -20,8 +20,24 @@ pytestmark = pytest.mark.timeout(120)
 spawns = pytest.mark.integration
 
 
+_started: list[EngineClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_left_behind():
+    """A failed assertion must not leave a stub engine running: the interpreter's exit would wait on it."""
+    yield
+    while _started:
+        client = _started.pop()
+        if client.pid is not None and client.is_alive:
+            os.kill(client.pid, signal.SIGKILL)
+            client.wait_exit(10)
+
+
 def _client(tmp_path, **boot) -> EngineClient:
-    return EngineClient(log_path=str(tmp_path / "engine.log"), handshake_timeout=60, target=stub_engine, boot_extra=boot)
+    client = EngineClient(log_path=str(tmp_path / "engine.log"), handshake_timeout=60, target=stub_engine, boot_extra=boot)
+    _started.append(client)
+    return client
 
 
 def _drain_until(client: EngineClient, kind: type, timeout: float = 30.0) -> list:
