@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_preprocess(config, emit)
         cpu_s = time.process_time() - cpu0
         audio = summary.audio_seconds
-        print(f"device {args.device} ({torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != 'cpu' else 'CPU'}), "
-              f"size {args.size}, torch threads {torch.get_num_threads()}, setup {setup_s:.1f} s (not counted)")
+        print(
+            f"device {args.device} ({torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != 'cpu' else 'CPU'}), "
+            f"size {args.size}, torch threads {torch.get_num_threads()}, setup {setup_s:.1f} s (not counted)"
+        )
         print(f"{summary.processed} songs, {audio:.1f} s of audio, {len(summary.failed)} failed")
         for name in ("pass1", "pass2"):
             seconds = summary.pass_seconds.get(name, 0.0)
@@ -83,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         # Steady state: from the first encoded file to the last, so model loading and warm-up drop out.
         span = encoded[-1][0] - encoded[0][0] if len(encoded) > 1 else 0.0
         steady_rate = sum(a for _, a in encoded[1:]) / span if span > 0 else float("nan")
-        print(f"throughput: {audio / summary.elapsed_s:.2f} s of audio per second end to end "
-              f"({summary.elapsed_s:.1f} s wall), pass 1 steady state {steady_rate:.2f} s/s")
+        print(
+            f"throughput: {audio / summary.elapsed_s:.2f} s of audio per second end to end "
+            f"({summary.elapsed_s:.1f} s wall), pass 1 steady state {steady_rate:.2f} s/s"
+        )
         # CPU time is what a busy shared machine does not distort: a figure to compare across runs.
-        print(f"process CPU time {cpu_s:.1f} s = {cpu_s / audio:.2f} CPU-s per second of audio (load average now {os.getloadavg()[0]:.1f})")
+        print(
+            f"process CPU time {cpu_s:.1f} s = {cpu_s / audio:.2f} CPU-s per second of audio (load average now {os.getloadavg()[0]:.1f})"
+        )
         if args.keep:
             print(f"kept {root}")
         return 0 if not summary.failed else 1

@@ -63,7 +63,7 @@ class PtyProgram:
                 except OSError:
                     return None
                 self.output += chunk
-                if marker in self.output[-(len(chunk) + len(marker)):] or marker in chunk:
+                if marker in self.output[-(len(chunk) + len(marker)) :] or marker in chunk:
                     return time.perf_counter() - self.t0
         return None
 
@@ -185,7 +185,7 @@ class RateClient:
         assert self.t0 is not None
         time.sleep(min(timeout, 0.05))
         due = min(len(self.events), int((time.perf_counter() - self.t0) * self.rate))
-        out = self.events[self.released:due][:2000]
+        out = self.events[self.released : due][:2000]
         self.released += len(out)
         return out
 
@@ -215,20 +215,60 @@ def event_mix(n: int) -> list:
         seq = len(out)
         step = i + 1
         if i % 500 == 0:
-            out.append(p.TimestepHistogram(run_id="run-1", seq=seq, ts=float(seq), step=step, bin_edges=hist.bin_edges, recent=hist.recent,
-                                           cumulative=hist.cumulative, expected=hist.expected))
+            out.append(
+                p.TimestepHistogram(
+                    run_id="run-1",
+                    seq=seq,
+                    ts=float(seq),
+                    step=step,
+                    bin_edges=hist.bin_edges,
+                    recent=hist.recent,
+                    cumulative=hist.cumulative,
+                    expected=hist.expected,
+                )
+            )
         elif i % 50 == 0:
-            out.append(p.ResourceSample(run_id="run-1", seq=seq, ts=float(seq), device="cuda:0", allocated_mb=2000.0 + i % 100, reserved_mb=3000.0,
-                                        peak_allocated_mb=2500.0, gpu_used_mb=5000.0, gpu_total_mb=24576.0, gpu_util_pct=90.0,
-                                        gpu_temp_c=60.0, gpu_power_w=200.0, process_rss_mb=900.0))
+            out.append(
+                p.ResourceSample(
+                    run_id="run-1",
+                    seq=seq,
+                    ts=float(seq),
+                    device="cuda:0",
+                    allocated_mb=2000.0 + i % 100,
+                    reserved_mb=3000.0,
+                    peak_allocated_mb=2500.0,
+                    gpu_used_mb=5000.0,
+                    gpu_total_mb=24576.0,
+                    gpu_util_pct=90.0,
+                    gpu_temp_c=60.0,
+                    gpu_power_w=200.0,
+                    process_rss_mb=900.0,
+                )
+            )
         elif i % 20 == 0:
             out.append(p.LogRecord(run_id="run-1", seq=seq, ts=float(seq), level="info", message=f"line {i}"))
         elif i % 97 == 0:
             out.append(p.Heartbeat(run_id="run-1", seq=seq, ts=float(seq), phase="training", last_step=step))
         else:
             loss = 1.0 / (1 + 0.001 * i) + 0.05 * math.sin(i)
-            out.append(p.StepMetrics(run_id="run-1", seq=seq, ts=float(seq), step=step, epoch=i // 100, total_steps=10**9, loss=loss,
-                                     loss_min=loss, loss_max=loss, steps_covered=1, lr=1e-4, grad_norm=0.5, samples_per_s=10.0, eta_s=100.0))
+            out.append(
+                p.StepMetrics(
+                    run_id="run-1",
+                    seq=seq,
+                    ts=float(seq),
+                    step=step,
+                    epoch=i // 100,
+                    total_steps=10**9,
+                    loss=loss,
+                    loss_min=loss,
+                    loss_max=loss,
+                    steps_covered=1,
+                    lr=1e-4,
+                    grad_norm=0.5,
+                    samples_per_s=10.0,
+                    eta_s=100.0,
+                )
+            )
     return out
 
 
@@ -238,7 +278,9 @@ async def _absorb(rate: float, seconds: float) -> tuple[float, int, int]:
 
     client = RateClient(event_mix(int(rate * (seconds + 3))), rate)  # more than the window needs
     with tempfile.TemporaryDirectory() as tmp:
-        app = make_app(client=client, settings=Settings(checkpoint_root=tmp, output_root=tmp), initial_mode="monitor", log_dir=tmp)
+        app = make_app(
+            client=client, settings=Settings(checkpoint_root=tmp, output_root=tmp), initial_mode="monitor", log_dir=tmp
+        )
         async with app.run_test(size=(160, 48)) as pilot:
             await pilot.pause(0.5)  # mounted, pump started
             cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -272,8 +314,10 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     paints = bench_first_paint(args.paint_runs)
     if paints:
-        print(f"first paint: median {statistics.median(paints):.2f} s, min {min(paints):.2f} s, max {max(paints):.2f} s "
-              f"over {len(paints)} runs  (target <= 1.0 s)")
+        print(
+            f"first paint: median {statistics.median(paints):.2f} s, min {min(paints):.2f} s, max {max(paints):.2f} s "
+            f"over {len(paints)} runs  (target <= 1.0 s)"
+        )
     else:
         print("first paint: no frame seen")
 
@@ -282,13 +326,17 @@ def main() -> int:
     for rate, absorbed, cpu, backlog in rows:
         print(f"  offered {rate:7.0f} ev/s  absorbed {absorbed:7.0f} ev/s  UI CPU {cpu:5.1f} % of a core  backlog {backlog}")
     ok = [absorbed for rate, absorbed, cpu, backlog in rows if cpu < 25.0 and backlog < rate]
-    print(f"  best rate under 25 % of a core with no backlog: {max(ok):.0f} ev/s  (target >= 1000)" if ok else "  no rate met 25 %")
+    print(
+        f"  best rate under 25 % of a core with no backlog: {max(ok):.0f} ev/s  (target >= 1000)" if ok else "  no rate met 25 %"
+    )
 
     if not args.skip_rss:
         samples, note = bench_rss(args.rss_seconds, args.demo_root)
         if samples:
-            print(f"UI RSS while monitoring the demo: median {statistics.median(samples):.0f} MB, max {max(samples):.0f} MB "
-                  f"over {len(samples)} s  (target <= 150 MB); {note}")
+            print(
+                f"UI RSS while monitoring the demo: median {statistics.median(samples):.0f} MB, max {max(samples):.0f} MB "
+                f"over {len(samples)} s  (target <= 150 MB); {note}"
+            )
         else:
             print(f"UI RSS: not measured: {note}")
     return 0

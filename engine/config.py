@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -60,30 +61,129 @@ class TrainConfig:
     """Everything needed to reproduce a training run; written resolved to ``run_dir/config.json``."""
 
     # ---- Model
-    checkpoint_dir: str = _f("", "Checkpoint root", "Folder holding the model folders (acestep-v15-*/, vae/, ...).", "Model", required=True, kind="path", aliases=("-c",))
-    model_variant: str = _f("base", "Model", "turbo, base, sft, xl-turbo, xl-base, xl-sft, or the exact folder name of a fine-tune under the checkpoint root.", "Model", aliases=("--model", "-M"))
-    base_model: str | None = _f(None, "Base model", "What a fine-tune was trained from (turbo/base/sft); detected for official models.", "Model", choices=("turbo", "base", "sft"), advanced=True)
-    device: str = _f("auto", "Device", "auto (the CUDA GPU with most memory, else MPS, else CPU), cuda, cuda:N, mps or cpu.", "Model")
-    precision: str = _f("auto", "Precision", "auto = bf16 on GPUs, fp32 on CPU. Adapter weights always stay fp32.", "Model", choices=PRECISIONS)
-    attention_backend: str = _f("auto", "Attention", "auto tries flash_attention_2 (CUDA, bf16/fp16, installed), then sdpa, then eager; the choice is reported.", "Model", choices=ATTENTION_BACKENDS, advanced=True)
+    checkpoint_dir: str = _f(
+        "",
+        "Checkpoint root",
+        "Folder holding the model folders (acestep-v15-*/, vae/, ...).",
+        "Model",
+        required=True,
+        kind="path",
+        aliases=("-c",),
+    )
+    model_variant: str = _f(
+        "base",
+        "Model",
+        "turbo, base, sft, xl-turbo, xl-base, xl-sft, or the exact folder name of a fine-tune under the checkpoint root.",
+        "Model",
+        aliases=("--model", "-M"),
+    )
+    base_model: str | None = _f(
+        None,
+        "Base model",
+        "What a fine-tune was trained from (turbo/base/sft); detected for official models.",
+        "Model",
+        choices=("turbo", "base", "sft"),
+        advanced=True,
+    )
+    device: str = _f(
+        "auto", "Device", "auto (the CUDA GPU with most memory, else MPS, else CPU), cuda, cuda:N, mps or cpu.", "Model"
+    )
+    precision: str = _f(
+        "auto", "Precision", "auto = bf16 on GPUs, fp32 on CPU. Adapter weights always stay fp32.", "Model", choices=PRECISIONS
+    )
+    attention_backend: str = _f(
+        "auto",
+        "Attention",
+        "auto tries flash_attention_2 (CUDA, bf16/fp16, installed), then sdpa, then eager; the choice is reported.",
+        "Model",
+        choices=ATTENTION_BACKENDS,
+        advanced=True,
+    )
 
     # ---- Data
-    dataset_dir: str = _f("", "Dataset folder", "Folder of preprocessed .pt tensors (and manifest.json).", "Data", required=True, kind="path", aliases=("-d",))
-    num_workers: int = _f(2, "Loader workers", "DataLoader worker processes (0 = load in the training process).", "Data", min=0, max=64, advanced=True)
+    dataset_dir: str = _f(
+        "",
+        "Dataset folder",
+        "Folder of preprocessed .pt tensors (and manifest.json).",
+        "Data",
+        required=True,
+        kind="path",
+        aliases=("-d",),
+    )
+    num_workers: int = _f(
+        2,
+        "Loader workers",
+        "DataLoader worker processes (0 = load in the training process).",
+        "Data",
+        min=0,
+        max=64,
+        advanced=True,
+    )
     pin_memory: bool = _f(True, "Pin memory", "Page-lock batches for faster GPU copies (ignored on CPU).", "Data", advanced=True)
-    prefetch_factor: int = _f(2, "Prefetch", "Batches each worker loads ahead (needs workers > 0).", "Data", min=1, max=64, advanced=True)
-    persistent_workers: bool = _f(True, "Persistent workers", "Keep loader workers alive between epochs (avoids the epoch-boundary stall).", "Data", advanced=True)
-    dataset_repeats: int = _f(1, "Dataset repeats", "Each epoch walks the dataset this many times.", "Data", min=1, max=10000, aliases=("-R",))
-    chunk_duration: int | None = _f(None, "Chunk seconds", "Train on a random window of this many seconds per sample (saves memory; 60 is a good value). Empty = whole clips.", "Data", min=10, max=600)
-    max_latent_length: int | None = _f(None, "Max latent frames", "Crop window in latent frames (25 per second); overrides chunk seconds.", "Data", min=16, max=100000, advanced=True)
-    chunk_decay_every: int = _f(10, "Chunk decay", "Halve the chunk-coverage counts every N epochs.", "Data", min=1, max=100000, advanced=True)
+    prefetch_factor: int = _f(
+        2, "Prefetch", "Batches each worker loads ahead (needs workers > 0).", "Data", min=1, max=64, advanced=True
+    )
+    persistent_workers: bool = _f(
+        True,
+        "Persistent workers",
+        "Keep loader workers alive between epochs (avoids the epoch-boundary stall).",
+        "Data",
+        advanced=True,
+    )
+    dataset_repeats: int = _f(
+        1, "Dataset repeats", "Each epoch walks the dataset this many times.", "Data", min=1, max=10000, aliases=("-R",)
+    )
+    chunk_duration: int | None = _f(
+        None,
+        "Chunk seconds",
+        "Train on a random window of this many seconds per sample (saves memory; 60 is a good value). Empty = whole clips.",
+        "Data",
+        min=10,
+        max=600,
+    )
+    max_latent_length: int | None = _f(
+        None,
+        "Max latent frames",
+        "Crop window in latent frames (25 per second); overrides chunk seconds.",
+        "Data",
+        min=16,
+        max=100000,
+        advanced=True,
+    )
+    chunk_decay_every: int = _f(
+        10, "Chunk decay", "Halve the chunk-coverage counts every N epochs.", "Data", min=1, max=100000, advanced=True
+    )
 
     # ---- Adapter
-    adapter_type: str = _f("lora", "Adapter", "lora (PEFT) or lokr (LyCORIS).", "Adapter", choices=ADAPTER_TYPES, aliases=("--adapter", "-a"))
-    attention_type: str = _f("both", "Attention layers", "Which attention blocks get adapters: self, cross or both.", "Adapter", choices=ATTENTION_TYPES)
-    target_modules: tuple[str, ...] = _f(PROJECTIONS, "Projections", "Attention projections to adapt (space separated).", "Adapter", item_choices=PROJECTIONS)
-    self_target_modules: tuple[str, ...] = _f((), "Self-attn projections", "With 'both': projections for self-attention only (overrides Projections there).", "Adapter", item_choices=PROJECTIONS, advanced=True)
-    cross_target_modules: tuple[str, ...] = _f((), "Cross-attn projections", "With 'both': projections for cross-attention only (overrides Projections there).", "Adapter", item_choices=PROJECTIONS, advanced=True)
+    adapter_type: str = _f(
+        "lora", "Adapter", "lora (PEFT) or lokr (LyCORIS).", "Adapter", choices=ADAPTER_TYPES, aliases=("--adapter", "-a")
+    )
+    attention_type: str = _f(
+        "both",
+        "Attention layers",
+        "Which attention blocks get adapters: self, cross or both.",
+        "Adapter",
+        choices=ATTENTION_TYPES,
+    )
+    target_modules: tuple[str, ...] = _f(
+        PROJECTIONS, "Projections", "Attention projections to adapt (space separated).", "Adapter", item_choices=PROJECTIONS
+    )
+    self_target_modules: tuple[str, ...] = _f(
+        (),
+        "Self-attn projections",
+        "With 'both': projections for self-attention only (overrides Projections there).",
+        "Adapter",
+        item_choices=PROJECTIONS,
+        advanced=True,
+    )
+    cross_target_modules: tuple[str, ...] = _f(
+        (),
+        "Cross-attn projections",
+        "With 'both': projections for cross-attention only (overrides Projections there).",
+        "Adapter",
+        item_choices=PROJECTIONS,
+        advanced=True,
+    )
     target_mlp: bool = _f(True, "Adapt MLP", "Also adapt the MLP projections (gate/up/down).", "Adapter")
 
     # ---- LoRA
@@ -95,64 +195,236 @@ class TrainConfig:
 
     # ---- LoKR
     lokr_linear_dim: int = _f(64, "LoKR dim", "LoKR linear dimension (like rank).", "LoKR", min=1, max=100000)
-    lokr_linear_alpha: int = _f(128, "LoKR alpha", "LoKR alpha. LyCORIS forces alpha = dim where both Kronecker factors are full matrices.", "LoKR", min=1, max=100000)
+    lokr_linear_alpha: int = _f(
+        128,
+        "LoKR alpha",
+        "LoKR alpha. LyCORIS forces alpha = dim where both Kronecker factors are full matrices.",
+        "LoKR",
+        min=1,
+        max=100000,
+    )
     lokr_factor: int = _f(-1, "LoKR factor", "Kronecker factor; -1 = automatic (most balanced).", "LoKR", min=-1, max=8192)
     lokr_decompose_both: bool = _f(False, "Decompose both", "Low-rank decompose both Kronecker factors.", "LoKR", advanced=True)
     lokr_use_tucker: bool = _f(False, "Tucker", "Tucker decomposition (conv layers).", "LoKR", advanced=True)
     lokr_use_scalar: bool = _f(False, "Scalar", "Train an extra scalar per module.", "LoKR", advanced=True)
-    lokr_weight_decompose: bool = _f(False, "Weight decompose", "DoRA-style weight decomposition (LyCORIS dora_wd).", "LoKR", advanced=True)
+    lokr_weight_decompose: bool = _f(
+        False, "Weight decompose", "DoRA-style weight decomposition (LyCORIS dora_wd).", "LoKR", advanced=True
+    )
     lokr_full_matrix: bool = _f(False, "Full matrix", "Never factorise w2 (more parameters).", "LoKR", advanced=True)
     lokr_rs_lora: bool = _f(False, "rsLoRA scaling", "Scale by alpha/sqrt(dim) instead of alpha/dim.", "LoKR", advanced=True)
     lokr_unbalanced_factorization: bool = _f(False, "Unbalanced factors", "Put the larger factor first.", "LoKR", advanced=True)
 
     # ---- Training
-    learning_rate: float | None = _f(None, "Learning rate", "Peak learning rate; empty = 3e-4 (1.0 for Prodigy, which scales it itself).", "Training", min=0.0, max=10.0, exclusive_min=True, flag="--lr", aliases=("--learning-rate", "-l"))
-    batch_size: int = _f(1, "Batch size", "Samples per micro-batch (batches longer than 1 are length-bucketed).", "Training", min=1, max=1024, aliases=("-b",))
-    gradient_accumulation: int = _f(4, "Grad accumulation", "Micro-batches per optimizer step.", "Training", min=1, max=1024, aliases=("-g",))
+    learning_rate: float | None = _f(
+        None,
+        "Learning rate",
+        "Peak learning rate; empty = 3e-4 (1.0 for Prodigy, which scales it itself).",
+        "Training",
+        min=0.0,
+        max=10.0,
+        exclusive_min=True,
+        flag="--lr",
+        aliases=("--learning-rate", "-l"),
+    )
+    batch_size: int = _f(
+        1,
+        "Batch size",
+        "Samples per micro-batch (batches longer than 1 are length-bucketed).",
+        "Training",
+        min=1,
+        max=1024,
+        aliases=("-b",),
+    )
+    gradient_accumulation: int = _f(
+        4, "Grad accumulation", "Micro-batches per optimizer step.", "Training", min=1, max=1024, aliases=("-g",)
+    )
     epochs: int = _f(1000, "Epochs", "Passes over the dataset.", "Training", min=1, max=1000000, aliases=("-e",))
-    max_steps: int = _f(0, "Max steps", "Stop after this many optimizer steps (0 = run all epochs).", "Training", min=0, max=100000000, aliases=("-m",))
-    warmup_steps: int = _f(100, "Warmup steps", "Linear warm-up from 10% to 100% of the LR, capped at 10% of training.", "Training", min=0, max=10000000)
+    max_steps: int = _f(
+        0,
+        "Max steps",
+        "Stop after this many optimizer steps (0 = run all epochs).",
+        "Training",
+        min=0,
+        max=100000000,
+        aliases=("-m",),
+    )
+    warmup_steps: int = _f(
+        100,
+        "Warmup steps",
+        "Linear warm-up from 10% to 100% of the LR, capped at 10% of training.",
+        "Training",
+        min=0,
+        max=10000000,
+    )
     weight_decay: float = _f(0.01, "Weight decay", "Decoupled weight decay.", "Training", min=0.0, max=1.0)
-    max_grad_norm: float = _f(1.0, "Max grad norm", "Gradient clipping norm.", "Training", min=0.0, max=1000.0, exclusive_min=True)
-    seed: int = _f(42, "Seed", "Random seed (data order, timesteps, noise, dropout).", "Training", min=0, max=2**32 - 1, aliases=("-s",))
-    optimizer_type: str = _f("adamw", "Optimizer", "adamw, adamw8bit (bitsandbytes), adafactor or prodigy (set-free LR).", "Training", choices=OPTIMIZERS)
+    max_grad_norm: float = _f(
+        1.0, "Max grad norm", "Gradient clipping norm.", "Training", min=0.0, max=1000.0, exclusive_min=True
+    )
+    seed: int = _f(
+        42, "Seed", "Random seed (data order, timesteps, noise, dropout).", "Training", min=0, max=2**32 - 1, aliases=("-s",)
+    )
+    optimizer_type: str = _f(
+        "adamw",
+        "Optimizer",
+        "adamw, adamw8bit (bitsandbytes), adafactor or prodigy (set-free LR).",
+        "Training",
+        choices=OPTIMIZERS,
+    )
     scheduler_type: str = _f("cosine", "Scheduler", "LR schedule after warm-up.", "Training", choices=SCHEDULERS)
-    warmup_start_factor: float = _f(0.1, "Warmup start", "Warm-up starts at this fraction of the LR.", "Training", min=0.0, max=1.0, exclusive_min=True, advanced=True)
-    cosine_eta_min_ratio: float = _f(0.01, "Cosine floor", "Cosine schedules end at this fraction of the LR.", "Training", min=0.0, max=1.0, advanced=True)
-    cosine_restarts_count: int = _f(4, "Cosine restarts", "Cycles for cosine_restarts.", "Training", min=1, max=1000, advanced=True)
+    warmup_start_factor: float = _f(
+        0.1,
+        "Warmup start",
+        "Warm-up starts at this fraction of the LR.",
+        "Training",
+        min=0.0,
+        max=1.0,
+        exclusive_min=True,
+        advanced=True,
+    )
+    cosine_eta_min_ratio: float = _f(
+        0.01, "Cosine floor", "Cosine schedules end at this fraction of the LR.", "Training", min=0.0, max=1.0, advanced=True
+    )
+    cosine_restarts_count: int = _f(
+        4, "Cosine restarts", "Cycles for cosine_restarts.", "Training", min=1, max=1000, advanced=True
+    )
 
     # ---- Objective
-    timestep_mode: str = _f("continuous", "Timesteps", "continuous = logit-normal (the model's own recipe); discrete = the 8 turbo values.", "Objective", choices=TIMESTEP_MODES)
-    timestep_mu: float | None = _f(None, "Timestep mu", "Logit-normal mean; empty = the model config's timestep_mu.", "Objective", min=-10.0, max=10.0, advanced=True)
-    timestep_sigma: float | None = _f(None, "Timestep sigma", "Logit-normal std; empty = the model config's timestep_sigma.", "Objective", min=0.0, max=10.0, exclusive_min=True, advanced=True)
-    cfg_ratio: float = _f(0.15, "CFG dropout", "Chance a sample trains unconditioned (null embedding); the base model used 0.15.", "Objective", min=0.0, max=1.0)
-    loss_weighting: str = _f("none", "Loss weighting", "none = flat MSE; min_snr = min-SNR-gamma weighting.", "Objective", choices=LOSS_WEIGHTINGS)
+    timestep_mode: str = _f(
+        "continuous",
+        "Timesteps",
+        "continuous = logit-normal (the model's own recipe); discrete = the 8 turbo values.",
+        "Objective",
+        choices=TIMESTEP_MODES,
+    )
+    timestep_mu: float | None = _f(
+        None,
+        "Timestep mu",
+        "Logit-normal mean; empty = the model config's timestep_mu.",
+        "Objective",
+        min=-10.0,
+        max=10.0,
+        advanced=True,
+    )
+    timestep_sigma: float | None = _f(
+        None,
+        "Timestep sigma",
+        "Logit-normal std; empty = the model config's timestep_sigma.",
+        "Objective",
+        min=0.0,
+        max=10.0,
+        exclusive_min=True,
+        advanced=True,
+    )
+    cfg_ratio: float = _f(
+        0.15,
+        "CFG dropout",
+        "Chance a sample trains unconditioned (null embedding); the base model used 0.15.",
+        "Objective",
+        min=0.0,
+        max=1.0,
+    )
+    loss_weighting: str = _f(
+        "none", "Loss weighting", "none = flat MSE; min_snr = min-SNR-gamma weighting.", "Objective", choices=LOSS_WEIGHTINGS
+    )
     snr_gamma: float = _f(5.0, "SNR gamma", "Gamma for min_snr.", "Objective", min=0.0, max=100.0, exclusive_min=True)
-    shift: float | None = _f(None, "Inference shift", "Stored with the adapter for inference; empty = variant default (turbo 3, base/sft 1).", "Objective", min=1.0, max=5.0, advanced=True)
-    num_inference_steps: int | None = _f(None, "Inference steps", "Stored with the adapter; empty = variant default (turbo 8, base/sft 50).", "Objective", min=1, max=1000, advanced=True)
+    shift: float | None = _f(
+        None,
+        "Inference shift",
+        "Stored with the adapter for inference; empty = variant default (turbo 3, base/sft 1).",
+        "Objective",
+        min=1.0,
+        max=5.0,
+        advanced=True,
+    )
+    num_inference_steps: int | None = _f(
+        None,
+        "Inference steps",
+        "Stored with the adapter; empty = variant default (turbo 8, base/sft 50).",
+        "Objective",
+        min=1,
+        max=1000,
+        advanced=True,
+    )
 
     # ---- Memory
-    gradient_checkpointing: bool = _f(True, "Grad checkpointing", "Recompute activations in backward: far less memory, some speed.", "Memory")
-    gradient_checkpointing_ratio: float = _f(1.0, "Checkpoint ratio", "Fraction of DiT layers to checkpoint (1 = all).", "Memory", min=0.0, max=1.0, exclusive_min=True, advanced=True)
-    offload_encoder: bool = _f(True, "Drop encoders", "Keep only the decoder and null embedding on the device (the encoders are not needed to train).", "Memory", advanced=True)
+    gradient_checkpointing: bool = _f(
+        True, "Grad checkpointing", "Recompute activations in backward: far less memory, some speed.", "Memory"
+    )
+    gradient_checkpointing_ratio: float = _f(
+        1.0,
+        "Checkpoint ratio",
+        "Fraction of DiT layers to checkpoint (1 = all).",
+        "Memory",
+        min=0.0,
+        max=1.0,
+        exclusive_min=True,
+        advanced=True,
+    )
+    offload_encoder: bool = _f(
+        True,
+        "Drop encoders",
+        "Keep only the decoder and null embedding on the device (the encoders are not needed to train).",
+        "Memory",
+        advanced=True,
+    )
 
     # ---- Checkpoints
-    output_dir: str = _f("", "Output folder", "Run directory: adapters, checkpoints, logs, events.", "Checkpoints", required=True, kind="path", aliases=("-o",))
+    output_dir: str = _f(
+        "",
+        "Output folder",
+        "Run directory: adapters, checkpoints, logs, events.",
+        "Checkpoints",
+        required=True,
+        kind="path",
+        aliases=("-o",),
+    )
     save_every: int = _f(50, "Save every (epochs)", "Checkpoint every N epochs.", "Checkpoints", min=1, max=1000000)
-    save_every_n_steps: int = _f(0, "Save every (steps)", "Also checkpoint every N optimizer steps (0 = off).", "Checkpoints", min=0, max=100000000, advanced=True)
-    keep_checkpoints: int = _f(0, "Keep checkpoints", "Keep only the newest N periodic checkpoints (0 = keep all).", "Checkpoints", min=0, max=100000, advanced=True)
-    resume_from: str | None = _f(None, "Resume from", "A checkpoint folder, or 'auto' for the newest in this output folder.", "Checkpoints", kind="path")
-    strict_resume: bool = _f(True, "Strict resume", "Refuse to resume when the optimizer, scheduler or adapter shape differ.", "Checkpoints", advanced=True)
-    overwrite: bool = _f(False, "Overwrite", "Allow reusing an output folder that holds a finished run.", "Checkpoints", advanced=True)
+    save_every_n_steps: int = _f(
+        0,
+        "Save every (steps)",
+        "Also checkpoint every N optimizer steps (0 = off).",
+        "Checkpoints",
+        min=0,
+        max=100000000,
+        advanced=True,
+    )
+    keep_checkpoints: int = _f(
+        0,
+        "Keep checkpoints",
+        "Keep only the newest N periodic checkpoints (0 = keep all).",
+        "Checkpoints",
+        min=0,
+        max=100000,
+        advanced=True,
+    )
+    resume_from: str | None = _f(
+        None, "Resume from", "A checkpoint folder, or 'auto' for the newest in this output folder.", "Checkpoints", kind="path"
+    )
+    strict_resume: bool = _f(
+        True,
+        "Strict resume",
+        "Refuse to resume when the optimizer, scheduler or adapter shape differ.",
+        "Checkpoints",
+        advanced=True,
+    )
+    overwrite: bool = _f(
+        False, "Overwrite", "Allow reusing an output folder that holds a finished run.", "Checkpoints", advanced=True
+    )
     run_name: str = _f("", "Run name", "A label for this run (shown in run history).", "Checkpoints", aliases=("-n",))
     save_best: bool = _f(True, "Save best", "Keep best/ = adapter with the lowest smoothed epoch loss.", "Checkpoints")
-    save_best_after: int = _f(200, "Best after epoch", "Start best-model tracking at this epoch.", "Checkpoints", min=0, max=1000000, advanced=True)
-    early_stop_patience: int = _f(0, "Early stop", "Stop after N epochs without a new best (0 = off).", "Checkpoints", min=0, max=1000000, advanced=True)
+    save_best_after: int = _f(
+        200, "Best after epoch", "Start best-model tracking at this epoch.", "Checkpoints", min=0, max=1000000, advanced=True
+    )
+    early_stop_patience: int = _f(
+        0, "Early stop", "Stop after N epochs without a new best (0 = off).", "Checkpoints", min=0, max=1000000, advanced=True
+    )
 
     # ---- Logging
     log_dir: str | None = _f(None, "TensorBoard dir", "Empty = <output>/runs.", "Logging", kind="path", advanced=True)
     log_every: int = _f(10, "Log every", "TensorBoard scalars every N optimizer steps.", "Logging", min=1, max=1000000)
-    log_heavy_every: int = _f(50, "Heavy log every", "Timestep histogram and per-layer grad norms every N steps.", "Logging", min=1, max=1000000)
+    log_heavy_every: int = _f(
+        50, "Heavy log every", "Timestep histogram and per-layer grad norms every N steps.", "Logging", min=1, max=1000000
+    )
 
     # derived values (methods, never stored)
     def effective_batch_size(self) -> int:
@@ -310,8 +582,10 @@ def _check_field(f: dataclasses.Field, value: Any) -> str | None:
 
 def _cross_checks(c: TrainConfig) -> list[FieldError]:
     errors: list[FieldError] = []
-    if c.device != "auto" and c.device not in ("cpu", "mps", "cuda") and not (
-        c.device.startswith("cuda:") and c.device[5:].isdigit()
+    if (
+        c.device != "auto"
+        and c.device not in ("cpu", "mps", "cuda")
+        and not (c.device.startswith("cuda:") and c.device[5:].isdigit())
     ):
         errors.append(FieldError("device", f"{c.device!r} is not auto, cpu, mps, cuda or cuda:N"))
     if c.attention_type != "both" and (c.self_target_modules or c.cross_target_modules):

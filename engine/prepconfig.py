@@ -29,20 +29,65 @@ def _f(default: Any, label: str, help: str, *, flag: str | None = None, **meta: 
 class PreprocessConfig:
     """Everything one preprocessing job needs; recorded in ``<output_dir>/preprocess_meta.json``."""
 
-    checkpoint_dir: str = _f("", "Checkpoint root", "Folder holding the model folders, vae/, Qwen3-Embedding-0.6B/ and silence_latent.pt.", required=True, kind="path", aliases=("-c",))
-    model_variant: str = _f("base", "Model", "Whose condition encoder builds the conditioning: turbo, base, sft, xl-*, or a folder name. Train with the same model.", flag="--model", aliases=("--model-variant", "-M"))
-    audio_dir: str | None = _f(None, "Audio folder", "Folder of audio files with sidecar .txt files (scanned recursively).", kind="path", aliases=("-i", "--input"))
-    dataset_json: str | None = _f(None, "dataset.json", "A dataset.json from 'sidestep dataset' (instead of an audio folder).", kind="path")
-    output_dir: str = _f("", "Tensor folder", "Where the .pt files, manifest.json and preprocess_meta.json go.", required=True, kind="path", flag="--output", aliases=("-o", "--tensor-output"))
-    max_duration: float = _f(0.0, "Max seconds", "Crop each file to this many seconds (0 = the longest file, so nothing is cut).", min=0.0, max=3600.0)
-    normalize: str = _f("none", "Normalise", "none, peak (to target dB) or lufs (to target LUFS, with a limiter so it never clips).", choices=NORMALIZE_MODES)
+    checkpoint_dir: str = _f(
+        "",
+        "Checkpoint root",
+        "Folder holding the model folders, vae/, Qwen3-Embedding-0.6B/ and silence_latent.pt.",
+        required=True,
+        kind="path",
+        aliases=("-c",),
+    )
+    model_variant: str = _f(
+        "base",
+        "Model",
+        "Whose condition encoder builds the conditioning: turbo, base, sft, xl-*, or a folder name. Train with the same model.",
+        flag="--model",
+        aliases=("--model-variant", "-M"),
+    )
+    audio_dir: str | None = _f(
+        None,
+        "Audio folder",
+        "Folder of audio files with sidecar .txt files (scanned recursively).",
+        kind="path",
+        aliases=("-i", "--input"),
+    )
+    dataset_json: str | None = _f(
+        None, "dataset.json", "A dataset.json from 'sidestep dataset' (instead of an audio folder).", kind="path"
+    )
+    output_dir: str = _f(
+        "",
+        "Tensor folder",
+        "Where the .pt files, manifest.json and preprocess_meta.json go.",
+        required=True,
+        kind="path",
+        flag="--output",
+        aliases=("-o", "--tensor-output"),
+    )
+    max_duration: float = _f(
+        0.0, "Max seconds", "Crop each file to this many seconds (0 = the longest file, so nothing is cut).", min=0.0, max=3600.0
+    )
+    normalize: str = _f(
+        "none",
+        "Normalise",
+        "none, peak (to target dB) or lufs (to target LUFS, with a limiter so it never clips).",
+        choices=NORMALIZE_MODES,
+    )
     target_db: float = _f(-1.0, "Peak target dBFS", "Peak level for 'peak' normalisation.", min=-60.0, max=0.0)
     target_lufs: float = _f(-14.0, "Target LUFS", "Integrated loudness for 'lufs' normalisation.", min=-60.0, max=0.0)
     tag: str = _f("", "Trigger tag", "Added to every caption (a sample's own custom_tag wins).", aliases=("--custom-tag",))
-    tag_position: str = _f("prepend", "Tag position", "prepend ('tag, caption'), append ('caption, tag') or replace ('tag').", choices=TAG_POSITIONS)
-    genre_ratio: int = _f(0, "Genre ratio %", "Percent of samples prompted with their genre instead of the caption.", min=0, max=100)
+    tag_position: str = _f(
+        "prepend", "Tag position", "prepend ('tag, caption'), append ('caption, tag') or replace ('tag').", choices=TAG_POSITIONS
+    )
+    genre_ratio: int = _f(
+        0, "Genre ratio %", "Percent of samples prompted with their genre instead of the caption.", min=0, max=100
+    )
     device: str = _f("auto", "Device", "auto (CUDA, else MPS, else CPU), cuda, cuda:N, mps or cpu.")
-    precision: str = _f("auto", "Precision", "Compute precision: auto = bf16 on GPUs, fp32 on CPU. Tensors are stored in bf16.", choices=PRECISIONS)
+    precision: str = _f(
+        "auto",
+        "Precision",
+        "Compute precision: auto = bf16 on GPUs, fp32 on CPU. Tensors are stored in bf16.",
+        choices=PRECISIONS,
+    )
 
     def source(self) -> str:
         return self.dataset_json or self.audio_dir or ""
@@ -68,7 +113,11 @@ def _cross_checks(c: PreprocessConfig) -> list[FieldError]:
     errors: list[FieldError] = []
     if bool(c.audio_dir) == bool(c.dataset_json):
         errors.append(PreprocessFieldError("audio_dir", "give exactly one of an audio folder or a dataset.json"))
-    if c.device != "auto" and c.device not in ("cpu", "mps", "cuda") and not (c.device.startswith("cuda:") and c.device[5:].isdigit()):
+    if (
+        c.device != "auto"
+        and c.device not in ("cpu", "mps", "cuda")
+        and not (c.device.startswith("cuda:") and c.device[5:].isdigit())
+    ):
         errors.append(PreprocessFieldError("device", f"{c.device!r} is not auto, cpu, mps, cuda or cuda:N"))
     if not c.model_variant:
         errors.append(PreprocessFieldError("model_variant", "is required"))

@@ -266,9 +266,7 @@ def _write_atomic(path: Path, document: dict[str, Any]) -> None:
 
 def _check_name(name: str) -> None:
     if not _NAME_RE.match(name or ""):
-        raise PresetError(
-            f"{name!r}: a preset name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-        )
+        raise PresetError(f"{name!r}: a preset name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
 
 
 def _builtin_names() -> set[str]:

@@ -66,7 +66,9 @@ _STORAGE_DTYPES = {
     "QUInt2x4Storage": "quint2x4",
     "UntypedStorage": "uint8",
 }
-_DTYPE_NAME = re.compile(r"^(u?int\d*|float\d+(_\w+)?|bfloat16|complex\d+|c?half|c?float|c?double|chalf|long|short|bool|q(u)?int\w*|bits\d\w*|bit)$")
+_DTYPE_NAME = re.compile(
+    r"^(u?int\d*|float\d+(_\w+)?|bfloat16|complex\d+|c?half|c?float|c?double|chalf|long|short|bool|q(u)?int\w*|bits\d\w*|bit)$"
+)
 _FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 
 
@@ -96,7 +98,7 @@ class Opaque:
 
     qualname = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Opaque":
+    def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -143,7 +145,9 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
     return TensorInfo(_shape(size), _dtype_of(storage))
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *rest: Any) -> TensorInfo:
+def _rebuild_tensor_v3(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *rest: Any
+) -> TensorInfo:
     return TensorInfo(_shape(size), _dtype_of(dtype))
 
 
@@ -332,7 +336,11 @@ def is_sample_name(name: str) -> bool:
 
 def folder_samples(directory: str) -> list[str]:
     """The sample files directly inside ``directory`` (without a manifest), sorted."""
-    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if is_sample_name(n) and os.path.isfile(os.path.join(directory, n)))
+    return sorted(
+        os.path.join(directory, n)
+        for n in os.listdir(directory)
+        if is_sample_name(n) and os.path.isfile(os.path.join(directory, n))
+    )
 
 
 def resolve_manifest_entry(entry: str, directory: str) -> str | None:

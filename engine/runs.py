@@ -135,7 +135,7 @@ def _digest_fast(path: str) -> _Digest:
     return _Digest(summary, problem)
 
 
-_CACHE: "OrderedDict[str, tuple[tuple[int, int], _Digest]]" = OrderedDict()
+_CACHE: OrderedDict[str, tuple[tuple[int, int], _Digest]] = OrderedDict()
 _CACHE_SIZE = 256
 
 

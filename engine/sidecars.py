@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 BUILDER_MODULE = "engine.audio.builder"  # run by module name: this module never imports it
@@ -278,13 +278,15 @@ class BuildReport:
         return lines
 
 
-def dataset_document(samples: list[dict[str, Any]], *, name: str, tag: str, tag_position: str, genre_ratio: int) -> dict[str, Any]:
+def dataset_document(
+    samples: list[dict[str, Any]], *, name: str, tag: str, tag_position: str, genre_ratio: int
+) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
             "custom_tag": tag,
             "tag_position": tag_position,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "num_samples": len(samples),
             "all_instrumental": all(s["is_instrumental"] for s in samples),
             "genre_ratio": genre_ratio,

@@ -84,4 +84,3 @@ def read_run_events(path: str) -> tuple[list[Any], EventTailer]:
         return tailer.read_to_end(), tailer
     finally:
         tailer.close()
-

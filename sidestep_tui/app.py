@@ -92,7 +92,9 @@ class SidestepApp(EngineBridge, App[None]):
         self.start_config_json = start_config_json
         self.clock = clock
         self.demo = demo
-        self.session = EngineSession(self, log_dir=log_dir or str(config_dir() / "logs"), client_factory=client_factory, clock=clock)
+        self.session = EngineSession(
+            self, log_dir=log_dir or str(config_dir() / "logs"), client_factory=client_factory, clock=clock
+        )
 
     # ------------------------------------------------------------------ setup
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -226,7 +228,9 @@ class SidestepApp(EngineBridge, App[None]):
         if question is not None:
             from .dialogs.quit import QuitDialog
 
-            self.push_screen(QuitDialog(owns_engine=question.owns_engine, preprocessing=question.preprocessing), self._quit_choice)
+            self.push_screen(
+                QuitDialog(owns_engine=question.owns_engine, preprocessing=question.preprocessing), self._quit_choice
+            )
 
     def _quit_choice(self, choice: QuitChoice | None) -> None:
         self.session.quit_choice(choice)
@@ -236,7 +240,13 @@ class SidestepApp(EngineBridge, App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for mode, title in (("models", "Models"), ("dataset", "Dataset"), ("setup", "Setup"), ("monitor", "Monitor"), ("runs", "Runs")):
+        for mode, title in (
+            ("models", "Models"),
+            ("dataset", "Dataset"),
+            ("setup", "Setup"),
+            ("monitor", "Monitor"),
+            ("runs", "Runs"),
+        ):
             yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", lambda mode=mode: self.switch_mode(mode))
 
 
@@ -246,4 +256,6 @@ def make_app(
     **kwargs: Any,
 ) -> SidestepApp:
     """The one factory for the CLI and the tests. ``settings`` default to the saved ones."""
-    return SidestepApp(settings=settings if settings is not None else load_settings(kwargs.get("settings_path")), client=client, **kwargs)
+    return SidestepApp(
+        settings=settings if settings is not None else load_settings(kwargs.get("settings_path")), client=client, **kwargs
+    )

@@ -23,9 +23,21 @@ class RunCommands(Provider):
         state = session.state
         out: list[tuple[str, str, Callable[[], Any]]] = []
         if state.active and session.can_send(StopRun):
-            out.append(("Stop run (saves a checkpoint)", "Finish the current step, save, stop", partial(app.post_message, m.StopRequested())))
+            out.append(
+                (
+                    "Stop run (saves a checkpoint)",
+                    "Finish the current step, save, stop",
+                    partial(app.post_message, m.StopRequested()),
+                )
+            )
         if state.active and session.can_send(SaveCheckpoint):
-            out.append(("Save checkpoint now", "Save after the current step and keep training", partial(app.post_message, m.SaveRequested())))
+            out.append(
+                (
+                    "Save checkpoint now",
+                    "Save after the current step and keep training",
+                    partial(app.post_message, m.SaveRequested()),
+                )
+            )
         if state.active and not state.paused and session.can_send(PauseRun):
             out.append(("Pause run", "Hold before the next optimizer step", partial(app.post_message, m.PauseRequested())))
         if state.active and state.paused and session.can_send(ResumeRun):

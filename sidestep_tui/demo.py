@@ -20,4 +20,8 @@ def prepare_demo_run(root: str | None = None, adapter: str = "lora", max_steps: 
 
 
 def demo_draft(paths: dict[str, str]) -> dict[str, Any]:
-    return {"checkpoint_dir": paths["checkpoint_dir"], "model_variant": paths["model_variant"], "dataset_dir": paths["dataset_dir"]}
+    return {
+        "checkpoint_dir": paths["checkpoint_dir"],
+        "model_variant": paths["model_variant"],
+        "dataset_dir": paths["dataset_dir"],
+    }

@@ -22,20 +22,20 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
-import sys
-from multiprocessing import resource_tracker
 import os
 import queue as queue_mod
 import signal
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from engine import protocol
+from engine import layout, protocol
 from engine.protocol import PROTOCOL_VERSION, EngineReady, StopRun
-from engine import layout
 from engine.runs import engine_state
 from engine.tailer import EventTailer
 
@@ -421,8 +421,12 @@ class AttachClient:
             # line's own seq still shows as one), so the Monitor's log shows it.
             self._pending.append(
                 protocol.LogRecord(
-                    run_id=getattr(last, "run_id", ""), seq=getattr(last, "seq", -1), ts=getattr(last, "ts", 0.0),
-                    level="warning", message=f"{self._tailer.problem}; skipped", logger="attach",
+                    run_id=getattr(last, "run_id", ""),
+                    seq=getattr(last, "seq", -1),
+                    ts=getattr(last, "ts", 0.0),
+                    level="warning",
+                    message=f"{self._tailer.problem}; skipped",
+                    logger="attach",
                 )
             )
 

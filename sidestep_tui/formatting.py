@@ -85,7 +85,7 @@ def shorten_path(path: str, width: int) -> str:
     """Keep the end of a long path (the part that differs): ``…/ckpt/acestep-v15-base``."""
     if width <= 1 or len(path) <= width:
         return path
-    return "…" + path[-(width - 1):]
+    return "…" + path[-(width - 1) :]
 
 
 # --------------------------------------------------------------------------- models and GPUs
@@ -162,10 +162,7 @@ def gpu_lines(gpus) -> list[str]:  # type: ignore[no-untyped-def]
     if not gpus:
         return ["no GPU found (NVML reports none; training would run on the CPU)"]
     mib = 2**20
-    return [
-        f"GPU {g.index}  {g.name}  {memory_pair(int((g.total_mb - g.used_mb) * mib), int(g.total_mb * mib))}"
-        for g in gpus
-    ]
+    return [f"GPU {g.index}  {g.name}  {memory_pair(int((g.total_mb - g.used_mb) * mib), int(g.total_mb * mib))}" for g in gpus]
 
 
 # --------------------------------------------------------------------------- datasets
@@ -208,13 +205,10 @@ def dataset_problems(report, model_variant: str | None = None, model_hidden: int
     chosen, made_for = _family(model_variant), _family(report.variant)
     if chosen and made_for and chosen != made_for:
         lines.append(
-            f"! stale: preprocessed for {report.variant}, but the chosen model is {model_variant} "
-            "(re-preprocess for this model)"
+            f"! stale: preprocessed for {report.variant}, but the chosen model is {model_variant} (re-preprocess for this model)"
         )
     if model_hidden and report.hidden_size and model_hidden != report.hidden_size:
-        lines.append(
-            f"! encoder_hidden_states width {report.hidden_size} differs from the model's hidden size {model_hidden}"
-        )
+        lines.append(f"! encoder_hidden_states width {report.hidden_size} differs from the model's hidden size {model_hidden}")
     return lines
 
 

@@ -72,7 +72,9 @@ class SessionHost(Protocol):
     def run_blocking(self, name: str, work: Callable[[], None], then: Callable[[], None] | None = None) -> None:
         """Run ``work`` off the UI thread; ``then`` afterwards, on the UI thread."""
 
-    def notify(self, message: str, *, title: str = "", severity: Severity = "information", timeout: float | None = None) -> None: ...
+    def notify(
+        self, message: str, *, title: str = "", severity: Severity = "information", timeout: float | None = None
+    ) -> None: ...
 
     def show_failure(self, failure: Failure) -> None: ...
 
@@ -287,7 +289,10 @@ class EngineSession:
             self._detached = True
             client.detach()
             if state.preprocess is not None:
-                self.host.leave("Preprocessing goes on in the background; its tensors appear in " + (state.phase_detail or "the tensor folder"))
+                self.host.leave(
+                    "Preprocessing goes on in the background; its tensors appear in "
+                    + (state.phase_detail or "the tensor folder")
+                )
             else:
                 self.host.leave("The run keeps training. Re-attach with: sidestep attach " + (state.run_dir or "RUN_DIR"))
         elif choice == "stop":

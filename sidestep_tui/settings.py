@@ -42,7 +42,7 @@ class Settings:
     theme: str = DEFAULT_THEME
     """A registered Textual theme name."""
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
@@ -74,9 +74,7 @@ def _from_dict(data: Any, source: str) -> Settings:
     for name in names & set(data):
         value = data[name]
         if name == "keymap":
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise SettingsError(f"{source}: keymap must map binding ids to key strings")
             values[name] = dict(value)
         elif not isinstance(value, str):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from collections import deque
-from typing import Any, Iterable, Literal, NamedTuple, assert_never
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, assert_never
 
 from engine.protocol import (
     CheckpointSaved,
@@ -36,7 +37,6 @@ from engine.protocol import (
     RunPaused,
     RunResumed,
     RunStarted,
-    RunStatus,
     StepMetrics,
     TimestepHistogram,
 )
@@ -252,7 +252,7 @@ class RunState:
 
     @property
     def finished_status(self) -> str | None:
-        """"completed" | "stopped" when the run's last segment finished, else None."""
+        """ "completed" | "stopped" when the run's last segment finished, else None."""
         return self.summary.status if self.summary.status in ("completed", "stopped") else None
 
     @property

@@ -11,14 +11,18 @@ import contextlib
 import multiprocessing.process
 import os
 import subprocess
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 _SPAWNERS: tuple[tuple[Any, str], ...] = (
     (subprocess.Popen, "_execute_child"),  # subprocess.run/check_output/Popen, asyncio subprocesses
     (multiprocessing.process.BaseProcess, "start"),  # every multiprocessing context
-    (os, "fork"), (os, "forkpty"), (os, "posix_spawn"), (os, "posix_spawnp"),
+    (os, "fork"),
+    (os, "forkpty"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
 )  # not os.system: tests pickle it as an exploit payload, and a stand-in would not pickle by name
 
 
@@ -50,8 +54,11 @@ def _guarded(item: pytest.Item) -> Iterator[Any]:
     with _no_processes(item) as tried:
         result = yield
     if tried:
-        pytest.fail(f"starts a process ({', '.join(sorted(set(tried)))}) but is not marked integration: "
-                    "mark it with pytest.mark.integration, or keep it in this process", pytrace=False)
+        pytest.fail(
+            f"starts a process ({', '.join(sorted(set(tried)))}) but is not marked integration: "
+            "mark it with pytest.mark.integration, or keep it in this process",
+            pytrace=False,
+        )
     return result
 
 

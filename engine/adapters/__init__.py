@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from engine.config import TrainConfig
 
 
-def attach_adapter(decoder: nn.Module, config: "TrainConfig") -> Adapter:
+def attach_adapter(decoder: nn.Module, config: TrainConfig) -> Adapter:
     """Freeze ``decoder`` and attach the adapter named by ``config.adapter_type``."""
     decoder.requires_grad_(False)
     if config.adapter_type == "lora":

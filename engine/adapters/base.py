@@ -39,9 +39,7 @@ def describe_mismatch(expected: dict[str, torch.Size], given: dict[str, torch.Si
         parts.append(f"{len(unexpected)} unexpected: {sample(unexpected)}")
     if shapes:
         k = shapes[0]
-        parts.append(
-            f"{len(shapes)} with another shape, e.g. {k} {list(given[k])} vs {list(expected[k])}"
-        )
+        parts.append(f"{len(shapes)} with another shape, e.g. {k} {list(given[k])} vs {list(expected[k])}")
     return f"{source} does not match this adapter (rank, targets or type differ): " + "; ".join(parts)
 
 

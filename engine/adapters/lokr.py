@@ -23,7 +23,7 @@ NET_ATTR = "lycoris_net"  # where the network is registered on the decoder
 _PRESET_LOCK = threading.Lock()  # LycorisNetwork.apply_preset mutates class attributes
 
 
-def lokr_settings(config: "TrainConfig") -> dict:
+def lokr_settings(config: TrainConfig) -> dict:
     """Every LoKR field of the run, under LyCORIS's names (stored in the file's metadata too)."""
     return {
         "algo": "lokr",
@@ -70,7 +70,7 @@ class LokrAdapter(Adapter):
         return self.load_state_dict(read_safetensors(path), source=str(path))
 
 
-def attach_lokr(decoder: nn.Module, config: "TrainConfig") -> LokrAdapter:
+def attach_lokr(decoder: nn.Module, config: TrainConfig) -> LokrAdapter:
     from lycoris import LycorisNetwork
 
     from engine.config import resolve_targets

@@ -55,9 +55,10 @@ class LoraAdapter(Adapter):
         return self.load_state_dict(read_safetensors(path), source=str(path))
 
 
-def lora_config(config: "TrainConfig") -> Any:  # a peft.LoraConfig (peft loads on first use)
+def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on first use)
     """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex."""
     from peft import LoraConfig, TaskType
+
     from engine.config import resolve_targets
 
     return LoraConfig(
@@ -71,7 +72,7 @@ def lora_config(config: "TrainConfig") -> Any:  # a peft.LoraConfig (peft loads 
     )
 
 
-def attach_lora(decoder: nn.Module, config: "TrainConfig") -> LoraAdapter:
+def attach_lora(decoder: nn.Module, config: TrainConfig) -> LoraAdapter:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 

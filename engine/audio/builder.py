@@ -22,11 +22,11 @@ from typing import Any
 from engine import fsutil
 from engine.sidecars import (
     AUDIO_EXTENSIONS,
+    BUILDER_MODULE,
+    CLI_ERROR_PREFIX,
     DATASET_FILE,
     FFMPEG_ONLY,
     TAG_POSITIONS,
-    BUILDER_MODULE,
-    CLI_ERROR_PREFIX,
     BuildReport,
     FoundFile,
     Sidecar,
@@ -188,12 +188,18 @@ def build_dataset(
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
-    parser.add_argument("-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)")
+    parser.add_argument(
+        "-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)"
+    )
     parser.add_argument("--tag", default="", help="trigger tag added to every caption")
     parser.add_argument("--tag-position", default="prepend", choices=TAG_POSITIONS, help="where the tag goes (default prepend)")
-    parser.add_argument("--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)")
+    parser.add_argument(
+        "--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)"
+    )
     parser.add_argument("--name", default="local_dataset", help="dataset name")
-    parser.add_argument("-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)")
+    parser.add_argument(
+        "-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
 
@@ -223,7 +229,9 @@ def run_dataset_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {BUILDER_MODULE}", description="build dataset.json from audio files and sidecar text")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {BUILDER_MODULE}", description="build dataset.json from audio files and sidecar text"
+    )
     add_dataset_arguments(parser)
     return run_dataset_command(parser.parse_args(argv))
 

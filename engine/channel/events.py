@@ -18,7 +18,8 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Protocol, TextIO
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
 
 from engine import protocol
 
@@ -162,7 +163,9 @@ class StepAggregator:
         self.samples_per_s = 0.0
         self._steps_rate = 0.0
 
-    def add(self, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float, samples: int, skipped: bool = False) -> None:
+    def add(
+        self, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float, samples: int, skipped: bool = False
+    ) -> None:
         if skipped:
             self._skipped += 1
         else:

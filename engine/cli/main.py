@@ -55,9 +55,8 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         sink: Any = StreamJsonSink(out)
     else:
         sink = PlainPrinter(seed_from_run_dir=True)
-    from engine.train.trainer import run_training
-
     from engine.process.monitor import ResourceMonitor
+    from engine.train.trainer import run_training
 
     bus = EventBus([sink])
     inbox = CommandInbox(None)
@@ -94,8 +93,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if pre_config is not None:
-        from engine.cli.plain import render
         from engine.audio.preprocess.pipeline import run_preprocess
+        from engine.cli.plain import render
 
         summary = run_preprocess(pre_config, lambda e: print(render(e), flush=True))
         if summary.failed or summary.stopped:
@@ -120,9 +119,9 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
     paths = dict(write_demo(root))
     paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
     if audio:
-        from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
         from engine import prepconfig as pcfg
         from engine.audio.preprocess.pipeline import run_preprocess
+        from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 
         write_demo_audio_components(paths["checkpoint_dir"])
         audio_dir = os.path.join(os.path.abspath(root), "audio")
@@ -130,7 +129,13 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
             synthesize_demo_audio(audio_dir)
         tensors = os.path.join(os.path.abspath(root), "tensors")
         config = pcfg.parse(
-            {"checkpoint_dir": paths["checkpoint_dir"], "model_variant": paths["model_variant"], "audio_dir": audio_dir, "output_dir": tensors, "device": "cpu"}
+            {
+                "checkpoint_dir": paths["checkpoint_dir"],
+                "model_variant": paths["model_variant"],
+                "audio_dir": audio_dir,
+                "output_dir": tensors,
+                "device": "cpu",
+            }
         )
         summary = run_preprocess(config, progress or (lambda event: None))
         if summary.failed:
@@ -147,8 +152,15 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         return 0
     from engine.cli.plain import render
 
-    print(f"setting up the demo model{'' if ns.from_tensors else ', synthesising songs and preprocessing them'} in {root} ...", flush=True)
-    paths = setup_demo(root, audio=not ns.from_tensors, progress=lambda e: print(render(e), flush=True) if e.status != "ok" or e.stage == "done" else None)
+    print(
+        f"setting up the demo model{'' if ns.from_tensors else ', synthesising songs and preprocessing them'} in {root} ...",
+        flush=True,
+    )
+    paths = setup_demo(
+        root,
+        audio=not ns.from_tensors,
+        progress=lambda e: print(render(e), flush=True) if e.status != "ok" or e.stage == "done" else None,
+    )
     config = demo_config(paths, adapter=ns.adapter, max_steps=ns.max_steps)
     return run_headless(config, json_events=False)
 
@@ -202,10 +214,10 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
     written leaves its last segment finished or failed (``engine.summary``), or when its engine is gone."""
     import signal as sig
 
+    from engine import layout
     from engine.cli.plain import PlainPrinter
     from engine.tailer import EventTailer
     from engine.train import rundir
-    from engine import layout
 
     path = layout.events_path(ns.run_dir)
     if not os.path.isfile(path):

@@ -47,7 +47,9 @@ def add_schema_flags(parser: argparse.ArgumentParser) -> None:
         group = groups[meta["group"]]
         base, _ = cfgmod._type_of(f)
         if base == "bool":
-            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         elif base.startswith("tuple"):
             group.add_argument(*names, dest=f.name, nargs="*", default=argparse.SUPPRESS, metavar="NAME", help=help_text)
         else:
@@ -65,32 +67,44 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
             help_text += f" ({'|'.join(meta['choices'])})"
         if f.default not in (None, ""):
             help_text += f" [default: {f.default}]"
-        parser.add_argument(meta["flag"], *meta.get("aliases", ()), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+        parser.add_argument(
+            meta["flag"], *meta.get("aliases", ()), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text
+        )
 
 
 def add_train_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     """``--preprocess``, ``--preprocess-only`` and the preprocessing flags that ``sidestep train``
     does not already have (long names only, so they cannot clash with training's short flags)."""
     group = parser.add_argument_group("preprocess audio first")
-    group.add_argument("--preprocess", action="store_true", help="turn --audio-dir / --dataset-json into tensors, then train on them")
+    group.add_argument(
+        "--preprocess", action="store_true", help="turn --audio-dir / --dataset-json into tensors, then train on them"
+    )
     group.add_argument("--preprocess-only", action="store_true", help="like --preprocess, but stop before training")
     for f in pcfg.FIELDS:
         if f.name in TRAIN_PREPROCESS_FROM_TRAIN:
             continue
         flag = "--tensor-output" if f.name == "output_dir" else f.metadata["flag"]
         help_text = f.metadata["help"] + (" [default: the training --dataset-dir]" if f.name == "output_dir" else "")
-        group.add_argument(flag, dest=TRAIN_PREPROCESS_PREFIX + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+        group.add_argument(
+            flag, dest=TRAIN_PREPROCESS_PREFIX + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text
+        )
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
     tag_positions = next(f for f in pcfg.FIELDS if f.name == "tag_position").metadata["choices"]  # the same setting
-    parser.add_argument("-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)")
+    parser.add_argument(
+        "-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)"
+    )
     parser.add_argument("--tag", default="", help="trigger tag added to every caption")
     parser.add_argument("--tag-position", default="prepend", choices=tag_positions, help="where the tag goes (default prepend)")
-    parser.add_argument("--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)")
+    parser.add_argument(
+        "--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)"
+    )
     parser.add_argument("--name", default="local_dataset", help="dataset name")
-    parser.add_argument("-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)")
+    parser.add_argument(
+        "-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
 
@@ -104,7 +118,9 @@ def build_parser() -> Parser:
         return parser.commands[name]
 
     train = command("train", help="train headless (plain text or --json events)")
-    train.add_argument("--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)")
+    train.add_argument(
+        "--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)"
+    )
     train.add_argument("--preset", metavar="NAME", help="start from a preset (see `sidestep presets list`)")
     out = train.add_mutually_exclusive_group()
     out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
@@ -117,8 +133,14 @@ def build_parser() -> Parser:
     demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
     demo.add_argument("--max-steps", type=int, default=300)
-    demo.add_argument("--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit")
-    demo.add_argument("--from-tensors", action="store_true", help="skip the audio -> tensors step: train on synthetic demo tensors (needs --plain on a terminal)")
+    demo.add_argument(
+        "--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit"
+    )
+    demo.add_argument(
+        "--from-tensors",
+        action="store_true",
+        help="skip the audio -> tensors step: train on synthetic demo tensors (needs --plain on a terminal)",
+    )
 
     presets = command("presets", help="list, show, export or import presets")
     psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -21,7 +21,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from engine.ptinspect import FRAME_KEYS, INTERMEDIATE_SUFFIX, MANIFEST_FILE, REQUIRED_KEYS, TensorInfo, folder_samples, resolve_manifest_entry, sample_problems
+from engine.ptinspect import (
+    FRAME_KEYS,
+    INTERMEDIATE_SUFFIX,
+    MANIFEST_FILE,
+    REQUIRED_KEYS,
+    TensorInfo,
+    folder_samples,
+    resolve_manifest_entry,
+    sample_problems,
+)
 
 CACHE_LIMIT_BYTES = 4 * 1024**3
 REPREPROCESS = "delete it and preprocess its audio again"
@@ -48,7 +57,9 @@ def _first_line(exc: BaseException) -> str:
 def _resolve(entry: Any, root: str) -> str:
     """A manifest entry as an existing path (``ptinspect.resolve_manifest_entry``), or a one-line error."""
     if not isinstance(entry, str) or not entry.strip():
-        raise DatasetError(f"{os.path.join(root, MANIFEST_FILE)}: sample entry {entry!r} is not a path; fix or delete {MANIFEST_FILE}")
+        raise DatasetError(
+            f"{os.path.join(root, MANIFEST_FILE)}: sample entry {entry!r} is not a path; fix or delete {MANIFEST_FILE}"
+        )
     found = resolve_manifest_entry(entry, root)
     if found is None:
         raise DatasetError(
@@ -63,14 +74,18 @@ def discover_files(dataset_dir: str) -> list[str]:
     (without pass-1 ``*.tmp.pt`` intermediates), sorted."""
     root = os.path.abspath(os.path.expanduser(dataset_dir))
     if not os.path.isdir(root):
-        raise DatasetError(f"dataset folder {root} does not exist; preprocess audio into it or choose the folder holding the .pt files")
+        raise DatasetError(
+            f"dataset folder {root} does not exist; preprocess audio into it or choose the folder holding the .pt files"
+        )
     manifest = os.path.join(root, MANIFEST_FILE)
     if os.path.isfile(manifest):
         try:
             with open(manifest, encoding="utf-8") as fh:
                 data = json.load(fh)
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"{manifest}: unreadable ({_first_line(exc)}); fix or delete it to use the folder's .pt files") from None
+            raise DatasetError(
+                f"{manifest}: unreadable ({_first_line(exc)}); fix or delete it to use the folder's .pt files"
+            ) from None
         samples = data.get("samples") if isinstance(data, dict) else None
         if not isinstance(samples, list):
             raise DatasetError(f"{manifest}: has no 'samples' list; fix or delete it to use the folder's .pt files")
@@ -96,7 +111,10 @@ def load_sample(path: str) -> dict[str, Any]:
 
 def check_sample(path: str, data: dict[str, Any]) -> tuple[int, int, int]:
     """Validate one loaded sample against the schema, then its values; returns ``(T, L, H)``."""
-    described = {k: TensorInfo(tuple(v.shape), str(v.dtype).removeprefix("torch.")) if isinstance(v, Tensor) else v for k, v in data.items()}
+    described = {
+        k: TensorInfo(tuple(v.shape), str(v.dtype).removeprefix("torch.")) if isinstance(v, Tensor) else v
+        for k, v in data.items()
+    }
     problems = sample_problems(described)
     if problems:
         raise DatasetError(f"{path}: {problems[0]}; {REPREPROCESS}")
@@ -130,7 +148,7 @@ class TensorDataset(torch.utils.data.Dataset):
             T, L, H = check_sample(path, data)
             if not lengths:
                 self.hidden_size = H
-            elif H != self.hidden_size:
+            elif self.hidden_size != H:
                 raise DatasetError(
                     f"{path}: hidden size {H} differs from {self.hidden_size} in {os.path.basename(self.paths[0])}; "
                     "the files come from different models: preprocess all audio with the same model"

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,9 +139,7 @@ def check_weights(model_dir: Path) -> None:
             with safe_open(str(path), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelLoadError(
-                f"{path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-download it"
-            ) from None
+            raise ModelLoadError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-download it") from None
 
 
 def _flash_attn_usable(device: torch.device, dtype: torch.dtype) -> bool:
@@ -159,7 +158,9 @@ def attention_candidates(requested: str, device: torch.device, dtype: torch.dtyp
         if dtype == torch.float32:
             raise ModelLoadError("flash_attention_2 needs bf16 or fp16; set --precision bf16 or --attention-backend auto")
         if importlib.util.find_spec("flash_attn") is None:
-            raise ModelLoadError("flash_attention_2 requested but flash-attn is not installed; pip install 'sidestep-tui[flash]' or use --attention-backend auto")
+            raise ModelLoadError(
+                "flash_attention_2 requested but flash-attn is not installed; pip install 'sidestep-tui[flash]' or use --attention-backend auto"
+            )
     if requested not in ("flash_attention_2", "sdpa", "eager"):
         raise ModelLoadError(f"attention backend {requested!r} is not auto, flash_attention_2, sdpa or eager")
     return [requested]
@@ -175,9 +176,11 @@ def dtype_kwarg() -> str:
 
 def _missing_package(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, ImportError) and (
-        "requires the following packages" in text or "No module named" in text
-    ) and "flash_attn" not in text
+    return (
+        isinstance(exc, ImportError)
+        and ("requires the following packages" in text or "No module named" in text)
+        and "flash_attn" not in text
+    )
 
 
 def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
@@ -208,7 +211,11 @@ def _find_shape_mismatch(model_dir: Path) -> str | None:
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoModel.from_config(config, trust_remote_code=True).state_dict().items()}
-        files = [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").is_file() else sorted(model_dir.glob("*.safetensors"))
+        files = (
+            [model_dir / "model.safetensors"]
+            if (model_dir / "model.safetensors").is_file()
+            else sorted(model_dir.glob("*.safetensors"))
+        )
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
@@ -283,12 +290,16 @@ def load_decoder(
 
     on_meta = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
     if on_meta:
-        raise ModelLoadError(f"{path.name}: tensors left uninitialised after loading ({on_meta[0]}, ...); check the model code version")
+        raise ModelLoadError(
+            f"{path.name}: tensors left uninitialised after loading ({on_meta[0]}, ...); check the model code version"
+        )
     wrong = [n for n, p in decoder.named_parameters() if p.is_floating_point() and p.dtype != dtype]
     assert not wrong, f"decoder parameter {wrong[0]} is not {dtype}"
 
     backend = getattr(decoder.config, "_attn_implementation", None) or candidates[0]
-    log(f"loaded {path.name}: decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M params, {dtype}, {backend}, {device}")
+    log(
+        f"loaded {path.name}: decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M params, {dtype}, {backend}, {device}"
+    )
     return LoadedModel(
         decoder=decoder,
         null_condition_emb=null_emb,

@@ -39,7 +39,9 @@ def _redirect_stdio(log_path: str) -> None:
     # The engine's own stdout/stderr for the rest of the process (the fds outlive these objects).
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
 
 
 def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engine import protocol
 
@@ -66,7 +67,14 @@ class _Nvml:
 class ResourceMonitor:
     """Emits ``Heartbeat`` and ``ResourceSample`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, emit: Callable[[Any], Any], *, phase: Callable[[], protocol.Phase], last_step: Callable[[], int], interval: float = 2.0):
+    def __init__(
+        self,
+        emit: Callable[[Any], Any],
+        *,
+        phase: Callable[[], protocol.Phase],
+        last_step: Callable[[], int],
+        interval: float = 2.0,
+    ):
         self.emit = emit
         self.phase = phase
         self.last_step = last_step

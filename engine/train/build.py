@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -106,7 +107,9 @@ def fabric_precision(device: torch.device, dtype: torch.dtype) -> str:
     return "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
 
 
-def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[protocol.Phase, str], None]) -> RunParts:
+def build_run(
+    config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[protocol.Phase, str], None]
+) -> RunParts:
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import SingleDeviceStrategy
 
@@ -131,12 +134,17 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    bus.log("info", f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all")
+    bus.log(
+        "info",
+        f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all",
+    )
 
     dtype = resolve_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     set_phase("loading_model", model_dir)
-    loaded = load_decoder(model_dir, device=device, dtype=dtype, attention_backend=config.attention_backend, log=lambda m: bus.log("info", m))
+    loaded = load_decoder(
+        model_dir, device=device, dtype=dtype, attention_backend=config.attention_backend, log=lambda m: bus.log("info", m)
+    )
     bus.log("info", f"model: {model_dir} on {device} ({str(dtype).removeprefix('torch.')}, attention {loaded.attention_backend})")
     total_params = sum(p.numel() for p in loaded.decoder.parameters())
 
@@ -144,10 +152,18 @@ def build_run(config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: 
     adapter = attach_adapter(loaded.decoder, config)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(adapter.module, config.gradient_checkpointing_ratio)
-    bus.log("info", f"adapter: {config.adapter_type}, {adapter.adapted_modules} modules, {adapter.trainable_params:,} trainable parameters")
+    bus.log(
+        "info",
+        f"adapter: {config.adapter_type}, {adapter.adapted_modules} modules, {adapter.trainable_params:,} trainable parameters",
+    )
 
     precision = fabric_precision(device, dtype)
-    fabric = Fabric(accelerator=device.type if device.type != "mps" else "mps", devices=1, strategy=SingleDeviceStrategy(device=device), precision=precision)
+    fabric = Fabric(
+        accelerator=device.type if device.type != "mps" else "mps",
+        devices=1,
+        strategy=SingleDeviceStrategy(device=device),
+        precision=precision,
+    )
     optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
     scheduler = build_scheduler(optimizer, config, total_steps)
     module, optimizer = fabric.setup(adapter.module, optimizer)

@@ -59,7 +59,13 @@ def capture_rng(device: Any) -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype("int64")), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "numpy": (
+            np_state[0],
+            torch.from_numpy(np_state[1].astype("int64")),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ),
         "torch_cpu": torch.get_rng_state(),
     }
     if getattr(device, "type", None) == "cuda":
@@ -102,13 +108,17 @@ def find_resume_dir(resume_from: str, output_dir: str) -> str:
     if resume_from == "auto":
         found = layout.newest_checkpoint(output_dir)
         if found is None:
-            raise CheckpointError(f"--resume-from auto: no checkpoint with {state_file} under {layout.checkpoints_dir(output_dir)}; start without --resume-from")
+            raise CheckpointError(
+                f"--resume-from auto: no checkpoint with {state_file} under {layout.checkpoints_dir(output_dir)}; start without --resume-from"
+            )
         return found
     path = os.path.abspath(os.path.expanduser(resume_from))
     if os.path.isfile(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        raise CheckpointError(f"--resume-from {resume_from}: no such checkpoint folder; point it at a {layout.CHECKPOINTS_DIR}/<name>/ folder or use 'auto'")
+        raise CheckpointError(
+            f"--resume-from {resume_from}: no such checkpoint folder; point it at a {layout.CHECKPOINTS_DIR}/<name>/ folder or use 'auto'"
+        )
     if not os.path.isfile(layout.trainer_state_path(path)):
         raise CheckpointError(
             f"--resume-from {path}: no {state_file} in it ({layout.FINAL_DIR}/ and {layout.BEST_DIR}/ hold adapters only); use a folder under {layout.CHECKPOINTS_DIR}/"
@@ -124,8 +134,12 @@ def load_training_state(ckpt_dir: str) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete, resume from another one") from None
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged zip/pickle
-        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); the file is corrupt, resume from another checkpoint") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); the file is corrupt, resume from another checkpoint"
+        ) from None
     if not isinstance(state, dict) or state.get("schema_version") != STATE_SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: not a Side-Step TUI training state (schema {state.get('schema_version') if isinstance(state, dict) else '?'}); resume from a checkpoint this version wrote")
+        raise CheckpointError(
+            f"{path}: not a Side-Step TUI training state (schema {state.get('schema_version') if isinstance(state, dict) else '?'}); resume from a checkpoint this version wrote"
+        )
     return state

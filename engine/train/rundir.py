@@ -44,10 +44,14 @@ def prepare(output_dir: str, *, resuming: bool, overwrite: bool) -> str:
         raise RunDirError(f"--output-dir {run_dir} is a file; choose a folder")
     info = live_engine(run_dir)
     if info is not None:
-        raise RunDirError(f"--output-dir {run_dir} is in use by a running engine (pid {info['pid']}); attach with `sidestep attach {run_dir}` or choose another folder")
+        raise RunDirError(
+            f"--output-dir {run_dir} is in use by a running engine (pid {info['pid']}); attach with `sidestep attach {run_dir}` or choose another folder"
+        )
     if os.path.isdir(run_dir) and not resuming and _finished(run_dir):
         if not overwrite:
-            raise RunDirError(f"--output-dir {run_dir} holds a finished run; choose another folder, continue it with --resume-from auto, or pass --overwrite")
+            raise RunDirError(
+                f"--output-dir {run_dir} holds a finished run; choose another folder, continue it with --resume-from auto, or pass --overwrite"
+            )
         # --overwrite: keep the old history beside the new one rather than destroying it.
         old = layout.events_path(run_dir)
         if os.path.exists(old):
@@ -66,7 +70,13 @@ def prepare(output_dir: str, *, resuming: bool, overwrite: bool) -> str:
 def write_engine_file(run_dir: str, run_id: str) -> None:
     fsutil.write_json(
         layout.engine_path(run_dir),
-        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "protocol_version": protocol.PROTOCOL_VERSION, "run_id": run_id},
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "run_id": run_id,
+        },
     )
 
 

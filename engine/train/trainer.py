@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from engine.train import checkpoint as ckpt
 from engine import config as cfgmod
 from engine import layout, protocol
-from engine.train import recipe, rundir
 from engine.channel.control import CommandInbox
 from engine.channel.events import EventBus, JsonlSink, StepAggregator
+from engine.train import checkpoint as ckpt
+from engine.train import recipe, rundir
 from engine.train.build import RunParts, build_run
 
 log = logging.getLogger("sidestep.engine")
@@ -44,7 +44,16 @@ class TrainingHalted(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, config: cfgmod.TrainConfig, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None, metrics_hz: float = 4.0):
+    def __init__(
+        self,
+        config: cfgmod.TrainConfig,
+        bus: EventBus,
+        inbox: CommandInbox,
+        *,
+        run_id: str,
+        monitor: Any = None,
+        metrics_hz: float = 4.0,
+    ):
         self.config = config
         self.bus = bus
         self.inbox = inbox
@@ -103,7 +112,7 @@ class Trainer:
             self.set_phase("training")
             status = self._train()
             final = self._finish(status)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes a RunFailed event
+        except BaseException as exc:
             final = self.bus.emit(failure_event(exc, step=self.global_step))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -146,20 +155,40 @@ class Trainer:
                 if not math.isfinite(step_loss):
                     p.optimizer.zero_grad(set_to_none=True)
                     bad_windows += 1
-                    agg.add(step=self.global_step, epoch=self.epoch_number(), loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
+                    agg.add(
+                        step=self.global_step,
+                        epoch=self.epoch_number(),
+                        loss=math.nan,
+                        lr=p.current_lr(),
+                        grad_norm=math.nan,
+                        samples=0,
+                        skipped=True,
+                    )
                     self.bus.log("warning", f"step {self.global_step + 1}: loss was NaN/Inf; the update was skipped")
                     if bad_windows >= MAX_BAD_WINDOWS:
-                        raise TrainingHalted(f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset")
+                        raise TrainingHalted(
+                            f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset"
+                        )
                 else:
                     grad_norm = p.fabric.clip_gradients(p.module, p.optimizer, max_norm=c.max_grad_norm, error_if_nonfinite=False)
                     gn = float(grad_norm)
                     if not math.isfinite(gn):
                         p.optimizer.zero_grad(set_to_none=True)
                         bad_windows += 1
-                        agg.add(step=self.global_step, epoch=self.epoch_number(), loss=math.nan, lr=p.current_lr(), grad_norm=math.nan, samples=0, skipped=True)
+                        agg.add(
+                            step=self.global_step,
+                            epoch=self.epoch_number(),
+                            loss=math.nan,
+                            lr=p.current_lr(),
+                            grad_norm=math.nan,
+                            samples=0,
+                            skipped=True,
+                        )
                         self.bus.log("warning", f"step {self.global_step + 1}: gradient norm was NaN/Inf; the update was skipped")
                         if bad_windows >= MAX_BAD_WINDOWS:
-                            raise TrainingHalted(f"gradients were NaN/Inf for {bad_windows} optimizer steps in a row; lower the learning rate")
+                            raise TrainingHalted(
+                                f"gradients were NaN/Inf for {bad_windows} optimizer steps in a row; lower the learning rate"
+                            )
                     else:
                         bad_windows = 0
                         p.optimizer.step()
@@ -170,7 +199,14 @@ class Trainer:
                         self.epoch_loss_sum += step_loss
                         self.epoch_loss_n += 1
                         lr = p.current_lr()
-                        agg.add(step=self.global_step, epoch=self.epoch_number(), loss=step_loss, lr=lr, grad_norm=gn, samples=window_size * c.batch_size)
+                        agg.add(
+                            step=self.global_step,
+                            epoch=self.epoch_number(),
+                            loss=step_loss,
+                            lr=lr,
+                            grad_norm=gn,
+                            samples=window_size * c.batch_size,
+                        )
                         self._log_tensorboard(step_loss, lr, gn)
                 window_losses = []
                 outcome = self._between_steps(agg)
@@ -180,7 +216,9 @@ class Trainer:
                     break  # (on the epoch's last batch the epoch ends first: EpochCompleted, best/)
             else:
                 # the epoch ran to its end
-                self._end_epoch(self.epoch_loss_sum / self.epoch_loss_n if self.epoch_loss_n else math.nan, time.time() - epoch_start)
+                self._end_epoch(
+                    self.epoch_loss_sum / self.epoch_loss_n if self.epoch_loss_n else math.nan, time.time() - epoch_start
+                )
                 if c.early_stop_patience and self.epochs_since_best >= c.early_stop_patience:
                     self.bus.log("info", f"early stop: no new best for {self.epochs_since_best} epochs")
                     break
@@ -204,7 +242,9 @@ class Trainer:
         frame_mask = batch["frame_mask"].to(dev, non_blocking=True)
         gen = p.generator
         enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen)
-        t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=c.timestep_mu, sigma=c.timestep_sigma, device=dev, generator=gen)
+        t = recipe.sample_timesteps(
+            x0.shape[0], mode=c.timestep_mode, mu=c.timestep_mu, sigma=c.timestep_sigma, device=dev, generator=gen
+        )
         noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev)
         x_t = recipe.noisy_input(x0, noise, t).to(p.compute_input_dtype)
         if c.gradient_checkpointing:
@@ -224,7 +264,9 @@ class Trainer:
                 context_latents=ctx.to(p.compute_input_dtype),
             )
             pred = out[0]
-            loss, _ = recipe.flow_matching_loss(pred, noise, x0, frame_mask, t=t, loss_weighting=c.loss_weighting, snr_gamma=c.snr_gamma)
+            loss, _ = recipe.flow_matching_loss(
+                pred, noise, x0, frame_mask, t=t, loss_weighting=c.loss_weighting, snr_gamma=c.snr_gamma
+            )
             p.fabric.backward(loss / window_size)
         return loss.detach()
 
@@ -297,7 +339,11 @@ class Trainer:
             "generator": p.generator.get_state(),
             "data": p.data_state_dict(),
             "tracker": p.tracker.state_dict(),
-            "best": {"best_loss": self.best_loss, "epoch_losses": list(self.epoch_losses), "epochs_since_best": self.epochs_since_best},
+            "best": {
+                "best_loss": self.best_loss,
+                "epoch_losses": list(self.epoch_losses),
+                "epochs_since_best": self.epochs_since_best,
+            },
             "config_meta": {k: getattr(self.config, k) for k in RESUME_MUST_MATCH},
         }
 
@@ -323,7 +369,9 @@ class Trainer:
             info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
             training_state=self._training_state() if resumable else None,
         )
-        self.bus.emit(protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=loss))
+        self.bus.emit(
+            protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=loss)
+        )
         if kind == "periodic" and self.config.keep_checkpoints:
             self._prune_checkpoints()
         self.set_phase(previous)
@@ -332,7 +380,11 @@ class Trainer:
     def _prune_checkpoints(self) -> None:
         import shutil
 
-        periodic = [(s, path) for s, path in layout.list_checkpoints(self.parts.run_dir) if (layout.read_checkpoint_meta(path) or {}).get("kind") == "periodic"]
+        periodic = [
+            (s, path)
+            for s, path in layout.list_checkpoints(self.parts.run_dir)
+            if (layout.read_checkpoint_meta(path) or {}).get("kind") == "periodic"
+        ]
         for _, path in periodic[: max(len(periodic) - self.config.keep_checkpoints, 0)]:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -340,7 +392,9 @@ class Trainer:
         p = self.parts
         assert p is not None
         if self.global_step == 0:
-            raise TrainingHalted("no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps")
+            raise TrainingHalted(
+                "no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps"
+            )
         adapter_path = ""
         if status == "completed":
             adapter_path = self.save_checkpoint("final")
@@ -370,11 +424,19 @@ class Trainer:
         state = ckpt.load_training_state(source)
         where = layout.trainer_state_path(source)
         if state["adapter_type"] != c.adapter_type:
-            raise ckpt.CheckpointError(f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type")
+            raise ckpt.CheckpointError(
+                f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type"
+            )
         if c.strict_resume:
-            changed = [f"{k} {state['config_meta'][k]!r} -> {getattr(c, k)!r}" for k in RESUME_MUST_MATCH if state["config_meta"].get(k) != getattr(c, k)]
+            changed = [
+                f"{k} {state['config_meta'][k]!r} -> {getattr(c, k)!r}"
+                for k in RESUME_MUST_MATCH
+                if state["config_meta"].get(k) != getattr(c, k)
+            ]
             if changed:
-                raise ckpt.CheckpointError(f"{where}: settings differ from the checkpoint ({'; '.join(changed)}); restore them or pass --no-strict-resume")
+                raise ckpt.CheckpointError(
+                    f"{where}: settings differ from the checkpoint ({'; '.join(changed)}); restore them or pass --no-strict-resume"
+                )
         try:
             matched = p.adapter.load_state_dict(state["adapter"])
             p.optimizer.load_state_dict(state["optimizer"])
@@ -395,7 +457,10 @@ class Trainer:
         self.epoch_losses = [float(x) for x in best["epoch_losses"]]
         self.epochs_since_best = int(best["epochs_since_best"])
         self._boundary_step = self.global_step
-        self.bus.log("info", f"resumed from {source}: step {self.global_step}, epoch {self.epoch_number()}, {matched} adapter tensors restored")
+        self.bus.log(
+            "info",
+            f"resumed from {source}: step {self.global_step}, epoch {self.epoch_number()}, {matched} adapter tensors restored",
+        )
 
     # ------------------------------------------------------------------ logging
     def _open_tensorboard(self) -> None:
@@ -427,7 +492,18 @@ class Trainer:
         self._recent_t = []
 
 
-RESUME_MUST_MATCH = ("adapter_type", "optimizer_type", "scheduler_type", "rank", "alpha", "lokr_linear_dim", "lokr_factor", "attention_type", "target_modules", "target_mlp")
+RESUME_MUST_MATCH = (
+    "adapter_type",
+    "optimizer_type",
+    "scheduler_type",
+    "rank",
+    "alpha",
+    "lokr_linear_dim",
+    "lokr_factor",
+    "attention_type",
+    "target_modules",
+    "target_mlp",
+)
 
 
 def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
@@ -464,4 +540,3 @@ def run_training(config_json: str, bus: EventBus, inbox: CommandInbox, *, run_id
         monitor.phase = lambda: trainer.phase
         monitor.last_step = lambda: trainer.global_step
     return trainer.fit()
-

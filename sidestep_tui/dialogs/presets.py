@@ -51,7 +51,9 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
         Binding("ctrl+l", "load", "Load", id="presets.load", tooltip="Load the highlighted preset (also Enter on the list)"),
         Binding("ctrl+s", "save", "Save", id="presets.save", tooltip="Save the current settings under the name given"),
         Binding("ctrl+o", "import_file", "Import", id="presets.import", tooltip="Import the preset file given"),
-        Binding("ctrl+t", "export_file", "Export", id="presets.export", tooltip="Export the highlighted preset to the file given"),
+        Binding(
+            "ctrl+t", "export_file", "Export", id="presets.export", tooltip="Export the highlighted preset to the file given"
+        ),
         Binding("escape", "close", "Close", id="presets.close"),
         Binding("ctrl+g", "close", "Close", id="presets.close-alt", show=False),
     ]
@@ -75,7 +77,13 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
             yield PathInput(placeholder="/path/to/preset.json or a folder", dirs_only=False, id="preset-file", compact=True)
             yield Static("", id="preset-message", markup=False)
             with Horizontal(id="preset-buttons"):
-                for label, bid in (("Load", "load"), ("Save", "save"), ("Import", "import_file"), ("Export", "export_file"), ("Close", "close")):
+                for label, bid in (
+                    ("Load", "load"),
+                    ("Save", "save"),
+                    ("Import", "import_file"),
+                    ("Export", "export_file"),
+                    ("Close", "close"),
+                ):
                     yield Button(label, id=bid, compact=True, variant="primary" if bid == "load" else "default")
         yield Footer()
 

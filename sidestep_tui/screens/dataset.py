@@ -57,9 +57,23 @@ class DatasetScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+s", "use", "Use dataset", id="dataset.use", tooltip="Use this tensor folder for the run"),
         Binding("ctrl+s", "preprocess", "Preprocess", id="dataset.preprocess", tooltip="Make tensors from the audio folder"),
-        Binding("ctrl+s", "use_tensors", "Use tensors", id="dataset.use-tensors", tooltip="Train on the tensors just made (opens Setup)"),
-        Binding("ctrl+x", "stop_preprocess", "Stop", id="dataset.stop", tooltip="Stop after the current file (starting again resumes)"),
-        Binding("ctrl+t", "toggle_source", "Tensors/Audio", id="dataset.source", tooltip="Switch between a tensor folder and an audio folder"),
+        Binding(
+            "ctrl+s",
+            "use_tensors",
+            "Use tensors",
+            id="dataset.use-tensors",
+            tooltip="Train on the tensors just made (opens Setup)",
+        ),
+        Binding(
+            "ctrl+x", "stop_preprocess", "Stop", id="dataset.stop", tooltip="Stop after the current file (starting again resumes)"
+        ),
+        Binding(
+            "ctrl+t",
+            "toggle_source",
+            "Tensors/Audio",
+            id="dataset.source",
+            tooltip="Switch between a tensor folder and an audio folder",
+        ),
         Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),
     ]
 

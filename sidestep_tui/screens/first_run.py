@@ -66,30 +66,28 @@ class FirstRunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         settings = self.app.settings
-        with VerticalScroll(id="first-run"):
-            with Vertical(id="first-run-box"):
-                yield Static("Welcome to Side-Step", id="first-run-title")
-                yield Static(
-                    "Two folders and you are set. Tab completes a path; the check under each field "
-                    "updates as you type.",
-                    id="first-run-intro",
-                )
-                yield PathField(
-                    "Checkpoint root (holds acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/)",
-                    settings.checkpoint_root,
-                    check=check_checkpoint_root,
-                    placeholder="/path/to/ACE-Step-1.5/checkpoints",
-                    id="checkpoint-root",
-                )
-                yield PathField(
-                    "Output root (each run gets its own folder here)",
-                    settings.output_root or DEFAULT_OUTPUT_ROOT,
-                    check=check_output_root,
-                    id="output-root",
-                )
-                yield Static("", id="first-run-message")
-                with Horizontal(id="first-run-buttons"):
-                    yield Button("Save and continue", id="save", variant="primary", compact=True)
+        with VerticalScroll(id="first-run"), Vertical(id="first-run-box"):
+            yield Static("Welcome to Side-Step", id="first-run-title")
+            yield Static(
+                "Two folders and you are set. Tab completes a path; the check under each field updates as you type.",
+                id="first-run-intro",
+            )
+            yield PathField(
+                "Checkpoint root (holds acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/)",
+                settings.checkpoint_root,
+                check=check_checkpoint_root,
+                placeholder="/path/to/ACE-Step-1.5/checkpoints",
+                id="checkpoint-root",
+            )
+            yield PathField(
+                "Output root (each run gets its own folder here)",
+                settings.output_root or DEFAULT_OUTPUT_ROOT,
+                check=check_output_root,
+                id="output-root",
+            )
+            yield Static("", id="first-run-message")
+            with Horizontal(id="first-run-buttons"):
+                yield Button("Save and continue", id="save", variant="primary", compact=True)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -22,13 +22,13 @@ from engine.protocol import PauseRun, ResumeRun, SaveCheckpoint, StopRun
 
 from .. import messages as m
 from ..appref import SidestepAppRef
+from ..formatting import number
 from ..state import RunState
 from ..widgets.checkpoint_list import CheckpointList
 from ..widgets.event_log import EventLog
 from ..widgets.gpu_panel import GpuPanel
 from ..widgets.loss_chart import SMOOTHING_WINDOWS, LossChart, chart_series
 from ..widgets.progress_panel import ProgressPanel
-from ..formatting import number
 from ..widgets.sparklines import sparkline
 from ..widgets.timestep_histogram import TimestepHistogram
 
@@ -169,7 +169,7 @@ class MonitorScreen(Screen[None]):
             if self.replay or not s.active:
                 return False
             command = {"stop": StopRun, "save": SaveCheckpoint, "pause": PauseRun, "resume": ResumeRun}[action]
-            if action == "pause" and s.paused or action == "resume" and not s.paused:
+            if (action == "pause" and s.paused) or (action == "resume" and not s.paused):
                 return False
             if command not in session.controls():
                 return False  # e.g. an attached run: only stop is possible, so only stop is shown

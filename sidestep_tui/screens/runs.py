@@ -8,8 +8,6 @@ newest checkpoint in a freshly spawned engine. Scanning and replay reading run i
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import dataclass
 
 from textual import on, work
@@ -27,8 +25,8 @@ from engine.tailer import read_run_events
 
 from .. import messages as m
 from ..appref import SidestepAppRef
-from ..state import RunState, apply_all
 from ..formatting import human_duration
+from ..state import RunState, apply_all
 
 COLUMNS = ("Run", "Status", "Adapter", "Model", "Steps", "Best", "Final", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
@@ -215,4 +213,6 @@ class RunsScreen(Screen[None]):
             if yes:
                 self.post_message(m.StartRequested(config_json))
 
-        self.app.push_screen(ConfirmDialog(f"Resume {r.name}?", f"From the newest checkpoint in {r.path}, in a new engine.", yes="Resume"), answer)
+        self.app.push_screen(
+            ConfirmDialog(f"Resume {r.name}?", f"From the newest checkpoint in {r.path}, in a new engine.", yes="Resume"), answer
+        )

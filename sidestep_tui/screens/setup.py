@@ -207,7 +207,9 @@ class SetupScreen(Screen[None]):
         elif self.samples is None:
             samples = "counting …"
         else:
-            samples = plural(self.samples, "sample") + (f" ({plural(self.dataset_problems, 'problem')})" if self.dataset_problems else "")
+            samples = plural(self.samples, "sample") + (
+                f" ({plural(self.dataset_problems, 'problem')})" if self.dataset_problems else ""
+            )
         total = number(p.total_steps) + (" (capped by max steps)" if p.capped_by_max_steps else "")
         return "\n".join(
             [

@@ -30,12 +30,11 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
 
 from engine import discovery, ptinspect
+from engine import prepconfig as pcfg
 from engine.config import ConfigError
 from engine.sidecars import BuildReport, scan_in_subprocess
-from engine import prepconfig as pcfg
 
 from ..appref import SidestepAppRef
-from ..forms import field_spec, to_raw
 from ..formatting import (
     NA,
     SIDECAR_LABELS,
@@ -45,6 +44,7 @@ from ..formatting import (
     plural,
     preprocess_progress_line,
 )
+from ..forms import field_spec, to_raw
 from ..session import LINK_LOST
 from ..state import PreprocessStatus, RunState
 from .config_field import FieldRow
@@ -233,7 +233,11 @@ class AudioPrep(Vertical):
         self._settings_changed()
 
     def _form_values(self) -> dict[str, Any]:
-        return {**{name: self.option_row(name).raw for name in OPTION_FIELDS}, "audio": self.audio_field.value, "out": self.output_field.value}
+        return {
+            **{name: self.option_row(name).raw for name in OPTION_FIELDS},
+            "audio": self.audio_field.value,
+            "out": self.output_field.value,
+        }
 
     def _settings_changed(self) -> None:
         """Once a setting differs from the finished (or failed) job's, its result no longer describes
@@ -311,7 +315,13 @@ class AudioPrep(Vertical):
         missing = set(report.missing_sidecars)
         for found in report.files:
             status = "! no sidecar: captioned from the file name" if found.relpath in missing else "ready"
-            self._add_row(found.relpath, audio_length(found.duration_s), SIDECAR_LABELS.get(found.sidecar, found.sidecar), status, found.caption)
+            self._add_row(
+                found.relpath,
+                audio_length(found.duration_s),
+                SIDECAR_LABELS.get(found.sidecar, found.sidecar),
+                status,
+                found.caption,
+            )
         for rel, reason in report.unreadable:
             self._add_row(rel, NA, "", f"✗ unreadable, left out: {reason}")
         for rel, kept in report.duplicates:
@@ -329,7 +339,10 @@ class AudioPrep(Vertical):
             self._status(NO_AUDIO if not self.audio_field.value else "scanning…")
             return
         if not report.files:
-            self._status(f"✗ no readable audio in {report.audio_dir}" + (f" ({len(report.unreadable)} unreadable)" if report.unreadable else ""))
+            self._status(
+                f"✗ no readable audio in {report.audio_dir}"
+                + (f" ({len(report.unreadable)} unreadable)" if report.unreadable else "")
+            )
             return
         self._status(f"{audio_scan_summary(report)}\nCtrl+S: preprocess into {self.output_field.value or '(choose a folder)'}")
 
@@ -482,4 +495,3 @@ class AudioPrep(Vertical):
         self._status(text)
         self._set_state(state)
         self.output_field.recheck()  # it holds tensors now
-

@@ -94,7 +94,9 @@ class ConfigForm(VerticalScroll):
         # and DOM queries over ~350 widgets per keystroke would be slow.
         for group, specs in grouped():
             rows = [FieldRow(s, self._initial.get(s.name, ""), self._placeholders.get(s.name, "")) for s in specs]
-            section = Vertical(Static(group, classes="section-title"), *rows, classes="form-section", id=f"section-{group.lower()}")
+            section = Vertical(
+                Static(group, classes="section-title"), *rows, classes="form-section", id=f"section-{group.lower()}"
+            )
             self._rows.update((row.spec.name, row) for row in rows)
             self._sections.append((section, rows))
             yield section
@@ -168,9 +170,7 @@ class ConfigForm(VerticalScroll):
         for section, rows in self._sections:
             any_shown = False
             for row in rows:
-                shown = field_visible(
-                    row.spec, depth=self.depth, adapter_type=adapter, has_error=row.spec.name in self._errors
-                )
+                shown = field_visible(row.spec, depth=self.depth, adapter_type=adapter, has_error=row.spec.name in self._errors)
                 row.display = shown
                 any_shown = any_shown or shown
             section.display = any_shown

@@ -36,8 +36,8 @@ def render_gpu(points: Sequence[ResourcePoint], width: int, *, compact: bool, de
             f"peak {fmt_mb(p.peak_allocated_mb)}",
             f"│ GPU {fmt_mb(p.gpu_used_mb)}/{fmt_mb(total)}",
             _pct(p.gpu_util_pct),
-            _unit(p.gpu_temp_c, '°C'),
-            _unit(p.gpu_power_w, 'W'),
+            _unit(p.gpu_temp_c, "°C"),
+            _unit(p.gpu_power_w, "W"),
         ]
         if p.gpu_total_mb is None and p.allocated_mb is None:
             parts = [f"device {device or 'cpu'}: GPU memory n/a (no CUDA / NVML)", f"engine RSS {fmt_mb(p.process_rss_mb)}"]

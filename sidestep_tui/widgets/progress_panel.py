@@ -7,8 +7,8 @@ from textual.widgets import Static
 
 from engine.summary import loss_text
 
-from ..state import RunState
 from ..formatting import NA, human_duration, number
+from ..state import RunState
 from .sparklines import bar
 
 # Every state has a word; colour only repeats it (readable with NO_COLOR and in 256 colours).
@@ -77,8 +77,10 @@ def render_progress(state: RunState, width: int) -> str:
     if state.preprocess is not None:
         p = state.preprocess
         frac = p.index / p.total if p.total else None
-        line2 = escape(f"{p.stage} {p.index}/{p.total} ") + f"[$primary]{bar(frac, max(4, width - 40))}[/]" + escape(
-            f"  ok {p.ok}  skipped {p.skipped}  failed {p.failed}"
+        line2 = (
+            escape(f"{p.stage} {p.index}/{p.total} ")
+            + f"[$primary]{bar(frac, max(4, width - 40))}[/]"
+            + escape(f"  ok {p.ok}  skipped {p.skipped}  failed {p.failed}")
         )
         line3 = escape(p.file[-width:] if p.file else p.last_message[:width])
     else:

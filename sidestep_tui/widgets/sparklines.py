@@ -29,7 +29,7 @@ def bucket(values: Sequence[float], width: int) -> list[float]:
     n = len(finite)
     for i in range(width):
         lo, hi = i * n // width, (i + 1) * n // width
-        chunk = finite[lo:max(hi, lo + 1)]
+        chunk = finite[lo : max(hi, lo + 1)]
         out.append(sum(chunk) / len(chunk))
     return out
 

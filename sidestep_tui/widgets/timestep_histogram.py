@@ -25,7 +25,7 @@ def _regroup(values: list[float], columns: int) -> list[float]:
         # Each column shows its bin's value (bins get columns // n or one more); heights are
         # normalised afterwards, so observed and expected stay comparable.
         return [values[i * n // columns] for i in range(columns)]
-    return [sum(values[i * n // columns:(i + 1) * n // columns]) for i in range(columns)]
+    return [sum(values[i * n // columns : (i + 1) * n // columns]) for i in range(columns)]
 
 
 def _markup_runs(cells: list[tuple[str, str]]) -> str:
@@ -47,7 +47,15 @@ def tv_distance(observed: list[float], expected: list[float]) -> float:
     return 0.5 * sum(abs(o - e) for o, e in zip(observed, expected, strict=False))  # an event may carry fewer expected bins
 
 
-def render_histogram(hist: Histogram | None, width: int, height: int, *, cumulative: bool = False, mu: float | None = None, sigma: float | None = None) -> str:
+def render_histogram(
+    hist: Histogram | None,
+    width: int,
+    height: int,
+    *,
+    cumulative: bool = False,
+    mu: float | None = None,
+    sigma: float | None = None,
+) -> str:
     """Textual markup, ``height`` lines: bars, an axis line and a legend line."""
     width = max(10, width)
     if hist is None or not hist.bin_edges:

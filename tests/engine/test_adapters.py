@@ -77,7 +77,9 @@ TARGET_CASES = [
 @pytest.mark.parametrize("case", TARGET_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_targets_are_honoured(demo_paths, kind, case):
     adapter = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type=kind, **case))
-    want = expected_names(case["attention_type"], case["target_mlp"], case.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj")))
+    want = expected_names(
+        case["attention_type"], case["target_mlp"], case.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj"))
+    )
     names = adapted_names(adapter)
     if kind == "lokr":
         want = {n.replace(".", "_") for n in want}
@@ -92,7 +94,12 @@ def test_counts_match_the_documented_table(demo_paths):
     for attention_type, mlp in (("self", False), ("cross", False), ("both", False), ("both", True)):
         adapter = attach_adapter(fresh_decoder(demo_paths), make_config(attention_type=attention_type, target_mlp=mlp))
         counts[(attention_type, mlp)] = adapter.adapted_modules
-    assert counts == {("self", False): 4 * LAYERS, ("cross", False): 4 * LAYERS, ("both", False): 8 * LAYERS, ("both", True): 11 * LAYERS}
+    assert counts == {
+        ("self", False): 4 * LAYERS,
+        ("cross", False): 4 * LAYERS,
+        ("both", False): 8 * LAYERS,
+        ("both", True): 11 * LAYERS,
+    }
 
 
 def test_per_attention_lists(demo_paths):
@@ -113,7 +120,11 @@ def test_adapter_weights_are_fp32_on_a_bf16_base(demo_paths, kind):
     adapter = attach_adapter(decoder, make_config(adapter_type=kind, use_dora=kind == "lora"))
     params = adapter.parameters()
     assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params)
-    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for n, p in decoder.named_parameters() if "lora" not in n and "lycoris" not in n)
+    assert all(
+        p.dtype == torch.bfloat16 and not p.requires_grad
+        for n, p in decoder.named_parameters()
+        if "lora" not in n and "lycoris" not in n
+    )
     assert adapter.trainable_params == sum(p.numel() for p in params)
     adapter.module.train()
     randomise(adapter)
@@ -124,17 +135,34 @@ def test_adapter_weights_are_fp32_on_a_bf16_base(demo_paths, kind):
 
 
 def test_lora_fields_reach_peft(demo_paths):
-    adapter = attach_adapter(fresh_decoder(demo_paths), make_config(rank=4, alpha=7, dropout=0.25, bias="lora_only", use_dora=True))
+    adapter = attach_adapter(
+        fresh_decoder(demo_paths), make_config(rank=4, alpha=7, dropout=0.25, bias="lora_only", use_dora=True)
+    )
     peft_config = adapter.module.peft_config["default"]
-    assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout, peft_config.bias, peft_config.use_dora) == (4, 7, 0.25, "lora_only", True)
+    assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout, peft_config.bias, peft_config.use_dora) == (
+        4,
+        7,
+        0.25,
+        "lora_only",
+        True,
+    )
     assert str(peft_config.task_type).endswith("FEATURE_EXTRACTION")
     names = adapter.state_dict().keys()
     assert any("lora_magnitude_vector" in k for k in names)
 
 
 def test_lokr_fields_reach_lycoris(demo_paths, tmp_path):
-    config = make_config(adapter_type="lokr", lokr_linear_dim=2, lokr_linear_alpha=1, lokr_factor=8, lokr_decompose_both=True,
-                         lokr_weight_decompose=True, lokr_use_scalar=True, lokr_rs_lora=True, target_mlp=False)
+    config = make_config(
+        adapter_type="lokr",
+        lokr_linear_dim=2,
+        lokr_linear_alpha=1,
+        lokr_factor=8,
+        lokr_decompose_both=True,
+        lokr_weight_decompose=True,
+        lokr_use_scalar=True,
+        lokr_rs_lora=True,
+        target_mlp=False,
+    )
     adapter = attach_adapter(fresh_decoder(demo_paths), config)
     lora = adapter.net.loras[0]
     assert lora.lora_dim == 2 and lora.wd and lora.rs_lora
@@ -158,7 +186,10 @@ def test_lokr_fields_reach_lycoris(demo_paths, tmp_path):
 
     full = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type="lokr", lokr_full_matrix=True, target_mlp=False))
     assert all(k.endswith((".lokr_w1", ".lokr_w2", ".alpha")) for k in full.state_dict())
-    unbalanced = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type="lokr", lokr_factor=4, lokr_unbalanced_factorization=True, target_mlp=False))
+    unbalanced = attach_adapter(
+        fresh_decoder(demo_paths),
+        make_config(adapter_type="lokr", lokr_factor=4, lokr_unbalanced_factorization=True, target_mlp=False),
+    )
     assert tuple(unbalanced.net.loras[0].lokr_w1.shape) == (32, 4), "unbalanced puts the larger factor first"
 
 
@@ -190,7 +221,10 @@ def test_state_dict_round_trip_and_mismatch(demo_paths, kind):
     dropped["bogus.weight"] = torch.zeros(1)
     with pytest.raises(AdapterMismatchError, match=r"1 missing: .*1 unexpected: bogus\.weight"):
         other.load_state_dict(dropped)
-    smaller = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type=kind, rank=4, lokr_linear_dim=4, lokr_factor=4, lokr_decompose_both=True))
+    smaller = attach_adapter(
+        fresh_decoder(demo_paths),
+        make_config(adapter_type=kind, rank=4, lokr_linear_dim=4, lokr_factor=4, lokr_decompose_both=True),
+    )
     with pytest.raises(AdapterMismatchError):
         smaller.load_state_dict(state)
 
@@ -284,7 +318,10 @@ def test_bad_adapter_files_fail_in_one_line(demo_paths, tmp_path, kind, file):
     with pytest.raises(AdapterLoadError, match="is missing"):
         adapter.load(tmp_path / "empty")
 
-    other = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type=kind, rank=8, lokr_linear_dim=2, lokr_factor=4, lokr_decompose_both=True))
+    other = attach_adapter(
+        fresh_decoder(demo_paths),
+        make_config(adapter_type=kind, rank=8, lokr_linear_dim=2, lokr_factor=4, lokr_decompose_both=True),
+    )
     with pytest.raises(AdapterMismatchError) as exc:
         other.load(tmp_path / "ok")
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)

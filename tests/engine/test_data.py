@@ -123,8 +123,14 @@ def test_truncated_file(tmp_path):
         (lambda s: s.update(target_latents=torch.zeros(1, 30, C)), "target_latents has shape [1, 30, 64], expected [T, 64]"),
         (lambda s: s.update(context_latents=torch.zeros(30, 65)), "context_latents has shape [30, 65], expected [T, 128]"),
         (lambda s: s.update(encoder_hidden_states=torch.zeros(0, H)), "encoder_hidden_states is empty"),
-        (lambda s: s.update(context_latents=torch.zeros(29, CC)), "T differs: target_latents 30, attention_mask 30, context_latents 29"),
-        (lambda s: s.update(encoder_attention_mask=torch.ones(9, dtype=torch.bool)), "L differs: encoder_hidden_states 5, encoder_attention_mask 9"),
+        (
+            lambda s: s.update(context_latents=torch.zeros(29, CC)),
+            "T differs: target_latents 30, attention_mask 30, context_latents 29",
+        ),
+        (
+            lambda s: s.update(encoder_attention_mask=torch.ones(9, dtype=torch.bool)),
+            "L differs: encoder_hidden_states 5, encoder_attention_mask 9",
+        ),
         (lambda s: s.pop("encoder_hidden_states"), "missing key(s): encoder_hidden_states"),
         (lambda s: s.update(attention_mask=[1, 1, 1]), "attention_mask is not a tensor (list)"),
         (lambda s: s.update(target_latents=torch.zeros(30, C, dtype=torch.long)), "expected a floating type"),

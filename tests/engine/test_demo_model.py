@@ -64,34 +64,53 @@ def test_decoder_names_and_counts_match_ace_step(decoder, tiny_config):
     kv_out = tiny_config.num_key_value_heads * tiny_config.head_dim
     inter, hd = tiny_config.intermediate_size, tiny_config.head_dim
     expected = {
-        "proj_in.1.weight": (H, 192, 2), "proj_in.1.bias": (H,),
-        "condition_embedder.weight": (H, H), "condition_embedder.bias": (H,),
-        "norm_out.weight": (H,), "scale_shift_table": (1, 2, H),
-        "proj_out.1.weight": (H, 64, 2), "proj_out.1.bias": (64,),
+        "proj_in.1.weight": (H, 192, 2),
+        "proj_in.1.bias": (H,),
+        "condition_embedder.weight": (H, H),
+        "condition_embedder.bias": (H,),
+        "norm_out.weight": (H,),
+        "scale_shift_table": (1, 2, H),
+        "proj_out.1.weight": (H, 64, 2),
+        "proj_out.1.bias": (64,),
     }
     for te in ("time_embed", "time_embed_r"):
         expected |= {
-            f"{te}.linear_1.weight": (H, 256), f"{te}.linear_1.bias": (H,),
-            f"{te}.linear_2.weight": (H, H), f"{te}.linear_2.bias": (H,),
-            f"{te}.time_proj.weight": (6 * H, H), f"{te}.time_proj.bias": (6 * H,),
+            f"{te}.linear_1.weight": (H, 256),
+            f"{te}.linear_1.bias": (H,),
+            f"{te}.linear_2.weight": (H, H),
+            f"{te}.linear_2.bias": (H,),
+            f"{te}.time_proj.weight": (6 * H, H),
+            f"{te}.time_proj.bias": (6 * H,),
         }
     for i in range(n):
         p = f"layers.{i}"
-        expected |= {f"{p}.scale_shift_table": (1, 6, H), f"{p}.self_attn_norm.weight": (H,),
-                     f"{p}.cross_attn_norm.weight": (H,), f"{p}.mlp_norm.weight": (H,),
-                     f"{p}.mlp.gate_proj.weight": (inter, H), f"{p}.mlp.up_proj.weight": (inter, H),
-                     f"{p}.mlp.down_proj.weight": (H, inter)}
+        expected |= {
+            f"{p}.scale_shift_table": (1, 6, H),
+            f"{p}.self_attn_norm.weight": (H,),
+            f"{p}.cross_attn_norm.weight": (H,),
+            f"{p}.mlp_norm.weight": (H,),
+            f"{p}.mlp.gate_proj.weight": (inter, H),
+            f"{p}.mlp.up_proj.weight": (inter, H),
+            f"{p}.mlp.down_proj.weight": (H, inter),
+        }
         for a in ("self_attn", "cross_attn"):
-            expected |= {f"{p}.{a}.q_proj.weight": (q_out, H), f"{p}.{a}.k_proj.weight": (kv_out, H),
-                         f"{p}.{a}.v_proj.weight": (kv_out, H), f"{p}.{a}.o_proj.weight": (H, q_out),
-                         f"{p}.{a}.q_norm.weight": (hd,), f"{p}.{a}.k_norm.weight": (hd,)}
+            expected |= {
+                f"{p}.{a}.q_proj.weight": (q_out, H),
+                f"{p}.{a}.k_proj.weight": (kv_out, H),
+                f"{p}.{a}.v_proj.weight": (kv_out, H),
+                f"{p}.{a}.o_proj.weight": (H, q_out),
+                f"{p}.{a}.q_norm.weight": (hd,),
+                f"{p}.{a}.k_norm.weight": (hd,),
+            }
     state = decoder.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     assert "rotary_emb.inv_freq" not in state and "rotary_emb.inv_freq" in dict(decoder.named_buffers())
 
     linear = [name for name, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
+
     def count(pattern: str) -> int:
         return sum(1 for name in linear if re.fullmatch(pattern, name))
+
     assert count(r"layers\.\d+\.self_attn\.[qkvo]_proj") == 4 * n
     assert count(r"layers\.\d+\.cross_attn\.[qkvo]_proj") == 4 * n
     assert count(r"layers\.\d+\.mlp\.(gate|up|down)_proj") == 3 * n
@@ -260,11 +279,26 @@ def test_setup_demo_is_idempotent_and_repairs(tmp_path):
 def test_dataset_files_have_the_exact_training_format(demo_paths):
     manifest = json.loads(Path(demo_paths["dataset_dir"], "manifest.json").read_text())
     assert manifest["num_samples"] == len(manifest["samples"]) == 16
-    assert set(manifest["metadata"]) >= {"name", "custom_tag", "tag_position", "created_at", "num_samples", "all_instrumental", "genre_ratio"}
+    assert set(manifest["metadata"]) >= {
+        "name",
+        "custom_tag",
+        "tag_position",
+        "created_at",
+        "num_samples",
+        "all_instrumental",
+        "genre_ratio",
+    }
     frames_seen = set()
     for name, info in zip(manifest["samples"], manifest["sample_info"], strict=True):
         sample = torch.load(os.path.join(demo_paths["dataset_dir"], name), weights_only=True)
-        assert set(sample) == {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
+        assert set(sample) == {
+            "target_latents",
+            "attention_mask",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "context_latents",
+            "metadata",
+        }
         T = sample["target_latents"].shape[0]
         L = sample["encoder_hidden_states"].shape[0]
         assert sample["target_latents"].shape == (T, 64) and sample["target_latents"].dtype == torch.bfloat16
@@ -277,8 +311,21 @@ def test_dataset_files_have_the_exact_training_format(demo_paths):
         assert sample["encoder_attention_mask"][:valid].all(), "packed: valid tokens first"
         meta = sample["metadata"]
         assert T == meta["duration"] * 25 == info["frames"] and info["shapes"]["target_latents"] == [T, 64]
-        assert {"audio_path", "filename", "caption", "lyrics", "duration", "bpm", "keyscale", "timesignature",
-                "genre", "is_instrumental", "custom_tag", "prompt_override", "repeat"} <= set(meta)
+        assert {
+            "audio_path",
+            "filename",
+            "caption",
+            "lyrics",
+            "duration",
+            "bpm",
+            "keyscale",
+            "timesignature",
+            "genre",
+            "is_instrumental",
+            "custom_tag",
+            "prompt_override",
+            "repeat",
+        } <= set(meta)
         frames_seen.add(T)
     assert len(frames_seen) >= 3, "lengths must vary to exercise bucketing"
 
@@ -301,5 +348,11 @@ def test_setup_demo_from_two_writers_at_once(tmp_path, demo_paths):
     for t in threads:
         t.join()
     assert not errors and results[0] == results[1]
-    assert sorted(os.listdir(results[0]["dataset_dir"])) == ["demo_000.pt", "demo_001.pt", "demo_002.pt", "demo_003.pt", "manifest.json"]
+    assert sorted(os.listdir(results[0]["dataset_dir"])) == [
+        "demo_000.pt",
+        "demo_001.pt",
+        "demo_002.pt",
+        "demo_003.pt",
+        "manifest.json",
+    ]
     assert sorted(os.listdir(results[0]["checkpoint_dir"])) == ["sidestep-demo-base", "silence_latent.pt"]

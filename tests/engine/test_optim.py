@@ -89,7 +89,10 @@ def test_prodigy_default_lr_is_one_and_user_lr_is_kept():
     assert effective_lr(user) == pytest.approx(user.param_groups[0]["d"] * 0.5)
 
 
-@pytest.mark.parametrize("kind,module_name", [("prodigy", "prodigyopt"), ("adamw8bit", "bitsandbytes.optim"), ("adafactor", "transformers.optimization")])
+@pytest.mark.parametrize(
+    "kind,module_name",
+    [("prodigy", "prodigyopt"), ("adamw8bit", "bitsandbytes.optim"), ("adafactor", "transformers.optimization")],
+)
 def test_missing_package_is_an_error_not_a_fallback(monkeypatch, kind, module_name):
     monkeypatch.setitem(sys.modules, module_name, None)  # makes the import raise ImportError
     with pytest.raises(OptimizerUnavailable) as info:
@@ -143,7 +146,9 @@ def test_main_schedules_end_where_they_should():
     assert linear[total] == pytest.approx(lr * 0.01)
     constant = _lrs(TrainConfig(scheduler_type="constant", learning_rate=lr, warmup_steps=30), total)
     assert constant[30:] == pytest.approx([lr] * (total - 29))
-    restarts = _lrs(TrainConfig(scheduler_type="cosine_restarts", learning_rate=lr, warmup_steps=30, cosine_restarts_count=3), total)
+    restarts = _lrs(
+        TrainConfig(scheduler_type="cosine_restarts", learning_rate=lr, warmup_steps=30, cosine_restarts_count=3), total
+    )
     period = (total - 30) // 3
     assert restarts[30] == pytest.approx(lr) and restarts[30 + period] == pytest.approx(lr)
     assert restarts[30 + period - 1] < 0.05 * lr

@@ -25,7 +25,14 @@ from engine.audio.preprocess.pipeline import run_preprocess
 from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 from engine.models.demo.build import DEMO_FOLDER, demo_config, write_demo_checkpoint
 
-FINAL_KEYS = {"target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents", "metadata"}
+FINAL_KEYS = {
+    "target_latents",
+    "attention_mask",
+    "encoder_hidden_states",
+    "encoder_attention_mask",
+    "context_latents",
+    "metadata",
+}
 METADATA_KEYS = {
     "audio_path", "filename", "caption", "lyrics", "duration", "bpm", "keyscale", "timesignature",
     "genre", "is_instrumental", "custom_tag", "prompt_override", "repeat",
@@ -116,7 +123,11 @@ def test_index_files_and_events(processed):
     assert all(isinstance(e, protocol.PreprocessProgress) for e in events)
     stages = [e.stage for e in events]
     assert stages[0] == "scan" and stages[-1] == "done"
-    assert stages.count("pass1") == 6 and stages.count("pass2") == 6 and stages.index("pass2") > max(i for i, s in enumerate(stages) if s == "pass1")
+    assert (
+        stages.count("pass1") == 6
+        and stages.count("pass2") == 6
+        and stages.index("pass2") > max(i for i, s in enumerate(stages) if s == "pass1")
+    )
     pass1 = [e for e in events if e.stage == "pass1"]
     assert [e.index for e in pass1] == [1, 2, 3, 4, 5, 6] and all(e.total == 6 and e.status == "ok" for e in pass1)
     assert sum(e.audio_seconds for e in pass1) == pytest.approx(sum(SECONDS * 2), abs=0.01)
@@ -126,10 +137,10 @@ def test_index_files_and_events(processed):
 
 
 def test_produced_folder_trains(processed, checkpoint, tmp_path):
-    from engine.config import parse
-    from engine.data.dataset import TensorDataset
     from engine.channel.control import CommandInbox
     from engine.channel.events import CallbackSink, EventBus
+    from engine.config import parse
+    from engine.data.dataset import TensorDataset
     from engine.train.trainer import Trainer
 
     assert len(TensorDataset(processed["out"])) == 6
@@ -273,7 +284,9 @@ def test_missing_components_fail_with_one_line(tmp_path, capsys):
     write_demo_checkpoint(tmp_path / "ck")  # a DiT but no vae/ or text encoder
     parser = argparse.ArgumentParser()
     add_preprocess_arguments(parser)
-    args = parser.parse_args(["-c", str(tmp_path / "ck"), "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(tmp_path / "o"), "--device", "cpu"])
+    args = parser.parse_args(
+        ["-c", str(tmp_path / "ck"), "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(tmp_path / "o"), "--device", "cpu"]
+    )
     assert run_preprocess_command(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "VAE" in err and "vae" in err

@@ -146,8 +146,12 @@ def test_jobs_from_dataset_json_with_tags_and_genre(tmp_path):
         {"filename": "missing.wav"},
         {"audio_path": "d.wav"},
     ]
-    (songs / "dataset.json").write_text(json.dumps({"metadata": {"custom_tag": "dstag", "tag_position": "append"}, "samples": samples}))
-    config = pcfg.parse({"checkpoint_dir": "/ck", "dataset_json": str(songs / "dataset.json"), "output_dir": "/o", "genre_ratio": 100})
+    (songs / "dataset.json").write_text(
+        json.dumps({"metadata": {"custom_tag": "dstag", "tag_position": "append"}, "samples": samples})
+    )
+    config = pcfg.parse(
+        {"checkpoint_dir": "/ck", "dataset_json": str(songs / "dataset.json"), "output_dir": "/o", "genre_ratio": 100}
+    )
     jobs = collect_jobs(config)
     assert [j.stem for j in jobs.jobs] == ["a", "sub__b", "c", "d"]
     assert jobs.failed == [("missing.wav", jobs.failed[0][1])] and "not found" in jobs.failed[0][1]
@@ -155,7 +159,15 @@ def test_jobs_from_dataset_json_with_tags_and_genre(tmp_path):
     captions = [job_prompt(j, jobs, 1).split("# Caption\n")[1].split("\n")[0] for j in jobs.jobs]
     # genre_ratio 100 picks genre where there is one; "caption" override wins; dataset tag appended
     assert captions == ["rock, own", "jazz, dstag", "gamma, dstag", "d, dstag"]
-    config = pcfg.parse({"checkpoint_dir": "/ck", "dataset_json": str(songs / "dataset.json"), "output_dir": "/o", "tag": "cli", "tag_position": "replace"})
+    config = pcfg.parse(
+        {
+            "checkpoint_dir": "/ck",
+            "dataset_json": str(songs / "dataset.json"),
+            "output_dir": "/o",
+            "tag": "cli",
+            "tag_position": "replace",
+        }
+    )
     jobs = collect_jobs(config)
     assert [job_prompt(j, jobs, 1).split("# Caption\n")[1].split("\n")[0] for j in jobs.jobs] == ["own", "cli", "cli", "cli"]
 
@@ -170,7 +182,9 @@ def test_train_preprocess_flags_take_model_and_device_from_training():
     parser = argparse.ArgumentParser()
     parser.add_argument("-o")  # training's own short flags stay untouched
     add_train_preprocess_arguments(parser)
-    train = tcfg.parse({"checkpoint_dir": "/ck", "model_variant": "turbo", "dataset_dir": "/tensors", "output_dir": "/run", "device": "cpu"})
+    train = tcfg.parse(
+        {"checkpoint_dir": "/ck", "model_variant": "turbo", "dataset_dir": "/tensors", "output_dir": "/run", "device": "cpu"}
+    )
     assert preprocess_config_from_train(parser.parse_args([]), train) is None
     ns = parser.parse_args(["--preprocess", "--audio-dir", "/songs", "--normalize", "peak", "--target-db", "-2"])
     pre = preprocess_config_from_train(ns, train)

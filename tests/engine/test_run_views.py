@@ -35,7 +35,9 @@ def train(values: dict, *, stop_at: int | None = None) -> object:
             inbox.state.stop_requested = True  # applied at the step boundary right after this step
 
     bus = EventBus([CallbackSink(collect)])
-    return Trainer(cfgmod.parse(values), bus, inbox, run_id=f"test-{os.path.basename(values['output_dir'])}", metrics_hz=math.inf).fit()
+    return Trainer(
+        cfgmod.parse(values), bus, inbox, run_id=f"test-{os.path.basename(values['output_dir'])}", metrics_hz=math.inf
+    ).fit()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,12 @@ def test_every_view_shows_the_same_figures(runs_root: Path, name: str, capsys: p
         text = monitor_text(state)
         assert f" {status.upper()} " in text and f"step {steps} " in text, text
         assert f"final loss {final}" in text and f"best {best}" in text, text
-        assert (state.summary.status, state.step, loss_text(state.final_loss), loss_text(state.best_loss)) == (status, step, final, best)
+        assert (state.summary.status, state.step, loss_text(state.final_loss), loss_text(state.best_loss)) == (
+            status,
+            step,
+            final,
+            best,
+        )
 
     # `sidestep attach --plain`: its last word is the whole run's, not the first segment's
     code, out = plain_attach(run_dir, capsys)
@@ -148,7 +155,9 @@ def test_epochs_are_counted_from_one(runs_root: Path, capsys: pytest.CaptureFixt
     steps = [(e.step, e.epoch) for e in events if isinstance(e, protocol.StepMetrics)]
     assert steps == [(s, (s - 1) // SAMPLES + 1) for s in range(1, SAMPLES * EPOCHS + 1)]
     # every epoch completes, the last one too (it ends on the run's last step)
-    assert [(e.epoch, e.step) for e in events if isinstance(e, protocol.EpochCompleted)] == [(n, n * SAMPLES) for n in range(1, EPOCHS + 1)]
+    assert [(e.epoch, e.step) for e in events if isinstance(e, protocol.EpochCompleted)] == [
+        (n, n * SAMPLES) for n in range(1, EPOCHS + 1)
+    ]
     saves = {e.kind: e for e in events if isinstance(e, protocol.CheckpointSaved)}
     assert saves["final"].epoch == EPOCHS
     # epoch_N folders are named after the epoch that ended; the last epoch ends the run (final/, no epoch_3)

@@ -116,7 +116,9 @@ def test_stop_checkpoint_is_inference_ready(demo_config_values, demo_paths):
 
     from engine.models.loader import load_decoder
 
-    loaded = load_decoder(os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"]), device=torch.device("cpu"), dtype=torch.float32)
+    loaded = load_decoder(
+        os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"]), device=torch.device("cpu"), dtype=torch.float32
+    )
     model = PeftModel.from_pretrained(loaded.decoder, path)
     lora_params = [n for n, _ in model.named_parameters() if "lora_" in n]
     assert lora_params, "the stop checkpoint must hold a loadable LoRA"
@@ -222,7 +224,9 @@ def test_skipped_steps_and_the_saving_phase_reach_the_events(demo_config_values,
     assert apply_all(RunState(), events).skipped_steps == 2
 
     saves = [i for i, e in enumerate(events) if isinstance(e, protocol.CheckpointSaved)]
-    assert [(events[i].kind, events[i].step) for i in saves] == [("periodic", 2), ("periodic", 4), ("final", 4)], "a skipped window saves nothing again"
+    assert [(events[i].kind, events[i].step) for i in saves] == [("periodic", 2), ("periodic", 4), ("final", 4)], (
+        "a skipped window saves nothing again"
+    )
     phases = [(i, e) for i, e in enumerate(events) if isinstance(e, protocol.PhaseChanged)]
     assert sum(e.phase == "saving" for _, e in phases) == len(saves)
     for i in saves:

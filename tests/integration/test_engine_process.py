@@ -38,7 +38,9 @@ class Engine:
                 event = self.evt_q.get(timeout=0.5)
             except queue.Empty:
                 if not self.proc.is_alive():
-                    raise AssertionError(f"engine exited with {self.proc.exitcode}; saw {[type(e).__name__ for e in self.seen]}") from None
+                    raise AssertionError(
+                        f"engine exited with {self.proc.exitcode}; saw {[type(e).__name__ for e in self.seen]}"
+                    ) from None
                 continue
             self.seen.append(event)
             if predicate(event):
@@ -155,7 +157,9 @@ def test_run_outlives_its_parent(demo_config_values, tmp_path):
     import json
 
     values = dict(demo_config_values, max_steps=40)
-    proc = subprocess.run([sys.executable, "-c", PARENT, json.dumps(values), str(tmp_path / "e.log")], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", PARENT, json.dumps(values), str(tmp_path / "e.log")], capture_output=True, text=True, timeout=180
+    )
     engine_pid = int(proc.stdout.strip().splitlines()[-1])
     events_path = os.path.join(values["output_dir"], "events.jsonl")
     deadline = time.monotonic() + 180

@@ -117,7 +117,9 @@ def test_dataset_with_a_corrupt_file(snap_compare, snap_env: Path, size: tuple[i
         pilot.app.screen.query_one("#dataset-path Input", Input).value = "data"
         await _settle(pilot)
 
-    assert snap_compare(_app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before)
+    assert snap_compare(
+        _app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before
+    )
 
 
 @pytest.mark.integration  # the audio folder is scanned by the dataset builder in a child interpreter
@@ -134,7 +136,9 @@ def test_dataset_audio_folder(snap_compare, snap_env: Path, size: tuple[int, int
         pilot.app.screen.query_one("#audio-path Input", Input).value = "songs"
         await _settle(pilot)
 
-    assert snap_compare(_app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before)
+    assert snap_compare(
+        _app("dataset", draft={"checkpoint_dir": "ckpt", "model_variant": "base"}), terminal_size=size, run_before=run_before
+    )
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

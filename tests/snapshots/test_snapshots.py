@@ -68,7 +68,9 @@ def test_monitor_paused(snap_compare, tmp_path) -> None:
 def test_failed_run_dialog(snap_compare, tmp_path) -> None:
     fake = FakeEngineClient(scripted_run(steps=12, finish="failed", gpu=True))
     app = build(tmp_path, fake)
-    assert snap_compare(app, terminal_size=(80, 24), run_before=after_drain(fake, lambda a: type(a.screen).__name__ == "ErrorDialog"))
+    assert snap_compare(
+        app, terminal_size=(80, 24), run_before=after_drain(fake, lambda a: type(a.screen).__name__ == "ErrorDialog")
+    )
 
 
 def test_engine_died_banner(snap_compare, tmp_path) -> None:
@@ -100,11 +102,11 @@ def shown_runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     scan = runs_screen.scan_runs
 
     def shown(path: str | None) -> str | None:
-        return SHOWN_ROOT + path[len(str(tmp_path)):] if path and Path(path).is_relative_to(tmp_path) else path
+        return SHOWN_ROOT + path[len(str(tmp_path)) :] if path and Path(path).is_relative_to(tmp_path) else path
 
     def scan_shown(root: str) -> list[Any]:
         assert root.startswith(SHOWN_ROOT), root
-        found = scan(str(tmp_path) + root[len(SHOWN_ROOT):])
+        found = scan(str(tmp_path) + root[len(SHOWN_ROOT) :])
         return [dataclasses.replace(r, path=shown(r.path), adapter_path=shown(r.adapter_path)) for r in found]
 
     monkeypatch.setattr(runs_screen, "scan_runs", scan_shown)

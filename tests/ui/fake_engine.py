@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from engine import protocol as p
 from sidestep_tui.engine_client import ALL_CONTROLS, EngineDeadError, exit_reason
@@ -128,13 +129,36 @@ def scripted_run(
         return {"run_id": run_id, "seq": n, "ts": t0 + n * 0.25, **kw}
 
     ev: list[Any] = [
-        p.EngineReady(**env(run_id=""), pid=4242, protocol_version=p.PROTOCOL_VERSION, torch_version="2.13.0+cpu", python_version="3.11.7", cuda_available=gpu),
+        p.EngineReady(
+            **env(run_id=""),
+            pid=4242,
+            protocol_version=p.PROTOCOL_VERSION,
+            torch_version="2.13.0+cpu",
+            python_version="3.11.7",
+            cuda_available=gpu,
+        ),
         p.PhaseChanged(**env(), phase="loading_model", detail="acestep-demo"),
         p.RunStarted(
-            **env(), run_dir=run_dir, config_json="{}", adapter_type="lora", model_dir="/ckpt/acestep-demo", model_variant="acestep-demo",
-            device="cuda:0" if gpu else "cpu", precision="bf16" if gpu else "fp32", attention_backend="sdpa", adapted_modules=48,
-            trainable_params=1_234_567, total_params=98_765_432, num_samples=16, steps_per_epoch=4, total_steps=total_steps,
-            start_step=0, start_epoch=1, timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
+            **env(),
+            run_dir=run_dir,
+            config_json="{}",
+            adapter_type="lora",
+            model_dir="/ckpt/acestep-demo",
+            model_variant="acestep-demo",
+            device="cuda:0" if gpu else "cpu",
+            precision="bf16" if gpu else "fp32",
+            attention_backend="sdpa",
+            adapted_modules=48,
+            trainable_params=1_234_567,
+            total_params=98_765_432,
+            num_samples=16,
+            steps_per_epoch=4,
+            total_steps=total_steps,
+            start_step=0,
+            start_epoch=1,
+            timestep_mu=-0.4,
+            timestep_sigma=1.0,
+            timestep_mode="continuous",
         ),
         p.PhaseChanged(**env(), phase="training"),
         p.LogRecord(**env(), level="info", message="training started: 16 samples, 4 steps per epoch"),
@@ -156,34 +180,104 @@ def scripted_run(
     cumulative = [0] * 20
     for step in range(1, steps + 1):
         loss = 1.0 / (1 + 0.05 * step) + 0.05 * math.sin(step)
-        ev.append(p.StepMetrics(**env(), step=step, epoch=(step - 1) // 4 + 1, total_steps=total_steps, loss=loss, loss_min=loss - 0.02,
-                                loss_max=loss + 0.02, steps_covered=1, lr=3e-4 * min(1.0, step / 10), grad_norm=0.5 + 0.1 * math.cos(step),
-                                samples_per_s=12.5, eta_s=(total_steps - step) * 0.08))
+        ev.append(
+            p.StepMetrics(
+                **env(),
+                step=step,
+                epoch=(step - 1) // 4 + 1,
+                total_steps=total_steps,
+                loss=loss,
+                loss_min=loss - 0.02,
+                loss_max=loss + 0.02,
+                steps_covered=1,
+                lr=3e-4 * min(1.0, step / 10),
+                grad_norm=0.5 + 0.1 * math.cos(step),
+                samples_per_s=12.5,
+                eta_s=(total_steps - step) * 0.08,
+            )
+        )
         if step % 4 == 0:
             ev.append(p.EpochCompleted(**env(), epoch=step // 4, step=step, mean_loss=loss, duration_s=0.32))
         if step % 8 == 0:
-            ev.append(p.ResourceSample(**env(), device="cuda:0" if gpu else "cpu",
-                                       **(dict(allocated_mb=2000.0 + step, reserved_mb=3000.0, peak_allocated_mb=2500.0 + step, gpu_used_mb=5000.0 + step * 3,
-                                               gpu_total_mb=24576.0, gpu_util_pct=87.0, gpu_temp_c=66.0, gpu_power_w=250.0) if gpu else {}),
-                                       process_rss_mb=900.0 + step))
+            ev.append(
+                p.ResourceSample(
+                    **env(),
+                    device="cuda:0" if gpu else "cpu",
+                    **(
+                        dict(
+                            allocated_mb=2000.0 + step,
+                            reserved_mb=3000.0,
+                            peak_allocated_mb=2500.0 + step,
+                            gpu_used_mb=5000.0 + step * 3,
+                            gpu_total_mb=24576.0,
+                            gpu_util_pct=87.0,
+                            gpu_temp_c=66.0,
+                            gpu_power_w=250.0,
+                        )
+                        if gpu
+                        else {}
+                    ),
+                    process_rss_mb=900.0 + step,
+                )
+            )
             ev.append(p.Heartbeat(**env(), phase="training", last_step=step))
         if step % 10 == 0:
             recent = tuple(int(round(m * 40 + ((i * step) % 3) - 1)) for i, m in enumerate(expected))
             recent = tuple(max(0, r) for r in recent)
             cumulative = [c + r for c, r in zip(cumulative, recent)]
-            ev.append(p.TimestepHistogram(**env(), step=step, bin_edges=edges, recent=recent, cumulative=tuple(cumulative), expected=expected))
+            ev.append(
+                p.TimestepHistogram(
+                    **env(), step=step, bin_edges=edges, recent=recent, cumulative=tuple(cumulative), expected=expected
+                )
+            )
         if checkpoint_every and step % checkpoint_every == 0:
             ev.append(p.PhaseChanged(**env(), phase="saving"))
-            ev.append(p.CheckpointSaved(**env(), step=step, epoch=(step - 1) // 4 + 1, path=f"{run_dir}/checkpoints/epoch_{step // 4}", kind="periodic", loss=loss))
+            ev.append(
+                p.CheckpointSaved(
+                    **env(),
+                    step=step,
+                    epoch=(step - 1) // 4 + 1,
+                    path=f"{run_dir}/checkpoints/epoch_{step // 4}",
+                    kind="periodic",
+                    loss=loss,
+                )
+            )
             ev.append(p.PhaseChanged(**env(), phase="training"))
     if finish in ("stopped", "completed"):
-        ev.append(p.CheckpointSaved(**env(), step=steps, epoch=(steps - 1) // 4 + 1, path=f"{run_dir}/final", kind="stop" if finish == "stopped" else "final", loss=0.3))
-        ev.append(p.RunFinished(**env(), status=finish, steps=steps, epochs=steps // 4, final_loss=0.3, best_loss=0.28,
-                                adapter_path=f"{run_dir}/final", wall_s=12.0))
+        ev.append(
+            p.CheckpointSaved(
+                **env(),
+                step=steps,
+                epoch=(steps - 1) // 4 + 1,
+                path=f"{run_dir}/final",
+                kind="stop" if finish == "stopped" else "final",
+                loss=0.3,
+            )
+        )
+        ev.append(
+            p.RunFinished(
+                **env(),
+                status=finish,
+                steps=steps,
+                epochs=steps // 4,
+                final_loss=0.3,
+                best_loss=0.28,
+                adapter_path=f"{run_dir}/final",
+                wall_s=12.0,
+            )
+        )
     elif finish == "failed":
-        ev.append(p.RunFailed(**env(), error_type="OutOfMemoryError", message="CUDA out of memory. Tried to allocate 2.00 GiB",
-                              traceback="Traceback (most recent call last):\n  File \"trainer.py\", line 1, in fit\ntorch.OutOfMemoryError: CUDA out of memory",
-                              hint="Lower batch size or enable gradient checkpointing.", oom=True, step=steps))
+        ev.append(
+            p.RunFailed(
+                **env(),
+                error_type="OutOfMemoryError",
+                message="CUDA out of memory. Tried to allocate 2.00 GiB",
+                traceback='Traceback (most recent call last):\n  File "trainer.py", line 1, in fit\ntorch.OutOfMemoryError: CUDA out of memory',
+                hint="Lower batch size or enable gradient checkpointing.",
+                oom=True,
+                step=steps,
+            )
+        )
     return ev
 
 
@@ -204,8 +298,18 @@ def stub_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
     if boot.get("silent"):
         time.sleep(60)
         return
-    evt_q.put(p.EngineReady(run_id="", seq=0, ts=time.time(), pid=os.getpid(), protocol_version=boot.get("protocol_version", p.PROTOCOL_VERSION),
-                            torch_version="stub", python_version="3", cuda_available=False))
+    evt_q.put(
+        p.EngineReady(
+            run_id="",
+            seq=0,
+            ts=time.time(),
+            pid=os.getpid(),
+            protocol_version=boot.get("protocol_version", p.PROTOCOL_VERSION),
+            torch_version="stub",
+            python_version="3",
+            cuda_available=False,
+        )
+    )
     seq = 1
     while True:
         try:

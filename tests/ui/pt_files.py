@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_STORAGES = {"bfloat16": ("BFloat16Storage", 2), "float16": ("HalfStorage", 2), "float32": ("FloatStorage", 4),
-             "int64": ("LongStorage", 8), "bool": ("BoolStorage", 1)}
+_STORAGES = {
+    "bfloat16": ("BFloat16Storage", 2),
+    "float16": ("HalfStorage", 2),
+    "float32": ("FloatStorage", 4),
+    "int64": ("LongStorage", 8),
+    "bool": ("BoolStorage", 1),
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler: its ``save`` can be
         numel = math.prod(obj.shape)
         key = str(len(self.storages))
         self.storages.append((key, bytes(numel * itemsize)))
-        stride = tuple(math.prod(obj.shape[i + 1:]) for i in range(len(obj.shape)))
+        stride = tuple(math.prod(obj.shape[i + 1 :]) for i in range(len(obj.shape)))
         self.write(_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK)
         self.write(pickle.MARK)  # the persistent id: ("storage", torch.<Storage>, key, "cpu", numel)
         super().save("storage")

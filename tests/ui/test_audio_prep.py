@@ -16,8 +16,8 @@ from fake_engine import FakeEngineClient
 from textual.widgets import DataTable, Input
 from ui_helpers import screen_text, wait_until, write_song_folder
 
-from engine import protocol as p
 from engine import prepconfig as pcfg
+from engine import protocol as p
 from sidestep_tui.engine_client import EngineHandshakeError
 from sidestep_tui.widgets.audio_prep import DONE, FAILED, IDLE, RUNNING, STOPPED, AudioPrep, check_tensor_dir, default_tensor_dir
 
@@ -54,7 +54,17 @@ def _events(run_id: str, out: str, stage: str) -> list[Any]:
         return {"run_id": run_id, "seq": seq, "ts": 1000.0 + seq}
 
     def progress(file: str, status: str, message: str, index: int, elapsed: float, audio: float = 0.0) -> Any:
-        return p.PreprocessProgress(**env(), stage=stage, index=index, total=3, file=file, status=status, message=message, audio_seconds=audio, elapsed_s=elapsed)
+        return p.PreprocessProgress(
+            **env(),
+            stage=stage,
+            index=index,
+            total=3,
+            file=file,
+            status=status,
+            message=message,
+            audio_seconds=audio,
+            elapsed_s=elapsed,
+        )
 
     if stage == "scan":
         return [
@@ -76,7 +86,16 @@ def _events(run_id: str, out: str, stage: str) -> list[Any]:
         ]
     return [
         progress("", "ok", f"done: 2 written, 0 already done, 2 failed of 3 in 4.3 s -> {out}", 3, 4.3, 2.5),
-        p.RunFinished(**env(), status="completed", steps=2, epochs=0, final_loss=float("nan"), best_loss=float("nan"), adapter_path=out, wall_s=4.3),
+        p.RunFinished(
+            **env(),
+            status="completed",
+            steps=2,
+            epochs=0,
+            final_loss=float("nan"),
+            best_loss=float("nan"),
+            adapter_path=out,
+            wall_s=4.3,
+        ),
     ]
 
 
@@ -133,7 +152,9 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
 
 
 @scans
-async def test_bad_input_is_refused_with_one_line_and_nothing_starts(build_app, ckpt_root: Path, songs: Path, tmp_path: Path) -> None:
+async def test_bad_input_is_refused_with_one_line_and_nothing_starts(
+    build_app, ckpt_root: Path, songs: Path, tmp_path: Path
+) -> None:
     app = _app(build_app, ckpt_root, draft={})
     async with app.run_test(size=(120, 40)) as pilot:
         prep = await _open_audio_tab(pilot, songs)
@@ -234,8 +255,20 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
             jobs.append(cmd.run_id)
             return _events(cmd.run_id, str(songs) + "_tensors", "scan")
         if isinstance(cmd, p.StopRun):
-            return [p.RunFinished(run_id=jobs[-1], seq=50, ts=1050.0, status="stopped", steps=0, epochs=0, final_loss=float("nan"),
-                                  best_loss=float("nan"), adapter_path=str(songs) + "_tensors", wall_s=1.0)]
+            return [
+                p.RunFinished(
+                    run_id=jobs[-1],
+                    seq=50,
+                    ts=1050.0,
+                    status="stopped",
+                    steps=0,
+                    epochs=0,
+                    final_loss=float("nan"),
+                    best_loss=float("nan"),
+                    adapter_path=str(songs) + "_tensors",
+                    wall_s=1.0,
+                )
+            ]
         return []
 
     fake = FakeEngineClient(on_send=on_send)
@@ -261,7 +294,9 @@ async def test_stop_keeps_the_form_and_a_new_start_resumes(build_app, ckpt_root:
 
 @scans
 @pytest.mark.parametrize("how", ["no handshake", "died"])
-async def test_an_engine_that_never_takes_the_job_fails_it_with_the_reason(build_app, ckpt_root: Path, songs: Path, how: str) -> None:
+async def test_an_engine_that_never_takes_the_job_fails_it_with_the_reason(
+    build_app, ckpt_root: Path, songs: Path, how: str
+) -> None:
     """The pane decides from the session's typed link (start_failed / died), not from banner text."""
 
     class NoHandshake(FakeEngineClient):
@@ -277,8 +312,11 @@ async def test_an_engine_that_never_takes_the_job_fails_it_with_the_reason(build
             await wait_until(pilot, lambda: bool(fake.sent), 5, "the job to be sent")
             fake.die(-9)
         await wait_until(pilot, lambda: prep.state == FAILED, 5, "the job to fail")
-        reason = ("Engine did not start: the engine did not start within 120 s (log: x.log)" if how == "no handshake"
-                  else "Engine died: killed (likely the OOM killer)")
+        reason = (
+            "Engine did not start: the engine did not start within 120 s (log: x.log)"
+            if how == "no handshake"
+            else "Engine died: killed (likely the OOM killer)"
+        )
         assert prep.result_line == f"✗ preprocessing did not start: {reason}"
         assert app.session.link == ("start_failed" if how == "no handshake" else "died")
         assert "Preprocess" in _footer_keys(app) and not any(w.disabled for w in prep.query(Input))

@@ -44,7 +44,9 @@ def test_headless_commands_go_to_the_engine_cli_parsed_once(calls, argv, expecte
     assert {key: getattr(ns, key) for key in expected} == expected and calls["tui"] == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["attach", "--help"], ["demo", "--help"], ["preprocess", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["train", "--help"], ["attach", "--help"], ["demo", "--help"], ["preprocess", "--help"]]
+)
 def test_help_is_answered_by_the_one_parser(calls, argv, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         entry.main(argv)

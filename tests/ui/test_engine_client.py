@@ -126,8 +126,16 @@ def test_detach_leaves_the_engine_running(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("code", "reason"),
-    [(None, "still running"), (0, "exited normally"), (-9, "killed (likely the OOM killer)"), (137, "killed (likely the OOM killer)"),
-     (-15, "killed by SIGTERM"), (1, "crashed (exit code 1; see sidestep.log)"), (143, "exited after SIGTERM"), (3, "exited with code 3")],
+    [
+        (None, "still running"),
+        (0, "exited normally"),
+        (-9, "killed (likely the OOM killer)"),
+        (137, "killed (likely the OOM killer)"),
+        (-15, "killed by SIGTERM"),
+        (1, "crashed (exit code 1; see sidestep.log)"),
+        (143, "exited after SIGTERM"),
+        (3, "exited with code 3"),
+    ],
 )
 def test_exit_reasons(code, reason) -> None:
     assert exit_reason(code) == reason

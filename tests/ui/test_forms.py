@@ -97,12 +97,25 @@ def _no_engine(_log_path: str) -> Any:
     raise AssertionError("this test starts no engine (pass client_factory)")
 
 
-def app_for(env: Path, mode: str, *, settings: Settings | None = None, draft: dict[str, Any] | None = None, client_factory: Any = _no_engine):
+def app_for(
+    env: Path,
+    mode: str,
+    *,
+    settings: Settings | None = None,
+    draft: dict[str, Any] | None = None,
+    client_factory: Any = _no_engine,
+):
     """The app as the CLI builds it, except the engine: a Start reaches ``client_factory`` (by default an
     error), never a real engine process."""
     settings = settings if settings is not None else Settings(checkpoint_root=str(env / "ckpt"), output_root=str(env / "runs"))
-    return make_app(settings=settings, settings_path=str(env / "config" / "settings.json"), initial_mode=mode, draft=draft,
-                    client_factory=client_factory, log_dir=str(env / "logs"))
+    return make_app(
+        settings=settings,
+        settings_path=str(env / "config" / "settings.json"),
+        initial_mode=mode,
+        draft=draft,
+        client_factory=client_factory,
+        log_dir=str(env / "logs"),
+    )
 
 
 class Recorder:
@@ -151,8 +164,18 @@ async def set_text(pilot, widget: Input, text: str) -> None:
 
 
 _KEY_NAMES = {
-    ".": "full_stop", "-": "minus", "/": "slash", "_": "underscore", " ": "space", "~": "tilde", "+": "plus",
-    ",": "comma", ":": "colon", "=": "equals_sign", "!": "exclamation_mark", "?": "question_mark",
+    ".": "full_stop",
+    "-": "minus",
+    "/": "slash",
+    "_": "underscore",
+    " ": "space",
+    "~": "tilde",
+    "+": "plus",
+    ",": "comma",
+    ":": "colon",
+    "=": "equals_sign",
+    "!": "exclamation_mark",
+    "?": "question_mark",
 }
 
 
@@ -544,7 +567,10 @@ async def test_first_run_to_start_through_every_form_screen(env: Path, demo: dic
         assert len(fake.sent) == 1 and isinstance(fake.sent[0], StartRun)
         config = cfg.from_json(fake.sent[0].config_json)
         assert (config.checkpoint_dir, config.model_variant, config.dataset_dir) == (
-            demo["checkpoint_dir"], "sidestep-demo-base", demo["dataset_dir"])
+            demo["checkpoint_dir"],
+            "sidestep-demo-base",
+            demo["dataset_dir"],
+        )
         assert config.rank == 4 and config.max_steps == 2 and config.base_model == "base"
         assert app.current_mode == "monitor"
 
@@ -555,8 +581,12 @@ async def test_first_run_to_start_through_every_form_screen(env: Path, demo: dic
 PRINTABLE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/ "
 
 
-@pytest.mark.parametrize("mode,selector", [("models", "#models-filter"), ("dataset", "#dataset-path Input"), ("setup", "#field-run_name")])
-async def test_inputs_never_lose_keystrokes_to_bindings(ckpt: Path, env: Path, demo_dataset: Path, mode: str, selector: str) -> None:
+@pytest.mark.parametrize(
+    "mode,selector", [("models", "#models-filter"), ("dataset", "#dataset-path Input"), ("setup", "#field-run_name")]
+)
+async def test_inputs_never_lose_keystrokes_to_bindings(
+    ckpt: Path, env: Path, demo_dataset: Path, mode: str, selector: str
+) -> None:
     app = app_for(env, mode, draft=setup_draft(env, demo_dataset))
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
@@ -587,7 +617,13 @@ async def test_screen_actions_are_in_the_command_palette(ckpt: Path, env: Path, 
         provider = ScreenActions(app.screen)
         titles = [str(hit.text) async for hit in provider.discover()]
         assert titles == [
-            "Setup: Start", "Setup: Basic/Advanced", "Setup: Presets", "Setup: Review", "Setup: Next problem", "Setup: Copy command"]
+            "Setup: Start",
+            "Setup: Basic/Advanced",
+            "Setup: Presets",
+            "Setup: Review",
+            "Setup: Next problem",
+            "Setup: Copy command",
+        ]
         hits = [hit async for hit in provider.search("basic")]
         assert len(hits) == 1
         await hits[0].command()

@@ -21,7 +21,15 @@ from sidestep_tui.widgets.path_input import check_directory, complete_path
 
 @pytest.mark.parametrize(
     "value,text",
-    [(None, "n/a"), (-1, "n/a"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (4566 * 2**20, "4.5 GB"), (250 * 2**30, "250 GB")],
+    [
+        (None, "n/a"),
+        (-1, "n/a"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KB"),
+        (4566 * 2**20, "4.5 GB"),
+        (250 * 2**30, "250 GB"),
+    ],
 )
 def test_human_size(value, text) -> None:
     assert fmt.human_size(value) == text
@@ -29,7 +37,16 @@ def test_human_size(value, text) -> None:
 
 @pytest.mark.parametrize(
     "seconds,text",
-    [(None, "n/a"), (float("nan"), "n/a"), (-3, "n/a"), (0, "0 s"), (42.4, "42 s"), (245, "4 m 05 s"), (7980, "2 h 13 m"), (3 * 86400 + 4 * 3600, "3 d 04 h")],
+    [
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+        (-3, "n/a"),
+        (0, "0 s"),
+        (42.4, "42 s"),
+        (245, "4 m 05 s"),
+        (7980, "2 h 13 m"),
+        (3 * 86400 + 4 * 3600, "3 d 04 h"),
+    ],
 )
 def test_human_duration(seconds, text) -> None:
     assert fmt.human_duration(seconds) == text
@@ -59,9 +76,21 @@ def test_variant_badge(args, kwargs, text) -> None:
 
 
 def _model(**changes) -> ModelInfo:
-    base = dict(name="acestep-v15-turbo", path="/c/acestep-v15-turbo", official=True, variant="turbo", xl=False,
-                alias="turbo", size_bytes=4 * 2**30, weights_bytes=4 * 2**30, num_hidden_layers=24, hidden_size=2048,
-                timestep_mu=-0.4, timestep_sigma=1.0, is_turbo=True)
+    base = dict(
+        name="acestep-v15-turbo",
+        path="/c/acestep-v15-turbo",
+        official=True,
+        variant="turbo",
+        xl=False,
+        alias="turbo",
+        size_bytes=4 * 2**30,
+        weights_bytes=4 * 2**30,
+        num_hidden_layers=24,
+        hidden_size=2048,
+        timestep_mu=-0.4,
+        timestep_sigma=1.0,
+        is_turbo=True,
+    )
     return ModelInfo(**{**base, **changes})
 
 
@@ -83,7 +112,17 @@ def test_gpu_lines_never_invent_a_gpu() -> None:
 
 
 def test_dataset_summary_and_problems() -> None:
-    report = DatasetReport("d", 15, 75.0, 8.0, tuple(f"s{i}.pt" for i in range(16)), (("s3.pt", "not a torch.save zip archive"),), "acestep-v15-turbo", 2048, True)
+    report = DatasetReport(
+        "d",
+        15,
+        75.0,
+        8.0,
+        tuple(f"s{i}.pt" for i in range(16)),
+        (("s3.pt", "not a torch.save zip archive"),),
+        "acestep-v15-turbo",
+        2048,
+        True,
+    )
     summary = fmt.dataset_summary(report, "base", 2048)
     assert "15 usable of 16 files (1 with problems)" in summary
     assert "1 m 15 s" in summary and "8 s" in summary
@@ -124,7 +163,9 @@ def test_visibility_rules() -> None:
 
 def test_raw_values_round_trip_through_the_parser() -> None:
     raw = forms.merge_raw(forms.default_raw(), {"checkpoint_dir": "/c", "dataset_dir": "/d", "output_dir": "/o"})
-    assert raw["rank"] == "64" and raw["learning_rate"] == "" and raw["target_modules"] == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert (
+        raw["rank"] == "64" and raw["learning_rate"] == "" and raw["target_modules"] == ("q_proj", "k_proj", "v_proj", "o_proj")
+    )
     config, errors = forms.parse_raw(raw)
     assert errors == {} and config == cfg.parse({"checkpoint_dir": "/c", "dataset_dir": "/d", "output_dir": "/o"})
     values = forms.config_values(config)
@@ -162,9 +203,17 @@ def test_placeholders_follow_the_variant_and_model_config() -> None:
         (16, dict(batch_size=2, gradient_accumulation=3, dataset_repeats=1, epochs=5, max_steps=0), (6, 8, 3, 15, False)),
         (16, dict(batch_size=1, gradient_accumulation=4, dataset_repeats=2, epochs=10, max_steps=20), (4, 32, 8, 20, True)),
         (10, dict(batch_size=4, gradient_accumulation=1, dataset_repeats=1, epochs=3, max_steps=0), (4, 3, 3, 9, False)),
-        (None, dict(batch_size=1, gradient_accumulation=4, dataset_repeats=1, epochs=3, max_steps=0), (4, None, None, None, False)),
+        (
+            None,
+            dict(batch_size=1, gradient_accumulation=4, dataset_repeats=1, epochs=3, max_steps=0),
+            (4, None, None, None, False),
+        ),
         (None, dict(batch_size=1, gradient_accumulation=4, dataset_repeats=1, epochs=3, max_steps=50), (4, None, None, 50, True)),
-        (16, dict(batch_size="x", gradient_accumulation=4, dataset_repeats=1, epochs=3, max_steps=0), (None, None, None, None, False)),
+        (
+            16,
+            dict(batch_size="x", gradient_accumulation=4, dataset_repeats=1, epochs=3, max_steps=0),
+            (None, None, None, None, False),
+        ),
     ],
 )
 def test_steps_preview(samples, values, expected) -> None:

@@ -176,10 +176,30 @@ async def test_quit_during_a_run_can_leave_it_running(build_app) -> None:
 
 
 async def test_quit_during_a_run_can_stop_and_save_first(build_app) -> None:
-    fake = FakeEngineClient(scripted_run(steps=3, finish=None), on_send=lambda cmd: (
-        [p.CheckpointSaved(run_id="run-1", seq=800, ts=0.0, step=3, epoch=0, path="/runs/demo/checkpoints/step_3", kind="stop"),
-         p.RunFinished(run_id="run-1", seq=801, ts=0.0, status="stopped", steps=3, epochs=1, final_loss=1.0, best_loss=1.0,
-                       adapter_path="/runs/demo/checkpoints/step_3", wall_s=1.0)] if isinstance(cmd, p.StopRun) else []))
+    fake = FakeEngineClient(
+        scripted_run(steps=3, finish=None),
+        on_send=lambda cmd: (
+            [
+                p.CheckpointSaved(
+                    run_id="run-1", seq=800, ts=0.0, step=3, epoch=0, path="/runs/demo/checkpoints/step_3", kind="stop"
+                ),
+                p.RunFinished(
+                    run_id="run-1",
+                    seq=801,
+                    ts=0.0,
+                    status="stopped",
+                    steps=3,
+                    epochs=1,
+                    final_loss=1.0,
+                    best_loss=1.0,
+                    adapter_path="/runs/demo/checkpoints/step_3",
+                    wall_s=1.0,
+                ),
+            ]
+            if isinstance(cmd, p.StopRun)
+            else []
+        ),
+    )
     app = build_app(fake)
     async with app.run_test() as pilot:
         await drain(pilot, fake)

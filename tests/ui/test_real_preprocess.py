@@ -83,5 +83,7 @@ async def test_audio_folder_to_setup_against_the_real_engine(checkpoint: dict[st
         await wait_until(pilot, lambda: app.screen.form.values.get("dataset_dir") == str(out), 30, "the form to show the folder")
         screen: Any = app.screen
         assert screen.form.errors == {}  # the form takes the new folder as it is
-        await wait_until(pilot, lambda: app.session.client is not None and not app.session.client.is_alive, 60, "the engine to exit")
+        await wait_until(
+            pilot, lambda: app.session.client is not None and not app.session.client.is_alive, 60, "the engine to exit"
+        )
         assert app.session.client.exit_code == 0 and not app.engine_banner

@@ -8,8 +8,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from fake_engine import FakeEngineClient, scripted_run
@@ -76,7 +76,9 @@ async def test_resume_a_stopped_run_starts_it_from_auto(build_app, ui_settings) 
     run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
     started: list[m.StartRequested] = []
     app = build_app(None, initial_mode="runs")
-    async with app.run_test(size=(160, 40), message_hook=lambda msg: started.append(msg) if isinstance(msg, m.StartRequested) else None) as pilot:
+    async with app.run_test(
+        size=(160, 40), message_hook=lambda msg: started.append(msg) if isinstance(msg, m.StartRequested) else None
+    ) as pilot:
         app.session.client_factory = lambda _log: __import__("fake_engine").FakeEngineClient()
         await wait_until(pilot, lambda: bool(app.screen.runs))
         await pilot.press("r")
@@ -120,7 +122,9 @@ async def test_attach_from_runs_then_stop_sends_sigterm_to_the_engine(build_app,
         await wait_until(pilot, lambda: bool(getattr(app.screen, "runs", None)), what="the Runs list")
         assert app.screen.runs[0].status == "running"
         await pilot.press("a")
-        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.run_state.step == 10, what="the attached monitor")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, MonitorScreen) and app.run_state.step == 10, what="the attached monitor"
+        )
         assert isinstance(app.session.client, AttachClient) and app.session.client.run_dir == str(run_dir)
         await pilot.press("s")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="the stop confirmation")

@@ -131,9 +131,21 @@ def test_an_idle_fresh_engine_is_reused_and_a_used_one_replaced(tmp_path: Path) 
     assert session.start_preprocess('{"p": 1}', run_id="pre-1")
     assert [type(c) for c in first.sent] == [p.StartPreprocess] and first.sent[0].run_id == "pre-1"
     assert session.client is first and host.pumped == [first]  # reused, nothing spawned
-    first.push(p.PhaseChanged(run_id="pre-1", seq=1, ts=1.0, phase="preprocessing", detail="/out"),
-               p.RunFinished(run_id="pre-1", seq=2, ts=2.0, status="completed", steps=3, epochs=0, final_loss=0.0,
-                             best_loss=0.0, adapter_path="/out", wall_s=1.0))
+    first.push(
+        p.PhaseChanged(run_id="pre-1", seq=1, ts=1.0, phase="preprocessing", detail="/out"),
+        p.RunFinished(
+            run_id="pre-1",
+            seq=2,
+            ts=2.0,
+            status="completed",
+            steps=3,
+            epochs=0,
+            final_loss=0.0,
+            best_loss=0.0,
+            adapter_path="/out",
+            wall_s=1.0,
+        ),
+    )
     deliver(session, first)
     assert first.shutdown_called  # one engine per job: a finished job frees its engine
     assert session.start_run("{}") and session.client is fresh and isinstance(fresh.sent[0], p.StartRun)
@@ -146,7 +158,10 @@ def test_a_second_start_while_a_run_is_active_is_refused(tmp_path: Path) -> None
     deliver(session, engine)
     assert session.state.active
     assert not session.start_run("{}") and not session.start_preprocess("{}")
-    assert engine.sent == [] and host.notes[-1] == ("error", "A run is in progress: stop it (or quit and leave it running) first.")
+    assert engine.sent == [] and host.notes[-1] == (
+        "error",
+        "A run is in progress: stop it (or quit and leave it running) first.",
+    )
 
 
 def test_controls_are_sent_and_a_dead_engine_is_a_notification(tmp_path: Path) -> None:
@@ -215,7 +230,10 @@ def test_an_engine_that_does_not_start_is_a_lost_link(tmp_path: Path) -> None:
 
     session, host = make_session(tmp_path, [NoHandshake()])
     assert session.start_preprocess("{}", run_id="pre-1")
-    assert session.link == "start_failed" and session.banner == "Engine did not start: the engine did not start within 120 s (log: x.log)"
+    assert (
+        session.link == "start_failed"
+        and session.banner == "Engine did not start: the engine did not start within 120 s (log: x.log)"
+    )
     assert host.notes[-1] == ("error", "the engine did not start within 120 s (log: x.log)")
 
 
@@ -305,9 +323,23 @@ def test_quit_during_a_run_asks_and_leave_detaches(tmp_path: Path) -> None:
 
 
 def test_quit_stop_saves_then_leaves_once_the_run_ended(tmp_path: Path) -> None:
-    finish = [p.RunFinished(run_id="run-1", seq=800, ts=0.0, status="stopped", steps=3, epochs=1, final_loss=1.0, best_loss=1.0,
-                            adapter_path="/runs/demo/checkpoints/step_3", wall_s=1.0)]
-    engine = FakeEngineClient(scripted_run(steps=3, finish=None), on_send=lambda cmd: finish if isinstance(cmd, p.StopRun) else [])
+    finish = [
+        p.RunFinished(
+            run_id="run-1",
+            seq=800,
+            ts=0.0,
+            status="stopped",
+            steps=3,
+            epochs=1,
+            final_loss=1.0,
+            best_loss=1.0,
+            adapter_path="/runs/demo/checkpoints/step_3",
+            wall_s=1.0,
+        )
+    ]
+    engine = FakeEngineClient(
+        scripted_run(steps=3, finish=None), on_send=lambda cmd: finish if isinstance(cmd, p.StopRun) else []
+    )
     session, host = make_session(tmp_path)
     session.follow(engine)
     deliver(session, engine)

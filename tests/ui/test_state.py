@@ -5,15 +5,29 @@ from __future__ import annotations
 import math
 
 import pytest
+from fake_engine import scripted_run
 
 from engine import protocol as p
-from fake_engine import scripted_run
 from sidestep_tui.state import MAX_LOG_LINES, MAX_METRIC_POINTS, MAX_RESOURCE_POINTS, RunState, apply, apply_all, compact, smooth
 
 
 def _step(step: int, loss: float = 1.0, *, seq: int = 0, covered: int = 1) -> p.StepMetrics:
-    return p.StepMetrics(run_id="r", seq=seq, ts=float(seq), step=step, epoch=1, total_steps=100, loss=loss, loss_min=loss - 0.1,
-                         loss_max=loss + 0.1, steps_covered=covered, lr=1e-4, grad_norm=0.5, samples_per_s=3.0, eta_s=10.0)
+    return p.StepMetrics(
+        run_id="r",
+        seq=seq,
+        ts=float(seq),
+        step=step,
+        epoch=1,
+        total_steps=100,
+        loss=loss,
+        loss_min=loss - 0.1,
+        loss_max=loss + 0.1,
+        steps_covered=covered,
+        lr=1e-4,
+        grad_norm=0.5,
+        samples_per_s=3.0,
+        eta_s=10.0,
+    )
 
 
 def test_start_steps_checkpoint_finish() -> None:
@@ -120,13 +134,41 @@ def test_every_event_type_is_handled() -> None:
     samples = {
         p.EngineReady: dict(pid=1, protocol_version=1, torch_version="t", python_version="3", cuda_available=False),
         p.Heartbeat: dict(phase="idle", last_step=0),
-        p.RunStarted: dict(run_dir="/r", config_json="{}", adapter_type="lora", model_dir="/m", model_variant="v", device="cpu",
-                           precision="fp32", attention_backend="sdpa", adapted_modules=1, trainable_params=1, total_params=2,
-                           num_samples=1, steps_per_epoch=1, total_steps=1, start_step=0, start_epoch=0, timestep_mu=0.0,
-                           timestep_sigma=1.0, timestep_mode="continuous"),
+        p.RunStarted: dict(
+            run_dir="/r",
+            config_json="{}",
+            adapter_type="lora",
+            model_dir="/m",
+            model_variant="v",
+            device="cpu",
+            precision="fp32",
+            attention_backend="sdpa",
+            adapted_modules=1,
+            trainable_params=1,
+            total_params=2,
+            num_samples=1,
+            steps_per_epoch=1,
+            total_steps=1,
+            start_step=0,
+            start_epoch=0,
+            timestep_mu=0.0,
+            timestep_sigma=1.0,
+            timestep_mode="continuous",
+        ),
         p.PhaseChanged: dict(phase="training"),
-        p.StepMetrics: dict(step=1, epoch=0, total_steps=1, loss=1.0, loss_min=1.0, loss_max=1.0, steps_covered=1, lr=0.1,
-                            grad_norm=1.0, samples_per_s=1.0, eta_s=0.0),
+        p.StepMetrics: dict(
+            step=1,
+            epoch=0,
+            total_steps=1,
+            loss=1.0,
+            loss_min=1.0,
+            loss_max=1.0,
+            steps_covered=1,
+            lr=0.1,
+            grad_norm=1.0,
+            samples_per_s=1.0,
+            eta_s=0.0,
+        ),
         p.EpochCompleted: dict(epoch=0, step=1, mean_loss=1.0, duration_s=1.0),
         p.ResourceSample: dict(device="cpu"),
         p.TimestepHistogram: dict(step=1, bin_edges=(0.0, 1.0), recent=(1,), cumulative=(1,), expected=(1.0,)),
@@ -149,15 +191,33 @@ def test_every_event_type_is_handled() -> None:
 def test_preprocess_progress_counts() -> None:
     s = RunState()
     for i, status in enumerate(("ok", "ok", "skipped", "failed")):
-        s = apply(s, p.PreprocessProgress(run_id="pre", seq=i, ts=0.0, stage="pass1", index=i + 1, total=4, file=f"{i}.wav", status=status))
+        s = apply(
+            s,
+            p.PreprocessProgress(
+                run_id="pre", seq=i, ts=0.0, stage="pass1", index=i + 1, total=4, file=f"{i}.wav", status=status
+            ),
+        )
     assert s.preprocess is not None and (s.preprocess.ok, s.preprocess.skipped, s.preprocess.failed) == (2, 1, 1)
     assert s.phase == "preprocessing"
 
 
 def test_preprocess_files_speed_and_eta() -> None:
-    def ev(seq: int, stage: str, index: int, file: str, status: str, elapsed: float, audio: float = 0.0, message: str = "") -> p.PreprocessProgress:
-        return p.PreprocessProgress(run_id="pre", seq=seq, ts=0.0, stage=stage, index=index, total=4, file=file, status=status,
-                                    message=message, audio_seconds=audio, elapsed_s=elapsed)
+    def ev(
+        seq: int, stage: str, index: int, file: str, status: str, elapsed: float, audio: float = 0.0, message: str = ""
+    ) -> p.PreprocessProgress:
+        return p.PreprocessProgress(
+            run_id="pre",
+            seq=seq,
+            ts=0.0,
+            stage=stage,
+            index=index,
+            total=4,
+            file=file,
+            status=status,
+            message=message,
+            audio_seconds=audio,
+            elapsed_s=elapsed,
+        )
 
     s = apply_all(RunState(), [
         ev(0, "scan", 0, "", "ok", 1.0, 40.0, "4 files"),  # 40 s of audio to encode; pass 1 starts at 1.0 s

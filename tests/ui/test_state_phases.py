@@ -19,12 +19,15 @@ def test_ui_phases_are_not_engine_phases() -> None:
     assert not set(typing.get_args(st.UiPhase)) & set(p.PHASES)
 
 
-@pytest.mark.parametrize("events", [
-    pytest.param(scripted_run(steps=9, finish="stopped"), id="stopped"),
-    pytest.param(scripted_run(steps=9, finish="completed"), id="completed"),
-    pytest.param(scripted_run(steps=9, finish="failed"), id="failed"),
-    pytest.param(recorded(), id="recorded"),
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param(scripted_run(steps=9, finish="stopped"), id="stopped"),
+        pytest.param(scripted_run(steps=9, finish="completed"), id="completed"),
+        pytest.param(scripted_run(steps=9, finish="failed"), id="failed"),
+        pytest.param(recorded(), id="recorded"),
+    ],
+)
 def test_every_phase_the_reducer_shows_is_declared(events: list[p.Event]) -> None:
     state = RunState(phase="starting_engine")
     seen = {state.phase}

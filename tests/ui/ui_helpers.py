@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fake_engine import DATA, FakeEngineClient
 
@@ -32,7 +33,9 @@ async def wait_until(pilot: Any, condition: Callable[[], bool], timeout: float =
             await pilot.pause()
             return
     state = pilot.app.run_state
-    raise AssertionError(f"timed out waiting for {what} (phase {state.phase}, step {state.step}, banner {pilot.app.engine_banner!r})")
+    raise AssertionError(
+        f"timed out waiting for {what} (phase {state.phase}, step {state.step}, banner {pilot.app.engine_banner!r})"
+    )
 
 
 async def drain(pilot: Any, fake: FakeEngineClient, *, until: Callable[[], bool] | None = None, timeout: float = 5.0) -> None:
@@ -45,8 +48,16 @@ def screen_text(app: Any) -> str:
     from rich.console import Console
 
     width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system="truecolor",
-                      record=True, legacy_windows=False, safe_box=False)
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        record=True,
+        legacy_windows=False,
+        safe_box=False,
+    )
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
 
@@ -56,7 +67,9 @@ def footer_keys(app: Any) -> set[str]:
     return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
 
 
-def make_run_dir(root: Path, name: str = "demo-lora", events: str = "demo_run.jsonl", config: dict[str, Any] | None = None) -> Path:
+def make_run_dir(
+    root: Path, name: str = "demo-lora", events: str = "demo_run.jsonl", config: dict[str, Any] | None = None
+) -> Path:
     """A run folder as the recorded run left its own: the recorded events.jsonl with the recording's run
     folder (a temp folder on the machine that made it) rewritten to this one, the checkpoint folders its
     events name (empty), and a config.json pointing at itself. Nothing refers to the recording machine."""

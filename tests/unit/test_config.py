@@ -189,14 +189,22 @@ def test_json_round_trip() -> None:
     ("values", "expected"),
     [
         (dict(attention_type="both", target_mlp=False, target_modules=("q_proj",)), ("self_attn.q_proj", "cross_attn.q_proj")),
-        (dict(attention_type="self", target_mlp=False, target_modules=("q_proj", "o_proj")), ("self_attn.q_proj", "self_attn.o_proj")),
+        (
+            dict(attention_type="self", target_mlp=False, target_modules=("q_proj", "o_proj")),
+            ("self_attn.q_proj", "self_attn.o_proj"),
+        ),
         (dict(attention_type="cross", target_mlp=False, target_modules=("k_proj",)), ("cross_attn.k_proj",)),
         (
             dict(attention_type="both", target_mlp=False, target_modules=("q_proj",), self_target_modules=("v_proj",)),
             ("self_attn.v_proj", "cross_attn.q_proj"),
         ),
         (
-            dict(attention_type="both", target_mlp=False, self_target_modules=("q_proj",), cross_target_modules=("k_proj", "v_proj")),
+            dict(
+                attention_type="both",
+                target_mlp=False,
+                self_target_modules=("q_proj",),
+                cross_target_modules=("k_proj", "v_proj"),
+            ),
             ("self_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj"),
         ),
         (

@@ -17,11 +17,20 @@ AUTO_MAP = {
 }
 
 
-def model(root: Path, name: str, *, weights: bytes | None = b"\0" * 1000, code: bool = True, silence: bool = False, **config) -> Path:
+def model(
+    root: Path, name: str, *, weights: bytes | None = b"\0" * 1000, code: bool = True, silence: bool = False, **config
+) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
-    body = {"model_type": "acestep", "auto_map": AUTO_MAP, "hidden_size": 2048, "num_hidden_layers": 24,
-            "timestep_mu": -0.4, "timestep_sigma": 1.0, **config}
+    body = {
+        "model_type": "acestep",
+        "auto_map": AUTO_MAP,
+        "hidden_size": 2048,
+        "num_hidden_layers": 24,
+        "timestep_mu": -0.4,
+        "timestep_sigma": 1.0,
+        **config,
+    }
     (folder / "config.json").write_text(json.dumps(body), encoding="utf-8")
     if weights is not None:
         (folder / "model.safetensors").write_bytes(weights)
@@ -125,7 +134,9 @@ def test_problems_per_model(root: Path) -> None:
 
 def test_missing_shard_is_a_problem(tmp_path: Path) -> None:
     folder = model(tmp_path, "sharded", weights=None)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}})
+    )
     (folder / "s1.safetensors").write_bytes(b"x")
     (info,) = discovery.scan_checkpoints(str(tmp_path)).models
     assert info.problems == ("missing weight shard(s) listed in model.safetensors.index.json: s2.safetensors",)

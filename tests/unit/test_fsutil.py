@@ -78,7 +78,7 @@ def test_concurrent_writers_of_one_file_never_share_a_temp(tmp_path: Path) -> No
                 fh.flush()
                 barrier.wait(timeout=30)
                 fh.write(payloads[i][100_000:])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]

@@ -5,11 +5,9 @@ checks every import statement, these tests what an import really does at run tim
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

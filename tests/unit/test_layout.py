@@ -25,7 +25,9 @@ def make_checkpoint(run_dir: Path, name: str, step: int | None, *, state: bool =
 def test_names_are_the_run_directory_of_design_md(tmp_path: Path) -> None:
     run = str(tmp_path)
     assert os.path.relpath(layout.events_path(run), run) == "events.jsonl"
-    assert os.path.relpath(layout.checkpoint_dir(run, layout.step_checkpoint_name(7)), run) == os.path.join("checkpoints", "step_7")
+    assert os.path.relpath(layout.checkpoint_dir(run, layout.step_checkpoint_name(7)), run) == os.path.join(
+        "checkpoints", "step_7"
+    )
     assert os.path.relpath(layout.trainer_state_path(layout.final_dir(run)), run) == os.path.join("final", "training_state.pt")
 
 
@@ -45,7 +47,10 @@ def test_step_from_training_state_without_torch_import(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     a = make_checkpoint(tmp_path, "a", None)
     b = make_checkpoint(tmp_path, "b", None)
-    torch.save({"global_step": 300, "epoch": 3, "optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(4)}}}}, a / "training_state.pt")
+    torch.save(
+        {"global_step": 300, "epoch": 3, "optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(4)}}}},
+        a / "training_state.pt",
+    )
     torch.save({"global_step": 200, "epoch": 2}, b / "training_state.pt")
     os.utime(a / "training_state.pt", (1, 1))  # older file, higher step: step wins
     assert layout.newest_checkpoint(str(tmp_path)) == str(a)

@@ -14,10 +14,25 @@ from engine.summary import fold_all
 
 def started(run_dir: str, start_step: int) -> protocol.RunStarted:
     return protocol.RunStarted(
-        run_dir=run_dir, config_json=json.dumps({"resume_from": "auto" if start_step else None}), adapter_type="lora",
-        model_dir="/m", model_variant="v", device="cpu", precision="fp32", attention_backend="sdpa", adapted_modules=1,
-        trainable_params=1, total_params=2, num_samples=2, steps_per_epoch=2, total_steps=6, start_step=start_step,
-        start_epoch=start_step // 2 + 1, timestep_mu=0.0, timestep_sigma=1.0, timestep_mode="continuous",
+        run_dir=run_dir,
+        config_json=json.dumps({"resume_from": "auto" if start_step else None}),
+        adapter_type="lora",
+        model_dir="/m",
+        model_variant="v",
+        device="cpu",
+        precision="fp32",
+        attention_backend="sdpa",
+        adapted_modules=1,
+        trainable_params=1,
+        total_params=2,
+        num_samples=2,
+        steps_per_epoch=2,
+        total_steps=6,
+        start_step=start_step,
+        start_epoch=start_step // 2 + 1,
+        timestep_mu=0.0,
+        timestep_sigma=1.0,
+        timestep_mode="continuous",
     )
 
 

@@ -16,8 +16,21 @@ BUILTIN_FILES = sorted(REPO_PRESETS.glob("*.json"))
 PATHS = {"checkpoint_dir": "/ckpt", "dataset_dir": "/data", "output_dir": "/out"}
 
 # ACE_STEP.md §9, mapped onto TrainConfig names.
-COLUMNS = ("rank", "alpha", "target_mlp", "learning_rate", "batch_size", "gradient_accumulation", "epochs",
-           "warmup_steps", "save_every", "save_best", "save_best_after", "log_every", "offload_encoder")
+COLUMNS = (
+    "rank",
+    "alpha",
+    "target_mlp",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation",
+    "epochs",
+    "warmup_steps",
+    "save_every",
+    "save_best",
+    "save_best_after",
+    "log_every",
+    "offload_encoder",
+)
 EXPECTED = {
     "recommended": (64, 128, True, 3e-4, 1, 4, 1000, 100, 50, True, 200, 10, True),
     "high_quality": (128, 256, True, 2e-4, 1, 4, 1000, 100, 50, True, 200, 10, True),
@@ -28,10 +41,23 @@ EXPECTED = {
     "vram_8gb": (16, 32, False, 3e-4, 1, 8, 1000, 100, 50, True, 200, 10, True),
 }
 COMMON = {
-    "dropout": 0.1, "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"), "attention_type": "both", "bias": "none",
-    "max_steps": 0, "dataset_repeats": 1, "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": 42,
-    "optimizer_type": "adamw8bit", "scheduler_type": "cosine", "cfg_ratio": 0.15, "loss_weighting": "none",
-    "snr_gamma": 5.0, "early_stop_patience": 0, "log_heavy_every": 50, "gradient_checkpointing": True,
+    "dropout": 0.1,
+    "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "attention_type": "both",
+    "bias": "none",
+    "max_steps": 0,
+    "dataset_repeats": 1,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "seed": 42,
+    "optimizer_type": "adamw8bit",
+    "scheduler_type": "cosine",
+    "cfg_ratio": 0.15,
+    "loss_weighting": "none",
+    "snr_gamma": 5.0,
+    "early_stop_patience": 0,
+    "log_heavy_every": 50,
+    "gradient_checkpointing": True,
     "gradient_checkpointing_ratio": 1.0,
 }
 
@@ -168,7 +194,11 @@ def test_unknown_name_lists_what_exists(isolated) -> None:
         ({}, {"extra": 1}, "unknown top-level key 'extra'"),
         ({}, {"config": [1]}, "config must be a JSON object"),
         ({}, {"description": 5}, "description must be text"),
-        ({"attention_type": "self", "self_target_modules": ["q_proj"]}, {}, "key 'self_target_modules': per-attention lists need"),
+        (
+            {"attention_type": "self", "self_target_modules": ["q_proj"]},
+            {},
+            "key 'self_target_modules': per-attention lists need",
+        ),
     ],
 )
 def test_bad_preset_errors_name_file_and_key(isolated, config, top, fragment) -> None:

@@ -115,10 +115,15 @@ def test_the_closed_vocabularies_are_declared_as_literals() -> None:
     that holds one is typed with its ``Literal`` (so mypy checks every constructor call)."""
     declared = {(p.values[0].__name__, p.values[1]) for p in VOCABULARY_FIELDS}
     assert declared == {
-        ("Heartbeat", "phase"), ("PhaseChanged", "phase"), ("CheckpointSaved", "kind"), ("LogRecord", "level"),
-        ("PreprocessProgress", "stage"), ("PreprocessProgress", "status"), ("RunFinished", "status"),
+        ("Heartbeat", "phase"),
+        ("PhaseChanged", "phase"),
+        ("CheckpointSaved", "kind"),
+        ("LogRecord", "level"),
+        ("PreprocessProgress", "stage"),
+        ("PreprocessProgress", "status"),
+        ("RunFinished", "status"),
     }
-    assert protocol.PHASES == typing.get_args(protocol.Phase) and "training" in protocol.PHASES
+    assert typing.get_args(protocol.Phase) == protocol.PHASES and "training" in protocol.PHASES
     assert protocol.RUN_STATUSES == ("completed", "stopped")
 
 
@@ -144,7 +149,9 @@ def test_vocabulary_values_stay_plain_strings_on_the_wire() -> None:
 
 
 def test_nan_and_inf_survive_json() -> None:
-    event = protocol.RunFinished(status="completed", steps=1, epochs=1, final_loss=float("nan"), best_loss=float("inf"), adapter_path="", wall_s=1.0)
+    event = protocol.RunFinished(
+        status="completed", steps=1, epochs=1, final_loss=float("nan"), best_loss=float("inf"), adapter_path="", wall_s=1.0
+    )
     back = protocol.loads(protocol.dumps(event))
     assert math.isnan(back.final_loss) and back.best_loss == float("inf")
 
@@ -213,8 +220,31 @@ def test_stamp_makes_every_field_a_plain_builtin():
     class Number(float):
         pass
 
-    event = protocol.EngineReady(pid=1, protocol_version=1, torch_version=Version("2.13"), python_version="3.11", cuda_available=False, device_names=(Version("gpu"),))
+    event = protocol.EngineReady(
+        pid=1,
+        protocol_version=1,
+        torch_version=Version("2.13"),
+        python_version="3.11",
+        cuda_available=False,
+        device_names=(Version("gpu"),),
+    )
     stamped = protocol.stamp(event, run_id="r", seq=1)
     assert type(stamped.torch_version) is str and type(stamped.device_names[0]) is str
-    metrics = protocol.stamp(protocol.StepMetrics(step=1, epoch=0, total_steps=2, loss=Number(0.5), loss_min=0.5, loss_max=0.5, steps_covered=1, lr=1e-3, grad_norm=1.0, samples_per_s=1.0, eta_s=1.0), run_id="r", seq=2)
+    metrics = protocol.stamp(
+        protocol.StepMetrics(
+            step=1,
+            epoch=0,
+            total_steps=2,
+            loss=Number(0.5),
+            loss_min=0.5,
+            loss_max=0.5,
+            steps_covered=1,
+            lr=1e-3,
+            grad_norm=1.0,
+            samples_per_s=1.0,
+            eta_s=1.0,
+        ),
+        run_id="r",
+        seq=2,
+    )
     assert type(metrics.loss) is float and metrics.loss == 0.5

@@ -57,7 +57,15 @@ def test_shapes_dtypes_and_plain_values(tmp_path: Path) -> None:
         "slice": base[1:],
         "param": torch.nn.Parameter(torch.zeros(7)),
         "f8": torch.zeros(2, dtype=torch.float8_e4m3fn),
-        "metadata": {"duration": 3, "caption": "x", "bpm": None, "tags": ["a", "b"], "pair": (1, 2.5), "blob": b"\x00\xff", "set": {1, 2}},
+        "metadata": {
+            "duration": 3,
+            "caption": "x",
+            "bpm": None,
+            "tags": ["a", "b"],
+            "pair": (1, 2.5),
+            "blob": b"\x00\xff",
+            "set": {1, 2},
+        },
         "nested": {"inner": [torch.zeros(2, 2), {"deep": torch.ones(1)}]},
     }
     info = ptinspect.inspect_pt(str(save(obj, tmp_path / "x.pt")))
@@ -93,7 +101,9 @@ def test_unknown_classes_become_inert_opaques(tmp_path: Path) -> None:
 
 
 def test_devices_and_dtypes_as_values(tmp_path: Path) -> None:
-    path = save({"device": torch.device("cpu"), "dtype": torch.bfloat16, "t": torch.zeros(2, dtype=torch.float8_e5m2)}, tmp_path / "d.pt")
+    path = save(
+        {"device": torch.device("cpu"), "dtype": torch.bfloat16, "t": torch.zeros(2, dtype=torch.float8_e5m2)}, tmp_path / "d.pt"
+    )
     info = ptinspect.inspect_pt(str(path))
     assert isinstance(info["device"], ptinspect.Opaque)
     assert info["t"] == ptinspect.TensorInfo((2,), "float8_e5m2")

@@ -8,8 +8,6 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
-
 from engine import config as cfg
 from engine import protocol, runs
 
@@ -24,7 +22,7 @@ class Log:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.lines: list[str] = []
 
-    def add(self, event, ts: float | None = None) -> "Log":
+    def add(self, event, ts: float | None = None) -> Log:
         self.seq += 1
         stamped = protocol.stamp(event, run_id=self.run_id, seq=self.seq, ts=T0 + self.seq if ts is None else ts)
         self.lines.append(protocol.dumps(stamped))
@@ -38,16 +36,42 @@ class Log:
 
 def started(total_steps: int = 100, start_step: int = 0) -> protocol.RunStarted:
     return protocol.RunStarted(
-        run_dir="", config_json="{}", adapter_type="lora", model_dir="/m", model_variant="turbo", device="cpu",
-        precision="fp32", attention_backend="sdpa", adapted_modules=10, trainable_params=1, total_params=2,
-        num_samples=3, steps_per_epoch=10, total_steps=total_steps, start_step=start_step, start_epoch=start_step // 10 + 1,
-        timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
+        run_dir="",
+        config_json="{}",
+        adapter_type="lora",
+        model_dir="/m",
+        model_variant="turbo",
+        device="cpu",
+        precision="fp32",
+        attention_backend="sdpa",
+        adapted_modules=10,
+        trainable_params=1,
+        total_params=2,
+        num_samples=3,
+        steps_per_epoch=10,
+        total_steps=total_steps,
+        start_step=start_step,
+        start_epoch=start_step // 10 + 1,
+        timestep_mu=-0.4,
+        timestep_sigma=1.0,
+        timestep_mode="continuous",
     )
 
 
 def metrics(step: int, loss: float, epoch: int = 1, total: int = 100) -> protocol.StepMetrics:
-    return protocol.StepMetrics(step=step, epoch=epoch, total_steps=total, loss=loss, loss_min=loss, loss_max=loss,
-                                steps_covered=1, lr=1e-4, grad_norm=1.0, samples_per_s=2.0, eta_s=10.0)
+    return protocol.StepMetrics(
+        step=step,
+        epoch=epoch,
+        total_steps=total,
+        loss=loss,
+        loss_min=loss,
+        loss_max=loss,
+        steps_covered=1,
+        lr=1e-4,
+        grad_norm=1.0,
+        samples_per_s=2.0,
+        eta_s=10.0,
+    )
 
 
 def resource() -> protocol.ResourceSample:
@@ -61,8 +85,13 @@ def write_config(run_dir: Path, **values) -> None:
 
 
 def engine_json(run_dir: Path, pid: int, *, host: str | None = None, started_at: float | None = None) -> None:
-    info = {"pid": pid, "host": host or socket.gethostname(), "started": time.time() if started_at is None else started_at,
-            "protocol_version": protocol.PROTOCOL_VERSION, "run_id": "run-1"}
+    info = {
+        "pid": pid,
+        "host": host or socket.gethostname(),
+        "started": time.time() if started_at is None else started_at,
+        "protocol_version": protocol.PROTOCOL_VERSION,
+        "run_id": "run-1",
+    }
     (run_dir / "engine.json").write_text(json.dumps(info), encoding="utf-8")
 
 
@@ -72,8 +101,17 @@ def completed_run(run_dir: Path) -> Path:
     log.add(protocol.EpochCompleted(epoch=1, step=10, mean_loss=0.45, duration_s=5.0))
     log.add(protocol.CheckpointSaved(step=10, epoch=1, path=str(run_dir / "best"), kind="best", loss=0.42))
     log.add(metrics(20, 0.3, epoch=2)).add(protocol.EpochCompleted(epoch=2, step=20, mean_loss=0.35, duration_s=5.0))
-    log.add(protocol.RunFinished(status="completed", steps=20, epochs=2, final_loss=0.31, best_loss=0.33,
-                                 adapter_path=str(run_dir / "final"), wall_s=9.0))
+    log.add(
+        protocol.RunFinished(
+            status="completed",
+            steps=20,
+            epochs=2,
+            final_loss=0.31,
+            best_loss=0.33,
+            adapter_path=str(run_dir / "final"),
+            wall_s=9.0,
+        )
+    )
     log.write()
     (run_dir / "final").mkdir()
     (run_dir / "best").mkdir()
@@ -110,7 +148,11 @@ def test_failed_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "f"
     log = Log(run_dir).add(started()).add(metrics(3, 1.0))
     log.add(protocol.LogRecord(level="error", message="something odd"))
-    log.add(protocol.RunFailed(error_type="OutOfMemoryError", message="CUDA out of memory", hint="lower the batch size", oom=True, step=3))
+    log.add(
+        protocol.RunFailed(
+            error_type="OutOfMemoryError", message="CUDA out of memory", hint="lower the batch size", oom=True, step=3
+        )
+    )
     log.add(protocol.LogRecord(level="error", message="later noise"))
     engine_json(run_dir, 999_999_999)  # left behind by the dying engine
     log.write()
@@ -123,7 +165,9 @@ def test_failed_run(tmp_path: Path) -> None:
 def test_error_log_line_without_failure(tmp_path: Path) -> None:
     run_dir = tmp_path / "e"
     Log(run_dir).add(started()).add(protocol.LogRecord(level="error", message="disk full")).add(
-        protocol.RunFinished(status="stopped", steps=1, epochs=0, final_loss=float("nan"), best_loss=float("nan"), adapter_path="", wall_s=1.0)
+        protocol.RunFinished(
+            status="stopped", steps=1, epochs=0, final_loss=float("nan"), best_loss=float("nan"), adapter_path="", wall_s=1.0
+        )
     ).write()
     run = runs.summarize_run(str(run_dir))
     assert run.status == "stopped" and run.error == "disk full"
@@ -191,7 +235,9 @@ def test_resumed_run_uses_the_last_segment(tmp_path: Path) -> None:
     assert run.started == T0 + 1  # the run's first start
     engine_json(run_dir, os.getpid())
     assert runs.summarize_run(str(run_dir)).status == "running"
-    log.add(protocol.RunFinished(status="completed", steps=20, epochs=2, final_loss=0.3, best_loss=0.3, adapter_path="", wall_s=1.0))
+    log.add(
+        protocol.RunFinished(status="completed", steps=20, epochs=2, final_loss=0.3, best_loss=0.3, adapter_path="", wall_s=1.0)
+    )
     log.write()
     assert runs.summarize_run(str(run_dir)).status == "completed"  # the final event wins over a live pid
 
@@ -245,7 +291,11 @@ def test_fast_reader_agrees_with_read_events(tmp_path: Path) -> None:
         if step == 500:
             log.add(protocol.LogRecord(level="error", message="transient"))
             log.add(protocol.PhaseChanged(phase="saving"))
-    log.add(protocol.RunFinished(status="stopped", steps=step, epochs=step // 100, final_loss=0.01, best_loss=0.02, adapter_path="", wall_s=5.0))
+    log.add(
+        protocol.RunFinished(
+            status="stopped", steps=step, epochs=step // 100, final_loss=0.01, best_loss=0.02, adapter_path="", wall_s=5.0
+        )
+    )
     log.add(resource())
     path = log.write(tail='{"type":"Heartbeat","run_id":"run-1","se')
     assert path.stat().st_size > runs.BIG_EVENTS_BYTES

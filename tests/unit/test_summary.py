@@ -25,16 +25,42 @@ class Stream:
 
 def started(start_step: int = 0, *, run_dir: str = RUN_DIR, resume_from: str | None = None) -> protocol.RunStarted:
     return protocol.RunStarted(
-        run_dir=run_dir, config_json=json.dumps({"resume_from": resume_from}), adapter_type="lora", model_dir="/m",
-        model_variant="turbo", device="cpu", precision="fp32", attention_backend="sdpa", adapted_modules=1, trainable_params=1,
-        total_params=2, num_samples=4, steps_per_epoch=2, total_steps=6, start_step=start_step, start_epoch=start_step // 2 + 1,
-        timestep_mu=-0.4, timestep_sigma=1.0, timestep_mode="continuous",
+        run_dir=run_dir,
+        config_json=json.dumps({"resume_from": resume_from}),
+        adapter_type="lora",
+        model_dir="/m",
+        model_variant="turbo",
+        device="cpu",
+        precision="fp32",
+        attention_backend="sdpa",
+        adapted_modules=1,
+        trainable_params=1,
+        total_params=2,
+        num_samples=4,
+        steps_per_epoch=2,
+        total_steps=6,
+        start_step=start_step,
+        start_epoch=start_step // 2 + 1,
+        timestep_mu=-0.4,
+        timestep_sigma=1.0,
+        timestep_mode="continuous",
     )
 
 
 def step(n: int, loss: float) -> protocol.StepMetrics:
-    return protocol.StepMetrics(step=n, epoch=(n - 1) // 2 + 1, total_steps=6, loss=loss, loss_min=loss, loss_max=loss,
-                                steps_covered=1, lr=1e-3, grad_norm=1.0, samples_per_s=1.0, eta_s=1.0)
+    return protocol.StepMetrics(
+        step=n,
+        epoch=(n - 1) // 2 + 1,
+        total_steps=6,
+        loss=loss,
+        loss_min=loss,
+        loss_max=loss,
+        steps_covered=1,
+        lr=1e-3,
+        grad_norm=1.0,
+        samples_per_s=1.0,
+        eta_s=1.0,
+    )
 
 
 def saved(n: int, kind: str, loss: float, path: str = "") -> protocol.CheckpointSaved:
@@ -42,8 +68,15 @@ def saved(n: int, kind: str, loss: float, path: str = "") -> protocol.Checkpoint
 
 
 def finished(status: str, steps: int, final: float, *, best: float = 9.9) -> protocol.RunFinished:
-    return protocol.RunFinished(status=status, steps=steps, epochs=steps // 2, final_loss=final, best_loss=best,
-                                adapter_path=f"{RUN_DIR}/{'final' if status == 'completed' else f'checkpoints/step_{steps}'}", wall_s=1.0)
+    return protocol.RunFinished(
+        status=status,
+        steps=steps,
+        epochs=steps // 2,
+        final_loss=final,
+        best_loss=best,
+        adapter_path=f"{RUN_DIR}/{'final' if status == 'completed' else f'checkpoints/step_{steps}'}",
+        wall_s=1.0,
+    )
 
 
 def test_a_completed_run() -> None:
@@ -62,7 +95,14 @@ def test_a_completed_run() -> None:
 
 def test_the_last_best_write_wins_even_when_it_is_higher() -> None:
     """A resume from an older checkpoint can write best/ again with a higher loss: best/ holds that one."""
-    s = Stream().add(started()).add(step(4, 0.5)).add(saved(4, "best", 0.4)).add(saved(4, "stop", 0.5)).add(finished("stopped", 4, 0.5))
+    s = (
+        Stream()
+        .add(started())
+        .add(step(4, 0.5))
+        .add(saved(4, "best", 0.4))
+        .add(saved(4, "stop", 0.5))
+        .add(finished("stopped", 4, 0.5))
+    )
     s.add(started(2, resume_from="/runs/demo/checkpoints/epoch_1")).add(step(4, 0.6)).add(saved(4, "best", 0.55))
     out = fold_all(s.events)
     assert (out.best_loss, out.best_step) == (0.55, 4) and out.status == "" and out.segments == 2
@@ -72,7 +112,12 @@ def test_stopped_then_resumed_to_completion_reports_the_last_segment() -> None:
     s = Stream().add(started()).add(step(2, 0.9)).add(saved(2, "best", 0.9)).add(step(3, 0.8)).add(saved(3, "stop", 0.8))
     s.add(finished("stopped", 3, 0.8))
     first = fold_all(s.events)
-    assert (first.status, first.step, first.final_loss, first.adapter_path) == ("stopped", 3, 0.8, f"{RUN_DIR}/checkpoints/step_3")
+    assert (first.status, first.step, first.final_loss, first.adapter_path) == (
+        "stopped",
+        3,
+        0.8,
+        f"{RUN_DIR}/checkpoints/step_3",
+    )
     s.add(started(3, resume_from="auto"), run_id="run-2")
     resumed = fold_all(s.events)
     assert (resumed.status, resumed.step, resumed.epoch, resumed.segments, resumed.run_id) == ("", 3, 2, 2, "run-2")
@@ -87,7 +132,13 @@ def test_a_failure_ends_the_segment_and_a_resume_clears_it() -> None:
     s = Stream().add(started()).add(step(3, 0.8)).add(protocol.LogRecord(level="error", message="odd"))
     s.add(protocol.RunFailed(error_type="RuntimeError", message="boom", hint="lower the rank", step=3))
     out = fold_all(s.events)
-    assert (out.status, out.step, out.failure, out.last_error, out.error) == ("failed", 3, "boom (lower the rank)", "odd", "boom (lower the rank)")
+    assert (out.status, out.step, out.failure, out.last_error, out.error) == (
+        "failed",
+        3,
+        "boom (lower the rank)",
+        "odd",
+        "boom (lower the rank)",
+    )
     assert out.final_loss == 0.8  # the latest reading
     s.add(started(3, resume_from="auto")).add(step(4, 0.7))
     out = fold_all(s.events)

@@ -29,7 +29,9 @@ def test_a_torn_last_line_waits_for_its_newline(tmp_path: Path) -> None:
 def test_bad_complete_lines_are_skipped_counted_and_the_first_named(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     good = lines(4)
-    path.write_bytes((good[0] + "{garbage\n" + good[1]).encode() + b"\xff\xfe not utf-8\n" + (good[2] + '{"type":"Nope"}\n' + good[3]).encode())
+    path.write_bytes(
+        (good[0] + "{garbage\n" + good[1]).encode() + b"\xff\xfe not utf-8\n" + (good[2] + '{"type":"Nope"}\n' + good[3]).encode()
+    )
     events, tailer = read_run_events(str(path))
     assert [e.step for e in events] == [1, 2, 3, 4]
     assert tailer.skipped == 3 and tailer.problem is not None and tailer.problem.startswith(f"{path}:2: not an event")

@@ -77,7 +77,8 @@ def help_path_loads(argv: list[str]) -> tuple[list[str], list[str]]:
         "with contextlib.redirect_stdout(out):\n"
         f"    try:\n        main({argv!r})\n    except SystemExit as exc:\n        assert exc.code == 0, exc.code\n"
         "assert out.getvalue().startswith('usage: sidestep'), out.getvalue()[:200]\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'rich', *%r})))\n" % (FORBIDDEN,)
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'rich', *%r})))\n"
+        % (FORBIDDEN,)
         + "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('engine.', 'sidestep_tui.')))))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -68,7 +68,7 @@ def _decode_soundfile(path: str, max_duration: float) -> tuple[np.ndarray, int]:
         raise AudioReadError(path, f"cannot decode {format_name(path)}: {error_line(exc)}") from None
     # A cut-off MP3/OGG decodes without an error but stops early; the header still has the full length.
     expected = declared if frames < 0 else min(frames, declared)
-    if 0 < expected and audio.shape[0] < TRUNCATED_FRACTION * expected:
+    if expected > 0 and audio.shape[0] < TRUNCATED_FRACTION * expected:
         raise AudioReadError(
             path, f"truncated: the header promises {declared / rate:.1f} s but only {audio.shape[0] / rate:.1f} s decode"
         )

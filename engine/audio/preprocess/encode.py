@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.sidecars import error_line
+from engine.audio.preprocess.audio import HOP, SAMPLE_RATE
 from engine.discovery import SILENCE_LATENT, TEXT_ENCODER_DIR, VAE_DIR
 from engine.ptinspect import LATENT_CHANNELS
-from engine.audio.preprocess.audio import HOP, SAMPLE_RATE
+from engine.sidecars import error_line
 
 TEXT_MAX_LENGTH = 256
 LYRICS_MAX_LENGTH = 512
@@ -40,7 +40,9 @@ def _free(device: torch.device) -> None:
 
 def _require_dir(path: str, what: str) -> str:
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise PreprocessModelError(f"{what} not found: {path} has no config.json (checkpoint root must hold {os.path.basename(path)}/)")
+        raise PreprocessModelError(
+            f"{what} not found: {path} has no config.json (checkpoint root must hold {os.path.basename(path)}/)"
+        )
     return path
 
 
@@ -89,7 +91,9 @@ def load_pass1(checkpoint_dir: str, device: torch.device, dtype: torch.dtype) ->
 
 
 @torch.no_grad()
-def vae_encode(models: Pass1Models, audio: np.ndarray, *, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+def vae_encode(
+    models: Pass1Models, audio: np.ndarray, *, generator: torch.Generator | None = None, sample: bool = True
+) -> torch.Tensor:
     """``[2, S]`` 48 kHz audio -> ``[T, 64]`` float32 latents on the CPU, T = S // 1920.
 
     Long audio is encoded in windows of ``tile_seconds``: each window keeps its core and drops
@@ -106,7 +110,9 @@ def vae_encode(models: Pass1Models, audio: np.ndarray, *, generator: torch.Gener
     else:
         core = window - 2 * overlap
         if core <= 0:
-            raise ValueError(f"VAE tile of {models.tile_seconds} s leaves no room beside {TILE_OVERLAP_SECONDS} s of overlap on each side")
+            raise ValueError(
+                f"VAE tile of {models.tile_seconds} s leaves no room beside {TILE_OVERLAP_SECONDS} s of overlap on each side"
+            )
         spans = []
         for start in range(0, frames, core):
             end = min(start + core, frames)
@@ -120,7 +126,9 @@ def vae_encode(models: Pass1Models, audio: np.ndarray, *, generator: torch.Gener
         pieces.append(latent[0, :, start - lo : end - lo].float().cpu())
     out = torch.cat(pieces, dim=1).transpose(0, 1).contiguous()
     if out.shape[0] != frames or out.shape[1] != LATENT_CHANNELS:
-        raise ValueError(f"VAE returned {tuple(out.shape)} latents, expected ({frames}, {LATENT_CHANNELS}); is vae/ the 48 kHz ACE-Step VAE?")
+        raise ValueError(
+            f"VAE returned {tuple(out.shape)} latents, expected ({frames}, {LATENT_CHANNELS}); is vae/ the 48 kHz ACE-Step VAE?"
+        )
     return out
 
 
@@ -165,7 +173,9 @@ def find_silence_latent(checkpoint_dir: str, model_dir: str) -> str:
     for candidate in (os.path.join(checkpoint_dir, SILENCE_LATENT), os.path.join(model_dir, SILENCE_LATENT)):
         if os.path.isfile(candidate):
             return candidate
-    raise PreprocessModelError(f"{SILENCE_LATENT} not found in {checkpoint_dir} or {model_dir}; it ships with the main ACE-Step download")
+    raise PreprocessModelError(
+        f"{SILENCE_LATENT} not found in {checkpoint_dir} or {model_dir}; it ships with the main ACE-Step download"
+    )
 
 
 def load_silence_latent(path: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine import fsutil
@@ -34,10 +34,12 @@ def read_json(path: str) -> Any:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_manifest(out: str, names: list[str], metadata: dict[str, Any], *, rewritten: set[str], checksums: dict[str, str]) -> None:
+def write_manifest(
+    out: str, names: list[str], metadata: dict[str, Any], *, rewritten: set[str], checksums: dict[str, str]
+) -> None:
     """Upstream's ``{"metadata", "samples", "num_samples"}`` plus ``sample_info`` (shapes, frames,
     duration per file, so stdlib readers such as the UI need not open a tensor). Entries of files
     this run did not rewrite are carried over from the previous manifest."""

@@ -24,18 +24,19 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from engine import fsutil
-from engine.audio.builder import AudioReadError
-from engine.sidecars import error_line
 from engine import prepconfig as cfgmod
+from engine.audio.builder import AudioReadError
 from engine.audio.preprocess.output import now, read_json, save_tensors, write_manifest
 from engine.audio.preprocess.samples import Job, JobList, collect_jobs, job_prompt
 from engine.protocol import FileStatus, PreprocessProgress, PreprocessStage
 from engine.ptinspect import INTERMEDIATE_SUFFIX
 from engine.ptinspect import PREPROCESS_META_FILE as META
+from engine.sidecars import error_line
 
 TMP_SUFFIX = INTERMEDIATE_SUFFIX
 Emit = Callable[[Any], None]
@@ -56,7 +57,11 @@ class PreprocessSummary:
     peak_gpu_mb: dict[str, float] = field(default_factory=dict)  # "pass1"/"pass2": torch peak allocated (CUDA only)
 
     def line(self) -> str:
-        speed = f", {self.audio_seconds / self.elapsed_s:.1f} s of audio per second" if self.elapsed_s > 0 and self.audio_seconds else ""
+        speed = (
+            f", {self.audio_seconds / self.elapsed_s:.1f} s of audio per second"
+            if self.elapsed_s > 0 and self.audio_seconds
+            else ""
+        )
         state = "stopped; run again to resume" if self.stopped else "done"
         return (
             f"{state}: {self.processed} written, {self.skipped} already done, {len(self.failed)} failed "
@@ -79,7 +84,16 @@ class _Run:
         self.fingerprints: dict[str, str] = dict(self.previous.get("fingerprints") or {})
         self.written: set[str] = set()  # final files written by this call
 
-    def emit(self, stage: PreprocessStage, index: int, total: int, file: str, status: FileStatus, message: str = "", audio_seconds: float = 0.0) -> None:
+    def emit(
+        self,
+        stage: PreprocessStage,
+        index: int,
+        total: int,
+        file: str,
+        status: FileStatus,
+        message: str = "",
+        audio_seconds: float = 0.0,
+    ) -> None:
         self.emit_fn(
             PreprocessProgress(
                 stage=stage,
@@ -97,11 +111,13 @@ class _Run:
         return os.path.join(self.out, job.stem + suffix)
 
 
-def run_preprocess(config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> PreprocessSummary:
+def run_preprocess(
+    config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False
+) -> PreprocessSummary:
     """Preprocess ``config``'s audio into ``config.output_dir``. Raises only for problems that stop
     everything (no audio, missing model folders); per-file problems land in ``summary.failed``."""
-    from engine.models.loader import resolve_device, resolve_dtype
     from engine.audio.preprocess import encode
+    from engine.models.loader import resolve_device, resolve_dtype
 
     run = _Run(config, emit, should_stop)
     os.makedirs(run.out, exist_ok=True)
@@ -166,8 +182,8 @@ def _measure(run: _Run, name: str, device: Any) -> Iterator[None]:
 
 
 def _model_dir(config: cfgmod.PreprocessConfig) -> str:
-    from engine.discovery import DiscoveryError, resolve_model_dir
     from engine.audio.preprocess.encode import PreprocessModelError
+    from engine.discovery import DiscoveryError, resolve_model_dir
 
     try:
         return resolve_model_dir(config.checkpoint_dir, config.model_variant)
@@ -179,7 +195,9 @@ def _scan_events(run: _Run, jobs: JobList) -> None:
     run.summary.failed += jobs.failed
     run.summary.warnings += jobs.warnings  # duplicates left out get their own "skipped" event below
     seconds = sum(min(j.duration_s, jobs.max_duration) for j in jobs.jobs)
-    message = f"{len(jobs.jobs)} files, {seconds / 60:.1f} min of audio (crop {jobs.max_duration:g} s), {len(jobs.failed)} unreadable"
+    message = (
+        f"{len(jobs.jobs)} files, {seconds / 60:.1f} min of audio (crop {jobs.max_duration:g} s), {len(jobs.failed)} unreadable"
+    )
     run.emit("scan", 0, len(jobs.jobs), "", "ok", message, seconds)
     for display, reason in jobs.failed:
         run.emit("scan", 0, len(jobs.jobs), display, "failed", reason)

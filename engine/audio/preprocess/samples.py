@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.audio.builder import AudioReadError, audio_duration, scan_audio_dir
-from engine.sidecars import INSTRUMENTAL, Sidecar, make_sample
 from engine.prepconfig import PreprocessConfig
+from engine.sidecars import INSTRUMENTAL, Sidecar, make_sample
 
 DIT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
 # ACE-Step's SFT prompt (§5.3); the metas block ends with a newline before <|endoftext|>.
@@ -73,7 +73,11 @@ def _resolve_audio(entry: dict[str, Any], base_dir: str) -> str | None:
         value = entry.get(key)
         if isinstance(value, str) and value.strip():
             value = os.path.expanduser(value.strip())
-            candidates += [value, os.path.join(base_dir, value), os.path.join(base_dir, os.path.basename(value.replace("\\", "/")))]
+            candidates += [
+                value,
+                os.path.join(base_dir, value),
+                os.path.join(base_dir, os.path.basename(value.replace("\\", "/"))),
+            ]
     return next((os.path.abspath(c) for c in candidates if os.path.isfile(c)), None)
 
 
@@ -91,7 +95,7 @@ def _from_dataset_json(path: str) -> tuple[Entries, dict[str, Any], str, list[tu
         metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
         data = data.get("samples")
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of samples or {{\"samples\": [...]}}")
+        raise ValueError(f'{path}: expected a list of samples or {{"samples": [...]}}')
     base = os.path.dirname(os.path.abspath(path))
     entries: Entries = []
     failed: list[tuple[str, str]] = []
@@ -103,7 +107,9 @@ def _from_dataset_json(path: str) -> tuple[Entries, dict[str, Any], str, list[tu
         display = str(entry.get("filename") or entry.get("audio_path") or f"sample {number}")
         audio = _resolve_audio(entry, base)
         if audio is None:
-            failed.append((display, "audio file not found (audio_path is tried as written, relative to the JSON, then by file name)"))
+            failed.append(
+                (display, "audio file not found (audio_path is tried as written, relative to the JSON, then by file name)")
+            )
             continue
         try:
             duration = audio_duration(audio)
@@ -135,7 +141,9 @@ def collect_jobs(config: PreprocessConfig) -> JobList:
         "name": metadata.get("name") or os.path.basename(base.rstrip(os.sep)) or "local_dataset",
         # The config's tag (and its position) wins over the dataset.json's.
         "custom_tag": config.tag or metadata.get("custom_tag") or "",
-        "tag_position": config.tag_position if config.tag or not metadata.get("custom_tag") else metadata.get("tag_position") or config.tag_position,
+        "tag_position": config.tag_position
+        if config.tag or not metadata.get("custom_tag")
+        else metadata.get("tag_position") or config.tag_position,
         "genre_ratio": config.genre_ratio or int(metadata.get("genre_ratio") or 0),
         "all_instrumental": all(bool(sample.get("is_instrumental")) for sample, _ in entries),
         "num_samples": len(entries),
@@ -190,4 +198,10 @@ def job_prompt(job: Job, jobs: JobList, duration_s: int) -> str:
     text = str((job.sample.get("genre") if job.use_genre else job.sample.get("caption")) or "").strip()
     tag, position = jobs.tag(job)
     s = job.sample
-    return format_prompt(apply_tag(text, tag, position), bpm=s.get("bpm"), timesignature=s.get("timesignature"), keyscale=s.get("keyscale"), duration=duration_s)
+    return format_prompt(
+        apply_tag(text, tag, position),
+        bpm=s.get("bpm"),
+        timesignature=s.get("timesignature"),
+        keyscale=s.get("keyscale"),
+        duration=duration_s,
+    )

@@ -19,8 +19,9 @@ import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,14 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
 TEXT_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_ratio=2),
     # Qwen3-Embedding-0.6B: 28 layers, 16 heads (8 KV) of 128, MLP 3072, vocab 151,669.
-    "full": dict(num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_ratio=3, vocab_size=151_669),
+    "full": dict(
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_ratio=3,
+        vocab_size=151_669,
+    ),
 }
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _CORPUS = """# Instruction
@@ -163,7 +171,9 @@ def write_demo_text_encoder(root: str | os.PathLike, *, hidden_size: int, size: 
     return str(target)
 
 
-def write_demo_audio_components(root: str | os.PathLike, *, size: str = "tiny", text_hidden_dim: int | None = None) -> dict[str, str]:
+def write_demo_audio_components(
+    root: str | os.PathLike, *, size: str = "tiny", text_hidden_dim: int | None = None
+) -> dict[str, str]:
     """Write ``<root>/vae/`` and ``<root>/Qwen3-Embedding-0.6B/`` (idempotent: current folders are
     kept). ``text_hidden_dim`` defaults to the demo DiT's for ``size``."""
     if text_hidden_dim is None:
@@ -226,7 +236,9 @@ def _write_text(path: Path, text: str, *, bom: bool = False) -> None:
         fh.write(text)
 
 
-def synthesize_demo_audio(directory: str | os.PathLike, n: int = 6, *, seed: int = 0, seconds: tuple[float, ...] = (2.0, 1.5, 2.5, 2.0)) -> list[str]:
+def synthesize_demo_audio(
+    directory: str | os.PathLike, n: int = 6, *, seed: int = 0, seconds: tuple[float, ...] = (2.0, 1.5, 2.5, 2.0)
+) -> list[str]:
     """Write ``n`` short songs (tones, chords, arpeggios, noise bursts; WAV and FLAC; one mono 44.1 kHz)
     with sidecars in every supported convention. Returns the audio paths. Deterministic for a seed."""
     import soundfile as sf
@@ -260,17 +272,26 @@ def synthesize_demo_audio(directory: str | os.PathLike, n: int = 6, *, seed: int
         elif kind == 3:  # non-ASCII name, key: value with a byte-order mark, instrumental
             path = out / f"mélodie_douce{suffix}.flac"
             audio = _stereo(_arpeggio("CEGB", secs, rate, bpm), 0.3)
-            _write_text(path.with_suffix(".txt"), f"caption: mélodie douce, arpeggio\ngenre: folk\nbpm: {bpm}\nlyrics: [Instrumental]\n", bom=True)
+            _write_text(
+                path.with_suffix(".txt"),
+                f"caption: mélodie douce, arpeggio\ngenre: folk\nbpm: {bpm}\nlyrics: [Instrumental]\n",
+                bom=True,
+            )
         elif kind == 4:  # rhythm + chord, key: value
             path = out / f"pulse_minor{suffix}.wav"
             audio = _stereo(0.7 * _chord("ACE", secs, rate) + 0.5 * _noise_bursts(secs, rate, bpm, rng), 0.0)
-            _write_text(path.with_suffix(".txt"), f"caption: rhythmic noise bursts over a minor chord\ngenre: electronic\nbpm: {bpm}\nkey: A minor\n")
+            _write_text(
+                path.with_suffix(".txt"),
+                f"caption: rhythmic noise bursts over a minor chord\ngenre: electronic\nbpm: {bpm}\nkey: A minor\n",
+            )
         else:  # mono 44.1 kHz (exercises resampling and mono -> stereo), caption + lyrics files
             rate = 44_100
             path = out / f"mono_arp{suffix}.wav"
             audio = _arpeggio("DFA", secs, rate, bpm).astype(np.float32)
             _write_text(path.with_name(path.stem + ".caption.txt"), "a plucked minor arpeggio, mono recording")
             _write_text(path.with_name(path.stem + ".lyrics.txt"), "[Instrumental]")
-        fsutil.atomic_write(path, lambda tmp, audio=audio, rate=rate, kind=path.suffix[1:].upper(): sf.write(tmp, audio, rate, format=kind))
+        fsutil.atomic_write(
+            path, lambda tmp, audio=audio, rate=rate, kind=path.suffix[1:].upper(): sf.write(tmp, audio, rate, format=kind)
+        )
         paths.append(str(path))
     return paths

@@ -193,8 +193,14 @@ def _pretrain(model: Any, steps: int, silence: torch.Tensor, *, seed: int, batch
 
 
 def _pretrain_steps(
-    model: Any, optimizer: torch.optim.Optimizer, steps: int, silence: torch.Tensor, patterns: dict[str, torch.Tensor],
-    conditions: torch.Tensor, generator: torch.Generator, batch: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    silence: torch.Tensor,
+    patterns: dict[str, torch.Tensor],
+    conditions: torch.Tensor,
+    generator: torch.Generator,
+    batch: int,
 ) -> None:
     decoder = model.decoder
     for step in range(steps):
@@ -209,8 +215,13 @@ def _pretrain_steps(
         noise = torch.randn(x0.shape, generator=generator)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * x0
         pred = decoder(
-            hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None,
-            encoder_hidden_states=cond, encoder_attention_mask=None, context_latents=context,
+            hidden_states=x_t,
+            timestep=t,
+            timestep_r=t,
+            attention_mask=None,
+            encoder_hidden_states=cond,
+            encoder_attention_mask=None,
+            context_latents=context,
         )[0]
         loss = torch.nn.functional.mse_loss(pred, noise - x0)
         optimizer.zero_grad(set_to_none=True)
@@ -277,8 +288,10 @@ def write_demo_dataset(
         states = torch.einsum("k,klh->lh", weights, pattern_conditions)
         states[valid:] = 0.0  # packed: valid tokens first, padding after
         mask = torch.arange(encoder_length) < valid
-        src = silence[:frames] if silence.shape[0] >= frames else torch.cat(
-            [silence, silence[:1].expand(frames - silence.shape[0], -1)]
+        src = (
+            silence[:frames]
+            if silence.shape[0] >= frames
+            else torch.cat([silence, silence[:1].expand(frames - silence.shape[0], -1)])
         )
         context = torch.cat([src, torch.ones(frames, 64)], dim=-1)
         latents = _sample_latents(weights, frames, patterns)

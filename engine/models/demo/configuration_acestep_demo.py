@@ -70,9 +70,11 @@ class AceStepDemoConfig(PretrainedConfig):
         self.sliding_window = sliding_window
         # Even layers see a local window, odd layers everything (the shipped default).
         depth = max(num_hidden_layers, num_lyric_encoder_hidden_layers, num_timbre_encoder_hidden_layers)
-        self.layer_types = list(layer_types) if layer_types is not None else [
-            "sliding_attention" if (use_sliding_window and i % 2 == 0) else "full_attention" for i in range(depth)
-        ]
+        self.layer_types = (
+            list(layer_types)
+            if layer_types is not None
+            else ["sliding_attention" if (use_sliding_window and i % 2 == 0) else "full_attention" for i in range(depth)]
+        )
         self.in_channels = in_channels
         self.audio_acoustic_hidden_dim = audio_acoustic_hidden_dim
         self.patch_size = patch_size
