@@ -124,7 +124,7 @@ def attach_lokr(decoder: nn.Module, config: TrainConfig) -> LokrAdapter:
     device = next(decoder.parameters()).device
     net.to(device=device, dtype=torch.float32)  # LyCORIS builds on the CPU; adapter weights stay fp32
     net.requires_grad_(True)
-    for name, buffer in net.named_buffers():  # `alpha` etc. are bookkeeping, not trainable
+    for buffer in net.buffers():  # `alpha` etc. are bookkeeping, not trainable
         buffer.requires_grad_(False)
     setattr(decoder, NET_ATTR, net)  # a real submodule: .to(), Fabric and DDP see it
     return LokrAdapter(decoder, net, settings, targets)

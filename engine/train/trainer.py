@@ -395,11 +395,7 @@ class Trainer:
             raise TrainingHalted(
                 "no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps"
             )
-        adapter_path = ""
-        if status == "completed":
-            adapter_path = self.save_checkpoint("final")
-        else:
-            adapter_path = layout.newest_checkpoint(p.run_dir) or ""
+        adapter_path = self.save_checkpoint("final") if status == "completed" else (layout.newest_checkpoint(p.run_dir) or "")
         self.phase = "finished"
         return self.bus.emit(
             protocol.RunFinished(

@@ -129,7 +129,7 @@ def collect_jobs(config: PreprocessConfig) -> JobList:
     if config.audio_dir:
         report = scan_audio_dir(config.audio_dir)
         base = report.audio_dir
-        entries = [(sample, found.duration_s) for sample, found in zip(report.samples, report.files)]
+        entries = [(sample, found.duration_s) for sample, found in zip(report.samples, report.files, strict=True)]
         metadata: dict[str, Any] = {}
         failed = list(report.unreadable)
         skipped = [(dup, f"same audio as {kept}; left out") for dup, kept in report.duplicates]
