@@ -16,6 +16,8 @@ from torch import nn
 from engine.adapters.base import Adapter, read_safetensors, target_regex
 
 if TYPE_CHECKING:
+    from lycoris import LycorisNetwork
+
     from engine.config import TrainConfig
 
 WEIGHTS_FILE = "lokr_weights.safetensors"
@@ -43,7 +45,7 @@ def lokr_settings(config: TrainConfig) -> dict:
 class LokrAdapter(Adapter):
     kind = "lokr"
 
-    def __init__(self, module: nn.Module, net: nn.Module, settings: dict, targets: tuple[str, ...]) -> None:
+    def __init__(self, module: nn.Module, net: LycorisNetwork, settings: dict, targets: tuple[str, ...]) -> None:
         super().__init__(module, len(net.loras))
         self.net = net
         self.settings = settings

@@ -183,7 +183,7 @@ def _missing_package(exc: BaseException) -> bool:
     )
 
 
-def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
+def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
     """The whole checkpoint through its own remote code: ``(model, loading_info)``."""
     from transformers import AutoModel
 

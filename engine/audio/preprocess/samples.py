@@ -92,7 +92,8 @@ def _from_dataset_json(path: str) -> tuple[Entries, dict[str, Any], str, list[tu
         raise ValueError(f"cannot read {path}: {exc}") from None
     metadata: dict[str, Any] = {}
     if isinstance(data, dict):
-        metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+        found = data.get("metadata")
+        metadata = found if isinstance(found, dict) else {}
         data = data.get("samples")
     if not isinstance(data, list):
         raise ValueError(f'{path}: expected a list of samples or {{"samples": [...]}}')

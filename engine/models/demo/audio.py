@@ -107,7 +107,7 @@ def write_demo_vae(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0
             **VAE_CONFIGS[size],
         )
     with _publishing(target, size) as staging:
-        vae.save_pretrained(staging, safe_serialization=True)
+        vae.save_pretrained(staging, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers types its lazy export as the torch-less dummy
     return str(target)
 
 
@@ -164,7 +164,7 @@ def write_demo_text_encoder(root: str | os.PathLike, *, hidden_size: int, size: 
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays untouched
         torch.manual_seed(seed)
-        model = Qwen3Model(config).to(dtype)
+        model = Qwen3Model(config).to(dtype)  # type: ignore[arg-type]  # transformers' decorator hides nn.Module.to's signature
     with _publishing(target, size) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
