@@ -35,7 +35,7 @@ import json
 import time
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 PROTOCOL_VERSION = 1
 
@@ -112,7 +112,7 @@ class Shutdown:
     """Stop (saving) whatever runs, flush the sinks and exit the engine process with 0."""
 
 
-Command = Union[StartRun, StartPreprocess, StopRun, SaveCheckpoint, PauseRun, ResumeRun, Shutdown]
+Command = StartRun | StartPreprocess | StopRun | SaveCheckpoint | PauseRun | ResumeRun | Shutdown
 COMMAND_TYPES: tuple[type, ...] = typing.get_args(Command)
 
 
@@ -330,24 +330,24 @@ class EngineStopping:
     reason: str = ""
 
 
-Event = Union[
-    EngineReady,
-    Heartbeat,
-    RunStarted,
-    PhaseChanged,
-    StepMetrics,
-    EpochCompleted,
-    ResourceSample,
-    TimestepHistogram,
-    CheckpointSaved,
-    LogRecord,
-    RunPaused,
-    RunResumed,
-    PreprocessProgress,
-    RunFinished,
-    RunFailed,
-    EngineStopping,
-]
+Event = (
+    EngineReady
+    | Heartbeat
+    | RunStarted
+    | PhaseChanged
+    | StepMetrics
+    | EpochCompleted
+    | ResourceSample
+    | TimestepHistogram
+    | CheckpointSaved
+    | LogRecord
+    | RunPaused
+    | RunResumed
+    | PreprocessProgress
+    | RunFinished
+    | RunFailed
+    | EngineStopping
+)
 EVENT_TYPES: tuple[type, ...] = typing.get_args(Event)
 
 _BY_NAME: dict[str, type] = {cls.__name__: cls for cls in COMMAND_TYPES + EVENT_TYPES}

@@ -437,7 +437,7 @@ def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_check_sample, paths, names))
     else:
-        results = [_check_sample(p, n) for p, n in zip(paths, names)]
+        results = [_check_sample(p, n) for p, n in zip(paths, names, strict=True)]
 
     widths = collections.Counter(r.hidden for r in results if r.hidden is not None and not r.problems)
     common_width = widths.most_common(1)[0][0] if widths else None

@@ -227,7 +227,7 @@ def is_run_dir(path: str) -> bool:
     if os.path.isfile(os.path.join(path, EVENTS_FILE)):
         return True
     config, _ = _read_config(path)
-    return bool(config) and "output_dir" in config and "dataset_dir" in config
+    return config is not None and "output_dir" in config and "dataset_dir" in config
 
 
 def _adapter_path(run_dir: str, s: Summary) -> str | None:

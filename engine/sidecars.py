@@ -192,7 +192,7 @@ def make_sample(path: str, sidecar: Sidecar, duration_s: float, *, warnings: lis
     bpm = None
     if f.get("bpm"):
         try:
-            bpm = int(round(float(f["bpm"].split()[0])))
+            bpm = round(float(f["bpm"].split()[0]))
         except ValueError:
             warnings.append(f"{name}: bpm {f['bpm']!r} is not a number; left empty")
     instrumental = _parse_bool(f["is_instrumental"]) if f.get("is_instrumental") else None
@@ -220,7 +220,7 @@ def make_sample(path: str, sidecar: Sidecar, duration_s: float, *, warnings: lis
         "bpm": bpm,
         "keyscale": f.get("keyscale", ""),
         "timesignature": f.get("timesignature", ""),
-        "duration": int(round(duration_s)),
+        "duration": round(duration_s),
         "language": f.get("language") or "unknown",
         "is_instrumental": bool(instrumental),
         "custom_tag": f.get("custom_tag", ""),  # per-sample only; the dataset's tag is in metadata

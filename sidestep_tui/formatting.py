@@ -30,7 +30,7 @@ def human_duration(seconds: float | None) -> str:
     """``42 s``, ``4 m 05 s``, ``2 h 13 m``, ``3 d 04 h``; ``n/a`` for unknown or negative."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return NA
-    total = int(round(seconds))
+    total = round(seconds)
     if total < 60:
         return f"{total} s"
     minutes, secs = divmod(total, 60)

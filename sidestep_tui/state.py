@@ -317,7 +317,7 @@ def compact(history: tuple[MetricPoint, ...]) -> tuple[MetricPoint, ...]:
 
 
 def _append_bounded(items: tuple, item: object, cap: int) -> tuple:
-    items = items + (item,)
+    items = (*items, item)
     return items[-cap:] if len(items) > cap else items
 
 
@@ -363,7 +363,7 @@ def _on_run_started(state: RunState, e: RunStarted) -> dict[str, Any]:
 
 def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
     point = MetricPoint(e.step, e.loss, e.loss_min, e.loss_max, e.steps_covered, e.lr, e.grad_norm, e.samples_per_s, e.ts)
-    history = state.history + (point,)
+    history = (*state.history, point)
     if len(history) > MAX_METRIC_POINTS:
         history = compact(history)
     finite = math.isfinite(e.loss)

@@ -16,6 +16,8 @@ from torch import nn
 from engine.adapters.base import Adapter, read_safetensors, target_regex
 
 if TYPE_CHECKING:
+    from lycoris import LycorisNetwork
+
     from engine.config import TrainConfig
 
 WEIGHTS_FILE = "lokr_weights.safetensors"
@@ -43,7 +45,7 @@ def lokr_settings(config: TrainConfig) -> dict:
 class LokrAdapter(Adapter):
     kind = "lokr"
 
-    def __init__(self, module: nn.Module, net: nn.Module, settings: dict, targets: tuple[str, ...]) -> None:
+    def __init__(self, module: nn.Module, net: LycorisNetwork, settings: dict, targets: tuple[str, ...]) -> None:
         super().__init__(module, len(net.loras))
         self.net = net
         self.settings = settings
@@ -124,7 +126,7 @@ def attach_lokr(decoder: nn.Module, config: TrainConfig) -> LokrAdapter:
     device = next(decoder.parameters()).device
     net.to(device=device, dtype=torch.float32)  # LyCORIS builds on the CPU; adapter weights stay fp32
     net.requires_grad_(True)
-    for name, buffer in net.named_buffers():  # `alpha` etc. are bookkeeping, not trainable
+    for buffer in net.buffers():  # `alpha` etc. are bookkeeping, not trainable
         buffer.requires_grad_(False)
     setattr(decoder, NET_ATTR, net)  # a real submodule: .to(), Fabric and DDP see it
     return LokrAdapter(decoder, net, settings, targets)

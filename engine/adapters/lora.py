@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import torch
 from torch import nn
@@ -13,14 +13,18 @@ from torch import nn
 from engine.adapters.base import Adapter, AdapterLoadError, read_safetensors, target_regex
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from engine.config import TrainConfig
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+LoraBias = Literal["none", "all", "lora_only"]  # PEFT's values; engine.config.BIASES lists the same
 
 
 class LoraAdapter(Adapter):
     kind = "lora"
+    module: PeftModel
 
     def _live_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
@@ -55,17 +59,26 @@ class LoraAdapter(Adapter):
         return self.load_state_dict(read_safetensors(path), source=str(path))
 
 
+def _is_lora_bias(value: str) -> TypeGuard[LoraBias]:
+    from engine.config import BIASES
+
+    return value in BIASES
+
+
 def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on first use)
     """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex."""
     from peft import LoraConfig, TaskType
 
-    from engine.config import resolve_targets
+    from engine.config import BIASES, resolve_targets
 
+    bias = config.bias
+    if not _is_lora_bias(bias):
+        raise ValueError(f"bias {bias!r} is not one of {', '.join(BIASES)}; set bias to one of them")
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        bias=config.bias,
+        bias=bias,
         use_dora=config.use_dora,
         target_modules=target_regex(resolve_targets(config)),
         task_type=TaskType.FEATURE_EXTRACTION,
@@ -79,8 +92,9 @@ def attach_lora(decoder: nn.Module, config: TrainConfig) -> LoraAdapter:
     # ``enable_input_require_grads`` has nothing to hook on the DiT (no input embeddings); PEFT calls
     # it when the model says it checkpoints. We checkpoint non-reentrantly, which needs no input grads.
     if not getattr(decoder, "_sidestep_input_grads_patched", False):
-        decoder.enable_input_require_grads = lambda: None
-        decoder._sidestep_input_grads_patched = True
+        # (torch types Module.__setattr__ as taking only tensors and modules, hence the ignores)
+        decoder.enable_input_require_grads = lambda: None  # type: ignore[assignment]
+        decoder._sidestep_input_grads_patched = True  # type: ignore[assignment]
     # PeftModel directly (not get_peft_model): the forward passes arguments through unchanged, and
     # autocast_adapter_dtype keeps adapter weights fp32 on a bf16/fp16 base.
     module = PeftModel(decoder, lora_config(config), autocast_adapter_dtype=True)

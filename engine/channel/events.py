@@ -58,7 +58,7 @@ class JsonlSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fh: TextIO | None = open(path, "a", encoding="utf-8")
+        self._fh: TextIO | None = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the sink's life; close() closes it
 
     def emit(self, event: Any) -> None:
         if self._fh is not None:

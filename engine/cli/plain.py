@@ -19,7 +19,7 @@ from engine.summary import EMPTY, Summary, fold, fold_all, is_resume, loss_text
 def fmt_duration(seconds: float) -> str:
     if seconds < 0 or not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rem = divmod(seconds, 3600)
     minutes, secs = divmod(rem, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

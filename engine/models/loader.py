@@ -183,7 +183,7 @@ def _missing_package(exc: BaseException) -> bool:
     )
 
 
-def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype):
+def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
     """The whole checkpoint through its own remote code: ``(model, loading_info)``."""
     from transformers import AutoModel
 
@@ -218,7 +218,7 @@ def _find_shape_mismatch(model_dir: Path) -> str | None:
         )
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - safetensors' handle is not a dict: no __iter__ or __contains__
                     stored = tuple(handle.get_slice(key).get_shape())
                     if key in expected and expected[key] != stored:
                         return f"{key} is {list(stored)}, the config needs {list(expected[key])}"

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -76,6 +76,7 @@ class RunParts:
 
     def run_started_event(self, *, start_step: int, start_epoch: int) -> protocol.RunStarted:
         c = self.config
+        mu, sigma = timestep_mu_sigma(c)
         return protocol.RunStarted(
             run_dir=self.run_dir,
             config_json=cfgmod.to_json(c),
@@ -93,13 +94,24 @@ class RunParts:
             total_steps=self.total_steps,
             start_step=start_step,
             start_epoch=start_epoch,
-            timestep_mu=float(c.timestep_mu),
-            timestep_sigma=float(c.timestep_sigma),
+            timestep_mu=float(mu),
+            timestep_sigma=float(sigma),
             timestep_mode=c.timestep_mode,
         )
 
 
-def fabric_precision(device: torch.device, dtype: torch.dtype) -> str:
+def timestep_mu_sigma(config: cfgmod.TrainConfig) -> tuple[float, float]:
+    """The logit-normal timestep mean and std of a config that ``resolve_variant_defaults`` completed."""
+    mu, sigma = config.timestep_mu, config.timestep_sigma
+    if mu is None or sigma is None:
+        raise ValueError("timestep_mu/timestep_sigma are unset: resolve the config with resolve_variant_defaults first")
+    return mu, sigma
+
+
+FabricPrecision = Literal["32-true", "bf16-mixed", "16-mixed"]
+
+
+def fabric_precision(device: torch.device, dtype: torch.dtype) -> FabricPrecision:
     """Mixed precision keeps the trainable adapter (and optimizer state) in fp32 while the frozen base
     runs in bf16/fp16 under autocast; ``*-true`` would make the adapter itself half precision."""
     if device.type == "cpu" or dtype == torch.float32:
@@ -116,6 +128,7 @@ def build_run(
     from engine.adapters import attach_adapter
     from engine.data.dataset import TensorDataset
     from engine.data.loader import build_loader, build_planner
+    from engine.data.sampler import EpochBatchSampler
     from engine.models.loader import enable_gradient_checkpointing, load_decoder, read_model_config, resolve_device, resolve_dtype
     from engine.train.optim import build_optimizer, build_scheduler
 
@@ -129,7 +142,9 @@ def build_run(
     planner = build_planner(dataset, config)
     device = resolve_device(config.device)
     loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)
-    batches_per_epoch = loader.batch_sampler.num_batches
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatchSampler)  # build_loader's own
+    batches_per_epoch = sampler.num_batches
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
@@ -171,7 +186,8 @@ def build_run(
 
     generator = torch.Generator(device="cpu")
     generator.manual_seed(config.seed)
-    tracker = recipe.TimestepTracker(mode=config.timestep_mode, mu=float(config.timestep_mu), sigma=float(config.timestep_sigma))
+    mu, sigma = timestep_mu_sigma(config)
+    tracker = recipe.TimestepTracker(mode=config.timestep_mode, mu=float(mu), sigma=float(sigma))
     return RunParts(
         config=config,
         run_dir=run_dir,

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from typing import Any
+from typing import Any, cast
 
 from engine import fsutil, layout
 
@@ -56,7 +56,8 @@ def capture_rng(device: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    np_state = np.random.get_state()
+    # The legacy tuple (MT19937); numpy's stub types the call as returning the dict form too.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (

@@ -125,7 +125,7 @@ def load_training_state(optimizer: Optimizer, scheduler: LRScheduler, optimizer_
     scheduler's last LR (so the next ``scheduler.step()`` continues the schedule exactly)."""
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
         group["lr"] = lr
 
 

@@ -31,7 +31,7 @@ from engine.channel.control import CommandInbox
 from engine.channel.events import EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
 from engine.train import recipe, rundir
-from engine.train.build import RunParts, build_run
+from engine.train.build import RunParts, build_run, timestep_mu_sigma
 
 log = logging.getLogger("sidestep.engine")
 MAX_BAD_WINDOWS = 10
@@ -242,9 +242,8 @@ class Trainer:
         frame_mask = batch["frame_mask"].to(dev, non_blocking=True)
         gen = p.generator
         enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen)
-        t = recipe.sample_timesteps(
-            x0.shape[0], mode=c.timestep_mode, mu=c.timestep_mu, sigma=c.timestep_sigma, device=dev, generator=gen
-        )
+        mu, sigma = timestep_mu_sigma(c)
+        t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=mu, sigma=sigma, device=dev, generator=gen)
         noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev)
         x_t = recipe.noisy_input(x0, noise, t).to(p.compute_input_dtype)
         if c.gradient_checkpointing:
@@ -380,9 +379,11 @@ class Trainer:
     def _prune_checkpoints(self) -> None:
         import shutil
 
+        p = self.parts
+        assert p is not None
         periodic = [
             (s, path)
-            for s, path in layout.list_checkpoints(self.parts.run_dir)
+            for s, path in layout.list_checkpoints(p.run_dir)
             if (layout.read_checkpoint_meta(path) or {}).get("kind") == "periodic"
         ]
         for _, path in periodic[: max(len(periodic) - self.config.keep_checkpoints, 0)]:
@@ -395,11 +396,7 @@ class Trainer:
             raise TrainingHalted(
                 "no optimizer step ran (the dataset yielded no batches or every step was skipped); check the dataset and max steps"
             )
-        adapter_path = ""
-        if status == "completed":
-            adapter_path = self.save_checkpoint("final")
-        else:
-            adapter_path = layout.newest_checkpoint(p.run_dir) or ""
+        adapter_path = self.save_checkpoint("final") if status == "completed" else (layout.newest_checkpoint(p.run_dir) or "")
         self.phase = "finished"
         return self.bus.emit(
             protocol.RunFinished(
@@ -466,7 +463,9 @@ class Trainer:
     def _open_tensorboard(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        log_dir = self.config.log_dir or layout.tensorboard_dir(self.parts.run_dir)
+        p = self.parts
+        assert p is not None
+        log_dir = self.config.log_dir or layout.tensorboard_dir(p.run_dir)
         # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
         self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
 

@@ -128,11 +128,11 @@ class ModelsScreen(Screen[None]):
         rows = [tuple(model_row(m)[i] for i in keep) for m in self.shown]
         # Explicit widths: DataTable's auto widths can keep a stale, narrower render of rows that
         # were drawn before its idle-time measuring (seen with Textual 8.2.8).
-        widths = [max(len(c) for c in cells) for cells in zip(columns, *rows)]
+        widths = [max(len(c) for c in cells) for cells in zip(columns, *rows, strict=True)]
         table.clear(columns=True)
-        for column, width in zip(columns, widths):
+        for column, width in zip(columns, widths, strict=True):
             table.add_column(column, key=column, width=width)
-        for model, row in zip(self.shown, rows):
+        for model, row in zip(self.shown, rows, strict=True):
             table.add_row(*row, key=model.path)
         total = len(models)
         note = f"{len(self.shown)} of {total} shown" if query.strip() else plural(total, "model")

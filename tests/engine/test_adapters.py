@@ -357,3 +357,14 @@ def test_lora_bias_all_trains_biases(demo_paths):
     names = {n for n, p in adapter.module.named_parameters() if p.requires_grad}
     assert "base_model.model.condition_embedder.bias" in names
     assert "base_model.model.condition_embedder.bias" in adapter.state_dict()
+
+
+def test_lora_config_refuses_a_bias_peft_does_not_know():
+    import dataclasses
+
+    from engine.adapters.lora import lora_config
+
+    assert lora_config(make_config(bias="lora_only")).bias == "lora_only"
+    config = dataclasses.replace(make_config(), bias="some")  # parse() refuses it; lora_config checks again
+    with pytest.raises(ValueError, match=r"^bias 'some' is not one of none, all, lora_only; set bias to one of them$"):
+        lora_config(config)

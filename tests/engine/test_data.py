@@ -110,8 +110,10 @@ def test_corrupt_file(tmp_path):
 
 def test_truncated_file(tmp_path):
     path = write(tmp_path, "cut.pt", make_sample(30))
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])
     with pytest.raises(DatasetError) as exc:
         TensorDataset(str(tmp_path))
     assert_one_line(exc, path)
@@ -378,11 +380,11 @@ def test_workers_see_the_same_crops_as_the_main_process(folder):
     parallel = build_loader(ds, dataclasses.replace(cfg, num_workers=2, persistent_workers=True), epoch=2, device_type="cpu")
     a, b = list(serial), list(parallel)
     assert [x["crops"] for x in a] == [x["crops"] for x in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x["target_latents"], y["target_latents"])
     # cropped frames match their windows
     for x in a:
-        for row, (start, stop), file in zip(x["target_latents"], x["crops"], x["files"]):
+        for row, (start, stop), file in zip(x["target_latents"], x["crops"], x["files"], strict=True):
             tag = float(os.path.basename(file)[1:3])
             assert torch.equal(row[: stop - start, 0].float() - tag, torch.arange(start, stop, dtype=torch.float32))
     # the planner state lives in the main process and moved on

@@ -197,3 +197,14 @@ def test_tracker_state_round_trip():
     assert sum(restored.snapshot()["cumulative"]) == 4
     with pytest.raises(ValueError):
         TimestepTracker(mode="continuous", mu=0.0, sigma=1.0, n_bins=4).load_state_dict(tracker.state_dict())
+
+
+def test_timestep_mu_sigma_needs_a_resolved_config():
+    from engine import config as cfgmod
+    from engine.train.build import timestep_mu_sigma
+
+    user = cfgmod.parse({"checkpoint_dir": "ckpt", "dataset_dir": "data", "output_dir": "out"})
+    with pytest.raises(ValueError, match="resolve_variant_defaults"):
+        timestep_mu_sigma(user)
+    resolved = cfgmod.resolve_variant_defaults(user, {"timestep_mu": -0.8, "timestep_sigma": 1.2})
+    assert timestep_mu_sigma(resolved) == (-0.8, 1.2)

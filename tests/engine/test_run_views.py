@@ -122,7 +122,7 @@ def test_every_view_shows_the_same_figures(runs_root: Path, name: str, capsys: p
     steps = f"{step}/{SAMPLES * EPOCHS}"
 
     # the Runs screen (and the summary behind it)
-    row = dict(zip(COLUMNS, run_row(summarize_run(str(run_dir)))))
+    row = dict(zip(COLUMNS, run_row(summarize_run(str(run_dir))), strict=True))
     assert (row["Status"], row["Steps"], row["Final"], row["Best"]) == (status, steps, final, best)
 
     # `sidestep runs`

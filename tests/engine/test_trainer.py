@@ -39,14 +39,15 @@ def step_losses(events: list) -> dict[int, float]:
 
 
 def test_run_writes_a_complete_run_directory(demo_config_values):
-    events, final = train(demo_config_values)
+    _, final = train(demo_config_values)
     assert isinstance(final, protocol.RunFinished), getattr(final, "traceback", final)
     assert final.status == "completed" and final.steps == 6
     run_dir = demo_config_values["output_dir"]
     for name in ("config.json", "events.jsonl", "sidestep.log", "final/adapter_model.safetensors", "final/adapter_config.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
     assert not os.path.exists(os.path.join(run_dir, "engine.json")), "engine.json must go when the run ends"
-    resolved = json.load(open(os.path.join(run_dir, "config.json")))
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        resolved = json.load(fh)
     assert resolved["timestep_mu"] == pytest.approx(-0.4) and resolved["shift"] == 1.0  # variant defaults applied
     # events.jsonl holds the same run, in order, ending with RunFinished
     on_disk = protocol.read_events(os.path.join(run_dir, "events.jsonl"))
@@ -145,7 +146,7 @@ def test_missing_checkpoint_folder_is_named(demo_config_values, tmp_path):
 
 
 def test_corrupt_training_state_is_named(demo_config_values):
-    events, final = train(dict(demo_config_values, max_steps=50), stop_at=1)
+    events, _ = train(dict(demo_config_values, max_steps=50), stop_at=1)
     ckpt_dir = next(e.path for e in events if isinstance(e, protocol.CheckpointSaved) and e.kind == "stop")
     with open(os.path.join(ckpt_dir, "training_state.pt"), "wb") as fh:
         fh.write(b"this is not a zip file")
@@ -231,6 +232,6 @@ def test_skipped_steps_and_the_saving_phase_reach_the_events(demo_config_values,
     assert sum(e.phase == "saving" for _, e in phases) == len(saves)
     for i in saves:
         before = [e for j, e in phases if j < i][-1]
-        after = [e for j, e in phases if j > i][0]
+        after = next(e for j, e in phases if j > i)
         assert (before.phase, before.detail) == ("saving", events[i].kind)
         assert after.phase == "training"

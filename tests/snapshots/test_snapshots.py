@@ -60,7 +60,7 @@ def test_monitor_recorded_cpu_demo_run(snap_compare, tmp_path, size) -> None:
 
 
 def test_monitor_paused(snap_compare, tmp_path) -> None:
-    events = scripted_run(steps=20, finish=None) + [p.RunPaused(run_id="run-1", seq=999, ts=1_700_000_100.0, step=20)]
+    events = [*scripted_run(steps=20, finish=None), p.RunPaused(run_id="run-1", seq=999, ts=1_700_000_100.0, step=20)]
     fake = FakeEngineClient(events)
     assert snap_compare(build(tmp_path, fake), terminal_size=(80, 24), run_before=after_drain(fake))
 

@@ -222,9 +222,9 @@ def scripted_run(
             )
             ev.append(p.Heartbeat(**env(), phase="training", last_step=step))
         if step % 10 == 0:
-            recent = tuple(int(round(m * 40 + ((i * step) % 3) - 1)) for i, m in enumerate(expected))
+            recent = tuple(round(m * 40 + ((i * step) % 3) - 1) for i, m in enumerate(expected))
             recent = tuple(max(0, r) for r in recent)
-            cumulative = [c + r for c, r in zip(cumulative, recent)]
+            cumulative = [c + r for c, r in zip(cumulative, recent, strict=True)]
             ev.append(
                 p.TimestepHistogram(
                     **env(), step=step, bin_edges=edges, recent=recent, cumulative=tuple(cumulative), expected=expected

@@ -177,7 +177,7 @@ def test_plain_attach_and_the_tui_attach_read_a_damaged_log_alike(tmp_path, caps
 
     source = Path(__file__).resolve().parents[1] / "data" / "events" / "demo_run.jsonl"
     lines = source.read_text().splitlines(keepends=True)
-    damaged = lines[:40] + ["{garbage\n"] + lines[41:90] + ["\xff not an event\n"] + lines[90:] + [lines[1][:25]]
+    damaged = [*lines[:40], "{garbage\n", *lines[41:90], "\xff not an event\n", *lines[90:], lines[1][:25]]
     run_dir = tmp_path / "damaged"
     run_dir.mkdir()
     (run_dir / "events.jsonl").write_text("".join(damaged))

@@ -194,7 +194,7 @@ def test_read_events_in_order(tmp_path) -> None:
 def test_read_events_tolerates_a_torn_last_line(tmp_path) -> None:
     good = [protocol.dumps(sample(protocol.Heartbeat)), protocol.dumps(sample(protocol.StepMetrics))]
     torn = protocol.dumps(sample(protocol.RunFinished))[:25]
-    path = _write(tmp_path, good + [torn, "", "  "])
+    path = _write(tmp_path, [*good, torn, "", "  "])
     assert len(protocol.read_events(path)) == 2
     with pytest.raises(protocol.ProtocolError, match=":3:"):
         protocol.read_events(path, strict=True)

@@ -47,7 +47,7 @@ def load_audio(path: str, *, max_duration: float = 0.0) -> np.ndarray:
 
         audio = soxr.resample(np.ascontiguousarray(audio), rate, SAMPLE_RATE, quality="HQ")
     if max_duration > 0:
-        audio = audio[: int(round(max_duration * SAMPLE_RATE))]
+        audio = audio[: round(max_duration * SAMPLE_RATE)]
     if audio.shape[0] < MIN_SECONDS * SAMPLE_RATE:
         seconds = math.floor(audio.shape[0] / SAMPLE_RATE * 100) / 100  # never shows "1.00 s" for 0.999
         raise AudioReadError(path, f"only {seconds:.2f} s of audio; at least {MIN_SECONDS:g} s is needed")
@@ -62,7 +62,7 @@ def _decode_soundfile(path: str, max_duration: float) -> tuple[np.ndarray, int]:
             rate, declared = fh.samplerate, fh.frames
             frames = -1
             if max_duration > 0:
-                frames = int(math.ceil(max_duration * rate)) + 64  # a little slack for the resampler
+                frames = math.ceil(max_duration * rate) + 64  # a little slack for the resampler
             audio = fh.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # LibsndfileError / RuntimeError / TypeError depending on the version
         raise AudioReadError(path, f"cannot decode {format_name(path)}: {error_line(exc)}") from None

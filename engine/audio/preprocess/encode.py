@@ -208,7 +208,7 @@ def load_pass2(checkpoint_dir: str, model_dir: str, device: torch.device, dtype:
             break
         except Exception as exc:  # the checkpoint's own code may raise anything
             errors.append(f"{backend}: {error_line(exc)}")
-    if model is None:
+    if model is None or info is None:
         raise PreprocessModelError(f"cannot load {model_dir}: " + "; ".join(errors))
     # A missing encoder weight would be silently random: every tensor would be conditioned on noise.
     keys = [k[0] if isinstance(k, tuple) else k for k in [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]]

@@ -34,9 +34,9 @@ def integrated_loudness(audio: np.ndarray, rate: int = SAMPLE_RATE) -> float:
     import pyloudnorm
 
     data = np.asarray(audio, dtype=np.float64).T  # pyloudnorm wants (samples, channels)
-    minimum = int(math.ceil(_BLOCK_S * rate)) + 1
+    minimum = math.ceil(_BLOCK_S * rate) + 1
     if data.shape[0] < minimum:
-        data = np.tile(data, (int(math.ceil(minimum / max(1, data.shape[0]))), 1))
+        data = np.tile(data, (math.ceil(minimum / max(1, data.shape[0])), 1))
     with np.errstate(divide="ignore"):
         return float(pyloudnorm.Meter(rate).integrated_loudness(data))
 

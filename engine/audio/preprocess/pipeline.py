@@ -296,7 +296,7 @@ def _pass1(run: _Run, jobs: JobList, todo: list[Job], models: Any, fingerprints:
             audio = load_audio(job.audio_path, max_duration=jobs.max_duration)
             audio = normalize(audio, cfg.normalize, target_db=cfg.target_db, target_lufs=cfg.target_lufs)
             seconds = audio.shape[1] / SAMPLE_RATE
-            duration = int(round(seconds))
+            duration = round(seconds)
             generator = torch.Generator().manual_seed(int(hashlib.sha1(job.stem.encode("utf-8")).hexdigest()[:8], 16))
             latents = encode.vae_encode(models, audio, generator=generator)
             if not torch.isfinite(latents).all():

@@ -92,7 +92,8 @@ def _from_dataset_json(path: str) -> tuple[Entries, dict[str, Any], str, list[tu
         raise ValueError(f"cannot read {path}: {exc}") from None
     metadata: dict[str, Any] = {}
     if isinstance(data, dict):
-        metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+        found = data.get("metadata")
+        metadata = found if isinstance(found, dict) else {}
         data = data.get("samples")
     if not isinstance(data, list):
         raise ValueError(f'{path}: expected a list of samples or {{"samples": [...]}}')
@@ -129,7 +130,7 @@ def collect_jobs(config: PreprocessConfig) -> JobList:
     if config.audio_dir:
         report = scan_audio_dir(config.audio_dir)
         base = report.audio_dir
-        entries = [(sample, found.duration_s) for sample, found in zip(report.samples, report.files)]
+        entries = [(sample, found.duration_s) for sample, found in zip(report.samples, report.files, strict=True)]
         metadata: dict[str, Any] = {}
         failed = list(report.unreadable)
         skipped = [(dup, f"same audio as {kept}; left out") for dup, kept in report.duplicates]

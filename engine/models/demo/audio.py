@@ -107,7 +107,7 @@ def write_demo_vae(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0
             **VAE_CONFIGS[size],
         )
     with _publishing(target, size) as staging:
-        vae.save_pretrained(staging, safe_serialization=True)
+        vae.save_pretrained(staging, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers types its lazy export as the torch-less dummy
     return str(target)
 
 
@@ -164,7 +164,7 @@ def write_demo_text_encoder(root: str | os.PathLike, *, hidden_size: int, size: 
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays untouched
         torch.manual_seed(seed)
-        model = Qwen3Model(config).to(dtype)
+        model = Qwen3Model(config).to(dtype)  # type: ignore[arg-type]  # transformers' decorator hides nn.Module.to's signature
     with _publishing(target, size) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -236,13 +236,18 @@ def _write_text(path: Path, text: str, *, bom: bool = False) -> None:
         fh.write(text)
 
 
+def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
+    import soundfile as sf
+
+    kind = path.suffix[1:].upper()  # WAV or FLAC
+    fsutil.atomic_write(path, lambda tmp: sf.write(tmp, audio, rate, format=kind))
+
+
 def synthesize_demo_audio(
     directory: str | os.PathLike, n: int = 6, *, seed: int = 0, seconds: tuple[float, ...] = (2.0, 1.5, 2.5, 2.0)
 ) -> list[str]:
     """Write ``n`` short songs (tones, chords, arpeggios, noise bursts; WAV and FLAC; one mono 44.1 kHz)
     with sidecars in every supported convention. Returns the audio paths. Deterministic for a seed."""
-    import soundfile as sf
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -290,8 +295,6 @@ def synthesize_demo_audio(
             audio = _arpeggio("DFA", secs, rate, bpm).astype(np.float32)
             _write_text(path.with_name(path.stem + ".caption.txt"), "a plucked minor arpeggio, mono recording")
             _write_text(path.with_name(path.stem + ".lyrics.txt"), "[Instrumental]")
-        fsutil.atomic_write(
-            path, lambda tmp, audio=audio, rate=rate, kind=path.suffix[1:].upper(): sf.write(tmp, audio, rate, format=kind)
-        )
+        _write_audio(path, audio, rate)
         paths.append(str(path))
     return paths
