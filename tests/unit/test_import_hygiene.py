@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.integration  # each check starts a fresh interpreter
-
 from .import_contract import CONTRACT_MODULES, CONTRACTS, ENGINE_SUBPACKAGES, HEAVY, REPO, UI_PACKAGES
+
+pytestmark = pytest.mark.integration  # each check starts a fresh interpreter
 
 # pynvml is light (the GPU list), but a contract module loads it only when asked for the GPUs.
 FORBIDDEN = (*HEAVY, *UI_PACKAGES, "pynvml")

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.integration  # every check starts a fresh interpreter
-
 from .import_contract import ENGINE_SUBPACKAGES, HEAVY, REPO
+
+pytestmark = pytest.mark.integration  # every check starts a fresh interpreter
 
 FORBIDDEN = HEAVY
 
