@@ -64,7 +64,18 @@ def start_run(engine: Engine, values: dict) -> None:
     engine.cmd_q.put(protocol.StartRun(run_id="it", config_json=cfgmod.to_json(cfgmod.parse(values))))
 
 
-def test_handshake_run_stop_and_clean_exit(capfd, engine, demo_config_values):
+def test_handshake_run_stop_and_clean_exit(capfd, tmp_path, demo_config_values):
+    engine = Engine(tmp_path)  # started here, not in a fixture: capfd sees the fds it inherits only in the test's body
+    try:
+        _handshake_run_stop_and_clean_exit(engine, demo_config_values)
+    finally:
+        engine.close()
+    # the engine's own prints and logging went to its log, never to our terminal (it inherited our fds)
+    assert capfd.readouterr() == ("", "")
+    assert os.path.getsize(tmp_path / "engine.log") > 0
+
+
+def _handshake_run_stop_and_clean_exit(engine, demo_config_values):
     ready = engine.wait_for(lambda e: isinstance(e, protocol.EngineReady))
     assert ready.protocol_version == protocol.PROTOCOL_VERSION and ready.pid == engine.proc.pid
     start_run(engine, dict(demo_config_values, max_steps=100000, epochs=100000))
@@ -91,9 +102,6 @@ def test_handshake_run_stop_and_clean_exit(capfd, engine, demo_config_values):
     engine.wait_for(lambda e: isinstance(e, protocol.EngineStopping))
     engine.proc.join(30)
     assert engine.proc.exitcode == 0
-    # the engine's own prints and logging went to its log, never to our terminal (it inherited our fds)
-    assert os.path.getsize(os.path.join(os.path.dirname(demo_config_values["output_dir"]), "engine.log")) > 0
-    assert capfd.readouterr() == ("", "")
 
 
 def test_bad_config_is_a_run_failed_and_the_engine_stays_up(engine, demo_config_values):
