@@ -153,42 +153,14 @@ class Trainer:
                 # A non-finite micro-batch poisons the window's gradients, so the whole window is skipped.
                 step_loss = float(torch.stack(window_losses).mean().item())
                 if not math.isfinite(step_loss):
-                    p.optimizer.zero_grad(set_to_none=True)
                     bad_windows += 1
-                    agg.add(
-                        step=self.global_step,
-                        epoch=self.epoch_number(),
-                        loss=math.nan,
-                        lr=p.current_lr(),
-                        grad_norm=math.nan,
-                        samples=0,
-                        skipped=True,
-                    )
-                    self.bus.log("warning", f"step {self.global_step + 1}: loss was NaN/Inf; the update was skipped")
-                    if bad_windows >= MAX_BAD_WINDOWS:
-                        raise TrainingHalted(
-                            f"the loss was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; lower the learning rate or check the dataset"
-                        )
+                    self._skip_window(agg, bad_windows, "loss", "lower the learning rate or check the dataset")
                 else:
                     grad_norm = p.fabric.clip_gradients(p.module, p.optimizer, max_norm=c.max_grad_norm, error_if_nonfinite=False)
                     gn = float(grad_norm)
                     if not math.isfinite(gn):
-                        p.optimizer.zero_grad(set_to_none=True)
                         bad_windows += 1
-                        agg.add(
-                            step=self.global_step,
-                            epoch=self.epoch_number(),
-                            loss=math.nan,
-                            lr=p.current_lr(),
-                            grad_norm=math.nan,
-                            samples=0,
-                            skipped=True,
-                        )
-                        self.bus.log("warning", f"step {self.global_step + 1}: gradient norm was NaN/Inf; the update was skipped")
-                        if bad_windows >= MAX_BAD_WINDOWS:
-                            raise TrainingHalted(
-                                f"gradients were NaN/Inf for {bad_windows} optimizer steps in a row; lower the learning rate"
-                            )
+                        self._skip_window(agg, bad_windows, "gradient norm", "lower the learning rate")
                     else:
                         bad_windows = 0
                         p.optimizer.step()
@@ -296,6 +268,27 @@ class Trainer:
         if advanced and self._heavy_due():
             self._log_heavy()
         return None
+
+    def _skip_window(self, agg: StepAggregator, bad_windows: int, what: str, fix: str) -> None:
+        """A non-finite ``what`` poisoned this window: drop its gradients, report the skipped step (the
+        UI and ``sidestep runs`` count it), and halt after MAX_BAD_WINDOWS in a row."""
+        p = self.parts
+        assert p is not None
+        p.optimizer.zero_grad(set_to_none=True)
+        agg.add(
+            step=self.global_step,
+            epoch=self.epoch_number(),
+            loss=math.nan,
+            lr=p.current_lr(),
+            grad_norm=math.nan,
+            samples=0,
+            skipped=True,
+        )
+        self.bus.log("warning", f"step {self.global_step + 1}: {what} was NaN/Inf; the update was skipped")
+        if bad_windows >= MAX_BAD_WINDOWS:
+            raise TrainingHalted(
+                f"the {what} was NaN/Inf for {bad_windows} optimizer steps in a row at step {self.global_step}; {fix}"
+            )
 
     def _end_epoch(self, mean_loss: float, duration: float) -> None:
         c = self.config
