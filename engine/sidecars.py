@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-BUILDER_MODULE = "engine.audio.builder"  # run by module name: this module never imports it
+CLI_MODULE = "engine.cli"  # `sidestep dataset`, run by module name: this module never imports it
 CLI_ERROR_PREFIX = "sidestep dataset: error: "  # how the builder's CLI reports a bad input
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 # libsndfile (soundfile) has no AAC/MP4 decoder; these need ffmpeg on PATH.
@@ -299,7 +299,7 @@ def scan_in_subprocess(audio_dir: str, *, timeout: float = 3600.0) -> BuildRepor
     """``scan_audio_dir`` in a child interpreter, for the UI process (soundfile pulls in numpy, which
     the UI never imports). Raises ``ValueError`` with the child's one-line error."""
     done = subprocess.run(
-        [sys.executable, "-m", BUILDER_MODULE, "-i", audio_dir, "--dry-run", "--json"],
+        [sys.executable, "-m", CLI_MODULE, "dataset", "-i", audio_dir, "--dry-run", "--json"],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,7 +5,7 @@ its duration (soundfile, or ffprobe for AAC/MP4); ``build_dataset`` does the sam
 ``dataset.json`` atomically. Both return a ``BuildReport`` that lists what was found and every
 problem: files without a sidecar (kept, captioned from the file name), unreadable files (left out)
 and duplicates (same bytes; the first path wins). Sidecar rules, samples and the report are
-``engine.sidecars``; ``python -m engine.audio.builder`` is the scan the UI runs in a child process.
+``engine.sidecars``; the UI runs its scan in a child process as ``python -m engine.cli dataset --dry-run --json``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 from engine import fsutil
 from engine.sidecars import (
     AUDIO_EXTENSIONS,
-    BUILDER_MODULE,
     CLI_ERROR_PREFIX,
     DATASET_FILE,
     FFMPEG_ONLY,
@@ -186,24 +185,6 @@ def build_dataset(
 # --------------------------------------------------------------------------- CLI
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``sidestep dataset`` (Side-Step's names, plus --dry-run and --json)."""
-    parser.add_argument(
-        "-i", "--input", dest="input", required=True, metavar="AUDIO_DIR", help="folder of audio files (scanned recursively)"
-    )
-    parser.add_argument("--tag", default="", help="trigger tag added to every caption")
-    parser.add_argument("--tag-position", default="prepend", choices=TAG_POSITIONS, help="where the tag goes (default prepend)")
-    parser.add_argument(
-        "--genre-ratio", type=int, default=0, metavar="N", help="percent of samples prompted by genre instead of caption (0-100)"
-    )
-    parser.add_argument("--name", default="local_dataset", help="dataset name")
-    parser.add_argument(
-        "-o", "--output", default=None, metavar="PATH", help="where to write dataset.json (default AUDIO_DIR/dataset.json)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="scan and report only; write nothing")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
-
-
 def run_dataset_command(args: argparse.Namespace) -> int:
     """``sidestep dataset``: print a summary (or JSON); one-line errors on stderr; 0 on success, 2 on bad input."""
     try:
@@ -226,15 +207,3 @@ def run_dataset_command(args: argparse.Namespace) -> int:
     else:
         print("\n".join(report.summary_lines()))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {BUILDER_MODULE}", description="build dataset.json from audio files and sidecar text"
-    )
-    add_dataset_arguments(parser)
-    return run_dataset_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
