@@ -115,10 +115,11 @@ async def test_first_run_to_runs_against_the_real_engine(demo: dict[str, str], t
         await pilot.pause()
         table = app.screen.query_one(CheckpointList)
         assert any(str(table.get_row_at(i)[2]) == "stop" for i in range(table.row_count))
+        # exit_code, not is_alive: is_alive turns False when the process is reaped, the exit code a moment later
         await wait_until(
-            pilot, lambda: app.session.client is not None and not app.session.client.is_alive, 60, "the engine to exit"
+            pilot, lambda: app.session.client is not None and app.session.client.exit_code is not None, 60, "the engine to exit"
         )
-        assert app.session.client.exit_code == 0 and not app.engine_banner
+        assert not app.session.client.is_alive and app.session.client.exit_code == 0 and not app.engine_banner
 
         # --- the run is in Runs
         await pilot.press("f5")
