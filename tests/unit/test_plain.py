@@ -11,28 +11,18 @@ from engine import protocol
 from engine.cli.plain import PlainPrinter
 from engine.summary import fold_all
 
+from .event_factory import run_started, step_metrics
+
 
 def started(run_dir: str, start_step: int) -> protocol.RunStarted:
-    return protocol.RunStarted(
+    return run_started(
         run_dir=run_dir,
         config_json=json.dumps({"resume_from": "auto" if start_step else None}),
-        adapter_type="lora",
-        model_dir="/m",
         model_variant="v",
-        device="cpu",
-        precision="fp32",
-        attention_backend="sdpa",
-        adapted_modules=1,
-        trainable_params=1,
-        total_params=2,
         num_samples=2,
-        steps_per_epoch=2,
-        total_steps=6,
         start_step=start_step,
         start_epoch=start_step // 2 + 1,
         timestep_mu=0.0,
-        timestep_sigma=1.0,
-        timestep_mode="continuous",
     )
 
 
@@ -52,8 +42,7 @@ def test_a_headless_resume_ends_with_the_whole_runs_figures(tmp_path: Path) -> N
     (tmp_path / "events.jsonl").write_text("".join(protocol.dumps(e) + "\n" for e in first + loading))
     second = stamped([
         started(run_dir, 3),
-        protocol.StepMetrics(step=6, epoch=3, total_steps=6, loss=0.7, loss_min=0.7, loss_max=0.7, steps_covered=3, lr=1e-3,
-                             grad_norm=1.0, samples_per_s=1.0, eta_s=0.0),
+        step_metrics(6, 0.7, epoch=3, steps_covered=3, eta_s=0.0),
         protocol.RunFinished(status="completed", steps=6, epochs=3, final_loss=0.65, best_loss=0.5, adapter_path=f"{run_dir}/final", wall_s=2.0),
     ], "seg-2")  # fmt: skip
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from engine import config as cfg
 from engine import protocol, runs
 
+from .event_factory import run_started, step_metrics
+
 T0 = 1_700_000_000.0
 
 
@@ -35,43 +37,19 @@ class Log:
 
 
 def started(total_steps: int = 100, start_step: int = 0) -> protocol.RunStarted:
-    return protocol.RunStarted(
-        run_dir="",
-        config_json="{}",
-        adapter_type="lora",
-        model_dir="/m",
+    return run_started(
         model_variant="turbo",
-        device="cpu",
-        precision="fp32",
-        attention_backend="sdpa",
         adapted_modules=10,
-        trainable_params=1,
-        total_params=2,
         num_samples=3,
         steps_per_epoch=10,
         total_steps=total_steps,
         start_step=start_step,
         start_epoch=start_step // 10 + 1,
-        timestep_mu=-0.4,
-        timestep_sigma=1.0,
-        timestep_mode="continuous",
     )
 
 
 def metrics(step: int, loss: float, epoch: int = 1, total: int = 100) -> protocol.StepMetrics:
-    return protocol.StepMetrics(
-        step=step,
-        epoch=epoch,
-        total_steps=total,
-        loss=loss,
-        loss_min=loss,
-        loss_max=loss,
-        steps_covered=1,
-        lr=1e-4,
-        grad_norm=1.0,
-        samples_per_s=2.0,
-        eta_s=10.0,
-    )
+    return step_metrics(step, loss, epoch=epoch, total_steps=total, lr=1e-4, samples_per_s=2.0, eta_s=10.0)
 
 
 def resource() -> protocol.ResourceSample:

@@ -9,6 +9,8 @@ import math
 from engine import protocol
 from engine.summary import EMPTY, fold, fold_all, is_resume, loss_text
 
+from .event_factory import run_started, step_metrics
+
 RUN_DIR = "/runs/demo"
 
 
@@ -24,43 +26,16 @@ class Stream:
 
 
 def started(start_step: int = 0, *, run_dir: str = RUN_DIR, resume_from: str | None = None) -> protocol.RunStarted:
-    return protocol.RunStarted(
+    return run_started(
         run_dir=run_dir,
         config_json=json.dumps({"resume_from": resume_from}),
-        adapter_type="lora",
-        model_dir="/m",
-        model_variant="turbo",
-        device="cpu",
-        precision="fp32",
-        attention_backend="sdpa",
-        adapted_modules=1,
-        trainable_params=1,
-        total_params=2,
-        num_samples=4,
-        steps_per_epoch=2,
-        total_steps=6,
         start_step=start_step,
         start_epoch=start_step // 2 + 1,
-        timestep_mu=-0.4,
-        timestep_sigma=1.0,
-        timestep_mode="continuous",
     )
 
 
 def step(n: int, loss: float) -> protocol.StepMetrics:
-    return protocol.StepMetrics(
-        step=n,
-        epoch=(n - 1) // 2 + 1,
-        total_steps=6,
-        loss=loss,
-        loss_min=loss,
-        loss_max=loss,
-        steps_covered=1,
-        lr=1e-3,
-        grad_norm=1.0,
-        samples_per_s=1.0,
-        eta_s=1.0,
-    )
+    return step_metrics(n, loss, epoch=(n - 1) // 2 + 1)
 
 
 def saved(n: int, kind: str, loss: float, path: str = "") -> protocol.CheckpointSaved:
