@@ -252,6 +252,7 @@ class CheckpointSaved:
     path: str
     kind: CheckpointKind
     loss: float = float("nan")
+    comfyui_path: str = ""  # the single-file ComfyUI export inside ``path`` ("" when none was written)
 
 
 @_frozen

@@ -35,13 +35,25 @@ def write_checkpoint_dir(
     config_json: str,
     info: dict[str, Any],
     training_state: dict[str, Any] | None = None,
+    comfyui_name: str = "",
+    warn: Any = None,
 ) -> str:
     """Write adapter files (+ optional training state) as the folder ``target``, all or nothing
-    (``fsutil.atomic_dir``: an old folder of that name is replaced whole); returns ``target``."""
+    (``fsutil.atomic_dir``: an old folder of that name is replaced whole); returns ``target``.
+    With ``comfyui_name`` the folder also gets that single-file ComfyUI export of the adapter; an
+    adapter that ComfyUI cannot express is reported through ``warn`` and the checkpoint is kept."""
     import torch
 
     with fsutil.atomic_dir(target) as tmp:
         adapter.write(tmp, metadata)
+        if comfyui_name:
+            from engine.adapters import export
+
+            try:
+                export.export_comfyui(tmp, tmp / comfyui_name, base=export.BaseWeights.from_module(adapter.module))
+            except export.ExportError as exc:
+                if warn is not None:
+                    warn(f"no ComfyUI file for {os.path.basename(target)}: {exc}")
         if training_state is not None:
             torch.save(training_state, layout.trainer_state_path(str(tmp)))
         (tmp / layout.CONFIG_FILE).write_text(config_json, encoding="utf-8")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -353,6 +354,7 @@ class Trainer:
         loss = self.last_loss if loss is None else loss
         previous = self.phase
         self.set_phase("saving", kind)
+        comfyui_name = f"{os.path.basename(p.run_dir.rstrip(os.sep))}_comfyui.safetensors"  # <run-name>_comfyui
         ckpt.write_checkpoint_dir(
             target,
             adapter=p.adapter,
@@ -360,9 +362,19 @@ class Trainer:
             config_json=cfgmod.to_json(self.config),
             info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
             training_state=self._training_state() if resumable else None,
+            comfyui_name=comfyui_name,
+            warn=lambda message: self.bus.log("warning", message),
         )
+        comfyui = os.path.join(target, comfyui_name)
         self.bus.emit(
-            protocol.CheckpointSaved(step=self.global_step, epoch=self.epoch_number(), path=target, kind=kind, loss=loss)
+            protocol.CheckpointSaved(
+                step=self.global_step,
+                epoch=self.epoch_number(),
+                path=target,
+                kind=kind,
+                loss=loss,
+                comfyui_path=comfyui if os.path.isfile(comfyui) else "",
+            )
         )
         if kind == "periodic" and self.config.keep_checkpoints:
             self._prune_checkpoints()
