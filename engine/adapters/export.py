@@ -51,6 +51,10 @@ class ExportError(ValueError):
     """An adapter that cannot be written in the requested form; the message names the module and why."""
 
 
+class NeedsBaseModel(ExportError):
+    """A DoRA adapter exported without the base model's weights (ComfyUI's dora_scale depends on them)."""
+
+
 def comfyui_file_name(run_name: str) -> str:
     return f"{run_name}{COMFYUI_SUFFIX}"
 
@@ -100,7 +104,7 @@ def _dora_scale_for_comfyui(module: str, magnitude: torch.Tensor, merged_norm: t
 def _need_base(module: str, base: BaseWeights | None, path: str | None) -> torch.Tensor:
     w = base.get(path) if base is not None and path is not None else None
     if w is None:
-        raise ExportError(
+        raise NeedsBaseModel(
             f"{module}: DoRA; ComfyUI divides dora_scale by the base weight's row norm, so the export needs the base model"
             " (pass --checkpoint-dir and --model-variant, or export from the run folder whose config names it)"
         )

@@ -1,4 +1,4 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -254,6 +254,96 @@ def cmd_attach_plain(ns: argparse.Namespace) -> int:
             print(f"warning: {tailer.skipped} lines of {path} were not events and were skipped", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _pick_adapter_folder(source: str) -> tuple[str, str]:
+    """``(adapter folder, why it was picked)``: the folder itself when it holds an adapter, else a run's
+    final/, else the newest of its best/ and checkpoints."""
+    from engine import layout
+
+    def holds_adapter(path: str) -> bool:
+        return os.path.isfile(os.path.join(path, "adapter_config.json")) or any(
+            n.endswith("_weights.safetensors") for n in (os.listdir(path) if os.path.isdir(path) else [])
+        )
+
+    if holds_adapter(source):
+        return source, "adapter folder"
+    final = layout.final_dir(source)
+    if holds_adapter(final):
+        return final, "the run's final adapter"
+    candidates = [p for p in (layout.best_dir(source), *(p for _, p in layout.list_checkpoints(source))) if holds_adapter(p)]
+    if candidates:
+        newest = max(candidates, key=os.path.getmtime)
+        return newest, "the run has no final/; its newest adapter"
+    raise ValueError(f"{source}: no adapter in it (no adapter_config.json or LyCORIS file, no final/, best/ or checkpoints/)")
+
+
+def _run_name(folder: str) -> str:
+    """The run folder's name for an adapter inside a run (final/, best/, checkpoints/<name>/), else the folder's."""
+    folder = os.path.abspath(folder)
+    parent = os.path.dirname(folder)
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.basename(os.path.dirname(parent))
+    if os.path.basename(folder) in ("final", "best") and os.path.isfile(os.path.join(parent, "config.json")):
+        return os.path.basename(parent)
+    return os.path.basename(folder)
+
+
+def _base_weights(ns: argparse.Namespace, folder: str) -> Any:
+    """The base decoder's weights for DoRA: from --checkpoint-dir/--model-variant, else the run config in ``folder``."""
+    checkpoint_dir, variant = ns.checkpoint_dir, ns.model_variant
+    config_path = os.path.join(folder, "config.json")
+    if (not checkpoint_dir or not variant) and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        checkpoint_dir = checkpoint_dir or config.get("checkpoint_dir")
+        variant = variant or config.get("model_variant")
+    if not checkpoint_dir or not variant:
+        return None
+    import torch
+
+    from engine.adapters.export import BaseWeights
+    from engine.models.loader import load_decoder
+
+    loaded = load_decoder(os.path.join(checkpoint_dir, variant), device=torch.device("cpu"), dtype=torch.float32)
+    return BaseWeights.from_module(loaded.decoder)
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from engine.adapters import export
+    from engine.models.loader import ModelLoadError
+
+    source = os.path.abspath(os.path.expanduser(ns.source))
+    try:
+        if ns.target == "peft":
+            if not os.path.isfile(source):
+                raise ValueError(f"{source}: --target peft converts a LoRA .safetensors file; point at the file")
+            out = ns.output or os.path.splitext(source)[0] + "_peft"
+            export.comfyui_to_peft(source, out)
+            print(f"wrote PEFT folder {out}")
+            return 0
+        if os.path.isfile(source):
+            raise ValueError(f"{source}: a file; point at the adapter folder (or the run folder) that holds it")
+        if not os.path.isdir(source):
+            raise ValueError(f"{source}: no such folder")
+        folder, why = _pick_adapter_folder(source)
+        print(f"exporting {folder} ({why})", flush=True)
+        out = ns.output or os.path.join(folder, export.comfyui_file_name(_run_name(folder)))
+        try:
+            export.export_comfyui(folder, out, normalize_alpha=ns.normalize_alpha)
+        except export.NeedsBaseModel:
+            base = _base_weights(ns, folder)
+            if base is None:
+                raise
+            export.export_comfyui(folder, out, normalize_alpha=ns.normalize_alpha, base=base)
+    except (export.ExportError, ModelLoadError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
 def run_command(ns: argparse.Namespace) -> int:
     """Run the headless handler of a parsed command line (``engine.cli.parser``)."""
     import logging
@@ -269,7 +359,7 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
-    handlers = {"train": cmd_train, "demo": cmd_demo, "presets": cmd_presets, "runs": cmd_runs, "attach": cmd_attach_plain}
+    handlers = {"train": cmd_train, "demo": cmd_demo, "presets": cmd_presets, "runs": cmd_runs, "attach": cmd_attach_plain, "export": cmd_export}
     return handlers[ns.command](ns)
 
 

@@ -161,6 +161,24 @@ def build_parser() -> Parser:
     attach.add_argument("--plain", action="store_true", help="follow the run as plain lines instead of the TUI monitor")
     attach.add_argument("--stop", action="store_true", help="ask the run's engine to stop and save (SIGTERM); needs --plain")
 
+    exp = command("export", help="write an adapter folder as one ComfyUI file (or a ComfyUI LoRA file as a PEFT folder)")
+    exp.add_argument(
+        "source",
+        metavar="ADAPTER_OR_RUN_DIR",
+        help="an adapter folder (PEFT or LyCORIS), a run folder (its final/ adapter, else the newest), or for --target peft a LoRA file",
+    )
+    exp.add_argument("--target", choices=("comfyui", "peft"), default="comfyui", help="what to write (default comfyui)")
+    exp.add_argument(
+        "--normalize-alpha", action="store_true", help="write alpha = rank and fold the scale into the weights (same delta)"
+    )
+    exp.add_argument(
+        "-o", "--output", metavar="PATH", help="the file (comfyui) or folder (peft) to write (default: <run>_comfyui.safetensors in the adapter folder)"
+    )
+    exp.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="the base model root, needed for DoRA (default: the one in the run's config.json)"
+    )
+    exp.add_argument("--model-variant", metavar="NAME", help="the model folder under --checkpoint-dir (default: the run's)")
+
     add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
     add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
     return parser

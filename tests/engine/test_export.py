@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -322,3 +323,92 @@ def test_comfyui_file_back_to_peft_keeps_the_delta(demo_paths, tmp_path):
     got = peft_reference(reloaded, model)
     assert set(got) == set(want)
     assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-5
+
+
+# --------------------------------------------------------------------------- runs and the command line
+
+
+def train_demo(values: dict) -> list:
+    import math
+
+    from engine import protocol
+    from engine.channel.control import CommandInbox
+    from engine.channel.events import CallbackSink, EventBus
+    from engine.train.trainer import Trainer
+
+    events: list = []
+    final = Trainer(cfgmod.parse(values), EventBus([CallbackSink(events.append)]), CommandInbox(None), run_id="t", metrics_hz=math.inf).fit()
+    assert isinstance(final, protocol.RunFinished), getattr(final, "traceback", final)
+    return events
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "engine.cli", "export", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("adapter_type", ["lora", "lokr"])
+def test_every_checkpoint_gets_a_comfyui_file_that_plays_as_trained(demo_config_values, demo_paths, adapter_type):
+    from engine import protocol
+
+    values = {**demo_config_values, "adapter_type": adapter_type, "save_every_n_steps": 3}
+    events = train_demo(values)
+    run_dir = values["output_dir"]
+    saved = [e for e in events if isinstance(e, protocol.CheckpointSaved)]
+    assert {e.kind for e in saved} >= {"periodic", "final"}
+    name = f"{os.path.basename(run_dir)}_comfyui.safetensors"
+    for event in saved:
+        assert event.comfyui_path == os.path.join(event.path, name) and os.path.isfile(event.comfyui_path), event
+    final = os.path.join(run_dir, "final")
+    file = load_file(os.path.join(final, name))
+    decoder = fresh_decoder(demo_paths)
+    model = base_weights(decoder)
+    if adapter_type == "lora":
+        from peft import PeftModel
+
+        assert_matches(file, model, peft_reference(PeftModel.from_pretrained(decoder, final), model))
+    else:
+        adapter = attach_adapter(decoder, cfgmod.parse(values))
+        adapter.load(final)
+        assert_matches(file, model, lycoris_reference(adapter, model))
+
+
+@pytest.mark.integration
+def test_sidestep_export_on_a_demo_run_and_a_side_step_folder(demo_config_values, demo_paths, tmp_path):
+    from peft import LoraConfig, PeftModel, TaskType
+
+    train_demo(demo_config_values)
+    run_dir = demo_config_values["output_dir"]
+    done = cli(run_dir, "-o", str(tmp_path / "run.safetensors"))
+    assert done.returncode == 0, done.stderr
+    assert f"exporting {os.path.join(run_dir, 'final')} (the run's final adapter)" in done.stdout
+    auto = load_file(os.path.join(run_dir, "final", f"{os.path.basename(run_dir)}_comfyui.safetensors"))
+    again = load_file(str(tmp_path / "run.safetensors"))
+    assert set(auto) == set(again) and all(torch.equal(auto[k], again[k]) for k in auto)
+
+    # A PEFT folder as Side-Step writes it: bare target names, FEATURE_EXTRACTION, base path blanked.
+    decoder = fresh_decoder(demo_paths)
+    model = base_weights(decoder)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = PeftModel(decoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION))
+    perturb(peft_model)
+    folder = tmp_path / "sidestep_adapter"
+    peft_model.save_pretrained(str(folder))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = ""
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    done = cli(str(folder))
+    assert done.returncode == 0, done.stderr
+    assert_matches(load_file(str(folder / "sidestep_adapter_comfyui.safetensors")), model, peft_reference(peft_model, model))
+
+    # DoRA without a base model: one line, no traceback, nothing written.
+    dora = tmp_path / "dora"
+    PeftModel(fresh_decoder(demo_paths), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)).save_pretrained(str(dora))
+    done = cli(str(dora))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and re.match(r"error: layers\.0\.\w+\.q_proj: DoRA; ", done.stderr), done.stderr
+    assert not list(dora.glob("*_comfyui.safetensors"))
+    # ... and with the base model named, it exports.
+    done = cli(str(dora), "--checkpoint-dir", demo_paths["checkpoint_dir"], "--model-variant", demo_paths["model_variant"])
+    assert done.returncode == 0, done.stderr
+    assert any(k.endswith(".dora_scale") for k in load_file(str(dora / "dora_comfyui.safetensors")))
