@@ -68,6 +68,7 @@ class RunSummary:
     segments: int = 0  # engine runs (a resume adds one)
     best_step: int | None = None  # where best_loss (the adapter in best/) was saved
     best_epoch: int | None = None
+    comfyui_path: str | None = None  # the single-file ComfyUI export inside adapter_path, when there is one
     # steps, epoch (1-based), best_loss, final_loss, error: as ``engine.summary.Summary`` defines them
 
     @property
@@ -244,6 +245,17 @@ def _adapter_path(run_dir: str, s: Summary) -> str | None:
     return layout.newest_checkpoint(run_dir)
 
 
+def comfyui_file(adapter_dir: str | None) -> str | None:
+    """The ``<run>_comfyui.safetensors`` inside an adapter folder (what the engine and ``sidestep export`` write)."""
+    if not adapter_dir:
+        return None
+    try:
+        names = sorted(n for n in os.listdir(adapter_dir) if n.endswith("_comfyui.safetensors") and not n.startswith("."))
+    except OSError:
+        return None
+    return os.path.join(adapter_dir, names[0]) if names else None
+
+
 def summarize_run(run_dir: str) -> RunSummary:
     """The run's ``engine.summary.Summary`` (its figures are defined there, once) plus what only the
     folder knows: the engine's liveness, the config's name and the adapter folders on disk."""
@@ -273,6 +285,7 @@ def summarize_run(run_dir: str) -> RunSummary:
     end = time.time() if status == "running" else s.last_ts
     duration = max(0.0, end - started) if started is not None and end is not None else None
 
+    adapter_path = _adapter_path(run_dir, s)
     run_name = config.get("run_name")
     name = run_name if isinstance(run_name, str) and run_name else folder
     return RunSummary(
@@ -290,7 +303,8 @@ def summarize_run(run_dir: str) -> RunSummary:
         started=started,
         last_update=s.last_ts,
         duration_s=duration,
-        adapter_path=_adapter_path(run_dir, s),
+        adapter_path=adapter_path,
+        comfyui_path=comfyui_file(adapter_path),
         error=s.error or None,
         phase=s.phase,
         pid=info.get("pid") if status == "running" and info else None,

@@ -204,6 +204,8 @@ def cmd_runs(ns: argparse.Namespace) -> int:
         print(f"{r.status:10} {r.adapter_type or '-':7} {steps:>11} {best:>8} {final:>8}  {r.path}")
         if r.adapter_path:
             print(f"{'':50}-> {r.adapter_path}")
+        if r.comfyui_path:
+            print(f"{'':50}-> {r.comfyui_path} (ComfyUI)")
     return 0
 
 

@@ -64,7 +64,8 @@ def render(event: Any, summary: Summary | None = None) -> str | None:
         case protocol.EpochCompleted():
             return f"epoch {event.epoch} done: mean loss {event.mean_loss:.4f} in {fmt_duration(event.duration_s)}"
         case protocol.CheckpointSaved():
-            return f"saved {event.kind} checkpoint at step {event.step}: {event.path}"
+            comfyui = f" (ComfyUI: {os.path.basename(event.comfyui_path)})" if event.comfyui_path else ""
+            return f"saved {event.kind} checkpoint at step {event.step}: {event.path}{comfyui}"
         case protocol.LogRecord():
             return f"{event.level}: {event.message}" if event.level != "info" else event.message
         case protocol.RunPaused():

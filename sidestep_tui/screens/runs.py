@@ -2,12 +2,15 @@
 
 Open one to replay its curves (its events.jsonl folded through the same reducer as a live run), attach
 to a live one (read-only; stop = SIGTERM, which saves), or resume a stopped / failed / died one from its
-newest checkpoint in a freshly spawned engine. Scanning and replay reading run in thread workers.
+newest checkpoint in a freshly spawned engine, or export its adapter as one ComfyUI file (``sidestep export``
+in a child process: the UI never imports torch). Scanning, replay reading and exporting run in thread workers.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 
 from textual import on, work
@@ -55,6 +58,8 @@ def run_detail(r: RunSummary) -> str:
         lines.append(f"resumed {r.segments - 1} time(s)")
     if r.adapter_path:
         lines.append(f"adapter: {r.adapter_path}")
+    if r.comfyui_path:
+        lines.append(f"ComfyUI: {r.comfyui_path}")
     if r.error:
         lines.append(f"error: {r.error}")
     if r.problem:
@@ -93,6 +98,28 @@ class ReplayReady(Message):
     state: RunState
 
 
+@dataclass
+class ExportDone(Message):
+    run: RunSummary
+    ok: bool
+    text: str  # the file written, or the one-line error
+
+
+def export_run(run_dir: str, timeout: float = 600.0) -> tuple[bool, str]:
+    """``sidestep export RUN_DIR`` in a child interpreter: (ok, the file written or the error line)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "export", run_dir], capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"export did not finish: {exc}"
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        return False, (lines[-1].removeprefix("error: ") if lines else f"export exited with {done.returncode}")
+    wrote = [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    return True, wrote[-1] if wrote else done.stdout.strip()
+
+
 class RunsScreen(Screen[None]):
     app = SidestepAppRef()
     CSS_PATH = "runs.tcss"
@@ -101,6 +128,7 @@ class RunsScreen(Screen[None]):
         Binding("o", "open", "Open", id="runs.open", tooltip="Replay the run's curves (read-only); Enter too"),
         Binding("a", "attach", "Attach", id="runs.attach", tooltip="Follow a live run (stop = save and stop)"),
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="Resume from the newest checkpoint in a new engine"),
+        Binding("x", "export", "Export", id="runs.export", tooltip="Write the adapter as one ComfyUI file"),
         Binding("g", "rescan", "Refresh", id="runs.refresh", tooltip="Scan the output root again"),
     ]
 
@@ -177,6 +205,8 @@ class RunsScreen(Screen[None]):
             return r is not None and r.status == "running"
         if action == "resume":
             return r is not None and r.status in RESUMABLE
+        if action == "export":
+            return r is not None and bool(r.adapter_path)
         return True
 
     def action_open(self) -> None:
@@ -196,6 +226,24 @@ class RunsScreen(Screen[None]):
     def action_attach(self) -> None:
         if (r := self.selected) is not None and r.status == "running":
             self.app.attach_run(r.path)
+
+    def action_export(self) -> None:
+        if (r := self.selected) is not None and r.adapter_path:
+            self.notify(f"Exporting {r.name} for ComfyUI ...", timeout=5)
+            self._export(r)
+
+    @work(thread=True, exclusive=True, group="run-export", name="run-export", exit_on_error=False)
+    def _export(self, run: RunSummary) -> None:
+        ok, text = export_run(run.path)
+        self.post_message(ExportDone(run, ok, text))
+
+    @on(ExportDone)
+    def _exported(self, message: ExportDone) -> None:
+        if message.ok:
+            self.notify(f"ComfyUI file: {message.text}", title=f"Exported {message.run.name}", timeout=15)
+        else:
+            self.notify(f"Cannot export {message.run.name}: {message.text}", severity="error", timeout=15)
+        self.action_rescan()
 
     def action_resume(self) -> None:
         r = self.selected

@@ -200,3 +200,35 @@ def test_plain_attach_and_the_tui_attach_read_a_damaged_log_alike(tmp_path, caps
     assert dataclasses.replace(state.summary, events=0) == dataclasses.replace(fold_all(good), events=0)
     assert state.seq_gaps == 1  # the event on the lost line
     assert any(line.level == "warning" and line.message == warnings[0].message for line in state.log)  # shown once
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_export_from_runs_writes_the_comfyui_file(build_app, ui_settings, tmp_path) -> None:
+    """A real demo run (trained by the real CLI in a child process); its automatic ComfyUI file is removed,
+    then Export on the Runs screen writes it again through ``sidestep export`` and names it."""
+    import subprocess
+    import sys
+
+    from engine.demo import prepare_demo
+
+    demo = prepare_demo(str(tmp_path / "demo"), audio=False)
+    run_dir = Path(ui_settings.output_root) / "tiny"
+    argv = [sys.executable, "-m", "engine.cli", "train", "--plain", "--checkpoint-dir", demo["checkpoint_dir"]]
+    argv += ["--model-variant", demo["model_variant"], "--dataset-dir", demo["dataset_dir"], "--output-dir", str(run_dir)]
+    argv += ["--max-steps", "2", "--device", "cpu", "--num-workers", "0", "--rank", "4", "--alpha", "8"]
+    trained = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    comfy = run_dir / "final" / "tiny_comfyui.safetensors"
+    assert comfy.is_file()  # written with the checkpoint
+    comfy.unlink()
+    app = build_app(None, initial_mode="runs")
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: bool(screen.runs), what="the Runs list")
+        assert "Export" in footer_keys(app) and screen.runs[0].comfyui_path is None
+        await pilot.press("x")
+        await wait_until(pilot, lambda: bool(screen.runs) and screen.runs[0].comfyui_path is not None, timeout=300, what="the export")
+        assert comfy.is_file() and screen.runs[0].comfyui_path == str(comfy)
+        assert f"ComfyUI: {comfy}" in screen_text(app)
