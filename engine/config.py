@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,6 +289,72 @@ class TrainConfig:
     cosine_restarts_count: int = _f(
         4, "Cosine restarts", "Cycles for cosine_restarts.", "Training", min=1, max=1000, advanced=True
     )
+    # Cruise control (Side-Step's names and defaults, ACE_STEP.md §6.5/§16)
+    target_loss: float = _f(
+        0.0,
+        "Target loss",
+        "Cruise control: as the smoothed loss nears this value the LR is damped toward the floor (0 = off).",
+        "Training",
+        min=0.0,
+        max=100.0,
+        advanced=True,
+    )
+    target_loss_floor: float = _f(
+        0.01,
+        "Target floor",
+        "Cruise control: the LR factor reached at the target (it decays further below it).",
+        "Training",
+        min=0.0,
+        max=1.0,
+        exclusive_min=True,
+        advanced=True,
+    )
+    target_loss_warmup: int = _f(
+        50,
+        "Target warmup",
+        "Cruise control engages after this many optimizer steps (and never before the LR warm-up ends).",
+        "Training",
+        min=0,
+        max=100000000,
+        advanced=True,
+    )
+    target_loss_smoothing: float = _f(
+        0.98,
+        "Target smoothing",
+        "Cruise control: EMA factor of the step loss it watches (higher = smoother, slower).",
+        "Training",
+        min=0.0,
+        max=0.9999,
+        advanced=True,
+    )
+    # EMA of the adapter weights (SimpleTuner's names)
+    use_ema: bool = _f(
+        False,
+        "EMA weights",
+        "Keep an fp32 moving average of the adapter; best/final/checkpoint adapters are written from it (raw ones in raw/).",
+        "Training",
+        advanced=True,
+    )
+    ema_decay: float = _f(
+        0.995,
+        "EMA decay",
+        "shadow = decay * shadow + (1 - decay) * weights at each EMA update (closer to 1 = slower).",
+        "Training",
+        min=0.0,
+        max=0.99999,
+        exclusive_min=True,
+        advanced=True,
+    )
+    ema_update_interval: int = _f(
+        1, "EMA interval", "Update the EMA every N optimizer steps.", "Training", min=1, max=1000000, advanced=True
+    )
+    ema_cpu_only: bool = _f(
+        False,
+        "EMA on CPU",
+        "Keep the EMA shadow in CPU memory instead of on the training device (saves device memory, slower updates).",
+        "Training",
+        advanced=True,
+    )
 
     # ---- Objective
     timestep_mode: str = _f(
@@ -417,6 +485,14 @@ class TrainConfig:
     )
     early_stop_patience: int = _f(
         0, "Early stop", "Stop after N epochs without a new best (0 = off).", "Checkpoints", min=0, max=1000000, advanced=True
+    )
+    post_checkpoint_script: str = _f(
+        "",
+        "Checkpoint hook",
+        "Command run after each checkpoint is written, e.g. 'rsync -a {checkpoint_path} host:ckpts/' "
+        "({checkpoint_path}, {step}, {run_dir} are filled in; no shell). Its failure never stops training.",
+        "Checkpoints",
+        advanced=True,
     )
 
     # ---- Logging
@@ -598,7 +674,46 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
         errors.append(FieldError("prefetch_factor", "prefetch needs num_workers > 0"))
     if c.use_dora and c.adapter_type != "lora":
         errors.append(FieldError("use_dora", "DoRA is a LoRA option; for LoKR use lokr_weight_decompose"))
+    if c.target_loss > 0 and c.optimizer_type == "prodigy":
+        errors.append(
+            FieldError("target_loss", "cruise control damps the LR, which Prodigy sets itself; use adamw or target_loss 0")
+        )
+    if c.target_loss > 0 and c.early_stop_patience:
+        errors.append(
+            FieldError(
+                "early_stop_patience", "cruise control holds the loss near the target on purpose; set early_stop_patience 0"
+            )
+        )
+    if c.post_checkpoint_script:
+        try:
+            hook_argv(c.post_checkpoint_script, {k: "" for k in HOOK_PLACEHOLDERS})
+        except ValueError as exc:
+            errors.append(FieldError("post_checkpoint_script", str(exc)))
     return errors
+
+
+HOOK_PLACEHOLDERS = ("checkpoint_path", "step", "run_dir", "local_checkpoint_path", "global_step")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def hook_argv(template: str, values: dict[str, str]) -> list[str]:
+    """The argument list of a ``post_checkpoint_script``: split like a POSIX shell would (``shlex``,
+    quotes group words) but never run by one; each ``{name}`` inside an argument is replaced by
+    ``values[name]`` (SimpleTuner's ``{local_checkpoint_path}``/``{global_step}`` are accepted too).
+    Raises ``ValueError`` naming the problem (unbalanced quote, unknown placeholder, empty)."""
+    try:
+        words = shlex.split(template)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {template!r} into arguments ({exc}); balance the quotes") from None
+    if not words:
+        raise ValueError("is empty; give a command such as 'python sync.py {checkpoint_path}'")
+    unknown = sorted({m for w in words for m in _PLACEHOLDER.findall(w) if m not in HOOK_PLACEHOLDERS})
+    if unknown:
+        names = ", ".join("{" + n + "}" for n in unknown)
+        allowed = ", ".join("{" + n + "}" for n in HOOK_PLACEHOLDERS[:3])
+        raise ValueError(f"unknown placeholder {names}; use {allowed}")
+    aliases = {"local_checkpoint_path": "checkpoint_path", "global_step": "step"}
+    return [_PLACEHOLDER.sub(lambda m: values[aliases.get(m.group(1), m.group(1))], w) for w in words]
 
 
 def parse_schema(

@@ -195,6 +195,8 @@ class StepMetrics:
     samples_per_s: float
     eta_s: float
     skipped_steps: int = 0
+    cruise_scale: float = -1.0  # cruise control's LR factor in (0, 1] (``lr`` already includes it); -1 = off
+    cruise_ema: float = -1.0  # the smoothed loss cruise control watches; -1 = off
 
 
 @_frozen

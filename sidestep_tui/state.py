@@ -205,6 +205,7 @@ class RunState:
     loss_ema: float | None = None
     lr: float | None = None
     grad_norm: float | None = None
+    cruise: tuple[float, float] | None = None  # cruise control's (LR factor, loss EMA) while it is on
     epoch_losses: tuple[tuple[int, float], ...] = ()
     # resources, histogram, checkpoints, log
     resources: tuple[ResourcePoint, ...] = ()
@@ -377,6 +378,7 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
         "loss_ema": _ema(state.loss_ema, e.loss) if finite else state.loss_ema,
         "lr": e.lr,
         "grad_norm": e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
+        "cruise": (e.cruise_scale, e.cruise_ema) if e.cruise_scale >= 0 else None,
     }
 
 

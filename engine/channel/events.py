@@ -164,14 +164,34 @@ class StepAggregator:
         self._steps_rate = 0.0
 
     def add(
-        self, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float, samples: int, skipped: bool = False
+        self,
+        *,
+        step: int,
+        epoch: int,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        samples: int,
+        skipped: bool = False,
+        cruise_scale: float = -1.0,
+        cruise_ema: float = -1.0,
     ) -> None:
         if skipped:
             self._skipped += 1
+            # a skipped step keeps the last cruise-control reading (it did not move the EMA)
+            cruise_scale = self._last.get("cruise_scale", cruise_scale)
+            cruise_ema = self._last.get("cruise_ema", cruise_ema)
         else:
             self._losses.append(loss)
         self._rate_samples += samples
-        self._last = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm}
+        self._last = {
+            "step": step,
+            "epoch": epoch,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "cruise_scale": cruise_scale,
+            "cruise_ema": cruise_ema,
+        }
         now = self.clock()
         if now - self._last_emit >= self.min_interval:
             self.flush(now)
@@ -203,6 +223,8 @@ class StepAggregator:
                 samples_per_s=self.samples_per_s,
                 eta_s=steps_left / steps_per_s if steps_per_s > 0 else -1.0,
                 skipped_steps=self._skipped,
+                cruise_scale=self._last["cruise_scale"],
+                cruise_ema=self._last["cruise_ema"],
             )
         )
         self._losses, self._skipped = [], 0

@@ -31,7 +31,7 @@ from engine import layout, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
-from engine.train import recipe, rundir
+from engine.train import cruise, ema, hooks, recipe, rundir
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
 
 log = logging.getLogger("sidestep.engine")
@@ -75,6 +75,9 @@ class Trainer:
         self._tb: Any = None
         self._recent_t: list[torch.Tensor] = []
         self._boundary_step = 0  # global_step at the last optimizer-step boundary
+        self._cruise: cruise.CruiseControl | None = None
+        self._ema: ema.AdapterEMA | None = None
+        self._hook: hooks.PostCheckpointHook | None = None
 
     def epoch_number(self) -> int:
         """The 1-based epoch of the latest optimizer step: what every event and view calls "epoch N".
@@ -107,6 +110,7 @@ class Trainer:
             self.config = self.parts.config
             if self.monitor is not None:
                 self.monitor.set_device(self.parts.device)
+            self._attach_options()
             self._restore_if_resuming()
             self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
@@ -120,6 +124,8 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
+            if self._hook is not None:
+                self._hook.close()  # queued hooks report into this run's events.jsonl
             if jsonl is not None:
                 self.bus.remove(jsonl)
             if run_dir is not None:
@@ -164,14 +170,13 @@ class Trainer:
                         self._skip_window(agg, bad_windows, "gradient norm", "lower the learning rate")
                     else:
                         bad_windows = 0
-                        p.optimizer.step()
-                        p.scheduler.step()
+                        scale = self._optimizer_step(step_loss)
                         p.optimizer.zero_grad(set_to_none=True)
                         self.global_step += 1
                         self.last_loss = step_loss
                         self.epoch_loss_sum += step_loss
                         self.epoch_loss_n += 1
-                        lr = p.current_lr()
+                        lr = p.current_lr() * scale
                         agg.add(
                             step=self.global_step,
                             epoch=self.epoch_number(),
@@ -179,6 +184,8 @@ class Trainer:
                             lr=lr,
                             grad_norm=gn,
                             samples=window_size * c.batch_size,
+                            cruise_scale=self._cruise.scale if self._cruise else -1.0,
+                            cruise_ema=self._cruise.ema if self._cruise and self._cruise.ema is not None else -1.0,
                         )
                         self._log_tensorboard(step_loss, lr, gn)
                 window_losses = []
@@ -199,6 +206,23 @@ class Trainer:
             break  # max steps reached inside the epoch
         agg.flush()
         return "completed"
+
+    def _optimizer_step(self, step_loss: float) -> float:
+        """optimizer.step (with cruise control's LR damping, if on), scheduler.step on the undamped LR,
+        then the EMA update; returns the LR factor this step used."""
+        p = self.parts
+        assert p is not None
+        scale = 1.0
+        if self._cruise is None:
+            p.optimizer.step()
+        else:
+            scale = self._cruise.update(step_loss, self.global_step + 1)
+            with self._cruise.applied(p.optimizer):
+                p.optimizer.step()
+        p.scheduler.step()
+        if self._ema is not None:
+            self._ema.update(self.global_step + 1)
+        return scale
 
     def _micro_step(self, batch: dict[str, Any], window_size: int, *, accumulating: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns the detached loss without reading it
@@ -338,6 +362,8 @@ class Trainer:
                 "epochs_since_best": self.epochs_since_best,
             },
             "config_meta": {k: getattr(self.config, k) for k in RESUME_MUST_MATCH},
+            "cruise": self._cruise.state_dict() if self._cruise is not None else None,
+            "ema": self._ema.state_dict() if self._ema is not None else None,
         }
 
     def save_checkpoint(self, kind: protocol.CheckpointKind, *, name: str | None = None, loss: float | None = None) -> str:
@@ -357,7 +383,7 @@ class Trainer:
         comfyui_name = f"{os.path.basename(p.run_dir.rstrip(os.sep))}_comfyui.safetensors"  # <run-name>_comfyui
         ckpt.write_checkpoint_dir(
             target,
-            adapter=p.adapter,
+            adapter=p.adapter if self._ema is None else ema.EmaAdapterWriter(p.adapter, self._ema),
             metadata=p.adapter_metadata(self.global_step),
             config_json=cfgmod.to_json(self.config),
             info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
@@ -376,6 +402,8 @@ class Trainer:
                 comfyui_path=comfyui if os.path.isfile(comfyui) else "",
             )
         )
+        if self._hook is not None:
+            self._hook.fire(target, self.global_step)
         if kind == "periodic" and self.config.keep_checkpoints:
             self._prune_checkpoints()
         self.set_phase(previous)
@@ -458,11 +486,47 @@ class Trainer:
         self.best_loss = float(best["best_loss"])
         self.epoch_losses = [float(x) for x in best["epoch_losses"]]
         self.epochs_since_best = int(best["epochs_since_best"])
+        self._restore_options(state, where)
         self._boundary_step = self.global_step
         self.bus.log(
             "info",
             f"resumed from {source}: step {self.global_step}, epoch {self.epoch_number()}, {matched} adapter tensors restored",
         )
+
+    # ------------------------------------------------------------------ cruise control, EMA, checkpoint hook
+    def _attach_options(self) -> None:
+        p = self.parts
+        assert p is not None
+        from engine.train.optim import warmup_steps
+
+        c = self.config
+        self._cruise = cruise.from_config(c, lr_warmup=warmup_steps(c, p.total_steps))
+        if self._cruise is not None:
+            self.bus.log(
+                "info",
+                f"cruise control: target loss {c.target_loss:g}, floor {c.target_loss_floor:g}, "
+                f"smoothing {c.target_loss_smoothing:g}, engages after step {self._cruise.engage_after}",
+            )
+        self._ema = ema.from_config(c, p.adapter.module)
+        if self._ema is not None:
+            where = "CPU" if c.ema_cpu_only else str(p.device)
+            self.bus.log(
+                "info",
+                f"EMA: decay {c.ema_decay:g} every {c.ema_update_interval} step(s), fp32 shadow on {where}; "
+                f"saved adapters are the EMA weights, raw ones in {ema.RAW_DIR}/",
+            )
+        self._hook = hooks.from_config(c, run_dir=p.run_dir, bus=self.bus)
+
+    def _restore_options(self, state: dict[str, Any], where: str) -> None:
+        """Cruise-control and EMA state from a checkpoint (absent in one saved with them off)."""
+        if self._cruise is not None and state.get("cruise"):
+            self._cruise.load_state_dict(state["cruise"])
+        if self._ema is not None:
+            if state.get("ema"):
+                self._ema.load_state_dict(state["ema"], source=where)
+            else:
+                self._ema.reset()
+                self.bus.log("warning", f"{where} has no EMA state; the EMA starts from the resumed weights")
 
     # ------------------------------------------------------------------ logging
     def _open_tensorboard(self) -> None:
@@ -479,6 +543,10 @@ class Trainer:
             self._tb.add_scalar("train/loss", loss, self.global_step)
             self._tb.add_scalar("train/lr", lr, self.global_step)
             self._tb.add_scalar("train/grad_norm", grad_norm, self.global_step)
+        if self._tb is not None and self._cruise is not None and self._cruise.ema is not None:
+            # every step while cruise control is on (Side-Step's tags)
+            self._tb.add_scalar("target_loss_scale", self._cruise.scale, self.global_step)
+            self._tb.add_scalar("target_loss_ema", self._cruise.ema, self.global_step)
 
     def _heavy_due(self) -> bool:
         return self.global_step > 0 and self.global_step % self.config.log_heavy_every == 0

@@ -63,6 +63,7 @@ def render_progress(state: RunState, width: int) -> str:
         f"best {loss_text(summary.best_loss)}{best_where}",  # the adapter in best/
         f"lr {number(state.lr, 3)}",
         f"grad {number(state.grad_norm, 3)}",
+        *([f"cruise x{number(state.cruise[0], 2)} (ema {loss_text(state.cruise[1])})"] if state.cruise else []),
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",
     ]
     if state.skipped_steps:
