@@ -28,6 +28,7 @@ from engine import discovery, ptinspect
 
 from .. import forms
 from ..appref import SidestepAppRef
+from ..dialogs.presets import KEEP_ON_LOAD, PresetLoaded
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
@@ -67,6 +68,7 @@ class SetupScreen(Screen[None]):
         self._dataset_key: str | None = None
         self._texts: dict[str, str] = {}
         self._auto_output = ""
+        self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
 
     def compose(self) -> ComposeResult:
         raw = self._draft_raw()
@@ -289,7 +291,29 @@ class SetupScreen(Screen[None]):
 
         self.app.push_screen(PresetsDialog(self.form.values), self._preset_chosen)
 
-    def _preset_chosen(self, values: dict[str, Any] | None) -> None:
-        if values is not None:
-            self.form.set_values(values)
-            self._validate(self.form.values)
+    def _preset_chosen(self, chosen: PresetLoaded | None) -> None:
+        if chosen is None:
+            return
+        current = self.form.values
+        changes = {k: v for k, v in chosen.values.items() if k in forms.SPEC_BY_NAME and v != current.get(k)}
+        edited = [k for k in changes if k not in KEEP_ON_LOAD and current.get(k) != self._loaded.get(k)]
+        if not edited:
+            self._apply_preset(chosen, changes)
+            return
+        from ..dialogs.confirm import ConfirmDialog
+
+        body = f"Loading {chosen.name} replaces what you set in: {self._labels(edited)}."
+        self.app.push_screen(
+            ConfirmDialog(f"Overwrite {plural(len(edited), 'edited field')}?", body, yes="Load", no="Keep mine"),
+            lambda yes: self._apply_preset(chosen, changes) if yes else None,
+        )
+
+    def _apply_preset(self, chosen: PresetLoaded, changes: dict[str, Any]) -> None:
+        self.form.set_values(changes)
+        self._loaded = dict(chosen.values)
+        # The draft now, not when the fields' change messages arrive: a resume in between would
+        # lay the old draft back over the preset.
+        self.app.draft.update(self.form.values)
+        self._validate(self.form.values)
+        what = f"{plural(len(changes), 'field')} changed" if changes else "no field changed (the form already matched)"
+        self.notify(f"{chosen.name}: {what}", title="Preset loaded")
