@@ -42,6 +42,7 @@ class DatasetCounted(Message):
     path: str
     samples: int | None
     problems: int
+    folder_problem: str  # why the folder holds no usable sample ("" when it holds some)
 
 
 class SetupScreen(Screen[None]):
@@ -63,6 +64,8 @@ class SetupScreen(Screen[None]):
         self.errors: dict[str, str] = {}
         self.samples: int | None = None
         self.dataset_problems = 0
+        self._dataset_blocker = ""  # why the dataset cannot train ("" when it can, or while counting)
+        self._model_blocker: tuple[tuple[str, str], str] | None = None  # (root, variant) -> why it is not found
         self._model_key: tuple[str, str] | None = None
         self._model: discovery.ModelInfo | None = None
         self._dataset_key: str | None = None
@@ -104,6 +107,8 @@ class SetupScreen(Screen[None]):
             if fresh != self._auto_output:
                 self.form.set_values({"output_dir": fresh})
                 self._auto_output = fresh
+        # Look again: the folder may have been preprocessed, the model copied, while away.
+        self._dataset_key = self._model_key = self._model_blocker = None
         self._validate(self.form.values)
 
     def on_resize(self) -> None:
@@ -144,20 +149,47 @@ class SetupScreen(Screen[None]):
         path = str(raw.get("dataset_dir") or "")
         if path == self._dataset_key:
             return
-        self._dataset_key, self.samples, self.dataset_problems = path, None, 0
+        self._dataset_key, self.samples, self.dataset_problems, self._dataset_blocker = path, None, 0, ""
         if path and os.path.isdir(os.path.expanduser(path)):
             self._scan_dataset(path)
+        elif path:
+            self._dataset_blocker = "dataset folder does not exist (pick one on the Dataset screen, F2)"
+
+    @staticmethod
+    def _dataset_counted_message(path: str) -> DatasetCounted:
+        report = ptinspect.scan_dataset(path)
+        folder = next((m for f, m in report.problems if f == "."), "no usable samples")
+        return DatasetCounted(path, report.samples, len(report.problems), "" if report.samples else folder)
 
     @work(thread=True, exclusive=True, group="setup-dataset", name="setup-dataset", exit_on_error=False)
     def _scan_dataset(self, path: str) -> None:
-        report = ptinspect.scan_dataset(path)
-        self.post_message(DatasetCounted(path, report.samples, len(report.problems)))
+        self.post_message(self._dataset_counted_message(path))
 
     @on(DatasetCounted)
     def _dataset_counted(self, message: DatasetCounted) -> None:
         if message.path == self._dataset_key:
             self.samples, self.dataset_problems = message.samples, message.problems
-            self._render_side(self.form.values)
+            self._dataset_blocker = message.folder_problem
+            self._validate(self.form.values)
+
+    def _readiness(self, raw: dict[str, Any]) -> dict[str, str]:
+        """What stops a config that parses from running: the checks the Dataset and Models screens
+        make (the folder holds samples; the model is found under the checkpoint root)."""
+        out: dict[str, str] = {}
+        if "dataset_dir" not in self.errors and self._dataset_blocker:
+            out["dataset_dir"] = self._dataset_blocker
+        if "checkpoint_dir" not in self.errors and "model_variant" not in self.errors and self._model_info(raw) is None:
+            key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
+            if self._model_blocker is None or self._model_blocker[0] != key:
+                try:
+                    discovery.resolve_model_dir(*key)
+                    reason = ""
+                except discovery.DiscoveryError as exc:
+                    reason = str(exc)
+                self._model_blocker = (key, reason)
+            if self._model_blocker[1]:
+                out["model_variant"] = self._model_blocker[1]
+        return out
 
     # ------------------------------------------------------------------ validation
 
@@ -181,10 +213,16 @@ class SetupScreen(Screen[None]):
 
     def _validate(self, raw: dict[str, Any]) -> None:
         self.config, self.errors = forms.parse_raw(raw)
+        self._count_dataset(raw)
+        self.errors.update(self._readiness(raw))
         self.form.show_errors(self.errors)
         self.form.set_placeholders(forms.placeholders(raw, self._model_config(raw)))
-        self._count_dataset(raw)
         self._render_side(raw)
+
+    @property
+    def ready(self) -> bool:
+        """The config parses and the dataset and model checks pass (counted, not still counting)."""
+        return self.config is not None and not self.errors and self.samples is not None
 
     def _labels(self, names: list[str]) -> str:
         return ", ".join(forms.SPEC_BY_NAME[n].label if n in forms.SPEC_BY_NAME else n for n in names)
@@ -193,6 +231,8 @@ class SetupScreen(Screen[None]):
         depth = "Advanced" if self.form.depth == forms.ADVANCED else "Basic"
         if self.errors:
             status = f"✗ {plural(len(self.errors), 'problem')}: {self._labels(self._error_names())} (Ctrl+N)"
+        elif self.samples is None:
+            status = "… checking the dataset folder"
         else:
             status = "✓ Ready (Ctrl+S starts)"
         self._update("#setup-status", f"{status} · {depth} · {raw.get('adapter_type')}")
@@ -239,7 +279,10 @@ class SetupScreen(Screen[None]):
     def action_start(self) -> None:
         raw = self.form.values
         self._validate(raw)
-        if self.config is None:
+        path = str(raw.get("dataset_dir") or "")
+        if self.config is not None and not self.errors and self.samples is None and path == self._dataset_key:
+            self._dataset_counted(self._dataset_counted_message(path))  # Start waits for the count
+        if self.config is None or self.errors:
             details = "; ".join(f"{self._labels([n])}: {self.errors[n]}" for n in self._error_names())
             self.notify(details, title=f"Not started: {plural(len(self.errors), 'problem')}", severity="error", timeout=8)
             self.action_next_problem()

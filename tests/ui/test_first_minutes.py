@@ -81,3 +81,73 @@ async def test_preset_over_untouched_form_applies_without_asking(ckpt: Path, env
         assert not isinstance(app.screen, ConfirmDialog)
         assert app.screen.form.values["epochs"] == "10"
         assert "quick_test:" in notes(app) and "fields changed" in notes(app)
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def _status(app) -> str:
+    return str(app.screen.query_one("#setup-status").render())
+
+
+async def _assert_not_ready(pilot, app, field: str, fragment: str, started: list, env: Path) -> None:
+    from sidestep_tui.dialogs.review import ReviewDialog
+
+    await settle(pilot)
+    form = app.screen.form
+    label = forms.SPEC_BY_NAME[field].label
+    assert "Ready" not in _status(app) and label in _status(app), _status(app)
+    assert fragment in form.errors.get(field, ""), form.errors
+    # Review does not call it valid, and offers no Start.
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    review = app.screen
+    assert isinstance(review, ReviewDialog)
+    text = str(review.query_one("#review-status").render())
+    assert "valid" not in text and fragment in text, text
+    assert review.query_one("#start").disabled
+    await pilot.press("escape")
+    await settle(pilot)
+    # Start refuses with the same line: no engine, no run folder.
+    await pilot.press("ctrl+s")
+    await settle(pilot)
+    assert started == []
+    assert f"{label}: " in notes(app) and fragment in notes(app), notes(app)
+    assert not (env / "runs").exists() or list((env / "runs").iterdir()) == []
+
+
+def _recording_factory(started: list):
+    def factory(log_path: str):
+        started.append(log_path)
+        raise AssertionError("no engine may start for a run that is not ready")
+
+    return factory
+
+
+async def test_missing_dataset_folder_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    draft = {**setup_draft(env, demo_dataset), "dataset_dir": str(env / "no-such-folder")}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "dataset_dir", "does not exist", started, env)
+
+
+async def test_dataset_folder_without_tensors_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    (env / "empty-data").mkdir()
+    draft = {**setup_draft(env, demo_dataset), "dataset_dir": str(env / "empty-data")}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "dataset_dir", "no sample", started, env)
+
+
+async def test_model_not_under_the_checkpoint_root_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    draft = {**setup_draft(env, demo_dataset), "model_variant": "xl-base"}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "model_variant", "no folder acestep-v15-xl-base", started, env)
+        # Choosing a model that is there makes it ready.
+        await type_into(pilot, app.screen.form.row("model_variant").widget, "base")
+        await settle(pilot)
+        assert "✓ Ready" in _status(app), _status(app)
