@@ -119,6 +119,9 @@ class Trainer:
             final = self._finish(status)
         except BaseException as exc:
             final = self.bus.emit(failure_event(exc, step=self.global_step))
+            # The run's sidestep.log (attached above once the folder exists) gets it too: the
+            # failure dialog sends people there, and events.jsonl is no place to read a traceback.
+            log.error("run failed: %s\n%s", final.message, final.traceback.rstrip())
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:

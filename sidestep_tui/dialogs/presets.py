@@ -3,13 +3,14 @@
 Everything goes through ``engine.presets`` (which validates through the schema); its one-line
 ``PresetError`` is shown here as is. Loading lays the preset over the defaults and keeps the form's
 paths, device, run-specific settings and model choice, so the result is exactly "that preset, for
-this run". Replacing an existing preset needs the same button twice. Dismisses with the new raw form
-values (load) or None.
+this run". Replacing an existing preset needs the same button twice. Dismisses with a
+``PresetLoaded`` (the preset's name and the new raw form values) or None.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from textual.app import ComposeResult
@@ -28,7 +29,15 @@ KEEP_ON_LOAD = frozenset(presets.FORBIDDEN_KEYS | {"model_variant", "base_model"
 """Form values a preset never replaces (they describe this run, not a recipe)."""
 
 
-class PresetsDialog(ModalScreen[dict[str, Any] | None]):
+@dataclass(frozen=True)
+class PresetLoaded:
+    """A preset chosen for loading: its name and the whole form as it would be after loading it."""
+
+    name: str
+    values: dict[str, Any]
+
+
+class PresetsDialog(ModalScreen[PresetLoaded | None]):
     DEFAULT_CSS = """
     PresetsDialog { align: center middle; }
     PresetsDialog > Vertical {
@@ -155,7 +164,7 @@ class PresetsDialog(ModalScreen[dict[str, Any] | None]):
             self._say(str(exc), ok=False)
             return
         kept = {k: v for k, v in self.current.items() if k in KEEP_ON_LOAD}
-        self.dismiss(merge_raw(merge_raw(default_raw(), kept), values))
+        self.dismiss(PresetLoaded(info.name, merge_raw(merge_raw(default_raw(), kept), values)))
 
     def action_save(self) -> None:
         name = self.query_one("#preset-name", Input).value.strip()

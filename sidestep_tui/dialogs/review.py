@@ -50,13 +50,13 @@ class ReviewDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Review", id="review-title")
-            if self.config is None:
+            if self.errors or self.config is None:
                 problems = "\n".join(
                     f"  ✗ {SPEC_BY_NAME[n].label if n in SPEC_BY_NAME else n}: {m}" for n, m in self.errors.items()
                 )
                 yield Static(f"Not ready to start:\n{problems}", id="review-status", classes="-bad", markup=False)
             else:
-                yield Static("✓ The config is valid.", id="review-status", classes="-ok")
+                yield Static("✓ Ready to start.", id="review-status", classes="-ok")
             with VerticalScroll():
                 yield Static(self.preview, markup=False)
                 yield Static(self.model, markup=False)
@@ -65,7 +65,7 @@ class ReviewDialog(ModalScreen[str | None]):
                     yield Static(command_line(self.config), id="review-command", markup=False)
             with Horizontal():
                 yield Button("Copy command", id="copy", compact=True, disabled=self.config is None)
-                yield Button("Start", id="start", variant="primary", compact=True, disabled=self.config is None)
+                yield Button("Start", id="start", variant="primary", compact=True, disabled=not self.startable)
                 yield Button("Close", id="close", compact=True)
         yield Footer()
 
@@ -75,8 +75,13 @@ class ReviewDialog(ModalScreen[str | None]):
         else:
             self.action_choose(str(event.button.id))
 
+    @property
+    def startable(self) -> bool:
+        return self.config is not None and not self.errors
+
     def action_choose(self, choice: str) -> None:
-        self.dismiss(choice if self.config is not None else None)
+        ok = self.startable if choice == "start" else self.config is not None
+        self.dismiss(choice if ok else None)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -28,6 +28,7 @@ from engine import discovery, ptinspect
 
 from .. import forms
 from ..appref import SidestepAppRef
+from ..dialogs.presets import KEEP_ON_LOAD, PresetLoaded
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
@@ -41,6 +42,7 @@ class DatasetCounted(Message):
     path: str
     samples: int | None
     problems: int
+    folder_problem: str  # why the folder holds no usable sample ("" when it holds some)
 
 
 class SetupScreen(Screen[None]):
@@ -62,11 +64,14 @@ class SetupScreen(Screen[None]):
         self.errors: dict[str, str] = {}
         self.samples: int | None = None
         self.dataset_problems = 0
+        self._dataset_blocker = ""  # why the dataset cannot train ("" when it can, or while counting)
+        self._model_blocker: tuple[tuple[str, str], str] | None = None  # (root, variant) -> why it is not found
         self._model_key: tuple[str, str] | None = None
         self._model: discovery.ModelInfo | None = None
         self._dataset_key: str | None = None
         self._texts: dict[str, str] = {}
         self._auto_output = ""
+        self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
 
     def compose(self) -> ComposeResult:
         raw = self._draft_raw()
@@ -102,6 +107,8 @@ class SetupScreen(Screen[None]):
             if fresh != self._auto_output:
                 self.form.set_values({"output_dir": fresh})
                 self._auto_output = fresh
+        # Look again: the folder may have been preprocessed, the model copied, while away.
+        self._dataset_key = self._model_key = self._model_blocker = None
         self._validate(self.form.values)
 
     def on_resize(self) -> None:
@@ -142,20 +149,47 @@ class SetupScreen(Screen[None]):
         path = str(raw.get("dataset_dir") or "")
         if path == self._dataset_key:
             return
-        self._dataset_key, self.samples, self.dataset_problems = path, None, 0
+        self._dataset_key, self.samples, self.dataset_problems, self._dataset_blocker = path, None, 0, ""
         if path and os.path.isdir(os.path.expanduser(path)):
             self._scan_dataset(path)
+        elif path:
+            self._dataset_blocker = "dataset folder does not exist (pick one on the Dataset screen, F2)"
+
+    @staticmethod
+    def _dataset_counted_message(path: str) -> DatasetCounted:
+        report = ptinspect.scan_dataset(path)
+        folder = next((m for f, m in report.problems if f == "."), "no usable samples")
+        return DatasetCounted(path, report.samples, len(report.problems), "" if report.samples else folder)
 
     @work(thread=True, exclusive=True, group="setup-dataset", name="setup-dataset", exit_on_error=False)
     def _scan_dataset(self, path: str) -> None:
-        report = ptinspect.scan_dataset(path)
-        self.post_message(DatasetCounted(path, report.samples, len(report.problems)))
+        self.post_message(self._dataset_counted_message(path))
 
     @on(DatasetCounted)
     def _dataset_counted(self, message: DatasetCounted) -> None:
         if message.path == self._dataset_key:
             self.samples, self.dataset_problems = message.samples, message.problems
-            self._render_side(self.form.values)
+            self._dataset_blocker = message.folder_problem
+            self._validate(self.form.values)
+
+    def _readiness(self, raw: dict[str, Any]) -> dict[str, str]:
+        """What stops a config that parses from running: the checks the Dataset and Models screens
+        make (the folder holds samples; the model is found under the checkpoint root)."""
+        out: dict[str, str] = {}
+        if "dataset_dir" not in self.errors and self._dataset_blocker:
+            out["dataset_dir"] = self._dataset_blocker
+        if "checkpoint_dir" not in self.errors and "model_variant" not in self.errors and self._model_info(raw) is None:
+            key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
+            if self._model_blocker is None or self._model_blocker[0] != key:
+                try:
+                    discovery.resolve_model_dir(*key)
+                    reason = ""
+                except discovery.DiscoveryError as exc:
+                    reason = str(exc)
+                self._model_blocker = (key, reason)
+            if self._model_blocker[1]:
+                out["model_variant"] = self._model_blocker[1]
+        return out
 
     # ------------------------------------------------------------------ validation
 
@@ -179,10 +213,16 @@ class SetupScreen(Screen[None]):
 
     def _validate(self, raw: dict[str, Any]) -> None:
         self.config, self.errors = forms.parse_raw(raw)
+        self._count_dataset(raw)
+        self.errors.update(self._readiness(raw))
         self.form.show_errors(self.errors)
         self.form.set_placeholders(forms.placeholders(raw, self._model_config(raw)))
-        self._count_dataset(raw)
         self._render_side(raw)
+
+    @property
+    def ready(self) -> bool:
+        """The config parses and the dataset and model checks pass (counted, not still counting)."""
+        return self.config is not None and not self.errors and self.samples is not None
 
     def _labels(self, names: list[str]) -> str:
         return ", ".join(forms.SPEC_BY_NAME[n].label if n in forms.SPEC_BY_NAME else n for n in names)
@@ -191,6 +231,8 @@ class SetupScreen(Screen[None]):
         depth = "Advanced" if self.form.depth == forms.ADVANCED else "Basic"
         if self.errors:
             status = f"✗ {plural(len(self.errors), 'problem')}: {self._labels(self._error_names())} (Ctrl+N)"
+        elif self.samples is None:
+            status = "… checking the dataset folder"
         else:
             status = "✓ Ready (Ctrl+S starts)"
         self._update("#setup-status", f"{status} · {depth} · {raw.get('adapter_type')}")
@@ -237,7 +279,10 @@ class SetupScreen(Screen[None]):
     def action_start(self) -> None:
         raw = self.form.values
         self._validate(raw)
-        if self.config is None:
+        path = str(raw.get("dataset_dir") or "")
+        if self.config is not None and not self.errors and self.samples is None and path == self._dataset_key:
+            self._dataset_counted(self._dataset_counted_message(path))  # Start waits for the count
+        if self.config is None or self.errors:
             details = "; ".join(f"{self._labels([n])}: {self.errors[n]}" for n in self._error_names())
             self.notify(details, title=f"Not started: {plural(len(self.errors), 'problem')}", severity="error", timeout=8)
             self.action_next_problem()
@@ -289,7 +334,29 @@ class SetupScreen(Screen[None]):
 
         self.app.push_screen(PresetsDialog(self.form.values), self._preset_chosen)
 
-    def _preset_chosen(self, values: dict[str, Any] | None) -> None:
-        if values is not None:
-            self.form.set_values(values)
-            self._validate(self.form.values)
+    def _preset_chosen(self, chosen: PresetLoaded | None) -> None:
+        if chosen is None:
+            return
+        current = self.form.values
+        changes = {k: v for k, v in chosen.values.items() if k in forms.SPEC_BY_NAME and v != current.get(k)}
+        edited = [k for k in changes if k not in KEEP_ON_LOAD and current.get(k) != self._loaded.get(k)]
+        if not edited:
+            self._apply_preset(chosen, changes)
+            return
+        from ..dialogs.confirm import ConfirmDialog
+
+        body = f"Loading {chosen.name} replaces what you set in: {self._labels(edited)}."
+        self.app.push_screen(
+            ConfirmDialog(f"Overwrite {plural(len(edited), 'edited field')}?", body, yes="Load", no="Keep mine"),
+            lambda yes: self._apply_preset(chosen, changes) if yes else None,
+        )
+
+    def _apply_preset(self, chosen: PresetLoaded, changes: dict[str, Any]) -> None:
+        self.form.set_values(changes)
+        self._loaded = dict(chosen.values)
+        # The draft now, not when the fields' change messages arrive: a resume in between would
+        # lay the old draft back over the preset.
+        self.app.draft.update(self.form.values)
+        self._validate(self.form.values)
+        what = f"{plural(len(changes), 'field')} changed" if changes else "no field changed (the form already matched)"
+        self.notify(f"{chosen.name}: {what}", title="Preset loaded")

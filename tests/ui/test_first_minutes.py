@@ -1,0 +1,153 @@
+"""Pilot tests for the first ten minutes (issue 13): presets that load over edits, readiness that
+includes the dataset and model checks, one automatic output folder, Setup that remembers, the
+welcome screen's Tab, what quitting prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_forms import app_for, ckpt, demo_dataset, env, settle, setup_draft, type_into  # noqa: F401 (fixtures)
+from textual.widgets import OptionList
+
+from engine import presets
+from sidestep_tui import forms
+from sidestep_tui.dialogs.confirm import ConfirmDialog
+
+
+def notes(app) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+async def _load_preset(pilot, name: str) -> None:
+    await pilot.press("ctrl+l")
+    await settle(pilot)
+    dialog = pilot.app.screen
+    dialog.query_one(OptionList).highlighted = [i.name for i in dialog.infos].index(name)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+def _expected_after_load(form_values: dict, name: str) -> dict:
+    info = next(i for i in presets.list_presets() if i.name == name)
+    kept = {k: v for k, v in form_values.items() if k in presets.FORBIDDEN_KEYS | {"model_variant", "base_model"}}
+    return forms.merge_raw(forms.merge_raw(forms.default_raw(), kept), presets.load_preset(info.path))
+
+
+async def test_preset_over_edited_fields_asks_then_applies_and_says_what_changed(
+    ckpt: Path, env: Path, demo_dataset: Path
+) -> None:
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        form = app.screen.form
+        await type_into(pilot, form.row("rank").widget, "8")
+        await settle(pilot)
+        before = form.values
+        expected = _expected_after_load(before, "quick_test")
+        changed = sorted(k for k in expected if k in forms.SPEC_BY_NAME and expected[k] != before[k])
+        assert "rank" in changed and len(changed) > 1
+
+        # Declining keeps the edit.
+        await _load_preset(pilot, "quick_test")
+        assert isinstance(app.screen, ConfirmDialog), app.screen
+        assert "Rank" in app.screen.body
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.screen.form.values == before
+
+        # Accepting applies the preset over the edit and says how much changed, in one line.
+        await _load_preset(pilot, "quick_test")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
+        await settle(pilot)
+        form = app.screen.form
+        assert form.values["rank"] == "16" and form.values["epochs"] == "10"
+        assert {k: form.values[k] for k in changed} == {k: expected[k] for k in changed}
+        assert f"quick_test: {len(changed)} fields changed" in notes(app)
+        assert app.draft["rank"] == "16"  # what a return to Setup restores
+        # Leaving and coming back keeps the preset's values.
+        await pilot.press("f2")
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        assert app.screen.form.values["rank"] == "16"
+
+
+async def test_preset_over_untouched_form_applies_without_asking(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await _load_preset(pilot, "quick_test")
+        assert not isinstance(app.screen, ConfirmDialog)
+        assert app.screen.form.values["epochs"] == "10"
+        assert "quick_test:" in notes(app) and "fields changed" in notes(app)
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def _status(app) -> str:
+    return str(app.screen.query_one("#setup-status").render())
+
+
+async def _assert_not_ready(pilot, app, field: str, fragment: str, started: list, env: Path) -> None:
+    from sidestep_tui.dialogs.review import ReviewDialog
+
+    await settle(pilot)
+    form = app.screen.form
+    label = forms.SPEC_BY_NAME[field].label
+    assert "Ready" not in _status(app) and label in _status(app), _status(app)
+    assert fragment in form.errors.get(field, ""), form.errors
+    # Review does not call it valid, and offers no Start.
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    review = app.screen
+    assert isinstance(review, ReviewDialog)
+    text = str(review.query_one("#review-status").render())
+    assert "valid" not in text and fragment in text, text
+    assert review.query_one("#start").disabled
+    await pilot.press("escape")
+    await settle(pilot)
+    # Start refuses with the same line: no engine, no run folder.
+    await pilot.press("ctrl+s")
+    await settle(pilot)
+    assert started == []
+    assert f"{label}: " in notes(app) and fragment in notes(app), notes(app)
+    assert not (env / "runs").exists() or list((env / "runs").iterdir()) == []
+
+
+def _recording_factory(started: list):
+    def factory(log_path: str):
+        started.append(log_path)
+        raise AssertionError("no engine may start for a run that is not ready")
+
+    return factory
+
+
+async def test_missing_dataset_folder_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    draft = {**setup_draft(env, demo_dataset), "dataset_dir": str(env / "no-such-folder")}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "dataset_dir", "does not exist", started, env)
+
+
+async def test_dataset_folder_without_tensors_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    (env / "empty-data").mkdir()
+    draft = {**setup_draft(env, demo_dataset), "dataset_dir": str(env / "empty-data")}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "dataset_dir", "no sample", started, env)
+
+
+async def test_model_not_under_the_checkpoint_root_is_not_ready(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    started: list = []
+    draft = {**setup_draft(env, demo_dataset), "model_variant": "xl-base"}
+    app = app_for(env, "setup", draft=draft, client_factory=_recording_factory(started))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _assert_not_ready(pilot, app, "model_variant", "no folder acestep-v15-xl-base", started, env)
+        # Choosing a model that is there makes it ready.
+        await type_into(pilot, app.screen.form.row("model_variant").widget, "base")
+        await settle(pilot)
+        assert "✓ Ready" in _status(app), _status(app)
