@@ -129,7 +129,9 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+            tensors: dict[str, torch.Tensor] = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+            metadata: dict[str, str] = dict(fh.metadata() or {})
+        return tensors, metadata
     except Exception as exc:  # safetensors raises its own types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExportError(f"{path}: not a readable safetensors file ({first})") from None
@@ -156,14 +158,14 @@ def read_adapter(folder: str | os.PathLike) -> AdapterSource:
             continue
         tensors, metadata = _load(candidate)
         if tensors and all(k.startswith(LYCORIS_PREFIX) for k in tensors):
-            config: dict[str, Any] = {}
+            algo_config: dict[str, Any] = {}
             for key, value in metadata.items():
                 if key.endswith("_config"):
                     try:
-                        config = json.loads(value)
+                        algo_config = json.loads(value)
                     except ValueError:
                         pass
-            return AdapterSource("lycoris", str(path), str(candidate), tensors, config, metadata)
+            return AdapterSource("lycoris", str(path), str(candidate), tensors, algo_config, metadata)
     raise ExportError(f"{path}: no adapter in it (neither adapter_config.json nor a LyCORIS .safetensors file)")
 
 
@@ -279,13 +281,17 @@ def _lokr_delta(p: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.kron(w1.to(torch.float32), w2.to(torch.float32))
 
 
-def _lokr_to_comfyui(name: str, p: dict[str, torch.Tensor], config: Mapping[str, Any], normalize_alpha: bool) -> tuple[dict, float]:
+def _lokr_to_comfyui(
+    name: str, p: dict[str, torch.Tensor], config: Mapping[str, Any], normalize_alpha: bool
+) -> tuple[dict, float]:
     """LyCORIS LoKR tensors as ComfyUI reads them, and the scale LyCORIS trained with."""
     extra = sorted(set(p) - {*_LOKR, "alpha", "dora_scale"})
     if extra:
         raise ExportError(f"{name}: LoKR tensor {extra[0]} has no ComfyUI counterpart")
     if "lokr_t2" in p and p["lokr_t2"].dim() != 4:
-        raise ExportError(f"{name}: LoKR Tucker factor on a {p['lokr_t2'].dim() - 2}-D kernel; ComfyUI rebuilds Tucker only for 2-D convolutions")
+        raise ExportError(
+            f"{name}: LoKR Tucker factor on a {p['lokr_t2'].dim() - 2}-D kernel; ComfyUI rebuilds Tucker only for 2-D convolutions"
+        )
     p = dict(p)
     stored_alpha = float(p["alpha"]) if "alpha" in p else None
     dim = None
@@ -320,7 +326,9 @@ def _loha_to_comfyui(name: str, p: dict[str, torch.Tensor], normalize_alpha: boo
         raise ExportError(f"{name}: LoHA tensor {extra[0]} has no ComfyUI counterpart")
     for t in ("hada_t1", "hada_t2"):
         if t in p and p[t].dim() != 4:
-            raise ExportError(f"{name}: LoHA Tucker factor on a {p[t].dim() - 2}-D kernel; ComfyUI rebuilds Tucker only for 2-D convolutions")
+            raise ExportError(
+                f"{name}: LoHA Tucker factor on a {p[t].dim() - 2}-D kernel; ComfyUI rebuilds Tucker only for 2-D convolutions"
+            )
     p = dict(p)
     dim = p["hada_w1_b"].shape[0]
     trained = float(p["alpha"]) / dim if "alpha" in p else 1.0
@@ -368,7 +376,9 @@ def lycoris_to_comfyui(
 # --------------------------------------------------------------------------- files
 
 
-def to_comfyui(source: AdapterSource, *, normalize_alpha: bool = False, base: BaseWeights | None = None) -> dict[str, torch.Tensor]:
+def to_comfyui(
+    source: AdapterSource, *, normalize_alpha: bool = False, base: BaseWeights | None = None
+) -> dict[str, torch.Tensor]:
     if source.kind == "peft":
         return peft_to_comfyui(source, normalize_alpha=normalize_alpha, base=base)
     return lycoris_to_comfyui(source, normalize_alpha=normalize_alpha, base=base)
@@ -391,7 +401,9 @@ def export_comfyui(
     source = read_adapter(folder)
     tensors = to_comfyui(source, normalize_alpha=normalize_alpha, base=base)
     meta = {k: v for k, v in source.metadata.items() if k not in ("format",)}
-    meta.update({"format": "pt", "sidestep_export": "comfyui", "source_kind": source.kind, "normalized_alpha": str(normalize_alpha)})
+    meta.update(
+        {"format": "pt", "sidestep_export": "comfyui", "source_kind": source.kind, "normalized_alpha": str(normalize_alpha)}
+    )
     write_safetensors(tensors, output, meta)
     return os.fspath(output)
 
@@ -414,9 +426,7 @@ def _split_comfy_key(key: str) -> tuple[str, str]:
     raise ExportError(f"{key}: not a per-module LoRA key (<module>.lora_up.weight, .lora_down.weight, .alpha)")
 
 
-def comfyui_to_peft(
-    path: str | os.PathLike, output: str | os.PathLike, *, base: BaseWeights | None = None
-) -> str:
+def comfyui_to_peft(path: str | os.PathLike, output: str | os.PathLike, *, base: BaseWeights | None = None) -> str:
     """A LoRA file in ComfyUI's ACE-Step key forms (``base_model.model.<path>``, ``diffusion_model.decoder.<path>``,
     or ``lycoris_``/``lora_unet_`` underscore names when ``base`` can resolve them) as a PEFT folder that
     ``PeftModel.from_pretrained(decoder, folder)`` loads with the same delta: each module's scale is
@@ -430,16 +440,24 @@ def comfyui_to_peft(
         if role not in _COMFY_ROLES:
             raise ExportError(f"{module}: {role.split('.')[0]} has no PEFT LoRA form; only plain LoRA files convert to PEFT")
         if module.startswith(PEFT_PREFIX):
-            mod_path: str | None = module[len(PEFT_PREFIX) :]
+            mod_path = module[len(PEFT_PREFIX) :]
         elif module.startswith(COMFY_DECODER_PREFIX):
             mod_path = module[len(COMFY_DECODER_PREFIX) :]
-        elif module.startswith(("lycoris_", "lora_unet_")):
-            name = LYCORIS_PREFIX + module.split("_", 2)[-1] if module.startswith("lora_unet_") else module
-            mod_path = base.by_lycoris_name.get(name) if base is not None else None
-            if mod_path is None:
-                raise ExportError(f"{module}: an underscore name needs the base model to find its module (pass --checkpoint-dir)")
+        elif module.startswith(("lycoris_", "lora_unet_decoder_")):
+            # ComfyUI's generic kohya form is lora_unet_<path under diffusion_model> with dots as underscores
+            name = LYCORIS_PREFIX + module.removeprefix("lora_unet_decoder_").removeprefix(LYCORIS_PREFIX)
+            if base is None:
+                raise NeedsBaseModel(
+                    f"{module}: an underscore name needs the base model to find its module (pass --checkpoint-dir and --model-variant)"
+                )
+            found = base.by_lycoris_name.get(name)
+            if found is None:
+                raise ExportError(f"{module}: no decoder module of that name in the base model")
+            mod_path = found
         else:
-            raise ExportError(f"{module}: not an ACE-Step decoder key (base_model.model.<path> or diffusion_model.decoder.<path>)")
+            raise ExportError(
+                f"{module}: not an ACE-Step decoder key (base_model.model.<path> or diffusion_model.decoder.<path>)"
+            )
         modules.setdefault(mod_path, {})[_COMFY_ROLES[role]] = tensor
     if not modules:
         raise ExportError(f"{path}: no LoRA modules in it")

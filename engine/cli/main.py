@@ -322,7 +322,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
             if not os.path.isfile(source):
                 raise ValueError(f"{source}: --target peft converts a LoRA .safetensors file; point at the file")
             out = ns.output or os.path.splitext(source)[0] + "_peft"
-            export.comfyui_to_peft(source, out)
+            try:
+                export.comfyui_to_peft(source, out)
+            except export.NeedsBaseModel:
+                base = _base_weights(ns, os.path.dirname(source))
+                if base is None:
+                    raise
+                export.comfyui_to_peft(source, out, base=base)
             print(f"wrote PEFT folder {out}")
             return 0
         if os.path.isfile(source):
@@ -361,7 +367,14 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
-    handlers = {"train": cmd_train, "demo": cmd_demo, "presets": cmd_presets, "runs": cmd_runs, "attach": cmd_attach_plain, "export": cmd_export}
+    handlers = {
+        "train": cmd_train,
+        "demo": cmd_demo,
+        "presets": cmd_presets,
+        "runs": cmd_runs,
+        "attach": cmd_attach_plain,
+        "export": cmd_export,
+    }
     return handlers[ns.command](ns)
 
 

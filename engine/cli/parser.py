@@ -172,7 +172,10 @@ def build_parser() -> Parser:
         "--normalize-alpha", action="store_true", help="write alpha = rank and fold the scale into the weights (same delta)"
     )
     exp.add_argument(
-        "-o", "--output", metavar="PATH", help="the file (comfyui) or folder (peft) to write (default: <run>_comfyui.safetensors in the adapter folder)"
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="the file (comfyui) or folder (peft) to write (default: <run>_comfyui.safetensors in the adapter folder)",
     )
     exp.add_argument(
         "--checkpoint-dir", metavar="DIR", help="the base model root, needed for DoRA (default: the one in the run's config.json)"

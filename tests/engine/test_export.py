@@ -86,7 +86,9 @@ def comfy_merge(lora: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -
             scale = alpha / down.shape[0] if alpha is not None else 1.0
             diff = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
         elif any(f"{x}.lokr_{n}" in lora for n in ("w1", "w2", "w1_a", "w2_a")):
-            g = {n: lora[f"{x}.lokr_{n}"].float() for n in ("w1", "w2", "w1_a", "w1_b", "w2_a", "w2_b") if f"{x}.lokr_{n}" in lora}
+            g = {
+                n: lora[f"{x}.lokr_{n}"].float() for n in ("w1", "w2", "w1_a", "w1_b", "w2_a", "w2_b") if f"{x}.lokr_{n}" in lora
+            }
             dim = None
             if "w1" in g:
                 w1 = g["w1"]
@@ -302,7 +304,7 @@ def test_what_comfyui_cannot_express_is_refused_in_one_line(demo_paths, tmp_path
     oft = tmp_path / "oft"
     oft.mkdir()
     (oft / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT"}))
-    (oft / "adapter_model.safetensors").write_bytes(open(tmp_path / "bias" / "adapter_model.safetensors", "rb").read())
+    (oft / "adapter_model.safetensors").write_bytes((tmp_path / "bias" / "adapter_model.safetensors").read_bytes())
     with pytest.raises(ex.ExportError, match="PEFT OFT adapters have no ComfyUI LoRA form"):
         ex.export_comfyui(oft, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
@@ -324,6 +326,25 @@ def test_comfyui_file_back_to_peft_keeps_the_delta(demo_paths, tmp_path):
     assert set(got) == set(want)
     assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-5
 
+    # kohya / LyCORIS underscore names resolve only against the base model's module names
+    from safetensors.torch import save_file
+
+    comfy = load_file(str(tmp_path / "c.safetensors"))
+    renamed = {}
+    for key, value in comfy.items():
+        module, _, role = key.rpartition(".lora_") if ".lora_" in key else key.rpartition(".alpha")
+        role = ("lora_" + role) if ".lora_" in key else "alpha"
+        renamed["lora_unet_decoder_" + module.removeprefix("base_model.model.").replace(".", "_") + "." + role] = value
+    save_file(renamed, str(tmp_path / "kohya.safetensors"))
+    with pytest.raises(ex.NeedsBaseModel, match="needs the base model"):
+        ex.comfyui_to_peft(tmp_path / "kohya.safetensors", tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+    ex.comfyui_to_peft(
+        tmp_path / "kohya.safetensors", tmp_path / "back2", base=ex.BaseWeights.from_module(fresh_decoder(demo_paths))
+    )
+    got2 = peft_reference(PeftModel.from_pretrained(fresh_decoder(demo_paths), str(tmp_path / "back2")), model)
+    assert max((got2[k] - want[k]).abs().max().item() for k in want) < 1e-5
+
 
 # --------------------------------------------------------------------------- runs and the command line
 
@@ -337,14 +358,18 @@ def train_demo(values: dict) -> list:
     from engine.train.trainer import Trainer
 
     events: list = []
-    final = Trainer(cfgmod.parse(values), EventBus([CallbackSink(events.append)]), CommandInbox(None), run_id="t", metrics_hz=math.inf).fit()
+    final = Trainer(
+        cfgmod.parse(values), EventBus([CallbackSink(events.append)]), CommandInbox(None), run_id="t", metrics_hz=math.inf
+    ).fit()
     assert isinstance(final, protocol.RunFinished), getattr(final, "traceback", final)
     return events
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-m", "engine.cli", "export", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "export", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.parametrize("adapter_type", ["lora", "lokr"])
@@ -390,7 +415,9 @@ def test_sidestep_export_on_a_demo_run_and_a_side_step_folder(demo_config_values
     decoder = fresh_decoder(demo_paths)
     model = base_weights(decoder)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = PeftModel(decoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION))
+    peft_model = PeftModel(
+        decoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION)
+    )
     perturb(peft_model)
     folder = tmp_path / "sidestep_adapter"
     peft_model.save_pretrained(str(folder))

@@ -229,6 +229,8 @@ async def test_export_from_runs_writes_the_comfyui_file(build_app, ui_settings, 
         await wait_until(pilot, lambda: bool(screen.runs), what="the Runs list")
         assert "Export" in footer_keys(app) and screen.runs[0].comfyui_path is None
         await pilot.press("x")
-        await wait_until(pilot, lambda: bool(screen.runs) and screen.runs[0].comfyui_path is not None, timeout=300, what="the export")
+        await wait_until(
+            pilot, lambda: bool(screen.runs) and screen.runs[0].comfyui_path is not None, timeout=300, what="the export"
+        )
         assert comfy.is_file() and screen.runs[0].comfyui_path == str(comfy)
         assert f"ComfyUI: {comfy}" in screen_text(app)
