@@ -8,6 +8,7 @@ from pathlib import Path
 
 from test_forms import app_for, ckpt, demo_dataset, env, settle, setup_draft, type_into  # noqa: F401 (fixtures)
 from textual.widgets import OptionList
+from ui_helpers import wait_until
 
 from engine import presets
 from sidestep_tui import forms
@@ -151,3 +152,94 @@ async def test_model_not_under_the_checkpoint_root_is_not_ready(ckpt: Path, env:
         await type_into(pilot, app.screen.form.row("model_variant").widget, "base")
         await settle(pilot)
         assert "✓ Ready" in _status(app), _status(app)
+
+
+# --------------------------------------------------------------------------- the automatic output folder
+
+
+class _Clock:
+    """Stands in for ``time`` in the Setup module: each ``strftime`` reads one second later
+    (``step=0``: the same second forever), so a name decided again shows."""
+
+    def __init__(self, step: int) -> None:
+        self.t, self.step = 1_800_000_000, step
+
+    def strftime(self, fmt: str, *_args) -> str:
+        import time as _time
+
+        self.t += self.step
+        return _time.strftime(fmt, _time.gmtime(self.t))
+
+    def __getattr__(self, name: str):
+        import time as _time
+
+        return getattr(_time, name)
+
+
+def _auto_draft(env: Path, dataset: Path) -> dict:
+    draft = setup_draft(env, dataset)
+    del draft["output_dir"]
+    return draft
+
+
+async def test_automatic_output_folder_is_decided_once_and_shown_in_review(
+    ckpt: Path, env: Path, demo_dataset: Path, monkeypatch
+) -> None:
+    import json
+
+    from fake_engine import FakeEngineClient
+    from test_forms import Recorder
+
+    from sidestep_tui import messages as m
+    from sidestep_tui.screens import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "time", _Clock(step=61))
+    hook = Recorder(m.StartRequested)
+    fake = FakeEngineClient()
+    app = app_for(env, "setup", draft=_auto_draft(env, demo_dataset), client_factory=lambda _log: fake)
+    async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
+        await settle(pilot)
+        chosen = app.screen.form.values["output_dir"]
+        assert Path(chosen).parent == env / "runs" and Path(chosen).name.startswith("base-lora-"), chosen
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert chosen in str(app.screen.query_one("#review-command").render())
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.form.values["output_dir"] == chosen  # a return to Setup decides nothing again
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert chosen in str(app.screen.query_one("#review-command").render())
+        await pilot.press("ctrl+s")  # Start from the review
+        await wait_until(pilot, lambda: bool(hook.of(m.StartRequested)), 10, "the start")
+        started = hook.of(m.StartRequested)
+        assert len(started) == 1 and json.loads(started[0].config_json)["output_dir"] == chosen
+
+
+async def test_automatic_output_folder_follows_the_model_and_is_never_an_earlier_run_folder(
+    ckpt: Path, env: Path, demo_dataset: Path, monkeypatch
+) -> None:
+    from sidestep_tui.screens import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "time", _Clock(step=0))  # every name in the same second
+    app = app_for(env, "setup", draft=_auto_draft(env, demo_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        first = app.screen.form.values["output_dir"]
+        Path(first).mkdir(parents=True)  # an earlier run (failed or not) used it
+        (Path(first) / "events.jsonl").write_text("")
+        await pilot.press("f2")
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        second = app.screen.form.values["output_dir"]
+        assert second != first and not Path(second).exists(), (first, second)
+        # Another model chosen elsewhere: the untouched automatic name follows it.
+        await pilot.press("f2")
+        await settle(pilot)
+        app.draft["model_variant"] = "turbo"
+        await pilot.press("f3")
+        await settle(pilot)
+        third = app.screen.form.values["output_dir"]
+        assert Path(third).name.startswith("turbo-lora-"), third
+        assert third in str(app.screen.query_one("#setup-command").render())
