@@ -243,3 +243,47 @@ async def test_automatic_output_folder_follows_the_model_and_is_never_an_earlier
         third = app.screen.form.values["output_dir"]
         assert Path(third).name.startswith("turbo-lora-"), third
         assert third in str(app.screen.query_one("#setup-command").render())
+
+
+# --------------------------------------------------------------------------- the welcome screen's Tab
+
+
+async def test_welcome_tab_without_a_match_stays_and_says_no_match(ckpt: Path, env: Path) -> None:
+    from textual.widgets import Input
+
+    from sidestep_tui.settings import Settings
+
+    app = app_for(env, "models", settings=Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert type(app.screen).__name__ == "FirstRunScreen"
+        root_input = app.screen.query_one("#checkpoint-root Input", Input)
+        output_input = app.screen.query_one("#output-root Input", Input)
+        output_before = output_input.value
+        root_input.focus()
+        root_input.value = str(env / "ckp")  # nothing under env starts with "ckp"... but ckpt/ does
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert root_input.value == str(env / "ckpt") + "/" and app.focused is root_input  # a match completes
+        root_input.value = str(env / "zzz")
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert app.focused is root_input, app.focused
+        assert "no match" in notes(app).lower()
+        assert root_input.value == str(env / "zzz") and output_input.value == output_before
+        await pilot.press("tab")  # asked twice: move on (a folder to be created is an answer)
+        await settle(pilot)
+        assert app.focused is output_input
+        root_input.focus()
+        await settle(pilot)
+        # A complete folder: Tab moves on, and the next field's text is not selected for deletion.
+        root_input.value = str(env / "ckpt")
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert app.focused is output_input
+        assert output_input.selection.is_empty
+        await pilot.press("backspace")
+        assert output_input.value == output_before[:-1]
