@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_forms import app_for, ckpt, demo_dataset, env, settle, setup_draft, type_into  # noqa: F401 (fixtures)
+import test_forms
+from test_forms import app_for, settle, setup_draft, type_into
 from textual.widgets import OptionList
 from ui_helpers import wait_until
 
 from engine import presets
 from sidestep_tui import forms
 from sidestep_tui.dialogs.confirm import ConfirmDialog
+
+# The Setup tests' fixtures: a checkpoint root of config.json folders, a tensor dataset, a private env.
+ckpt, demo_dataset, env = test_forms.ckpt, test_forms.demo_dataset, test_forms.env
 
 
 def notes(app) -> str:
