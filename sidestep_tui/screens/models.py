@@ -47,6 +47,7 @@ class ModelsScreen(Screen[None]):
         Binding("ctrl+s", "choose", "Use model", id="models.choose", tooltip="Use the highlighted model (also Enter)"),
         Binding("ctrl+f", "focus_filter", "Filter", id="models.filter", tooltip="Type to filter the models"),
         Binding("ctrl+r", "rescan", "Rescan", id="models.rescan", tooltip="Scan the checkpoint root and GPUs again"),
+        Binding("ctrl+o", "change_root", "Root", id="models.root", tooltip="Change the checkpoint root (saved in settings)"),
         Binding("down", "focus_table", "Table", show=False, id="models.table"),
     ]
 
@@ -175,6 +176,9 @@ class ModelsScreen(Screen[None]):
 
     def action_rescan(self) -> None:
         self._refresh_all()
+
+    def action_change_root(self) -> None:
+        self.app.change_checkpoint_root()
 
     def action_choose(self) -> None:
         model = self._highlighted()

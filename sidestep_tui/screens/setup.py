@@ -71,7 +71,10 @@ class SetupScreen(Screen[None]):
         self._dataset_key: str | None = None
         self._texts: dict[str, str] = {}
         self._auto_output = ""  # the output folder this screen decided (empty: the user's own, or none yet)
-        self._auto_for: tuple[str, str, str] | None = None  # (output root, model, adapter) it was decided for
+        self._auto_for: tuple[str, str, str] | None = None
+        self._only_model_for: tuple[str, str] | None = (
+            None  # the root whose model count was looked at  # (output root, model, adapter) it was decided for
+        )
         self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
 
     def compose(self) -> ComposeResult:
@@ -100,6 +103,7 @@ class SetupScreen(Screen[None]):
         changed = {
             k: v for k, v in draft.items() if k in forms.SPEC_BY_NAME and forms.to_raw(forms.SPEC_BY_NAME[k], v) != current.get(k)
         }
+        changed.update(self._remembered({**current, **changed}))  # settings saved meanwhile (first run)
         if changed:
             self.form.set_values(changed)
         self._keep_output_dir_current(self.form.values)
@@ -114,9 +118,28 @@ class SetupScreen(Screen[None]):
 
     def _draft_raw(self) -> dict[str, Any]:
         raw = forms.merge_raw(forms.default_raw(), self.app.draft)
+        raw.update(self._remembered(raw))
         if not raw.get("output_dir"):
             raw["output_dir"] = self._decide_output_dir(raw)
         return raw
+
+    def _remembered(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Empty fields filled from the settings: the checkpoint root, the dataset picked last, and the
+        model when the root holds exactly one (and none was chosen)."""
+        settings, out = self.app.settings, {}
+        if not raw.get("checkpoint_dir") and settings.checkpoint_root:
+            out["checkpoint_dir"] = settings.checkpoint_root
+        if not raw.get("dataset_dir") and settings.last_dataset_dir:
+            out["dataset_dir"] = settings.last_dataset_dir
+        root = str(out.get("checkpoint_dir") or raw.get("checkpoint_dir") or "")
+        if "model_variant" not in self.app.draft and root and (root, "only") != self._only_model_for:
+            self._only_model_for = (root, "only")
+            models = discovery.scan_checkpoints(os.path.expanduser(root)).models
+            if len(models) == 1:
+                out["model_variant"] = models[0].alias
+                if not models[0].official and models[0].base_model:
+                    out["base_model"] = models[0].base_model
+        return out
 
     def _auto_key(self, raw: dict[str, Any]) -> tuple[str, str, str]:
         return (self.app.settings.output_root, str(raw.get("model_variant") or ""), str(raw.get("adapter_type") or ""))

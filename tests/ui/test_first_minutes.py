@@ -291,3 +291,68 @@ async def test_welcome_tab_without_a_match_stays_and_says_no_match(ckpt: Path, e
         assert output_input.selection.is_empty
         await pilot.press("backspace")
         assert output_input.value == output_before[:-1]
+
+
+# --------------------------------------------------------------------------- Setup remembers
+
+
+async def test_setup_prefills_from_settings_after_a_restart(env: Path, demo_dataset: Path) -> None:
+    from sidestep_tui.settings import Settings
+
+    root = env / "one-model"
+    test_forms.write_model(root, "acestep-v15-turbo", is_turbo=True)
+    settings = Settings(checkpoint_root=str(root), output_root=str(env / "runs"), last_dataset_dir=str(demo_dataset))
+    app = app_for(env, "setup", settings=settings)  # a restart: no draft, only the saved settings
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        values = app.screen.form.values
+        assert values["checkpoint_dir"] == str(root)
+        assert values["dataset_dir"] == str(demo_dataset)
+        assert values["model_variant"] == "turbo"  # the only model there
+        assert "✓ Ready" in _status(app), _status(app)
+
+
+async def test_checkpoint_root_changes_from_models_screen_and_palette(ckpt: Path, env: Path) -> None:
+    import json
+
+    from textual.widgets import DataTable, Input
+
+    from sidestep_tui.settings import Settings
+
+    other = env / "other-root"
+    test_forms.write_model(other, "acestep-v15-sft", is_turbo=False)
+    settings = Settings(checkpoint_root=str(ckpt), output_root=str(env / "runs"))
+    app = app_for(env, "models", settings=settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one(DataTable).row_count == 5
+        await pilot.press("ctrl+o")
+        await settle(pilot)
+        field = app.screen.query_one("#root-path Input", Input)
+        field.value = str(env / "missing")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "no such folder" in str(app.screen.query_one("#root-message").render())  # refused, still open
+        field.value = str(other)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ModelsScreen"
+        assert app.settings.checkpoint_root == str(other)
+        assert json.loads((env / "config" / "settings.json").read_text())["checkpoint_root"] == str(other)
+        assert app.screen.query_one(DataTable).row_count == 1
+        assert app.draft["checkpoint_dir"] == str(other)
+
+        # The palette offers the same, from any screen.
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"checkpoint root")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        field = app.screen.query_one("#root-path Input", Input)
+        field.value = str(ckpt)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.settings.checkpoint_root == str(ckpt)
