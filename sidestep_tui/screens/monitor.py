@@ -188,7 +188,9 @@ class MonitorScreen(Screen[None]):
                 self.post_message(m.StopRequested())
 
         self.app.push_screen(
-            ConfirmDialog("Stop the run?", "It finishes the current step and saves a checkpoint first.", yes="Stop & save"),
+            ConfirmDialog(
+                "Stop the run?", "It finishes the current step and saves a checkpoint first.", yes="Stop & save", yes_key="s"
+            ),
             answer,
         )
 
