@@ -66,11 +66,9 @@ def number(value: float | int | None, digits: int = 3) -> str:
 def fixed(value: float | None, spec: str, width: int) -> str:
     """``value`` in the format ``spec`` padded to ``width`` (``n/a`` too), for figures that change
     every second in one place (``8.40e-05`` and ``2.83e-04``, not ``8.4e-05`` and ``0.000283``)."""
-    if value is None or not math.isfinite(value):
-        text = NA if value is None else str(value)
-    else:
-        text = format(value, spec)
-    return text.rjust(width)
+    if value is None:
+        return NA.rjust(width)
+    return (format(value, spec) if math.isfinite(value) else str(value)).rjust(width)
 
 
 def variant_badge(family: str | None, *, xl: bool = False, official: bool = True, base: str | None = None) -> str:
