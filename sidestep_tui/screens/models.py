@@ -16,13 +16,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from engine import discovery
 
 from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
 from ..messages import DraftUpdated
+from ..widgets.footer import SidestepFooter
 from .screen_commands import ScreenActions
 
 NARROW = 130
@@ -68,7 +69,7 @@ class ModelsScreen(Screen[None]):
                 yield Static("", id="model-detail", markup=False)
                 yield Static("", id="models-shared", markup=False)
                 yield Static("GPUs: checking …", id="models-gpus", markup=False)
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         self.query_one("#models-filter", Input).focus()

@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine import config as cfg
 from engine import discovery, ptinspect
@@ -32,6 +32,7 @@ from ..dialogs.presets import KEEP_ON_LOAD, PresetLoaded
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
+from ..widgets.footer import SidestepFooter
 from .screen_commands import ScreenActions
 
 NARROW = 120
@@ -88,7 +89,7 @@ class SetupScreen(Screen[None]):
                 yield Static("", id="setup-model", markup=False)
                 yield Static("", id="setup-command", markup=False)
         yield Static("", id="setup-help-line", markup=False)
-        yield Footer()
+        yield SidestepFooter()
 
     @property
     def form(self) -> ConfigForm:

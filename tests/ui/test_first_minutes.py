@@ -356,3 +356,43 @@ async def test_checkpoint_root_changes_from_models_screen_and_palette(ckpt: Path
         await pilot.press("enter")
         await settle(pilot)
         assert app.settings.checkpoint_root == str(ckpt)
+
+
+# --------------------------------------------------------------------------- 80×24
+
+
+async def test_footer_shows_the_screen_keys_at_80x24(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    from ui_helpers import screen_text
+
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, mode in (("f3", "setup"), ("f1", "models"), ("f2", "dataset"), ("f4", "monitor"), ("f5", "runs")):
+            await pilot.press(key)
+            await settle(pilot)
+            footer = screen_text(app).rstrip("\n").splitlines()[-1]
+            for fkey, name in (("F1", "Models"), ("F2", "Dataset"), ("F3", "Setup"), ("F4", "Monitor"), ("F5", "Runs")):
+                assert fkey.lower() in footer.lower() and name in footer, f"{mode}: {footer!r}"
+        await pilot.press("f3")
+        await settle(pilot)
+        footer = screen_text(app).rstrip("\n").splitlines()[-1]
+        assert "Start" in footer, footer  # the screen's own first key still fits
+
+
+async def test_runs_show_steps_and_best_at_80_columns(build_app, ui_settings, tmp_path: Path) -> None:
+    from ui_helpers import make_run_dir, screen_text
+
+    from engine.runs import summarize_run
+    from engine.summary import loss_text
+
+    run = make_run_dir(Path(ui_settings.output_root), "sidestep-demo-base-lora-20261130-064712-2")
+    summary = summarize_run(str(run))
+    assert summary.best_loss is not None
+    app = build_app(initial_mode="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: bool(app.screen.runs), 10, "the run scan")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        header = next(line for line in lines if "Status" in line and "Run" in line)
+        assert "Steps" in header and "Best" in header, header
+        row = next(line for line in lines if "sidestep-demo-base-lora" in line)
+        assert loss_text(summary.best_loss) in row and str(summary.steps) in row, row
