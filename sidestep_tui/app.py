@@ -222,6 +222,23 @@ class SidestepApp(EngineBridge, App[None]):
         if theme != self.settings.theme:
             self.post_message(m.SettingsChanged(self.settings.replace(theme=theme)))
 
+    def change_checkpoint_root(self) -> None:
+        """Ask for a new checkpoint root (Models screen key, command palette); save it, point the
+        draft at it, and rescan the Models screen when it is the one showing."""
+        from .dialogs.root import RootDialog
+
+        def chosen(path: str | None) -> None:
+            if not path or path == self.settings.checkpoint_root:
+                return
+            self._on_settings(m.SettingsChanged(self.settings.replace(checkpoint_root=path)))
+            self.draft["checkpoint_dir"] = path
+            self.notify(path, title="Checkpoint root")
+            rescan = getattr(self.screen, "on_screen_resume", None)
+            if type(self.screen).__name__ == "ModelsScreen" and rescan is not None:
+                rescan()
+
+        self.push_screen(RootDialog(self.settings.checkpoint_root), chosen)
+
     # ------------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
         question = self.session.request_quit()
@@ -248,6 +265,9 @@ class SidestepApp(EngineBridge, App[None]):
             ("runs", "Runs"),
         ):
             yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", lambda mode=mode: self.switch_mode(mode))
+        yield SystemCommand(
+            "Set checkpoint root", "The folder holding the model folders (saved in settings)", self.change_checkpoint_root
+        )
 
 
 def make_app(

@@ -63,6 +63,14 @@ def number(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def fixed(value: float | None, spec: str, width: int) -> str:
+    """``value`` in the format ``spec`` padded to ``width`` (``n/a`` too), for figures that change
+    every second in one place (``8.40e-05`` and ``2.83e-04``, not ``8.4e-05`` and ``0.000283``)."""
+    if value is None:
+        return NA.rjust(width)
+    return (format(value, spec) if math.isfinite(value) else str(value)).rjust(width)
+
+
 def variant_badge(family: str | None, *, xl: bool = False, official: bool = True, base: str | None = None) -> str:
     """The short label the Models screen shows: ``turbo``, ``XL base``, ``fine-tune of sft``,
     ``fine-tune (base unknown)``. ``family`` is turbo/base/sft/None; ``base`` is the detected base

@@ -184,7 +184,8 @@ class EngineSession:
     def _stop_engine(self, client: EngineClientProtocol, *, then_leave: bool = False) -> None:
         """Shut an engine down off the UI thread (Shutdown -> join -> terminate -> kill)."""
         self._expect_exit = True
-        self.host.run_blocking("engine-stop", lambda: client.shutdown(10.0), self.host.leave if then_leave else None)
+        then = (lambda: self.host.leave(self.leaving_note())) if then_leave else None
+        self.host.run_blocking("engine-stop", lambda: client.shutdown(10.0), then)
 
     # ------------------------------------------------------------------ commands
     def send(self, command: Command) -> bool:
@@ -277,9 +278,19 @@ class EngineSession:
             if client is not None and client.owns_engine and client.is_alive:
                 self._stop_engine(client, then_leave=True)
             else:
-                self.host.leave()
+                self.host.leave(self.leaving_note())
             return None
         return QuitQuestion(owns_engine=client.owns_engine, preprocessing=state.preprocess is not None)
+
+    def leaving_note(self) -> str | None:
+        """What to print on the way out after a run finished: where its result is (as leaving a run
+        running prints the attach command)."""
+        state = self.state
+        if state.finished_status is None or not state.adapter_path:
+            return None
+        if state.preprocess is not None:
+            return f"Preprocessing {state.finished_status}. Tensors: {state.adapter_path}"
+        return f"Run {state.finished_status}. Adapter: {state.adapter_path}"
 
     def quit_choice(self, choice: QuitChoice | None) -> None:
         client, state = self.client, self.state

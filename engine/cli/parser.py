@@ -43,7 +43,10 @@ def add_schema_flags(parser: argparse.ArgumentParser) -> None:
         names = [meta["flag"], *meta.get("aliases", ())]
         default = f.default
         shown = "auto" if default is None else (" ".join(default) if isinstance(default, tuple) else default)
-        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        # An empty default says what it means instead of "(default: )".
+        empty = " (required)" if meta.get("required") else " (default: none)"
+        suffix = f" (default: {shown})" if shown != "" else empty
+        help_text = f"{meta['help']}{suffix}".replace("%", "%%")
         group = groups[meta["group"]]
         base, _ = cfgmod._type_of(f)
         if base == "bool":
@@ -131,8 +134,10 @@ def build_parser() -> Parser:
     demo = command("demo", help="set up the built-in demo model and data, then train on it (the TUI on a terminal)")
     demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
     demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
-    demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora")
-    demo.add_argument("--max-steps", type=int, default=300)
+    demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora", help="the adapter to train (default lora)")
+    demo.add_argument(
+        "--max-steps", type=int, default=300, metavar="N", help="optimizer steps to train, then stop and save (default 300)"
+    )
     demo.add_argument(
         "--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit"
     )
@@ -143,18 +148,18 @@ def build_parser() -> Parser:
     )
 
     presets = command("presets", help="list, show, export or import presets")
-    psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True)
-    psub.add_parser("list")
-    show = psub.add_parser("show")
-    show.add_argument("name")
-    export = psub.add_parser("export")
-    export.add_argument("name")
-    export.add_argument("path")
-    imp = psub.add_parser("import")
-    imp.add_argument("path")
+    psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True, title="actions")
+    psub.add_parser("list", help="every preset (built-in and your own) with its description")
+    show = psub.add_parser("show", help="print a preset's settings as JSON")
+    show.add_argument("name", help="the preset's name (see `sidestep presets list`)")
+    export = psub.add_parser("export", help="write a preset to a file or folder (to share it)")
+    export.add_argument("name", help="the preset's name")
+    export.add_argument("path", help="a .json file, or a folder to write NAME.json into")
+    imp = psub.add_parser("import", help="copy a preset file into your presets (checked first)")
+    imp.add_argument("path", help="the preset .json file")
 
     runs = command("runs", help="list run folders with status, steps, best loss and adapter path")
-    runs.add_argument("root", nargs="?", default=".")
+    runs.add_argument("root", nargs="?", default=".", help="the folder holding the run folders (default: the current folder)")
 
     attach = command("attach", help="follow a run (the TUI monitor; --plain for lines)")
     attach.add_argument("run_dir")

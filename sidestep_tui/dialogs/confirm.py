@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -25,9 +26,10 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("escape", "answer(False)", "No", id="confirm.cancel", show=False),
     ]
 
-    def __init__(self, title: str, body: str = "", *, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(self, title: str, body: str = "", *, yes: str = "Yes", no: str = "No", yes_key: str = "y") -> None:
         super().__init__()
         self.title_text, self.body, self.yes, self.no = title, body, yes, no
+        self.yes_key = yes_key  # the key that asked (Stop: s) answers yes too, so one key does it everywhere
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -35,8 +37,13 @@ class ConfirmDialog(ModalScreen[bool]):
             if self.body:
                 yield Static(self.body, markup=False)
             with Horizontal():
-                yield Button(f"{self.yes} (y)", id="yes", variant="warning")
+                yield Button(f"{self.yes} ({self.yes_key})", id="yes", variant="warning")
                 yield Button(f"{self.no} (n / esc)", id="no")
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == self.yes_key and self.yes_key != "y":
+            event.stop()
+            self.dismiss(True)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")

@@ -24,7 +24,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 
 from engine import discovery, ptinspect
 from engine.protocol import StopRun
@@ -33,6 +33,7 @@ from ..appref import SidestepAppRef
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
+from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathField
 from .screen_commands import ScreenActions
 
@@ -98,7 +99,7 @@ class DatasetScreen(Screen[None]):
                         yield Static("", id="dataset-problem-list", markup=False)
             with TabPane("Audio → tensors", id=AUDIO):
                 yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
-        yield Footer()
+        yield SidestepFooter()
 
     def _initial_path(self) -> str:
         draft = self.app.draft

@@ -69,7 +69,8 @@ class FirstRunScreen(Screen[None]):
         with VerticalScroll(id="first-run"), Vertical(id="first-run-box"):
             yield Static("Welcome to Side-Step", id="first-run-title")
             yield Static(
-                "Two folders and you are set. Tab completes a path; the check under each field updates as you type.",
+                "Two folders and you are set. Tab or → accepts the grey completion;"
+                " the check under each field updates as you type.",
                 id="first-run-intro",
             )
             yield PathField(

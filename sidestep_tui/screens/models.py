@@ -16,13 +16,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from engine import discovery
 
 from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
 from ..messages import DraftUpdated
+from ..widgets.footer import SidestepFooter
 from .screen_commands import ScreenActions
 
 NARROW = 130
@@ -47,6 +48,7 @@ class ModelsScreen(Screen[None]):
         Binding("ctrl+s", "choose", "Use model", id="models.choose", tooltip="Use the highlighted model (also Enter)"),
         Binding("ctrl+f", "focus_filter", "Filter", id="models.filter", tooltip="Type to filter the models"),
         Binding("ctrl+r", "rescan", "Rescan", id="models.rescan", tooltip="Scan the checkpoint root and GPUs again"),
+        Binding("ctrl+o", "change_root", "Root", id="models.root", tooltip="Change the checkpoint root (saved in settings)"),
         Binding("down", "focus_table", "Table", show=False, id="models.table"),
     ]
 
@@ -67,7 +69,7 @@ class ModelsScreen(Screen[None]):
                 yield Static("", id="model-detail", markup=False)
                 yield Static("", id="models-shared", markup=False)
                 yield Static("GPUs: checking …", id="models-gpus", markup=False)
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         self.query_one("#models-filter", Input).focus()
@@ -175,6 +177,9 @@ class ModelsScreen(Screen[None]):
 
     def action_rescan(self) -> None:
         self._refresh_all()
+
+    def action_change_root(self) -> None:
+        self.app.change_checkpoint_root()
 
     def action_choose(self) -> None:
         model = self._highlighted()

@@ -26,6 +26,7 @@ from ..formatting import number
 from ..state import RunState
 from ..widgets.checkpoint_list import CheckpointList
 from ..widgets.event_log import EventLog
+from ..widgets.footer import SidestepFooter
 from ..widgets.gpu_panel import GpuPanel
 from ..widgets.loss_chart import SMOOTHING_WINDOWS, LossChart, chart_series
 from ..widgets.progress_panel import ProgressPanel
@@ -84,7 +85,7 @@ class MonitorScreen(Screen[None]):
             yield GpuPanel(id="gpu")
             yield CheckpointList(id="checkpoints")
             yield EventLog(id="log")
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         if not self.replay:
@@ -188,7 +189,9 @@ class MonitorScreen(Screen[None]):
                 self.post_message(m.StopRequested())
 
         self.app.push_screen(
-            ConfirmDialog("Stop the run?", "It finishes the current step and saves a checkpoint first.", yes="Stop & save"),
+            ConfirmDialog(
+                "Stop the run?", "It finishes the current step and saves a checkpoint first.", yes="Stop & save", yes_key="s"
+            ),
             answer,
         )
 

@@ -18,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine import config as cfgmod
 from engine import layout
@@ -30,8 +30,10 @@ from .. import messages as m
 from ..appref import SidestepAppRef
 from ..formatting import human_duration
 from ..state import RunState, apply_all
+from ..widgets.footer import SidestepFooter
 
-COLUMNS = ("Run", "Status", "Adapter", "Model", "Steps", "Best", "Final", "Duration", "Adapter path")
+# The figures that tell runs apart come right after the name: at 80 columns the rest is off to the right.
+COLUMNS = ("Run", "Status", "Steps", "Best", "Final", "Adapter", "Model", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
 
 
@@ -40,11 +42,11 @@ def run_row(r: RunSummary) -> tuple[str, ...]:
     return (
         r.name,
         r.status.replace("_", " "),
-        r.adapter_type or "n/a",
-        r.model_variant or "n/a",
         steps,
         loss_text(r.best_loss),
         loss_text(r.final_loss),
+        r.adapter_type or "n/a",
+        r.model_variant or "n/a",
         human_duration(r.duration_s),
         r.adapter_path or "n/a",
     )
@@ -140,7 +142,7 @@ class RunsScreen(Screen[None]):
         yield Static("", id="runs-title", markup=False)
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail", markup=False)
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns(*COLUMNS)

@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine import config as cfg
 from engine import discovery, ptinspect
@@ -32,6 +32,7 @@ from ..dialogs.presets import KEEP_ON_LOAD, PresetLoaded
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
+from ..widgets.footer import SidestepFooter
 from .screen_commands import ScreenActions
 
 NARROW = 120
@@ -70,7 +71,11 @@ class SetupScreen(Screen[None]):
         self._model: discovery.ModelInfo | None = None
         self._dataset_key: str | None = None
         self._texts: dict[str, str] = {}
-        self._auto_output = ""
+        self._auto_output = ""  # the output folder this screen decided (empty: the user's own, or none yet)
+        self._auto_for: tuple[str, str, str] | None = None
+        self._only_model_for: tuple[str, str] | None = (
+            None  # the root whose model count was looked at  # (output root, model, adapter) it was decided for
+        )
         self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
 
     def compose(self) -> ComposeResult:
@@ -84,7 +89,7 @@ class SetupScreen(Screen[None]):
                 yield Static("", id="setup-model", markup=False)
                 yield Static("", id="setup-command", markup=False)
         yield Static("", id="setup-help-line", markup=False)
-        yield Footer()
+        yield SidestepFooter()
 
     @property
     def form(self) -> ConfigForm:
@@ -99,14 +104,10 @@ class SetupScreen(Screen[None]):
         changed = {
             k: v for k, v in draft.items() if k in forms.SPEC_BY_NAME and forms.to_raw(forms.SPEC_BY_NAME[k], v) != current.get(k)
         }
+        changed.update(self._remembered({**current, **changed}))  # settings saved meanwhile (first run)
         if changed:
             self.form.set_values(changed)
-        current = self.form.values
-        if self._auto_output and current.get("output_dir") == self._auto_output:
-            fresh = self._output_dir_for(current)  # a different model: rename the untouched default
-            if fresh != self._auto_output:
-                self.form.set_values({"output_dir": fresh})
-                self._auto_output = fresh
+        self._keep_output_dir_current(self.form.values)
         # Look again: the folder may have been preprocessed, the model copied, while away.
         self._dataset_key = self._model_key = self._model_blocker = None
         self._validate(self.form.values)
@@ -118,18 +119,60 @@ class SetupScreen(Screen[None]):
 
     def _draft_raw(self) -> dict[str, Any]:
         raw = forms.merge_raw(forms.default_raw(), self.app.draft)
+        raw.update(self._remembered(raw))
         if not raw.get("output_dir"):
-            raw["output_dir"] = self._auto_output = self._output_dir_for(raw)
+            raw["output_dir"] = self._decide_output_dir(raw)
         return raw
 
-    def _output_dir_for(self, raw: dict[str, Any]) -> str:
-        """A fresh run folder under the output root, named after the model and adapter (shown in the
-        field, so nothing is decided behind the user's back)."""
-        output_root = self.app.settings.output_root
-        if not output_root:
+    def _remembered(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Empty fields filled from the settings: the checkpoint root, the dataset picked last, and the
+        model when the root holds exactly one (and none was chosen)."""
+        settings, out = self.app.settings, {}
+        if not raw.get("checkpoint_dir") and settings.checkpoint_root:
+            out["checkpoint_dir"] = settings.checkpoint_root
+        if not raw.get("dataset_dir") and settings.last_dataset_dir:
+            out["dataset_dir"] = settings.last_dataset_dir
+        root = str(out.get("checkpoint_dir") or raw.get("checkpoint_dir") or "")
+        if "model_variant" not in self.app.draft and root and (root, "only") != self._only_model_for:
+            self._only_model_for = (root, "only")
+            models = discovery.scan_checkpoints(os.path.expanduser(root)).models
+            if len(models) == 1:
+                out["model_variant"] = models[0].alias
+                if not models[0].official and models[0].base_model:
+                    out["base_model"] = models[0].base_model
+        return out
+
+    def _auto_key(self, raw: dict[str, Any]) -> tuple[str, str, str]:
+        return (self.app.settings.output_root, str(raw.get("model_variant") or ""), str(raw.get("adapter_type") or ""))
+
+    def _decide_output_dir(self, raw: dict[str, Any]) -> str:
+        """A new run folder under the output root, named after the model and adapter, that no earlier
+        run uses. Decided here, once, and shown in the field (so Review's command and the run use the
+        same one); decided again only when the model or adapter changes or a run took it."""
+        root, model, adapter = self._auto_for = self._auto_key(raw)
+        if not root:
+            self._auto_output = ""
             return ""
-        name = f"{raw.get('model_variant')}-{raw.get('adapter_type')}-{time.strftime('%Y%m%d-%H%M')}"
-        return os.path.join(output_root, name)
+        model = os.path.basename(model.rstrip("/\\")) or "model"
+        stem = os.path.join(root, f"{model}-{adapter}-{time.strftime('%Y%m%d-%H%M%S')}")
+        path, n = stem, 2
+        while os.path.lexists(os.path.expanduser(path)):
+            path, n = f"{stem}-{n}", n + 1
+        self._auto_output = path
+        return path
+
+    def _keep_output_dir_current(self, raw: dict[str, Any]) -> None:
+        """The automatic output folder (untouched by the user) follows the model and adapter, and is
+        replaced once a run has used it."""
+        current = str(raw.get("output_dir") or "")
+        if current and current != self._auto_output:
+            return  # the user's own folder
+        if current and self._auto_for == self._auto_key(raw) and not os.path.lexists(os.path.expanduser(current)):
+            return
+        fresh = self._decide_output_dir(raw)
+        if fresh and fresh != current:
+            self.form.set_values({"output_dir": fresh})
+            self.app.draft["output_dir"] = fresh  # now: a resume before the change message must not undo it
 
     def _model_info(self, raw: dict[str, Any]) -> discovery.ModelInfo | None:
         key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
@@ -208,8 +251,12 @@ class SetupScreen(Screen[None]):
 
     @on(ConfigForm.Changed)
     def _changed(self, event: ConfigForm.Changed) -> None:
-        self._validate(event.values)
-        self.post_message(DraftUpdated(dict(event.values)))
+        values = dict(event.values)
+        if event.name in ("model_variant", "adapter_type"):
+            self._keep_output_dir_current(values)
+            values = self.form.values
+        self._validate(values)
+        self.post_message(DraftUpdated(values))
 
     def _validate(self, raw: dict[str, Any]) -> None:
         self.config, self.errors = forms.parse_raw(raw)

@@ -26,6 +26,14 @@ def chart_series(history: Sequence[MetricPoint], window: int) -> tuple[list[int]
     return steps, raw, smooth(raw, window)
 
 
+def step_ticks(first: int, last: int, count: int = 6) -> list[int]:
+    """At most ``count`` whole steps from ``first`` to ``last`` (steps are counted, never fractional)."""
+    if last <= first:
+        return [first]
+    stride = max(1, math.ceil((last - first) / (count - 1)))
+    return list(range(first, last + 1, stride))
+
+
 class LossChart(PlotextPlot):
     DEFAULT_CSS = """
     LossChart { height: 1fr; min-height: 8; }
@@ -54,6 +62,7 @@ class LossChart(PlotextPlot):
         plt.xlabel("step")
         if steps:
             plt.plot(steps, raw, marker="braille", color=self._rgb("chart-raw"))
+            plt.xticks(step_ticks(steps[0], steps[-1]))
             if self.window > 1:
                 plt.plot(steps, smoothed, marker="braille", color=self._rgb("chart-smooth"))
         self.refresh()

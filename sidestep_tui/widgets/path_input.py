@@ -4,8 +4,9 @@ around it that checks the path inline.
 - ``complete_path(text)`` is the pure part: the candidates under the typed folder and the longest
   unambiguous completion. It is unit-tested on a temporary tree.
 - ``PathInput`` shows that completion as ghost text while typing (Textual's suggester) and accepts it
-  with Tab (or Right, as every Textual input does). When there is no name to complete, Tab moves
-  focus as usual, so the key never gets stuck.
+  with Tab (or Right, as every Textual input does). When the path is complete, Tab moves focus as
+  usual; when the typed name matches nothing, Tab stays and says "no match" (a second Tab moves on,
+  so the key never gets stuck).
 - ``PathField`` = label + ``PathInput`` + a status line. The screen gives it a ``check`` function
   (folder exists? looks like a checkpoint root?); the field runs it in a thread worker after each
   edit and shows the verdict with a glyph and words, never colour alone.
@@ -91,8 +92,11 @@ class PathInput(Input):
     BINDINGS = [Binding("tab", "complete", "Complete path", show=False, id="path.complete")]
 
     def __init__(self, value: str = "", *, dirs_only: bool = True, **kwargs: object) -> None:
+        # Focus arriving by Tab must not select the text: the next Backspace would delete the path.
+        kwargs.setdefault("select_on_focus", False)
         super().__init__(value, suggester=PathSuggester(dirs_only=dirs_only), **kwargs)  # type: ignore[arg-type]
         self.dirs_only = dirs_only
+        self._unmatched: str | None = None  # the text a Tab last found no match for
 
     def action_complete(self) -> None:
         done = complete_path(self.value, dirs_only=self.dirs_only)
@@ -100,10 +104,18 @@ class PathInput(Input):
         # tabbing through a form at every prefilled folder.
         suggestion = done.suggestion or ""
         adds_name = suggestion != "" and suggestion.rstrip(os.sep) != self.value.rstrip(os.sep)
+        typed = os.path.expanduser(self.value.strip())
         if adds_name and self.cursor_at_end:
             self.value = suggestion
             self.cursor_position = len(self.value)
+        elif typed and self.cursor_at_end and not done.candidates and not os.path.exists(typed) and self._unmatched != typed:
+            # A name that matches nothing: stay (the text is not left behind half-typed) and say so;
+            # a second Tab moves on (a folder that is yet to be created is a fine answer).
+            self._unmatched = typed
+            name = os.path.basename(typed.rstrip(os.sep)) or typed
+            self.notify(f"no match for {name!r} (Tab again moves on)", title="Tab", timeout=3)
         else:
+            self._unmatched = None
             self.screen.focus_next()
 
 

@@ -7,7 +7,7 @@ from textual.widgets import Static
 
 from engine.summary import loss_text
 
-from ..formatting import NA, human_duration, number
+from ..formatting import NA, fixed, human_duration, number
 from ..state import RunState
 from .sparklines import bar
 
@@ -50,7 +50,13 @@ def render_progress(state: RunState, width: int) -> str:
     total = state.total_steps
     steps = f"step {state.step}/{total}" if total else f"step {state.step}"
     pct = f" {state.progress * 100:3.0f}%" if state.progress is not None else ""
-    tail = f"  ETA {human_duration(state.eta_s)}  {number(state.samples_per_s, 3)} samples/s"
+    if state.paused:  # frozen figures would read as live ones
+        eta, rate = "paused", "—"
+    elif not state.active:
+        eta, rate = "—", "—"
+    else:
+        eta, rate = human_duration(state.eta_s), number(state.samples_per_s, 3)
+    tail = f"  ETA {eta}  {rate} samples/s"
     head = f"epoch {state.epoch}  {steps} "
     bar_width = max(4, width - len(head) - len(pct) - len(tail) - 1)
     line2 = escape(head) + f"[$primary]{bar(state.progress, bar_width)}[/]" + escape(pct + tail)
@@ -61,9 +67,9 @@ def render_progress(state: RunState, width: int) -> str:
     parts = [
         f"{'final loss' if summary.finished else 'loss'} {loss_text(summary.final_loss)}",
         f"best {loss_text(summary.best_loss)}{best_where}",  # the adapter in best/
-        f"lr {number(state.lr, 3)}",
-        f"grad {number(state.grad_norm, 3)}",
-        *([f"cruise x{number(state.cruise[0], 2)} (ema {loss_text(state.cruise[1])})"] if state.cruise else []),
+        f"lr {fixed(state.lr, '.2e', 8)}",  # fixed widths: the line must not jump as the numbers change
+        f"grad {fixed(state.grad_norm, '7.3f', 7)}",
+        *([f"cruise x{fixed(state.cruise[0], '.2f', 4)} (ema {loss_text(state.cruise[1])})"] if state.cruise else []),
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",
     ]
     if state.skipped_steps:

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_forms import app_for, ckpt, demo_dataset, env, settle, setup_draft, type_into  # noqa: F401 (fixtures)
+import test_forms
+from test_forms import app_for, settle, setup_draft, type_into
 from textual.widgets import OptionList
+from ui_helpers import wait_until
 
 from engine import presets
 from sidestep_tui import forms
 from sidestep_tui.dialogs.confirm import ConfirmDialog
+
+# The Setup tests' fixtures: a checkpoint root of config.json folders, a tensor dataset, a private env.
+ckpt, demo_dataset, env = test_forms.ckpt, test_forms.demo_dataset, test_forms.env
 
 
 def notes(app) -> str:
@@ -151,3 +156,243 @@ async def test_model_not_under_the_checkpoint_root_is_not_ready(ckpt: Path, env:
         await type_into(pilot, app.screen.form.row("model_variant").widget, "base")
         await settle(pilot)
         assert "✓ Ready" in _status(app), _status(app)
+
+
+# --------------------------------------------------------------------------- the automatic output folder
+
+
+class _Clock:
+    """Stands in for ``time`` in the Setup module: each ``strftime`` reads one second later
+    (``step=0``: the same second forever), so a name decided again shows."""
+
+    def __init__(self, step: int) -> None:
+        self.t, self.step = 1_800_000_000, step
+
+    def strftime(self, fmt: str, *_args) -> str:
+        import time as _time
+
+        self.t += self.step
+        return _time.strftime(fmt, _time.gmtime(self.t))
+
+    def __getattr__(self, name: str):
+        import time as _time
+
+        return getattr(_time, name)
+
+
+def _auto_draft(env: Path, dataset: Path) -> dict:
+    draft = setup_draft(env, dataset)
+    del draft["output_dir"]
+    return draft
+
+
+async def test_automatic_output_folder_is_decided_once_and_shown_in_review(
+    ckpt: Path, env: Path, demo_dataset: Path, monkeypatch
+) -> None:
+    import json
+
+    from fake_engine import FakeEngineClient
+    from test_forms import Recorder
+
+    from sidestep_tui import messages as m
+    from sidestep_tui.screens import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "time", _Clock(step=61))
+    hook = Recorder(m.StartRequested)
+    fake = FakeEngineClient()
+    app = app_for(env, "setup", draft=_auto_draft(env, demo_dataset), client_factory=lambda _log: fake)
+    async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
+        await settle(pilot)
+        chosen = app.screen.form.values["output_dir"]
+        assert Path(chosen).parent == env / "runs" and Path(chosen).name.startswith("base-lora-"), chosen
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert chosen in str(app.screen.query_one("#review-command").render())
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.form.values["output_dir"] == chosen  # a return to Setup decides nothing again
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert chosen in str(app.screen.query_one("#review-command").render())
+        await pilot.press("ctrl+s")  # Start from the review
+        await wait_until(pilot, lambda: bool(hook.of(m.StartRequested)), 10, "the start")
+        started = hook.of(m.StartRequested)
+        assert len(started) == 1 and json.loads(started[0].config_json)["output_dir"] == chosen
+
+
+async def test_automatic_output_folder_follows_the_model_and_is_never_an_earlier_run_folder(
+    ckpt: Path, env: Path, demo_dataset: Path, monkeypatch
+) -> None:
+    from sidestep_tui.screens import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "time", _Clock(step=0))  # every name in the same second
+    app = app_for(env, "setup", draft=_auto_draft(env, demo_dataset))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        first = app.screen.form.values["output_dir"]
+        Path(first).mkdir(parents=True)  # an earlier run (failed or not) used it
+        (Path(first) / "events.jsonl").write_text("")
+        await pilot.press("f2")
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        second = app.screen.form.values["output_dir"]
+        assert second != first and not Path(second).exists(), (first, second)
+        # Another model chosen elsewhere: the untouched automatic name follows it.
+        await pilot.press("f2")
+        await settle(pilot)
+        app.draft["model_variant"] = "turbo"
+        await pilot.press("f3")
+        await settle(pilot)
+        third = app.screen.form.values["output_dir"]
+        assert Path(third).name.startswith("turbo-lora-"), third
+        assert third in str(app.screen.query_one("#setup-command").render())
+
+
+# --------------------------------------------------------------------------- the welcome screen's Tab
+
+
+async def test_welcome_tab_without_a_match_stays_and_says_no_match(ckpt: Path, env: Path) -> None:
+    from textual.widgets import Input
+
+    from sidestep_tui.settings import Settings
+
+    app = app_for(env, "models", settings=Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert type(app.screen).__name__ == "FirstRunScreen"
+        root_input = app.screen.query_one("#checkpoint-root Input", Input)
+        output_input = app.screen.query_one("#output-root Input", Input)
+        output_before = output_input.value
+        root_input.focus()
+        root_input.value = str(env / "ckp")  # nothing under env starts with "ckp"... but ckpt/ does
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert root_input.value == str(env / "ckpt") + "/" and app.focused is root_input  # a match completes
+        root_input.value = str(env / "zzz")
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert app.focused is root_input, app.focused
+        assert "no match" in notes(app).lower()
+        assert root_input.value == str(env / "zzz") and output_input.value == output_before
+        await pilot.press("tab")  # asked twice: move on (a folder to be created is an answer)
+        await settle(pilot)
+        assert app.focused is output_input
+        root_input.focus()
+        await settle(pilot)
+        # A complete folder: Tab moves on, and the next field's text is not selected for deletion.
+        root_input.value = str(env / "ckpt")
+        root_input.cursor_position = len(root_input.value)
+        await pilot.press("tab")
+        await settle(pilot)
+        assert app.focused is output_input
+        assert output_input.selection.is_empty
+        await pilot.press("backspace")
+        assert output_input.value == output_before[:-1]
+
+
+# --------------------------------------------------------------------------- Setup remembers
+
+
+async def test_setup_prefills_from_settings_after_a_restart(env: Path, demo_dataset: Path) -> None:
+    from sidestep_tui.settings import Settings
+
+    root = env / "one-model"
+    test_forms.write_model(root, "acestep-v15-turbo", is_turbo=True)
+    settings = Settings(checkpoint_root=str(root), output_root=str(env / "runs"), last_dataset_dir=str(demo_dataset))
+    app = app_for(env, "setup", settings=settings)  # a restart: no draft, only the saved settings
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        values = app.screen.form.values
+        assert values["checkpoint_dir"] == str(root)
+        assert values["dataset_dir"] == str(demo_dataset)
+        assert values["model_variant"] == "turbo"  # the only model there
+        assert "✓ Ready" in _status(app), _status(app)
+
+
+async def test_checkpoint_root_changes_from_models_screen_and_palette(ckpt: Path, env: Path) -> None:
+    import json
+
+    from textual.widgets import DataTable, Input
+
+    from sidestep_tui.settings import Settings
+
+    other = env / "other-root"
+    test_forms.write_model(other, "acestep-v15-sft", is_turbo=False)
+    settings = Settings(checkpoint_root=str(ckpt), output_root=str(env / "runs"))
+    app = app_for(env, "models", settings=settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one(DataTable).row_count == 5
+        await pilot.press("ctrl+o")
+        await settle(pilot)
+        field = app.screen.query_one("#root-path Input", Input)
+        field.value = str(env / "missing")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "no such folder" in str(app.screen.query_one("#root-message").render())  # refused, still open
+        field.value = str(other)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ModelsScreen"
+        assert app.settings.checkpoint_root == str(other)
+        assert json.loads((env / "config" / "settings.json").read_text())["checkpoint_root"] == str(other)
+        assert app.screen.query_one(DataTable).row_count == 1
+        assert app.draft["checkpoint_dir"] == str(other)
+
+        # The palette offers the same, from any screen.
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"checkpoint root")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        field = app.screen.query_one("#root-path Input", Input)
+        field.value = str(ckpt)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.settings.checkpoint_root == str(ckpt)
+
+
+# --------------------------------------------------------------------------- 80×24
+
+
+async def test_footer_shows_the_screen_keys_at_80x24(ckpt: Path, env: Path, demo_dataset: Path) -> None:
+    from ui_helpers import screen_text
+
+    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, mode in (("f3", "setup"), ("f1", "models"), ("f2", "dataset"), ("f4", "monitor"), ("f5", "runs")):
+            await pilot.press(key)
+            await settle(pilot)
+            footer = screen_text(app).rstrip("\n").splitlines()[-1]
+            for fkey, name in (("F1", "Models"), ("F2", "Dataset"), ("F3", "Setup"), ("F4", "Monitor"), ("F5", "Runs")):
+                assert fkey.lower() in footer.lower() and name in footer, f"{mode}: {footer!r}"
+        await pilot.press("f3")
+        await settle(pilot)
+        footer = screen_text(app).rstrip("\n").splitlines()[-1]
+        assert "Start" in footer, footer  # the screen's own first key still fits
+
+
+async def test_runs_show_steps_and_best_at_80_columns(build_app, ui_settings, tmp_path: Path) -> None:
+    from ui_helpers import make_run_dir, screen_text
+
+    from engine.runs import summarize_run
+    from engine.summary import loss_text
+
+    run = make_run_dir(Path(ui_settings.output_root), "sidestep-demo-base-lora-20261130-064712-2")
+    summary = summarize_run(str(run))
+    assert summary.best_loss is not None
+    app = build_app(initial_mode="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: bool(app.screen.runs), 10, "the run scan")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        header = next(line for line in lines if "Status" in line and "Run" in line)
+        assert "Steps" in header and "Best" in header, header
+        row = next(line for line in lines if "sidestep-demo-base-lora" in line)
+        assert loss_text(summary.best_loss) in row and str(summary.steps) in row, row

@@ -304,7 +304,8 @@ def test_quit_after_a_finished_run_leaves_at_once(tmp_path: Path) -> None:
     session.follow(engine)
     deliver(session, engine)
     assert engine.shutdown_called and host.left == []  # the run ended: its engine went then
-    assert session.request_quit() is None and host.left == [None]
+    # Leaving says where the result is.
+    assert session.request_quit() is None and host.left == [f"Run completed. Adapter: {session.state.adapter_path}"]
 
 
 def test_quit_during_a_run_asks_and_leave_detaches(tmp_path: Path) -> None:
@@ -346,7 +347,11 @@ def test_quit_stop_saves_then_leaves_once_the_run_ended(tmp_path: Path) -> None:
     session.quit_choice("stop")
     assert engine.sent == [p.StopRun()] and host.left == []
     deliver(session, engine)
-    assert session.state.finished_status == "stopped" and engine.shutdown_called and host.left[:1] == [None]
+    assert (
+        session.state.finished_status == "stopped"
+        and engine.shutdown_called
+        and host.left[:1] == [f"Run stopped. Adapter: {session.state.adapter_path}"]
+    )
 
 
 def test_close_shuts_an_idle_engine_down_and_detaches_a_running_one(tmp_path: Path) -> None:
