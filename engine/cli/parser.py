@@ -152,6 +152,7 @@ def build_parser() -> Parser:
     export.add_argument("path")
     imp = psub.add_parser("import")
     imp.add_argument("path")
+    imp.add_argument("--overwrite", action="store_true", help="replace a user preset of the same name")
 
     runs = command("runs", help="list run folders with status, steps, best loss and adapter path")
     runs.add_argument("root", nargs="?", default=".")
