@@ -37,7 +37,7 @@ def snapshot(folder: Path | str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def finished_run(demo_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A completed 4-step LoRA run with a periodic checkpoint at step 2 (rank 4)."""
+    """A completed 4-step LoRA run with periodic checkpoints at steps 2 and 4 (rank 4)."""
     run = tmp_path_factory.mktemp("finished") / "run"
     assert main(demo_argv(demo_paths, run, "--max-steps", "4", "--save-every-n-steps", "2")) == 0
     assert (run / "final").is_dir() and (run / "checkpoints" / "step_2").is_dir()

@@ -1,6 +1,8 @@
 """Permission denied is called permission denied (not "corrupt", not "delete it", not a bare
-PermissionError). The command runs in a child process as another user (``nobody`` when the tests
-run as root, whom file modes do not stop; else the files are made unreadable for us)."""
+PermissionError). The command runs in a child process that file modes do stop: run as root, the child
+drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its bounding set before exec (so it is root
+without the power to ignore modes) and the files are handed to ``nobody`` with no access for others;
+run as a normal user, the files are simply made unreadable (or the folder unwritable)."""
 
 from __future__ import annotations
 
@@ -23,16 +25,19 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 
 def _drop() -> None:
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; PR_CAPBSET_DROP = 24
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def deny(path: Path) -> None:
-    """Make ``path`` unreadable (a file) or unwritable (a folder) for the child's user."""
-    if path.is_dir():
-        path.chmod(0o755 if ROOT else 0o555)
-    else:
-        path.chmod(0o600 if ROOT else 0o000)
+    """Make ``path`` unreadable (a file) or unwritable (a folder) for the child."""
+    if ROOT:
+        os.chown(path, NOBODY, NOBODY)
+    path.chmod(0o555 if path.is_dir() else 0o000)
 
 
 def run_cli(argv: list[str], home: Path) -> subprocess.CompletedProcess[str]:

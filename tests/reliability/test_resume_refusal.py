@@ -46,3 +46,23 @@ def test_resume_that_fails_while_restoring_leaves_the_run_record_alone(finished_
     assert len(errors) == 1 and "training_state.pt" in errors[0], out
     assert keep(snapshot(run)) == before
     assert "training_state.pt" in (run / "sidestep.log").read_text()
+
+
+def test_resume_auto_says_which_checkpoint_it_skipped_and_why(finished_run, demo_paths, tmp_path, capsys) -> None:
+    """The newest checkpoint's training state is corrupt, the one before it has a corrupt
+    checkpoint.json: auto skips the first (saying so, with the reason), resumes from the second (noting
+    its checkpoint.json), and the notes land in events.jsonl with the resumed segment."""
+    run = _copy(finished_run, tmp_path)
+    good, bad = run / "checkpoints" / "step_2", run / "checkpoints" / "step_4"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    (bad / "training_state.pt").write_bytes(b"torn by a crash")
+    (good / "checkpoint.json").write_text('{"step": 2, "ep')
+    argv = demo_argv(demo_paths, run, "--resume-from", "auto", "--max-steps", "4", "--save-every-n-steps", "2")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and str(bad) in skipped[0] and "corrupt" in skipped[0], out
+    assert any("checkpoint.json is missing or not valid JSON" in line and str(good) in line for line in out.splitlines()), out
+    assert f"resumed from {good}: step 2" in out
+    logged = [e.message for e in protocol.read_events(str(run / "events.jsonl")) if isinstance(e, protocol.LogRecord)]
+    assert any(str(bad) in m and "skipped" in m for m in logged)
