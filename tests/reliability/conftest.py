@@ -17,7 +17,7 @@ def demo_argv(demo_paths: dict[str, str], out: Path | str, *extra: str) -> list[
         "--checkpoint-dir", demo_paths["checkpoint_dir"],
         "--model-variant", demo_paths["model_variant"],
         "--dataset-dir", demo_paths["dataset_dir"],
-        "--device", "cpu", "--rank", "4", "--num-workers", "0",
+        "--device", "cpu", "--rank", "4", "--num-workers", "0", "--max-steps", "2",
         "-o", str(out), *extra,
     ]  # fmt: skip
 
