@@ -759,7 +759,18 @@ def parse_schema(
 
 def parse(data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Build a config from ``data`` (over ``base`` or the defaults). Raises ``ConfigError`` with every
-    problem at once: unknown keys, uncoercible values, out-of-range values, cross-field conflicts."""
+    problem at once: unknown keys, uncoercible values, out-of-range values, cross-field conflicts.
+    A ``schema_version`` newer than this program's is refused: its settings may mean something else."""
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ConfigError(
+            [
+                FieldError(
+                    "schema_version",
+                    f"{version} was made by a newer sidestep (this one reads up to {SCHEMA_VERSION}); upgrade sidestep to use it",
+                )
+            ]
+        )
     return parse_schema(TrainConfig, data, base_values=dataclasses.asdict(base) if base else None, cross_checks=_cross_checks)
 
 

@@ -1,7 +1,8 @@
 """The one way the project writes a file or a folder: never half written, never a shared temp (stdlib only).
 
 A file is written to a temp file beside it (same folder, so the rename never crosses a file system) with a
-name no other writer uses (``.<name>.<pid>-<random>.__writing__``), flushed and fsynced, renamed over the
+name no other writer uses (``.<name>.<pid>-<start>-<random>.__writing__``, ``<start>`` = the writer
+process's start time, so a leftover can be told from a live writer's temp even when the pid is reused), flushed and fsynced, renamed over the
 target with ``os.replace`` and the folder fsynced where the platform allows. Whatever goes wrong on the
 way (an exception in the writer, a full disk, Ctrl+C), the temp file is removed and the old file, if any,
 is left as it was.
@@ -14,7 +15,8 @@ is left as it was.
   inside it are written plainly: the commit fsyncs every one of them before the rename).
 
 Temp names end in ``TEMP_SUFFIX`` and start with a dot, so listings that skip hidden names never see
-them and a crashed writer's leftovers can be recognised (``is_temp``).
+them and a crashed writer's leftovers can be recognised (``is_temp``) and cleared (``clean_stale_temps``:
+only those whose writer process is gone).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,11 +36,95 @@ TEMP_SUFFIX = ".__writing__"
 PathLike = str | os.PathLike[str]
 
 
+_OLD_KIND = "old-"
+# .<name>.<kind><pid>-<start>-<random>.__writing__ (older versions wrote no <start>)
+_TEMP_RE = re.compile(
+    r"^\.(?P<name>.+)\.(?P<kind>(?:old-)?)(?P<pid>\d+)-(?:(?P<start>\d+)-)?[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$"
+)
+_START_SLACK_S = 2
+
+
+def process_start(pid: int) -> int | None:
+    """Whole seconds since the epoch at which ``pid`` started, or None when it does not run (or
+    cannot be looked at). psutil is imported here only: the stdlib-only callers never need it."""
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).create_time())
+    except Exception:
+        return None
+
+
+_MY_START: int | None = None
+
+
+def _my_start() -> int:
+    global _MY_START
+    if _MY_START is None:
+        _MY_START = process_start(os.getpid()) or 0
+    return _MY_START
+
+
 def temp_path(path: PathLike, kind: str = "") -> str:
     """A fresh, unused-by-anyone name beside ``path`` for a temp file or folder."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.{kind}{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+    return os.path.join(folder, f".{name}.{kind}{os.getpid()}-{_my_start()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+
+
+def _writer_alive(pid: int, start: int | None) -> bool:
+    if pid == os.getpid():
+        return start is None or abs(start - _my_start()) <= _START_SLACK_S
+    actual = process_start(pid)
+    if actual is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # it exists (another user's): leave its files alone
+        return True
+    return start is None or abs(actual - start) <= _START_SLACK_S  # else the pid now names another process
+
+
+def clean_stale_temps(folder: PathLike) -> list[str]:
+    """Remove the temp files and folders in ``folder`` (not below it) whose writer process is gone:
+    a save killed half way. A live writer's temps are never touched. An ``old-`` temp (the previous
+    folder of an ``atomic_dir`` swap that was killed between its two renames) whose target is missing
+    is put back under its name instead. Returns what was removed or restored."""
+    folder = os.fspath(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    done: list[str] = []
+    for entry in sorted(names):
+        m = _TEMP_RE.match(entry)
+        if m is None:
+            continue
+        start = m.group("start")
+        if _writer_alive(int(m.group("pid")), int(start) if start else None):
+            continue
+        path = os.path.join(folder, entry)
+        target = os.path.join(folder, m.group("name"))
+        if m.group("kind") == _OLD_KIND and not os.path.lexists(target):
+            try:
+                os.replace(path, target)
+            except OSError:
+                continue
+            done.append(f"{path} (restored as {target})")
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            continue
+        done.append(path)
+    if done:
+        fsync_dir(folder)
+    return done
 
 
 def is_temp(name: str) -> bool:
@@ -154,7 +241,7 @@ def atomic_dir(path: PathLike, *, merge: bool = False) -> Iterator[Path]:
             fsync_dir(target)
             return
         if os.path.lexists(target):
-            old = temp_path(target, "old-")
+            old = temp_path(target, _OLD_KIND)
             os.replace(target, old)
             try:
                 os.replace(tmp, target)

@@ -4,6 +4,7 @@ newest checkpoint" (stdlib only; DESIGN.md §4). Nothing else spells these names
     <run_dir>/
       config.json            the resolved run config
       engine.json            pid, host and start of the engine while it runs (removed at the end)
+      .engine.lock           locked by the run's process for its life: one run per folder (pid inside)
       events.jsonl           every event of every segment (a resumed run appends)
       events.<time>.jsonl    the history of a finished run that --overwrite replaced
       sidestep.log           the engine's log
@@ -23,6 +24,7 @@ from typing import Any
 
 CONFIG_FILE = "config.json"
 ENGINE_FILE = "engine.json"
+LOCK_FILE = ".engine.lock"
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "sidestep.log"
 TENSORBOARD_DIR = "runs"
@@ -39,6 +41,10 @@ def config_path(run_dir: str) -> str:
 
 def engine_path(run_dir: str) -> str:
     return os.path.join(run_dir, ENGINE_FILE)
+
+
+def lock_path(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK_FILE)
 
 
 def events_path(run_dir: str) -> str:

@@ -157,6 +157,14 @@ def validate_values(values: dict[str, Any], origin: str) -> dict[str, Any]:
         )
     if "schema_version" in values:
         raise PresetError(f"{origin}: config key 'schema_version' belongs at the top level, not inside config")
+    variant = values.get("model_variant")
+    if isinstance(variant, str) and (
+        os.path.isabs(variant) or "/" in variant or "\\" in variant or variant.startswith("~") or variant in (".", "..")
+    ):
+        raise PresetError(
+            f"{origin}: model_variant {variant!r} is a path; a preset names a model (e.g. 'turbo' or a folder name under "
+            "the checkpoint root), never a folder elsewhere: set model_variant to the model's name"
+        )
     try:
         parsed = schema.parse({**_PLACEHOLDER_PATHS, **values})
     except schema.ConfigError as exc:
@@ -334,8 +342,8 @@ def import_preset(path: str | os.PathLike[str], *, overwrite: bool = False) -> P
     target = user_dir() / f"{name}.json"
     if not overwrite:
         if name in _builtin_names():
-            raise PresetError(f"{source}: {name!r} is a built-in preset name; rename the file or pass overwrite=True")
+            raise PresetError(f"{source}: {name!r} is a built-in preset name; rename the file or pass --overwrite to shadow it")
         if target.exists():
-            raise PresetError(f"{source}: {target} already exists; pass overwrite=True to replace it")
+            raise PresetError(f"{source}: {target} already exists; pass --overwrite to replace it")
     _write_atomic(target, document)
     return PresetInfo(name, document.get("description", ""), "user", str(target))

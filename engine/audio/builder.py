@@ -130,6 +130,8 @@ def _duplicates(paths: list[str], *, prefer: set[str]) -> dict[str, str]:
 def scan_audio_dir(audio_dir: str) -> BuildReport:
     """Find audio files, read sidecars and durations, drop unreadable files and duplicates."""
     root = os.path.abspath(os.path.expanduser(audio_dir))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FileNotFoundError(f"audio folder {root} is a file, not a folder; pass the folder that holds the audio files")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"audio folder {root} does not exist")
     report = BuildReport(audio_dir=root)

@@ -168,6 +168,17 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- presets, runs, attach
 
 
+def _print_piped(text: str) -> None:
+    """Print to a stdout that may be a pipe whose reader has gone (``| head``): stop quietly then."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def cmd_presets(ns: argparse.Namespace) -> int:
     from engine import presets
 
@@ -176,12 +187,12 @@ def cmd_presets(ns: argparse.Namespace) -> int:
             for info in presets.list_presets():
                 print(f"{info.name:18} {info.source:8} {info.description}")
         elif ns.action == "show":
-            print(json.dumps(presets.load_preset(ns.name), indent=2))
+            _print_piped(json.dumps(presets.load_preset(ns.name), indent=2))
         elif ns.action == "export":
             presets.export_preset(ns.name, ns.path)
             print(f"exported {ns.name} to {ns.path}")
         elif ns.action == "import":
-            info = presets.import_preset(ns.path)
+            info = presets.import_preset(ns.path, overwrite=ns.overwrite)
             print(f"imported {info.name} into {info.path}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

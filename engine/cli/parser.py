@@ -157,6 +157,7 @@ def build_parser() -> Parser:
     export.add_argument("path", help="a .json file, or a folder to write NAME.json into")
     imp = psub.add_parser("import", help="copy a preset file into your presets (checked first)")
     imp.add_argument("path", help="the preset .json file")
+    imp.add_argument("--overwrite", action="store_true", help="replace a user preset of the same name")
 
     runs = command("runs", help="list run folders with status, steps, best loss and adapter path")
     runs.add_argument("root", nargs="?", default=".", help="the folder holding the run folders (default: the current folder)")

@@ -73,6 +73,8 @@ def discover_files(dataset_dir: str) -> list[str]:
     """The sample files of a dataset folder: ``manifest.json``'s list if present, else ``*.pt``
     (without pass-1 ``*.tmp.pt`` intermediates), sorted."""
     root = os.path.abspath(os.path.expanduser(dataset_dir))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DatasetError(f"dataset folder {root} is a file, not a folder; choose the folder holding the .pt files")
     if not os.path.isdir(root):
         raise DatasetError(
             f"dataset folder {root} does not exist; preprocess audio into it or choose the folder holding the .pt files"
@@ -102,6 +104,10 @@ def discover_files(dataset_dir: str) -> list[str]:
 def load_sample(path: str) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise DatasetError(
+            f"{path}: cannot be read (permission denied); fix its permissions (chmod u+r) or run as its owner"
+        ) from None
     except Exception as exc:  # truncated zip, pickle refused by weights_only, not a torch file, ...
         raise DatasetError(f"{path}: not a readable training tensor file ({_first_line(exc)}); {REPREPROCESS}") from None
     if not isinstance(data, dict):
@@ -122,6 +128,10 @@ def check_sample(path: str, data: dict[str, Any]) -> tuple[int, int, int]:
         value = data[key]
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise DatasetError(f"{path}: {key} contains NaN/Inf values; check the source audio, then {REPREPROCESS}")
+    if not bool(data["attention_mask"].bool().any()):
+        raise DatasetError(
+            f"{path}: attention_mask is all zero (no frame would train); check the source audio, then {REPREPROCESS}"
+        )
     T = data["target_latents"].shape[0]
     L, H = data["encoder_hidden_states"].shape
     return T, L, H

@@ -23,6 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+# Nothing downloads at run time: every from_pretrained below also passes local_files_only=True, and
+# this keeps huggingface_hub itself offline (read when it is first imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 Log = Callable[[str], None]
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _WRAPPER_ATTRS = ("_forward_module", "_orig_mod", "base_model", "model", "module")
@@ -112,6 +116,14 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); re-download the model folder") from None
     if not isinstance(config, dict) or not ("auto_map" in config or "model_type" in config):
         raise ModelLoadError(f"{config_path} has neither auto_map nor model_type; this is not an ACE-Step model folder")
+    auto_map = config.get("auto_map")
+    for key, value in auto_map.items() if isinstance(auto_map, dict) else ():
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, str) and "--" in ref:
+                raise ModelLoadError(
+                    f"{config_path}: auto_map {key} = {ref!r} names code in a model hub repository; only code inside the "
+                    "model folder runs: use an official model folder or fix its config.json"
+                )
     return config
 
 
@@ -139,6 +151,10 @@ def check_weights(model_dir: Path) -> None:
             with safe_open(str(path), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:  # safetensors raises its own error types
+            if isinstance(exc, PermissionError) or "permission denied" in str(exc).lower() or not os.access(path, os.R_OK):
+                raise ModelLoadError(
+                    f"{path} cannot be read (permission denied); fix its permissions (chmod u+r) or run as its owner"
+                ) from None
             raise ModelLoadError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-download it") from None
 
 
@@ -190,6 +206,7 @@ def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype) -> tuple[
     return AutoModel.from_pretrained(
         str(model_dir),
         trust_remote_code=True,
+        local_files_only=True,
         attn_implementation=backend,
         output_loading_info=True,
         **{dtype_kwarg(): dtype},
@@ -208,7 +225,7 @@ def _find_shape_mismatch(model_dir: Path) -> str | None:
     from transformers import AutoConfig, AutoModel
 
     try:
-        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True, local_files_only=True)
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoModel.from_config(config, trust_remote_code=True).state_dict().items()}
         files = (

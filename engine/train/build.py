@@ -120,13 +120,20 @@ def fabric_precision(device: torch.device, dtype: torch.dtype) -> FabricPrecisio
 
 
 def build_run(
-    config: cfgmod.TrainConfig, run_dir: str, bus: Any, *, set_phase: Callable[[protocol.Phase, str], None]
+    config: cfgmod.TrainConfig,
+    run_dir: str,
+    bus: Any,
+    *,
+    set_phase: Callable[[protocol.Phase, str], None],
+    write_config: bool = True,
 ) -> RunParts:
+    """Everything a run needs. ``write_config=False`` (a resume) leaves config.json to the trainer,
+    which rewrites it only once the resume has been restored."""
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import SingleDeviceStrategy
 
     from engine.adapters import attach_adapter
-    from engine.data.dataset import TensorDataset
+    from engine.data.dataset import DatasetError, TensorDataset
     from engine.data.loader import build_loader, build_planner
     from engine.data.sampler import EpochBatchSampler
     from engine.models.loader import enable_gradient_checkpointing, load_decoder, read_model_config, resolve_device, resolve_dtype
@@ -134,11 +141,18 @@ def build_run(
 
     model_dir = discovery.resolve_model_dir(config.checkpoint_dir, config.model_variant)
     config = cfgmod.resolve_variant_defaults(config, read_model_config(Path(model_dir)))
-    fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(config))
+    if write_config:
+        fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(config))
 
     # Validate the data before spending time on the model: a bad file should fail in seconds.
     set_phase("preparing_data", config.dataset_dir)
     dataset = TensorDataset(config.dataset_dir, repeats=config.dataset_repeats)
+    model_hidden = read_model_config(Path(model_dir)).get("hidden_size")
+    if isinstance(model_hidden, int) and dataset.hidden_size != model_hidden:
+        raise DatasetError(
+            f"{dataset.root}: tensors were made for hidden size {dataset.hidden_size}, the model {config.model_variant} has "
+            f"{model_hidden}: preprocess again with this model"
+        )
     planner = build_planner(dataset, config)
     device = resolve_device(config.device)
     loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from engine import config as cfgmod
-from engine import layout, protocol
+from engine import fsutil, layout, protocol
 from engine.channel.control import CommandInbox
-from engine.channel.events import EventBus, JsonlSink, StepAggregator
+from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
 from engine.train import cruise, ema, hooks, recipe, rundir
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
@@ -78,6 +78,9 @@ class Trainer:
         self._cruise: cruise.CruiseControl | None = None
         self._ema: ema.AdapterEMA | None = None
         self._hook: hooks.PostCheckpointHook | None = None
+        self._resume: tuple[str, dict[str, Any]] | None = None  # (checkpoint, training state), checked before the claim
+        self._resume_notes: list[str] = []  # what --resume-from auto skipped, and why
+        self._resume_newest: str | None = None  # the newest checkpoint when the resume was checked
 
     def epoch_number(self) -> int:
         """The 1-based epoch of the latest optimizer step: what every event and view calls "epoch N".
@@ -96,22 +99,53 @@ class Trainer:
 
     def fit(self) -> Any:
         """Run to completion, stop or failure. Returns the final event (``RunFinished``/``RunFailed``),
-        already emitted. Failures are reported, not raised: the engine stays up for the next job."""
-        run_dir = None
-        jsonl = log_handler = None
+        already emitted. Failures are reported, not raised: the engine stays up for the next job.
+
+        A resume is validated (checkpoint found, readable, same settings) before the run folder is
+        touched, and its events reach events.jsonl only once it has started: a refused or failed
+        resume leaves the run it refused as it was."""
+        held = None
+        jsonl = log_handler = buffer = None
+        pending: list[Any] = []
         try:
             resuming = self.config.resume_from is not None
-            run_dir = rundir.prepare(self.config.output_dir, resuming=resuming, overwrite=self.config.overwrite)
+            if resuming:
+                wanted = os.path.abspath(os.path.expanduser(self.config.output_dir))
+                self._resume_newest = layout.newest_checkpoint(wanted)
+                self._resume = self._load_resume(wanted)
+            held = rundir.claim(
+                self.config.output_dir,
+                resuming=resuming,
+                overwrite=self.config.overwrite,
+                run_id=self.run_id,
+                keep_out=(("--dataset-dir", self.config.dataset_dir), ("--checkpoint-dir", self.config.checkpoint_dir)),
+            )
+            run_dir = held.run_dir
             log_handler = rundir.attach_log_file(run_dir)
-            jsonl = JsonlSink(layout.events_path(run_dir))
-            self.bus.add(jsonl)
-            rundir.write_engine_file(run_dir, self.run_id)
-            self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase)
+            if resuming:
+                buffer = CallbackSink(pending.append)
+                self.bus.add(buffer)
+            else:
+                jsonl = JsonlSink(layout.events_path(run_dir))
+                self.bus.add(jsonl)
+            for note in self._resume_notes:
+                self.bus.log("warning", note)
+            for removed in rundir.clean_stale_temps(run_dir):
+                self.bus.log("warning", f"removed {removed}: left by a writer that died during a save")
+            self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase, write_config=not resuming)
             self.config = self.parts.config
             if self.monitor is not None:
                 self.monitor.set_device(self.parts.device)
             self._attach_options()
             self._restore_if_resuming()
+            if buffer is not None:  # the resume holds: from here on the run folder records it
+                fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(self.config))
+                self.bus.remove(buffer)
+                buffer = None
+                jsonl = JsonlSink(layout.events_path(run_dir))
+                for event in pending:
+                    jsonl.emit(event)
+                self.bus.add(jsonl)
             self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
             self.set_phase("training")
@@ -129,12 +163,14 @@ class Trainer:
                 self._tb.close()
             if self._hook is not None:
                 self._hook.close()  # queued hooks report into this run's events.jsonl
+            if buffer is not None:
+                self.bus.remove(buffer)  # a resume that never started: its events stay out of the folder
             if jsonl is not None:
                 self.bus.remove(jsonl)
-            if run_dir is not None:
-                rundir.remove_engine_file(run_dir)
             if log_handler is not None:
                 rundir.detach_log_file(log_handler)
+            if held is not None:
+                held.release()
             self.phase = "idle"
         return final
 
@@ -447,14 +483,14 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ resume
-    def _restore_if_resuming(self) -> None:
+    def _load_resume(self, run_dir: str) -> tuple[str, dict[str, Any]]:
+        """Find, load and check the checkpoint to resume from; raises before anything is written."""
         c = self.config
-        if c.resume_from is None:
-            return
-        p = self.parts
-        assert p is not None
-        source = ckpt.find_resume_dir(c.resume_from, p.run_dir)
-        state = ckpt.load_training_state(source)
+        assert c.resume_from is not None
+        source, state = self._pick_resume(run_dir) if c.resume_from == "auto" else ("", None)
+        if state is None:
+            source = ckpt.find_resume_dir(c.resume_from, run_dir)
+            state = ckpt.load_training_state(source)
         where = layout.trainer_state_path(source)
         if state["adapter_type"] != c.adapter_type:
             raise ckpt.CheckpointError(
@@ -470,6 +506,44 @@ class Trainer:
                 raise ckpt.CheckpointError(
                     f"{where}: settings differ from the checkpoint ({'; '.join(changed)}); restore them or pass --no-strict-resume"
                 )
+        return source, state
+
+    def _pick_resume(self, run_dir: str) -> tuple[str, dict[str, Any] | None]:
+        """``--resume-from auto``: the newest checkpoint whose training state loads. One that does not is
+        skipped with a note saying which and why (emitted once the run starts); a checkpoint.json that
+        cannot be read is noted too (its step then comes from training_state.pt)."""
+        self._resume_notes = []
+        skipped: list[str] = []
+        for _step, path in reversed(layout.list_checkpoints(run_dir)):
+            try:
+                state = ckpt.load_training_state(path)
+            except ckpt.CheckpointError as exc:
+                skipped.append(str(exc))
+                self._resume_notes.append(f"--resume-from auto skipped {path}: {exc}")
+                continue
+            if layout.read_checkpoint_meta(path) is None:
+                self._resume_notes.append(
+                    f"--resume-from auto: {layout.checkpoint_meta_path(path)} is missing or not valid JSON; "
+                    f"resuming from {path} with the step recorded in its {layout.TRAINER_STATE_FILE}"
+                )
+            elif skipped:
+                self._resume_notes.append(f"--resume-from auto: resuming from {path}, the newest checkpoint that loads")
+            return path, state
+        if skipped:
+            raise ckpt.CheckpointError(f"--resume-from auto: no checkpoint loads ({skipped[0]}); start without --resume-from")
+        return "", None
+
+    def _restore_if_resuming(self) -> None:
+        c = self.config
+        if c.resume_from is None:
+            return
+        p = self.parts
+        assert p is not None
+        source, state = self._resume or ("", {})
+        if layout.newest_checkpoint(p.run_dir) != self._resume_newest:  # a newer checkpoint appeared meanwhile
+            source, state = self._load_resume(p.run_dir)
+        self._resume = None
+        where = layout.trainer_state_path(source)
         try:
             matched = p.adapter.load_state_dict(state["adapter"])
             p.optimizer.load_state_dict(state["optimizer"])

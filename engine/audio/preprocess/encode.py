@@ -74,12 +74,12 @@ def load_pass1(checkpoint_dir: str, device: torch.device, dtype: torch.dtype) ->
     try:
         with warnings.catch_warnings():  # diffusers' Oobleck still uses the deprecated weight_norm
             warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-            vae = AutoencoderOobleck.from_pretrained(vae_dir, torch_dtype=dtype)
+            vae = AutoencoderOobleck.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
     except Exception as exc:  # diffusers raises OSError / ValueError / EnvironmentError by case
         raise PreprocessModelError(f"cannot load the VAE from {vae_dir}: {error_line(exc)}") from exc
     try:
-        tokenizer = AutoTokenizer.from_pretrained(text_dir)
-        text_encoder = AutoModel.from_pretrained(text_dir, **{dtype_kwarg(): dtype})
+        tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
+        text_encoder = AutoModel.from_pretrained(text_dir, local_files_only=True, **{dtype_kwarg(): dtype})
     except Exception as exc:
         raise PreprocessModelError(f"cannot load the text encoder from {text_dir}: {error_line(exc)}") from exc
     vae.to(device).eval().requires_grad_(False)

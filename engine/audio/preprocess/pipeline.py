@@ -120,7 +120,14 @@ def run_preprocess(
     from engine.models.loader import resolve_device, resolve_dtype
 
     run = _Run(config, emit, should_stop)
-    os.makedirs(run.out, exist_ok=True)
+    if os.path.exists(run.out) and not os.path.isdir(run.out):
+        raise ValueError(f"output folder {run.out} is a file, not a folder; choose a folder for the tensors")
+    try:
+        os.makedirs(run.out, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"output folder {run.out} cannot be created ({exc.strerror}); choose a folder you can write to"
+        ) from None
     for name in os.listdir(run.out):
         if fsutil.is_temp(name):  # torn writes of a crashed run
             os.remove(os.path.join(run.out, name))
@@ -156,7 +163,7 @@ def run_preprocess(
             run.summary.stopped = True
     finally:
         _write_index(run, jobs, settings, str(dtype).removeprefix("torch."), str(device))
-    run.summary.total = total
+    run.summary.total = total + len(jobs.failed)  # the unreadable files were tried too
     run.summary.elapsed_s = time.monotonic() - run.start
     s = run.summary
     status: FileStatus = "skipped" if s.stopped else "failed" if s.failed and not (s.processed or s.skipped) else "ok"
