@@ -139,3 +139,85 @@ def test_fp32_path_equals_the_plain_forward_in_fp32(demo_paths, kind):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def randomise(adapter, seed=3) -> None:
+    """Stand-in for training: every adapter tensor non-trivial (LoKR w2, LoHA w2_a, OFT blocks start at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha", "oft"])
+def test_saved_file_loads_with_lycoris_own_loader(demo_paths, tmp_path, kind):
+    """Trained on a bf16 base (fp32 path), saved, then rebuilt by LyCORIS's ``create_lycoris_from_weights``
+    on a fresh fp32 decoder from the file alone: same adapter output as our fp32 adapter with that state."""
+    import json
+
+    from lycoris import create_lycoris_from_weights
+    from safetensors import safe_open
+
+    config = make_config(adapter_type=kind, attention_type="cross", target_mlp=True, loha_linear_dim=4, lokr_linear_dim=4)
+    trained = attach_adapter(fresh_decoder(demo_paths, torch.bfloat16), config)
+    assert trained.bypass
+    randomise(trained)
+    trained.save(tmp_path / "final", {"run_name": kind})
+    path = tmp_path / "final" / f"{kind}_weights.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        meta, keys = handle.metadata(), set(handle.keys())
+    assert meta["format"] == "lycoris" and meta["algo"] == trained.settings["algo"]
+    assert json.loads(meta[f"{kind}_config"])["algo"] == trained.settings["algo"]
+
+    ours = attach_adapter(fresh_decoder(demo_paths), config)
+    assert ours.load(tmp_path / "final") == len(keys)
+    ours.module.eval()
+    decoder = fresh_decoder(demo_paths)
+    theirs, _ = create_lycoris_from_weights(1.0, str(path), decoder)
+    theirs.apply_to()
+    assert len(theirs.loras) == trained.adapted_modules
+    with torch.no_grad():
+        plain = fresh_decoder(demo_paths)(**inputs())[0]
+        want = ours.module(**inputs())[0]
+        got = decoder(**inputs())[0]
+    assert (want - plain).abs().max() > 1e-3, "the adapter must change the output for this check to mean anything"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["loha", "oft"])
+def test_loha_and_oft_train_a_step_on_bf16(demo_paths, kind):
+    adapter = attach_adapter(fresh_decoder(demo_paths, torch.bfloat16), make_config(adapter_type=kind))
+    params = adapter.parameters()
+    assert params and all(p.dtype == torch.float32 for p in params)
+    adapter.module.train()
+    out = adapter.module(**inputs(torch.bfloat16))[0]
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+    assert any(float(p.grad.abs().sum()) > 0 for p in params)
+
+
+def test_lokr_all_linear_adapts_every_linear_and_conv1d(demo_paths):
+    """Side-Step's LoKR targets (ACE_STEP.md §7.2): every nn.Linear and nn.Conv1d of the decoder, i.e. the
+    attention and MLP projections plus condition_embedder, time_embed(_r).* and proj_in.1 (not proj_out,
+    a ConvTranspose1d)."""
+    decoder = fresh_decoder(demo_paths)
+    want = {n for n, m in decoder.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv1d)}
+    assert {"condition_embedder", "proj_in.1", "time_embed.time_proj", "time_embed_r.linear_1"} <= want
+    adapter = attach_adapter(decoder, make_config(adapter_type="lokr", lokr_targets="all-linear", attention_type="self"))
+    got = {lora.lora_name.removeprefix("lycoris_") for lora in adapter.net.loras}
+    assert got == {n.replace(".", "_") for n in want}
+    assert adapter.targets == ("all-linear",)
+    adapter.module.train()
+    randomise(adapter)
+    adapter.module(**inputs())[0].square().mean().backward()  # the Conv1d (proj_in.1) path runs too
+    assert all(p.grad is not None for p in adapter.parameters())
+
+
+def test_lokr_targets_is_a_lokr_option():
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lokr_targets"):
+        make_config(adapter_type="loha", lokr_targets="all-linear")
+    with pytest.raises(ConfigError, match="lycoris_bypass"):
+        make_config(adapter_type="lokr", lokr_weight_decompose=True, lycoris_bypass="on")
