@@ -23,8 +23,25 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-GROUPS = ("Model", "Data", "Adapter", "LoRA", "LoKR", "Training", "Objective", "Memory", "Checkpoints", "Logging")
-ADAPTER_TYPES = ("lora", "lokr")
+GROUPS = (
+    "Model",
+    "Data",
+    "Adapter",
+    "LoRA",
+    "LoKR",
+    "LoHA",
+    "OFT",
+    "LyCORIS",
+    "Training",
+    "Objective",
+    "Memory",
+    "Checkpoints",
+    "Logging",
+)
+ADAPTER_TYPES = ("lora", "lokr", "loha", "oft")
+LYCORIS_TYPES = ("lokr", "loha", "oft")  # the adapters built with LyCORIS
+LYCORIS_BYPASS = ("auto", "on", "off")
+LOKR_TARGETS = ("selected", "all-linear")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 SCHEDULERS = ("cosine", "cosine_restarts", "linear", "constant", "constant_with_warmup")
 ATTENTION_TYPES = ("both", "self", "cross")
@@ -158,7 +175,12 @@ class TrainConfig:
 
     # ---- Adapter
     adapter_type: str = _f(
-        "lora", "Adapter", "lora (PEFT) or lokr (LyCORIS).", "Adapter", choices=ADAPTER_TYPES, aliases=("--adapter", "-a")
+        "lora",
+        "Adapter",
+        "lora (PEFT LoRA/DoRA), or lokr, loha or oft (LyCORIS LoKR, LoHA, diagonal OFT).",
+        "Adapter",
+        choices=ADAPTER_TYPES,
+        aliases=("--adapter", "-a"),
     )
     attention_type: str = _f(
         "both",
@@ -215,6 +237,52 @@ class TrainConfig:
     lokr_full_matrix: bool = _f(False, "Full matrix", "Never factorise w2 (more parameters).", "LoKR", advanced=True)
     lokr_rs_lora: bool = _f(False, "rsLoRA scaling", "Scale by alpha/sqrt(dim) instead of alpha/dim.", "LoKR", advanced=True)
     lokr_unbalanced_factorization: bool = _f(False, "Unbalanced factors", "Put the larger factor first.", "LoKR", advanced=True)
+    lokr_targets: str = _f(
+        "selected",
+        "LoKR targets",
+        "selected = the Adapter section's attention/MLP choice; all-linear = every Linear/Conv1d of the decoder "
+        "(also condition_embedder, time_embed(_r) and proj_in.1), as Side-Step's LoKR does.",
+        "LoKR",
+        choices=LOKR_TARGETS,
+        advanced=True,
+    )
+
+    # ---- LoHA (LyCORIS)
+    loha_linear_dim: int = _f(64, "LoHA dim", "LoHA rank of each Hadamard factor (like LoRA rank).", "LoHA", min=1, max=100000)
+    loha_linear_alpha: int = _f(128, "LoHA alpha", "LoHA alpha; the update is scaled by alpha/dim.", "LoHA", min=1, max=100000)
+    loha_use_scalar: bool = _f(False, "Scalar", "Train an extra scalar per module.", "LoHA", advanced=True)
+
+    # ---- OFT (LyCORIS diag-oft)
+    oft_dim: int = _f(
+        32,
+        "OFT block factor",
+        "LyCORIS diag-OFT dim f: an output dimension d is split into blocks of min(f, d/f) when f divides d "
+        "(32 gives 32-wide blocks on every 2B projection); the rotation starts at the identity.",
+        "OFT",
+        min=1,
+        max=100000,
+    )
+    oft_constraint: float = _f(
+        0.0,
+        "OFT constraint",
+        "Cap on the rotation's norm (COFT), as a multiple of the output dimension; 0 = unconstrained.",
+        "OFT",
+        min=0.0,
+        max=1000.0,
+        advanced=True,
+    )
+
+    # ---- LyCORIS (LoKR, LoHA, OFT)
+    lycoris_bypass: str = _f(
+        "auto",
+        "fp32 adapter path",
+        "on = the adapter's contribution is computed in fp32 beside the frozen base (bypass), so small updates "
+        "survive a bf16/fp16 base; off = LyCORIS rebuilds W+dW in the base dtype (small updates round away there); "
+        "auto = on for a bf16/fp16 base without weight decomposition. The choice is logged at run start.",
+        "LyCORIS",
+        choices=LYCORIS_BYPASS,
+        advanced=True,
+    )
 
     # ---- Training
     learning_rate: float | None = _f(
@@ -689,6 +757,15 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
             hook_argv(c.post_checkpoint_script, {k: "" for k in HOOK_PLACEHOLDERS})
         except ValueError as exc:
             errors.append(FieldError("post_checkpoint_script", str(exc)))
+    if c.lokr_targets != "selected" and c.adapter_type != "lokr":
+        errors.append(FieldError("lokr_targets", "all-linear is a LoKR option; set adapter_type lokr or lokr_targets selected"))
+    if c.lycoris_bypass == "on" and c.adapter_type == "lokr" and c.lokr_weight_decompose:
+        errors.append(
+            FieldError(
+                "lycoris_bypass",
+                "the fp32 bypass path cannot apply weight decomposition; turn lokr_weight_decompose off or use bypass auto/off",
+            )
+        )
     return errors
 
 

@@ -22,8 +22,9 @@ from typing import Any
 from engine import config as cfg
 
 BASIC, ADVANCED = "basic", "advanced"
-ADAPTER_GROUPS = {"lora": "LoRA", "lokr": "LoKR"}
-"""Adapter type -> the group holding its own settings; the other adapter's group is hidden."""
+ADAPTER_GROUPS = {"lora": "LoRA", "lokr": "LoKR", "loha": "LoHA", "oft": "OFT"}
+"""Adapter type -> the group holding its own settings; the other adapters' groups are hidden."""
+SHARED_GROUPS = {"LyCORIS": cfg.LYCORIS_TYPES}  # sections that several adapter types own
 
 RawValue = str | bool | tuple[str, ...]
 
@@ -117,7 +118,9 @@ def grouped(specs: Iterable[FieldSpec] = SPECS) -> list[tuple[str, list[FieldSpe
 
 
 def group_visible(group: str, adapter_type: str) -> bool:
-    """LoRA settings only for lora, LoKR settings only for lokr; every other group always."""
+    """Each adapter's section only for that adapter (LyCORIS settings for lokr, loha and oft); every other group always."""
+    if group in SHARED_GROUPS:
+        return adapter_type in SHARED_GROUPS[group]
     owner = {g: a for a, g in ADAPTER_GROUPS.items()}.get(group)
     return owner is None or owner == adapter_type
 

@@ -1,10 +1,11 @@
-"""Adapters behind one small interface: PEFT LoRA/DoRA (``lora.py``) and LyCORIS LoKR (``lokr.py``).
+"""Adapters behind one small interface: PEFT LoRA/DoRA (``lora.py``) and LyCORIS LoKR, LoHA and diagonal
+OFT (``lyco.py``; ``lokr.py`` keeps the LoKR names).
 
 ``attach_adapter(decoder, config)`` freezes the decoder, adds fp32 adapter weights on the targets of
 ``engine.config.resolve_targets(config)`` and returns an ``Adapter``:
 
 - ``.module``: the nn.Module to train and call (``PeftModel`` for LoRA; the decoder itself, with the
-  LyCORIS network registered as its ``lycoris_net`` submodule, for LoKR). Call it with keyword
+  LyCORIS network registered as its ``lycoris_net`` submodule, for LoKR/LoHA/OFT). Call it with keyword
   arguments, exactly like the bare decoder.
 - ``.parameters()``: the trainable tensors only; ``.trainable_params``, ``.adapted_modules``.
 - ``.state_dict()`` / ``.load_state_dict(sd)``: adapter tensors only (CPU copies), in the same key
@@ -35,11 +36,11 @@ def attach_adapter(decoder: nn.Module, config: TrainConfig) -> Adapter:
         from engine.adapters.lora import attach_lora
 
         return attach_lora(decoder, config)
-    if config.adapter_type == "lokr":
-        from engine.adapters.lokr import attach_lokr
+    if config.adapter_type in ("lokr", "loha", "oft"):
+        from engine.adapters.lyco import attach_lycoris
 
-        return attach_lokr(decoder, config)
-    raise ValueError(f"adapter_type {config.adapter_type!r} is not lora or lokr")
+        return attach_lycoris(decoder, config)
+    raise ValueError(f"adapter_type {config.adapter_type!r} is not lora, lokr, loha or oft")
 
 
 __all__ = [

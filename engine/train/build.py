@@ -185,6 +185,9 @@ def build_run(
         "info",
         f"adapter: {config.adapter_type}, {adapter.adapted_modules} modules, {adapter.trainable_params:,} trainable parameters",
     )
+    note = getattr(adapter, "precision_note", "")  # LyCORIS: which adapter path (fp32 bypass or rebuild) runs
+    if note:
+        bus.log("info", note)
 
     precision = fabric_precision(device, dtype)
     fabric = Fabric(

@@ -1,7 +1,7 @@
 """The training-config form, generated from ``dataclasses.fields(engine.config.TrainConfig)``.
 
 Sections follow the schema's ``group`` metadata; Basic depth hides fields marked ``advanced``; the
-adapter type shows only its own section (LoRA or LoKR). A field with an error is shown whatever the
+adapter type shows only its own section (LoRA, LoKR, LoHA or OFT; LyCORIS for the last three). A field with an error is shown whatever the
 depth or adapter, so no problem can hide. The form itself parses nothing: it hands raw values up
 (``ConfigForm.Changed``) and shows the per-field errors it is given (``show_errors``), which come from
 ``engine.config.parse``.

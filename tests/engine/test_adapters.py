@@ -73,7 +73,7 @@ TARGET_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["lora", "lokr"])
+@pytest.mark.parametrize("kind", ["lora", "lokr", "loha", "oft"])
 @pytest.mark.parametrize("case", TARGET_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_targets_are_honoured(demo_paths, kind, case):
     adapter = attach_adapter(fresh_decoder(demo_paths), make_config(adapter_type=kind, **case))
@@ -81,7 +81,7 @@ def test_targets_are_honoured(demo_paths, kind, case):
         case["attention_type"], case["target_mlp"], case.get("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj"))
     )
     names = adapted_names(adapter)
-    if kind == "lokr":
+    if kind != "lora":  # LyCORIS names
         want = {n.replace(".", "_") for n in want}
     assert names == want
     assert adapter.adapted_modules == len(want)

@@ -69,12 +69,25 @@ def test_run_writes_a_complete_run_directory(demo_config_values):
     assert len(acc.Scalars("train/loss")) == 6
 
 
-@pytest.mark.parametrize("adapter", ["lora", "lokr"])
+WEIGHT_FILES = {
+    "lora": "adapter_model.safetensors",
+    "lokr": "lokr_weights.safetensors",
+    "loha": "loha_weights.safetensors",
+    "oft": "oft_weights.safetensors",
+}
+
+
+@pytest.mark.parametrize("adapter", ["lora", "lokr", "loha", "oft", "lokr-bf16"])
 def test_resume_is_equivalent_to_a_straight_run(demo_config_values, tmp_path, adapter):
-    """8 straight steps == 4 steps, stop (saves), resume, 4 steps: same losses and weights."""
+    """8 straight steps == 4 steps, stop (saves), resume, 4 steps: same losses and weights.
+    ``lokr-bf16``: a bf16 base, where LoKR takes the fp32 adapter path."""
+    adapter, _, precision = adapter.partition("-")
     values = dict(
         demo_config_values,
         adapter_type=adapter,
+        precision=precision or "auto",
+        loha_linear_dim=4,
+        loha_linear_alpha=4,
         max_steps=8,
         gradient_accumulation=2,
         cfg_ratio=0.5,
@@ -93,6 +106,9 @@ def test_resume_is_equivalent_to_a_straight_run(demo_config_values, tmp_path, ad
     events_b2, final_b2 = train(dict(values, output_dir=split_dir, resume_from="auto"))
     assert isinstance(final_b2, protocol.RunFinished), getattr(final_b2, "traceback", final_b2)
     assert final_b2.status == "completed" and final_b2.steps == 8
+    if precision:  # the adapter path in use is reported at run start
+        logged = [e.message for e in events_a if isinstance(e, protocol.LogRecord)]
+        assert any("lokr adapter path: fp32 bypass (base bfloat16)" in m for m in logged), logged
 
     straight, first, second = step_losses(events_a), step_losses(events_b1), step_losses(events_b2)
     assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [5, 6, 7, 8]
@@ -101,7 +117,7 @@ def test_resume_is_equivalent_to_a_straight_run(demo_config_values, tmp_path, ad
 
     from safetensors.torch import load_file
 
-    name = "adapter_model.safetensors" if adapter == "lora" else "lokr_weights.safetensors"
+    name = WEIGHT_FILES[adapter]
     a = load_file(os.path.join(straight_dir, "final", name))
     b = load_file(os.path.join(split_dir, "final", name))
     assert a.keys() == b.keys() and len(a) > 0

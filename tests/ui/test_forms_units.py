@@ -264,3 +264,16 @@ def test_check_directory(tree: Path) -> None:
     assert check_directory(str(tree / "nope")).message == "no such folder"
     assert check_directory(str(tree / "acestep-notes.txt")).message == "not a folder"
     assert check_directory(str(tree)).ok is True
+
+
+def test_each_lycoris_adapter_shows_its_own_section_and_the_shared_one() -> None:
+    loha, oft, bypass, lokr = (forms.SPEC_BY_NAME[n] for n in ("loha_linear_dim", "oft_dim", "lycoris_bypass", "lokr_linear_dim"))
+    assert forms.field_visible(loha, depth="basic", adapter_type="loha")
+    assert not forms.field_visible(loha, depth="advanced", adapter_type="oft")
+    assert forms.field_visible(oft, depth="basic", adapter_type="oft")
+    assert not forms.field_visible(oft, depth="advanced", adapter_type="lokr")
+    assert not forms.field_visible(lokr, depth="advanced", adapter_type="loha")
+    for kind in ("lokr", "loha", "oft"):
+        assert forms.field_visible(bypass, depth="advanced", adapter_type=kind)
+    assert not forms.field_visible(bypass, depth="advanced", adapter_type="lora")
+    assert forms.SPEC_BY_NAME["adapter_type"].choices == ("lora", "lokr", "loha", "oft")

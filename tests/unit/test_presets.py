@@ -313,3 +313,13 @@ def test_a_bare_file_name_falls_back_to_the_preset_name(isolated) -> None:
     assert presets.load_preset("vram_8gb.json") == presets.load_preset("vram_8gb")
     with pytest.raises(presets.PresetError, match="no such preset"):
         presets.load_preset("nothing.json")
+
+
+def test_lycoris_adapter_settings_go_through_presets() -> None:
+    """The new adapter types and their fields are ordinary schema keys for presets; bad values are named."""
+    values = presets.validate_values(
+        {"adapter_type": "oft", "oft_dim": 16, "lycoris_bypass": "on", "loha_linear_dim": 8}, "test.json"
+    )
+    assert values["adapter_type"] == "oft" and values["oft_dim"] == 16 and values["lycoris_bypass"] == "on"
+    with pytest.raises(presets.PresetError, match="lycoris_bypass"):
+        presets.validate_values({"adapter_type": "loha", "lycoris_bypass": "sometimes"}, "test.json")
