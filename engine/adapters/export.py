@@ -361,6 +361,8 @@ def lycoris_to_comfyui(
             raise ExportError(f"{name}: LyCORIS {algo} modules ({', '.join(sorted(params))}) are not exported; LoKR and LoHA are")
         if "dora_scale" in p and p["dora_scale"].shape[0] != 1:
             # LyCORIS (wd_on_out) normalises by the merged row norm, ComfyUI by the base row norm.
+            if "lokr_t2" in params:
+                raise ExportError(f"{name}: LoKR with a Tucker factor and weight decomposition is not exported yet")
             path = base.by_lycoris_name.get(name) if base is not None else None
             w = _need_base(name, base, path)
             raw = rebuild(params)
