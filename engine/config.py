@@ -48,7 +48,7 @@ ATTENTION_TYPES = ("both", "self", "cross")
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TIMESTEP_MODES = ("continuous", "discrete")
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "min_snr_v")
 BIASES = ("none", "all", "lora_only")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -460,9 +460,18 @@ class TrainConfig:
         max=1.0,
     )
     loss_weighting: str = _f(
-        "none", "Loss weighting", "none = flat MSE; min_snr = min-SNR-gamma weighting.", "Objective", choices=LOSS_WEIGHTINGS
+        "none",
+        "Loss weighting",
+        "none = flat velocity MSE. min_snr = Side-Step's min(SNR,g)/SNR with SNR=((1-t)/t)^2: weight 1 for every "
+        "t above 1/(1+sqrt(g)) (0.31 at g=5), lower only for the CLEANEST samples (small t); it does not "
+        "down-weight noisy ones. min_snr_v = min-SNR carried over to the velocity target: min((1-t)^2, g*t^2), "
+        "peak 1 at t=1/(1+sqrt(g)), down-weighting both the cleanest and the noisiest samples.",
+        "Objective",
+        choices=LOSS_WEIGHTINGS,
     )
-    snr_gamma: float = _f(5.0, "SNR gamma", "Gamma for min_snr.", "Objective", min=0.0, max=100.0, exclusive_min=True)
+    snr_gamma: float = _f(
+        5.0, "SNR gamma", "Gamma (g) for min_snr and min_snr_v.", "Objective", min=0.0, max=100.0, exclusive_min=True
+    )
     shift: float | None = _f(
         None,
         "Inference shift",

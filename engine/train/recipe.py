@@ -33,7 +33,7 @@ DISCRETE_TIMESTEPS: tuple[float, ...] = (
     0.3,
 )
 TIMESTEP_MODES = ("continuous", "discrete")
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "min_snr_v")
 
 
 def _draw_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
@@ -97,6 +97,26 @@ def min_snr_weights(t: Tensor, gamma: float) -> Tensor:
     return snr.clamp(max=gamma) / snr.clamp(min=1e-6)
 
 
+def min_snr_v_weights(t: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma carried over to the velocity loss this trainer uses (``min_snr_v``).
+
+    Min-SNR-gamma (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", ICCV 2023,
+    arXiv:2303.09556, §3.3-3.4) weights the *x0-space* loss ``||x0_hat - x0||^2`` by ``min(SNR, gamma)``,
+    which for their eps target becomes ``min(SNR, gamma) / SNR``. Here ``x_t = (1 - t) x0 + t eps`` and the
+    model predicts ``v = eps - x0``, so ``x0_hat = x_t - t v_hat`` and ``||x0_hat - x0||^2 = t^2 ||v_hat - v||^2``:
+    the same weighting on the velocity MSE is ``t^2 min(SNR, gamma) = min((1 - t)^2, gamma t^2)`` with
+    ``SNR = ((1 - t) / t)^2``. (Via eps instead: ``eps_hat - eps = (1 - t)(v_hat - v)``, and
+    ``(1 - t)^2 min(SNR, gamma) / SNR`` is the same expression.) The paper's ``min(SNR, gamma)/(SNR + 1)`` is
+    this derivation for a variance-preserving schedule, not for rectified flow.
+
+    The curve rises as ``gamma t^2`` from the clean end, peaks at ``t* = 1 / (1 + sqrt(gamma))`` (where
+    SNR = gamma) and falls as ``(1 - t)^2`` to the pure-noise end; it is divided by its peak
+    ``gamma / (1 + sqrt(gamma))^2`` so the largest weight is 1, like ``min_snr``'s. t is clamped as there."""
+    tf = t.float().clamp(1e-4, 1.0 - 1e-4)
+    weight = torch.minimum((1.0 - tf).pow(2), gamma * tf.pow(2))
+    return weight / (gamma / (1.0 + math.sqrt(gamma)) ** 2)
+
+
 def flow_matching_loss(
     pred: Tensor,
     noise: Tensor,
@@ -111,8 +131,8 @@ def flow_matching_loss(
     for padding; padded frames never count, whatever ``pred`` holds there.
 
     Returns ``(loss, per_sample)``: ``per_sample [B]`` is each sample's *unweighted* MSE over its
-    valid frames and all channels; ``loss`` is its batch mean, min-SNR weighted per sample when
-    ``loss_weighting == "min_snr"``."""
+    valid frames and all channels; ``loss`` is its batch mean, weighted per sample by
+    ``min_snr_weights`` (``"min_snr"``) or ``min_snr_v_weights`` (``"min_snr_v"``)."""
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss weighting {loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
     target = noise.float() - x0.float()
@@ -122,6 +142,8 @@ def flow_matching_loss(
     per_sample = frame_err.sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(frame_err.dtype)
     if loss_weighting == "min_snr":
         loss = (min_snr_weights(t, snr_gamma).to(per_sample.device) * per_sample).mean()
+    elif loss_weighting == "min_snr_v":
+        loss = (min_snr_v_weights(t, snr_gamma).to(per_sample.device) * per_sample).mean()
     else:
         loss = per_sample.mean()
     return loss, per_sample

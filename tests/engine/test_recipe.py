@@ -16,6 +16,7 @@ from engine.train.recipe import (  # noqa: E402
     expected_bin_mass,
     flow_matching_loss,
     histogram_edges,
+    min_snr_v_weights,
     min_snr_weights,
     noisy_input,
     sample_timesteps,
@@ -108,6 +109,49 @@ def test_min_snr_weights_hand_computed():
     torch.testing.assert_close(w, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_min_snr_is_flat_above_the_gamma_point_and_only_lowers_clean_samples():
+    """The help text's claim, on the curve: weight 1 for t >= 1/(1+sqrt(gamma)) (0.309 at 5), below 1 only
+    for smaller t (cleaner samples)."""
+    gamma = 5.0
+    t_star = 1 / (1 + math.sqrt(gamma))
+    t = torch.tensor([t_star + 1e-4, 0.31, 0.4, 0.6, 0.8, 0.99])
+    torch.testing.assert_close(min_snr_weights(t, gamma), torch.ones(6), rtol=1e-5, atol=1e-6)
+    clean = min_snr_weights(torch.tensor([0.05, 0.1, 0.2, 0.3]), gamma)
+    assert bool((clean < 1).all()) and bool((clean[1:] > clean[:-1]).all())
+
+
+def test_min_snr_v_weights_hand_computed():
+    """min((1-t)^2, gamma t^2) / (gamma / (1+sqrt(gamma))^2): at gamma 5 the peak is 0.4774575 at t* = 0.3090170."""
+    gamma = 5.0
+    peak = gamma / (1 + math.sqrt(gamma)) ** 2
+    t_star = 1 / (1 + math.sqrt(gamma))
+    t = torch.tensor([t_star, 0.5, 0.1, 0.9, 0.2])
+    # t*: (1-t*)^2 = peak -> 1; 0.5: min(0.25, 1.25); 0.1: min(0.81, 0.05); 0.9: min(0.01, 4.05); 0.2: min(0.64, 0.2)
+    expected = torch.tensor([1.0, 0.25 / peak, 0.05 / peak, 0.01 / peak, 0.2 / peak])
+    w = min_snr_v_weights(t, gamma)
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
+    assert peak == pytest.approx(0.4774575, rel=1e-6)
+    # the velocity form equals the x0-space min-SNR weight times t^2 (x0_hat - x0 = -t (v_hat - v)), normalised
+    tt = torch.linspace(0.02, 0.98, 49)
+    snr = ((1 - tt) / tt) ** 2
+    torch.testing.assert_close(min_snr_v_weights(tt, gamma), tt**2 * snr.clamp(max=gamma) / peak, rtol=1e-5, atol=1e-6)
+    # rises to the peak, then falls: both ends down-weighted, unlike min_snr
+    grid = min_snr_v_weights(torch.linspace(0.01, 0.99, 99), gamma)
+    top = int(grid.argmax())
+    assert 0.29 <= 0.01 + 0.01 * top <= 0.32
+    assert bool((grid[1 : top + 1] >= grid[:top]).all()) and bool((grid[top + 1 :] <= grid[top:-1]).all())
+
+
+def test_min_snr_v_loss_is_weighted_mean():
+    pred, noise, x0 = torch.randn(3, 5, 2), torch.randn(3, 5, 2), torch.randn(3, 5, 2)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    loss, per_sample = flow_matching_loss(pred, noise, x0, torch.ones(3, 5), t=t, loss_weighting="min_snr_v", snr_gamma=5.0)
+    torch.testing.assert_close(loss, (min_snr_v_weights(t, 5.0) * per_sample).mean())
+    plain, _ = flow_matching_loss(pred, noise, x0, torch.ones(3, 5), t=t, loss_weighting="min_snr", snr_gamma=5.0)
+    assert not torch.isclose(loss, plain), "the two weightings must differ"
+
+
 def test_noisy_input_interpolates_per_sample():
     x0, noise = torch.randn(3, 5, 2), torch.randn(3, 5, 2)
     t = torch.tensor([0.0, 1.0, 0.25])
@@ -126,7 +170,7 @@ def test_loss_is_plain_mse_without_padding():
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+@pytest.mark.parametrize("weighting", ["none", "min_snr", "min_snr_v"])
 def test_padded_frames_never_count(weighting):
     gen = torch.Generator().manual_seed(4)
     short = [torch.randn(1, 4, 3, generator=gen) for _ in range(3)]  # pred, noise, x0 of a 4-frame clip

@@ -204,12 +204,13 @@ async def test_form_has_a_field_for_every_schema_field(ckpt: Path, env: Path, de
             assert app.screen.query_one(f"#field-{f.name}") is not None
             assert row.spec.label == f.metadata["label"]
             assert row.spec.help == f.metadata["help"]
-            assert row.display == (f.metadata["group"] != "LoKR"), f.name  # lora: LoKR section hidden
+            hidden_for_lora = f.metadata["group"] in ("LoKR", "LoHA", "OFT", "LyCORIS")  # the LyCORIS adapters' sections
+            assert row.display == (not hidden_for_lora), f.name
         # Basic depth hides the fields marked advanced, and only those.
         await pilot.press("ctrl+t")
         await pilot.pause()
         for f in dataclasses.fields(cfg.TrainConfig):
-            if f.metadata["group"] != "LoKR":
+            if f.metadata["group"] not in ("LoKR", "LoHA", "OFT", "LyCORIS"):
                 assert form.row(f.name).display == (not f.metadata.get("advanced", False)), f.name
 
 
