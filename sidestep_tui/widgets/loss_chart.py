@@ -31,7 +31,10 @@ def step_ticks(first: int, last: int, count: int = 6) -> list[int]:
     if last <= first:
         return [first]
     stride = max(1, math.ceil((last - first) / (count - 1)))
-    return list(range(first, last + 1, stride))
+    ticks = list(range(first, last + 1, stride))
+    if ticks[-1] != last:  # the newest step is always labelled (the tick before it goes when too close)
+        ticks[-1 if last - ticks[-1] < stride / 2 else len(ticks) :] = [last]
+    return ticks
 
 
 class LossChart(PlotextPlot):
