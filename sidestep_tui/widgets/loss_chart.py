@@ -65,7 +65,8 @@ class LossChart(PlotextPlot):
         plt.xlabel("step")
         if steps:
             plt.plot(steps, raw, marker="braille", color=self._rgb("chart-raw"))
-            plt.xticks(step_ticks(steps[0], steps[-1]))
+            ticks = step_ticks(steps[0], steps[-1])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
             if self.window > 1:
                 plt.plot(steps, smoothed, marker="braille", color=self._rgb("chart-smooth"))
         self.refresh()
