@@ -31,7 +31,10 @@ def step_ticks(first: int, last: int, count: int = 6) -> list[int]:
     if last <= first:
         return [first]
     stride = max(1, math.ceil((last - first) / (count - 1)))
-    return list(range(first, last + 1, stride))
+    ticks = list(range(first, last + 1, stride))
+    if ticks[-1] != last:  # the newest step is always labelled (the tick before it goes when too close)
+        ticks[-1 if last - ticks[-1] < stride / 2 else len(ticks) :] = [last]
+    return ticks
 
 
 class LossChart(PlotextPlot):
@@ -62,7 +65,8 @@ class LossChart(PlotextPlot):
         plt.xlabel("step")
         if steps:
             plt.plot(steps, raw, marker="braille", color=self._rgb("chart-raw"))
-            plt.xticks(step_ticks(steps[0], steps[-1]))
+            ticks = step_ticks(steps[0], steps[-1])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
             if self.window > 1:
                 plt.plot(steps, smoothed, marker="braille", color=self._rgb("chart-smooth"))
         self.refresh()

@@ -100,7 +100,7 @@ cat "$OUT/pane-attach.txt"
 # 4. stop from the attached monitor: SIGTERM -> the engine saves and exits
 tmux send-keys -t "$SESSION-attach" s
 sleep 1
-tmux send-keys -t "$SESSION-attach" y
+tmux send-keys -t "$SESSION-attach" s   # Stop is confirmed with the same key
 deadline=$((SECONDS + 120))
 while [ $SECONDS -lt $deadline ] && kill -0 "$ENGINE_PID" 2>/dev/null; do sleep 1; done
 kill -0 "$ENGINE_PID" 2>/dev/null && fail "the engine did not stop"

@@ -44,7 +44,7 @@ def test_throughput_and_eta_say_paused_or_dash_when_nothing_moves() -> None:
 async def test_loss_chart_step_axis_has_integer_ticks(build_app) -> None:
     from sidestep_tui.widgets.loss_chart import LossChart, step_ticks
 
-    assert step_ticks(3, 3) == [3]
+    assert step_ticks(3, 3) == [3] and step_ticks(1, 60)[0] == 1 and step_ticks(1, 60)[-1] == 60
     assert all(isinstance(t, int) and 1 <= t <= 11 for t in step_ticks(1, 11))
     app = build_app()
     async with app.run_test(size=(100, 40)) as pilot:
