@@ -119,14 +119,37 @@ def resolve_bypass(choice: str, base_dtype: torch.dtype, weight_decompose: bool)
     return True, f"fp32 bypass (base {dtype})"
 
 
+class _Fp32FrozenLinear(torch.autograd.Function):
+    """``linear(x32, W.float(), b)`` for a frozen half-precision ``W`` that keeps no fp32 copy of ``W``
+    for backward: autograd would save the upcast weight (4 bytes per base parameter of every adapted
+    layer, twice the bf16 base, alive until backward); this saves the bf16 parameter itself and upcasts
+    it again in backward. The values are the same: the upcast is exact."""
+
+    @staticmethod
+    def forward(ctx: Any, x32: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return torch.nn.functional.linear(x32, weight.float(), None if bias is None else bias.float())
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (weight,) = ctx.saved_tensors
+        return (grad @ weight.float() if ctx.needs_input_grad[0] else None), None, None
+
+
+def _frozen_base(self: Any, x32: torch.Tensor) -> torch.Tensor:
+    weight, bias = self._current_weight(), self._current_bias()
+    if self.op is torch.nn.functional.linear and not weight.requires_grad and (bias is None or not bias.requires_grad):
+        return _Fp32FrozenLinear.apply(x32, weight, bias)
+    return self.op(x32, weight.float(), None if bias is None else bias.float(), **self.kw_dict)
+
+
 def _fp32_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Installed as a LyCORIS module's ``forward``: the whole layer, base and adapter term, in fp32
     from the (exact) upcast base weights, rounded once to the activation dtype."""
     out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     with torch.autocast(device_type=x.device.type, enabled=False):
         x32 = x.float()
-        bias = self._current_bias()
-        base = self.op(x32, self._current_weight().float(), None if bias is None else bias.float(), **self.kw_dict)
+        base = _frozen_base(self, x32)
         if hasattr(self, "oft_blocks"):  # diag-OFT rotates the base output: its term needs y, not x
             from lycoris.functional.diag_oft import bypass_forward_diff as oft_diff
 

@@ -221,3 +221,26 @@ def test_lokr_targets_is_a_lokr_option():
         make_config(adapter_type="loha", lokr_targets="all-linear")
     with pytest.raises(ConfigError, match="lycoris_bypass"):
         make_config(adapter_type="lokr", lokr_weight_decompose=True, lycoris_bypass="on")
+
+
+def test_fp32_path_keeps_no_fp32_copy_of_the_base_weights_for_backward(demo_paths):
+    """The fp32 path upcasts each frozen bf16 weight for its matmul; what backward keeps must be the bf16
+    parameter itself, not a 4-byte copy (that would add twice the adapted base's size to the peak)."""
+    config = make_config(adapter_type="lokr", lycoris_bypass="on")
+    torch.manual_seed(0)
+    adapter = attach_adapter(fresh_decoder(demo_paths, torch.bfloat16), config)
+    randomise(adapter)
+    base_shapes = {tuple(lora.org_module[0].weight.shape) for lora in adapter.net.loras}
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = adapter.module(**inputs(torch.bfloat16))[0]
+    fp32_weights = [t for t in saved if t.dtype == torch.float32 and tuple(t.shape) in base_shapes]
+    assert not fp32_weights, f"{len(fp32_weights)} fp32 copies of base weights kept for backward"
+    assert any(t.dtype == torch.bfloat16 and tuple(t.shape) in base_shapes for t in saved)  # the bf16 weights instead
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter.parameters())
