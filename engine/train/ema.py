@@ -93,6 +93,11 @@ class EmaAdapterWriter:
         self.adapter = adapter
         self.ema = ema
 
+    @property
+    def module(self) -> nn.Module:
+        """The adapted model (the ComfyUI export reads its frozen base weights, which EMA never changes)."""
+        return self.adapter.module
+
     def write(self, directory: str | Path, metadata: dict[str, str] | None = None) -> None:
         meta = dict(metadata or {})
         raw = Path(directory) / RAW_DIR

@@ -153,9 +153,13 @@ class Trainer:
             final = self._finish(status)
         except BaseException as exc:
             final = self.bus.emit(failure_event(exc, step=self.global_step))
-            # The run's sidestep.log (attached above once the folder exists) gets it too: the
-            # failure dialog sends people there, and events.jsonl is no place to read a traceback.
-            log.error("run failed: %s\n%s", final.message, final.traceback.rstrip())
+            # The run's sidestep.log (attached above once the folder exists) gets the traceback too: the
+            # failure dialog sends people there, and events.jsonl is no place to read one. Without that
+            # file (refused before the claim) the line goes to the console: one line, no traceback.
+            if log_handler is not None:
+                log.error("run failed: %s\n%s", final.message, final.traceback.rstrip())
+            else:
+                log.error("run failed: %s", final.message)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:

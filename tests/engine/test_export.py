@@ -284,7 +284,7 @@ def test_loha_plays_as_trained(demo_paths, tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()
     net.save_weights(str(folder / "loha_weights.safetensors"), None, {"algo": "loha", "format": "lycoris"})
-    adapter = LokrAdapter(decoder, net, {}, ())
+    adapter = LokrAdapter(decoder, net, {}, (), kind="loha")
     file = exported(folder, tmp_path, base=ex.BaseWeights.from_module(decoder))
     assert any(k.endswith(".hada_w1_a") for k in file)
     assert_matches(file, model, lycoris_reference(adapter, model))

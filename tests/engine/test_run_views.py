@@ -70,8 +70,8 @@ def checkpoint_loss(folder: Path) -> float:
 def expected(run_dir: Path) -> dict:
     """What the run folder says, independent of engine.summary."""
     best = checkpoint_loss(run_dir / "best") if (run_dir / "best").is_dir() else None
-    if run_dir.name == "resume-failed":
-        return {"status": "failed", "step": 3, "final": checkpoint_loss(run_dir / "checkpoints" / "step_3"), "best": best}
+    if run_dir.name == "resume-failed":  # the refused resume left the stopped run exactly as it was
+        return {"status": "stopped", "step": 3, "final": checkpoint_loss(run_dir / "checkpoints" / "step_3"), "best": best}
     return {"status": "completed", "step": SAMPLES * EPOCHS, "final": checkpoint_loss(run_dir / "final"), "best": best}
 
 

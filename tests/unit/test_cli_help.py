@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from engine import config as cfgmod
 from engine.cli.parser import build_parser
 
 
@@ -32,7 +33,8 @@ def test_presets_help_lists_its_actions_with_what_they_do() -> None:
 
 def test_demo_help_describes_adapter_and_max_steps() -> None:
     text = _help("demo")
-    assert "adapter" in _described(text, "--adapter {lora,lokr}"), text
+    choices = "{" + ",".join(cfgmod.ADAPTER_TYPES) + "}"
+    assert "adapter" in _described(text, f"--adapter {choices}"), text
     assert "step" in _described(text, "--max-steps N"), text
 
 
