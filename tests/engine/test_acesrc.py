@@ -132,3 +132,16 @@ def test_an_installed_package_is_the_last_resort(stub_model, tmp_path, monkeypat
     assert "acestep" not in sys.modules  # found by a path search, nothing executed
     checkout = write_acestep_tree(tmp_path / "ACE-Step-1.5")
     assert acesrc.resolve(stub_model).root == str(checkout)  # a checkout beside the root comes first
+
+
+def test_preprocessing_loads_the_condition_encoder_through_the_same_source(stub_model, demo_paths, tmp_path):
+    from engine.audio.preprocess.encode import PreprocessModelError, load_pass2
+
+    with pytest.raises(PreprocessModelError) as exc:
+        load_pass2(demo_paths["checkpoint_dir"], str(stub_model), CPU, torch.float32)
+    line = _one_line(exc)
+    assert line.startswith(f"acestep-v15-stub's model code imports {COMMON}.configuration_acestep_v15"), line  # not per backend
+    checkout = write_acestep_tree(tmp_path / "ACE-Step-1.5")
+    models = load_pass2(demo_paths["checkpoint_dir"], str(stub_model), CPU, torch.float32)
+    assert sys.modules[type(models.encoder).__module__].SOURCE_ROOT == str(checkout)
+    models.close()
