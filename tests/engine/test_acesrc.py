@@ -73,8 +73,9 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-def _loaded_from(loaded) -> str:
-    return sys.modules[type(loaded.decoder).__module__].SOURCE_ROOT
+def _source_of(model) -> str:
+    """The root of the acestep tree whose code built ``model`` (the tree records it)."""
+    return sys.modules[type(model).__module__].SOURCE_ROOT
 
 
 def test_needed_modules_are_read_from_the_stubs(stub_model, demo_paths):
@@ -90,7 +91,7 @@ def test_loads_through_acestep_src(stub_model, tmp_path, monkeypatch):
     messages: list[str] = []
     loaded = load_decoder(stub_model, device=CPU, dtype=torch.float32, log=messages.append)
     assert type(loaded.decoder).__name__ == "AceStepDiTModel"
-    assert _loaded_from(loaded) == str(src)
+    assert _source_of(loaded.decoder) == str(src)
     assert loaded.null_condition_emb.shape == (1, 1, 128)
     assert any(f"acestep from $ACESTEP_SRC: {src}" in m for m in messages), messages
     assert sys.path[0] == str(src)
@@ -100,7 +101,7 @@ def test_loads_through_a_sibling_checkout(stub_model, tmp_path):
     checkout = write_acestep_tree(tmp_path / "ACE-Step-1.5")
     assert acesrc.resolve(stub_model) == acesrc.AceSource(str(checkout), "ACE-Step-1.5 checkout")
     loaded = load_decoder(stub_model, device=CPU, dtype=torch.float32)
-    assert _loaded_from(loaded) == str(checkout)
+    assert _source_of(loaded.decoder) == str(checkout)
     assert all(not p.requires_grad for p in loaded.decoder.parameters())
 
 
@@ -143,5 +144,5 @@ def test_preprocessing_loads_the_condition_encoder_through_the_same_source(stub_
     assert line.startswith(f"acestep-v15-stub's model code imports {COMMON}.configuration_acestep_v15"), line  # not per backend
     checkout = write_acestep_tree(tmp_path / "ACE-Step-1.5")
     models = load_pass2(demo_paths["checkpoint_dir"], str(stub_model), CPU, torch.float32)
-    assert sys.modules[type(models.encoder).__module__].SOURCE_ROOT == str(checkout)
+    assert _source_of(models.encoder) == str(checkout)
     models.close()
