@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from engine import acesrc
 
 # Nothing downloads at run time: every from_pretrained below also passes local_files_only=True, and
 # this keeps huggingface_hub itself offline (read when it is first imported).
@@ -199,9 +202,39 @@ def _missing_package(exc: BaseException) -> bool:
     )
 
 
+def _drop_foreign_acestep(root: str) -> None:
+    """Forget ``acestep`` modules imported from another root, so this load uses ``root``'s."""
+    loaded = sys.modules.get(acesrc.PACKAGE)
+    origin = getattr(loaded, "__file__", None) if loaded is not None else None
+    if origin and Path(root).resolve() in Path(origin).resolve().parents:
+        return
+    for name in [n for n in sys.modules if n == acesrc.PACKAGE or n.startswith(acesrc.PACKAGE + ".")]:
+        del sys.modules[name]
+
+
+def prepare_acestep(model_dir: Path, log: Log = _noop) -> acesrc.AceSource | None:
+    """Make the ``acestep`` package the folder's remote code imports importable (engine/acesrc.py order);
+    ``ModelLoadError`` (one line) when no source provides it. None when the code does not need it."""
+    try:
+        source = acesrc.resolve(model_dir)
+    except acesrc.AceSourceError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if source is None:
+        return None
+    # Stays on sys.path after the load: the package imports its own modules lazily (e.g. in forward).
+    if source.how != "installed package":
+        _drop_foreign_acestep(source.root)
+        if source.root not in sys.path:
+            sys.path.insert(0, source.root)
+    log(f"{model_dir.name}: acestep from {source.describe()}")
+    return source
+
+
 def from_pretrained(model_dir: Path, backend: str, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
     """The whole checkpoint through its own remote code: ``(model, loading_info)``."""
     from transformers import AutoModel
+
+    prepare_acestep(model_dir)
 
     return AutoModel.from_pretrained(
         str(model_dir),
@@ -264,6 +297,8 @@ def load_decoder(
     config = read_model_config(path)
     check_weights(path)
 
+    prepare_acestep(path, log)
+
     model = info = None
     errors: list[str] = []
     candidates = attention_candidates(attention_backend, device, dtype)
@@ -271,6 +306,8 @@ def load_decoder(
         try:
             model, info = from_pretrained(path, backend, dtype)
             break
+        except ModelLoadError:
+            raise
         except Exception as exc:
             if _missing_package(exc):
                 raise ModelLoadError(f"{path.name}'s model code needs a missing package: {_first_line(exc)}") from exc

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
-from engine import discovery
+from engine import acesrc, discovery
 
 from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
@@ -57,6 +57,7 @@ class ModelsScreen(Screen[None]):
         self.scan: discovery.ScanResult | None = None
         self.shown: list[discovery.ModelInfo] = []
         self._root: str | None = None
+        self._acestep: dict[str, str | None] = {}  # model path -> where its code's `acestep` comes from
 
     def compose(self) -> ComposeResult:
         yield Static("", id="models-root")
@@ -89,6 +90,7 @@ class ModelsScreen(Screen[None]):
 
     def _refresh_all(self) -> None:
         self._root = self.app.settings.checkpoint_root
+        self._acestep.clear()
         self.query_one("#models-root", Static).update(f"Checkpoint root: {self._root or '(not set)'}  · scanning …")
         self._scan(self._root or "")
         self._query_gpus()
@@ -150,6 +152,12 @@ class ModelsScreen(Screen[None]):
     def _show_detail(self) -> None:
         model = self._highlighted()
         text = model_detail(model) if model else ("No model matches the filter." if self.scan else "")
+        if model is not None:
+            # Stub model code imports ACE-Step's package: show which source the engine will use (or why none).
+            if model.path not in self._acestep:
+                self._acestep[model.path] = acesrc.describe(model.path)
+            if self._acestep[model.path] is not None:
+                text += f"\nacestep src   {self._acestep[model.path]}"
         self.query_one("#model-detail", Static).update(text)
 
     @on(DataTable.RowHighlighted)

@@ -191,13 +191,14 @@ def load_pass2(checkpoint_dir: str, model_dir: str, device: torch.device, dtype:
     """The checkpoint's condition encoder on ``device``; the rest of the model never leaves the CPU."""
     from pathlib import Path
 
-    from engine.models.loader import ModelLoadError, check_weights, from_pretrained, read_model_config
+    from engine.models.loader import ModelLoadError, check_weights, from_pretrained, prepare_acestep, read_model_config
 
     silence = load_silence_latent(find_silence_latent(checkpoint_dir, model_dir))
     path = Path(model_dir)
     try:
         config = read_model_config(path)
         check_weights(path)
+        prepare_acestep(path)
     except ModelLoadError as exc:
         raise PreprocessModelError(str(exc)) from None
     errors = []
