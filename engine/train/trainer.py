@@ -612,6 +612,7 @@ class Trainer:
         p = self.parts
         assert p is not None
         log_dir = self.config.log_dir or layout.tensorboard_dir(p.run_dir)
+        self.bus.log("info", f"TensorBoard logs: {log_dir}")
         # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
         self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
 
