@@ -4,6 +4,7 @@ advice. Each drives the real command line or the real function on the demo model
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from engine.cli.main import main
@@ -29,3 +30,18 @@ def test_log_dir_typed_on_the_command_line_is_obeyed_and_named(demo_paths, tmp_p
     assert main([*demo_argv(demo_paths, run), "--log-dir", str(chosen)]) == 0
     assert list(chosen.glob("events.out.tfevents*"))
     assert f"TensorBoard logs: {chosen}" in "".join(capsys.readouterr())
+
+
+def test_a_missing_model_code_file_is_named_once_without_a_hub_url(demo_paths, tmp_path, capsys) -> None:
+    root = tmp_path / "checkpoints"
+    # Its own folder name: transformers caches remote code per folder name, shared across processes.
+    model = root / "no-code-base"
+    shutil.copytree(Path(demo_paths["checkpoint_dir"]) / demo_paths["model_variant"], model)
+    (model / "acestep_demo_modeling.py").unlink()
+    argv = demo_argv(demo_paths, tmp_path / "run", "--checkpoint-dir", str(root), "--model-variant", model.name)
+    assert main(argv) != 0
+    text = "".join(capsys.readouterr())
+    assert "Traceback" not in text and "huggingface.co" not in text, text
+    lines = [line for line in text.splitlines() if "acestep_demo_modeling.py" in line]
+    assert len(lines) == 1, text
+    assert "is missing" in lines[0] and "re-download the model folder" in lines[0]
