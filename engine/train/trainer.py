@@ -659,11 +659,22 @@ RESUME_MUST_MATCH = (
 )
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/MPS out of memory, and the CPU allocator's ``alloc_cpu.cpp ... can't allocate memory`` RuntimeError."""
+    text = str(exc).lower()
+    return (
+        type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or isinstance(exc, MemoryError)
+        or ("cpuallocator" in text and ("can't allocate memory" in text or "not enough memory" in text))
+    )
+
+
 def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
     """Turn any exception into a ``RunFailed`` with traceback text, an OOM flag and a hint."""
     import traceback
 
-    oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    oom = is_out_of_memory(exc)
     user_error = isinstance(exc, (ValueError, TrainingHalted, FileNotFoundError))
     hint = ""
     if oom:

@@ -45,3 +45,20 @@ def test_a_missing_model_code_file_is_named_once_without_a_hub_url(demo_paths, t
     lines = [line for line in text.splitlines() if "acestep_demo_modeling.py" in line]
     assert len(lines) == 1, text
     assert "is missing" in lines[0] and "re-download the model folder" in lines[0]
+
+
+def test_cpu_out_of_memory_gets_the_same_advice_as_gpu_out_of_memory() -> None:
+    import torch
+
+    from engine.train.trainer import failure_event
+
+    try:  # a real refusal from torch's CPU allocator (2**62 bytes), not a made-up message
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        cpu = failure_event(exc, step=3)
+    assert "can't allocate memory" in cpu.message
+    gpu = failure_event(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), step=3)
+    assert gpu.oom and gpu.hint and "--batch-size" in gpu.hint
+    assert cpu.oom and cpu.hint == gpu.hint
+    other = failure_event(RuntimeError("The expanded size of the tensor (3) must match"))
+    assert not other.oom and not other.hint
