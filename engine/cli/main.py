@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from engine import config as cfgmod
+from engine import layout
 from engine.cli.parser import build_parser
 from engine.demo import default_demo_root, demo_config
 
@@ -39,7 +40,24 @@ def config_from_args(ns: argparse.Namespace) -> cfgmod.TrainConfig:
             raise cfgmod.ConfigError([cfgmod.FieldError("config", f"{ns.config_file}: expected a JSON object")])
         values.update(data)
     values.update({f.name: getattr(ns, f.name) for f in cfgmod.FIELDS if hasattr(ns, f.name)})
+    _keep_file_log_dir_inside_output(ns, values)
     return cfgmod.parse(values)
+
+
+def _keep_file_log_dir_inside_output(ns: argparse.Namespace, values: dict[str, Any]) -> None:
+    """A ``log_dir`` read from a file (not typed as ``--log-dir``) may not write outside the run folder."""
+    log_dir, output_dir = values.get("log_dir"), values.get("output_dir")
+    if not log_dir or hasattr(ns, "log_dir") or not isinstance(log_dir, str) or not isinstance(output_dir, str):
+        return
+    out = os.path.realpath(output_dir)
+    if os.path.commonpath([out, os.path.realpath(log_dir)]) == out:
+        return
+    values["log_dir"] = None
+    print(
+        f"note: {ns.config_file}: log_dir {log_dir} is outside the output folder; TensorBoard logs go to "
+        f"{layout.tensorboard_dir(output_dir)} instead (pass --log-dir on the command line to write elsewhere)",
+        file=sys.stderr,
+    )
 
 
 def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:

@@ -127,6 +127,13 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
                     f"{config_path}: auto_map {key} = {ref!r} names code in a model hub repository; only code inside the "
                     "model folder runs: use an official model folder or fix its config.json"
                 )
+            if isinstance(ref, str) and "." in ref:
+                code = model_dir / (ref.rsplit(".", 1)[0].replace(".", "/") + ".py")
+                if not code.is_file():
+                    # transformers would name a made-up hub URL, once per attention backend tried
+                    raise ModelLoadError(
+                        f"{code} is missing (config.json's auto_map {key} needs it); re-download the model folder"
+                    )
     return config
 
 

@@ -106,6 +106,7 @@ class Trainer:
         resume leaves the run it refused as it was."""
         held = None
         jsonl = log_handler = buffer = None
+        self.inbox.interrupt_now = True  # loading: a signal exits at once (nothing to save yet)
         pending: list[Any] = []
         try:
             resuming = self.config.resume_from is not None
@@ -148,6 +149,7 @@ class Trainer:
                 self.bus.add(jsonl)
             self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
+            self.inbox.interrupt_now = False  # from here a signal stops at a step boundary and saves
             self.set_phase("training")
             status = self._train()
             final = self._finish(status)
@@ -176,6 +178,7 @@ class Trainer:
             if held is not None:
                 held.release()
             self.phase = "idle"
+            self.inbox.interrupt_now = False
         return final
 
     # ------------------------------------------------------------------ the loop
@@ -616,6 +619,7 @@ class Trainer:
         p = self.parts
         assert p is not None
         log_dir = self.config.log_dir or layout.tensorboard_dir(p.run_dir)
+        self.bus.log("info", f"TensorBoard logs: {log_dir}")
         # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
         self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
 
@@ -662,11 +666,22 @@ RESUME_MUST_MATCH = (
 )
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/MPS out of memory, and the CPU allocator's ``alloc_cpu.cpp ... can't allocate memory`` RuntimeError."""
+    text = str(exc).lower()
+    return (
+        type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or isinstance(exc, MemoryError)
+        or ("cpuallocator" in text and ("can't allocate memory" in text or "not enough memory" in text))
+    )
+
+
 def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
     """Turn any exception into a ``RunFailed`` with traceback text, an OOM flag and a hint."""
     import traceback
 
-    oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    oom = is_out_of_memory(exc)
     user_error = isinstance(exc, (ValueError, TrainingHalted, FileNotFoundError))
     hint = ""
     if oom:
