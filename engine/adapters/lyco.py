@@ -208,6 +208,29 @@ class LycorisAdapter(Adapter):
         return self.load_state_dict(read_safetensors(path), source=str(path))
 
 
+def apply_target_preset(pattern: str) -> None:
+    """Point LyCORIS at the modules whose full name matches ``pattern``. Every key, every time: the
+    preset is class-level state that outlives the call (hold ``_PRESET_LOCK`` around it and the build)."""
+    from lycoris import LycorisNetwork
+
+    LycorisNetwork.apply_preset(
+        {
+            "enable_conv": True,
+            "target_module": [],
+            "target_name": [pattern],
+            "module_algo_map": {},
+            "name_algo_map": {},
+            "lora_prefix": "lycoris",
+            "use_fnmatch": False,
+            "exclude_name": [],
+            "unet_target_module": [],
+            "unet_target_name": [],
+            "text_encoder_target_module": [],
+            "text_encoder_target_name": [],
+        }
+    )
+
+
 def build_network(decoder: nn.Module, config: TrainConfig) -> tuple[LycorisNetwork, dict, tuple[str, ...], bool, str]:
     """Build, hook and register the run's LyCORIS network on ``decoder`` (frozen by the caller)."""
     from lycoris import LycorisNetwork
@@ -219,23 +242,7 @@ def build_network(decoder: nn.Module, config: TrainConfig) -> tuple[LycorisNetwo
     settings = algo_settings(config)
     bypass, note = resolve_bypass(config.lycoris_bypass, base_dtype, bool(settings.get("weight_decompose")))
     with _PRESET_LOCK:
-        # Every key, every time: the preset is class-level state that outlives this call.
-        LycorisNetwork.apply_preset(
-            {
-                "enable_conv": True,
-                "target_module": [],
-                "target_name": [pattern],
-                "module_algo_map": {},
-                "name_algo_map": {},
-                "lora_prefix": "lycoris",
-                "use_fnmatch": False,
-                "exclude_name": [],
-                "unet_target_module": [],
-                "unet_target_name": [],
-                "text_encoder_target_module": [],
-                "text_encoder_target_name": [],
-            }
-        )
+        apply_target_preset(pattern)
         net = LycorisNetwork(decoder, **_network_kwargs(settings))
     if not net.loras:
         raise ValueError(f"{config.adapter_type} matched no decoder modules for targets {', '.join(targets)}")

@@ -257,26 +257,13 @@ def test_loha_plays_as_trained(demo_paths, tmp_path):
 
     from engine.adapters.base import target_regex
     from engine.adapters.lokr import LokrAdapter
+    from engine.adapters.lyco import _PRESET_LOCK, apply_target_preset
 
     decoder = fresh_decoder(demo_paths)
     model = base_weights(decoder)
-    LycorisNetwork.apply_preset(  # every key: the preset is class state (as engine.adapters.lokr does)
-        {
-            "enable_conv": True,
-            "target_module": [],
-            "target_name": [target_regex(("self_attn.q_proj", "mlp.down_proj")) + "$"],
-            "module_algo_map": {},
-            "name_algo_map": {},
-            "lora_prefix": "lycoris",
-            "use_fnmatch": False,
-            "exclude_name": [],
-            "unet_target_module": [],
-            "unet_target_name": [],
-            "text_encoder_target_module": [],
-            "text_encoder_target_name": [],
-        }
-    )
-    net = LycorisNetwork(decoder, multiplier=1.0, lora_dim=3, alpha=5, network_module="loha", warn_on_unmatched=False)
+    with _PRESET_LOCK:
+        apply_target_preset(target_regex(("self_attn.q_proj", "mlp.down_proj")) + "$")
+        net = LycorisNetwork(decoder, multiplier=1.0, lora_dim=3, alpha=5, network_module="loha", warn_on_unmatched=False)
     assert len(net.loras) == 8
     net.apply_to()
     decoder.lycoris_net = net

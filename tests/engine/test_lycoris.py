@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_adapters import inputs  # the demo decoder's forward arguments
 
 from engine import config as cfgmod
 from engine.adapters import attach_adapter
@@ -20,20 +21,6 @@ def make_config(**overrides) -> cfgmod.TrainConfig:
 
 def fresh_decoder(demo_paths, dtype=torch.float32):
     return load_decoder(demo_paths["model_dir"], device=torch.device("cpu"), dtype=dtype).decoder
-
-
-def inputs(dtype=torch.float32, frames=30):
-    g = torch.Generator().manual_seed(7)
-    t = torch.rand(2, generator=g).to(dtype)
-    return dict(
-        hidden_states=torch.randn(2, frames, 64, generator=g).to(dtype),
-        timestep=t,
-        timestep_r=t,
-        attention_mask=torch.ones(2, frames, dtype=dtype),
-        encoder_hidden_states=torch.randn(2, 12, 128, generator=g).to(dtype),
-        encoder_attention_mask=torch.ones(2, 12, dtype=dtype),
-        context_latents=torch.randn(2, frames, 128, generator=g).to(dtype),
-    )
 
 
 def big_inputs(dtype):
