@@ -152,14 +152,16 @@ class Trainer:
             status = self._train()
             final = self._finish(status)
         except BaseException as exc:
-            final = self.bus.emit(failure_event(exc, step=self.global_step))
+            failed = failure_event(exc, step=self.global_step)
             # The run's sidestep.log (attached above once the folder exists) gets the traceback too: the
             # failure dialog sends people there, and events.jsonl is no place to read one. Without that
             # file (refused before the claim) the line goes to the console: one line, no traceback.
+            # Logged before the event goes out, so whoever reacts to RunFailed finds the log complete.
             if log_handler is not None:
-                log.error("run failed: %s\n%s", final.message, final.traceback.rstrip())
+                log.error("run failed: %s\n%s", failed.message, failed.traceback.rstrip())
             else:
-                log.error("run failed: %s", final.message)
+                log.error("run failed: %s", failed.message)
+            final = self.bus.emit(failed)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:
