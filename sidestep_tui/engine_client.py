@@ -227,7 +227,12 @@ class EngineClient:
     def _watch_sentinel(self) -> None:
         process = self._process
         multiprocessing.connection.wait([process.sentinel])
-        process.join(timeout=1.0)  # reap, so exitcode is set
+        # Reap, so exitcode is set. Another thread (shutdown's join, is_alive) may win the waitpid race:
+        # this thread's poll then sees ECHILD and returns None for a moment, until the winner stores
+        # the return code on the shared Popen. Never publish that None as the verdict.
+        deadline = time.monotonic() + 5.0
+        while process.exitcode is None and time.monotonic() < deadline:
+            process.join(timeout=0.05)
         self._exit_code = process.exitcode
         self._exited.set()
         if self._on_exit is not None:
