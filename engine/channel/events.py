@@ -13,6 +13,8 @@ of steps covered, so a curve rebuilt from events loses nothing but resolution.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -53,24 +55,51 @@ class QueueSink:
 
 
 class JsonlSink:
-    """Appends one JSON line per event and flushes, so another process can follow the file live and a
-    crash loses at most the line being written (``protocol.read_events`` drops a torn last line)."""
+    """Appends one JSON line per event, so another process can follow the file live and a crash loses
+    at most the line being written (``protocol.read_events`` drops a torn last line).
+
+    On a full disk the lines not yet written (a torn one included) wait in memory, up to
+    ``MAX_PENDING`` bytes, and go out in order with the first write that fits: the run's history
+    has no holes once space is freed."""
+
+    MAX_PENDING = 64 * 1024 * 1024
+    _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fh: TextIO | None = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the sink's life; close() closes it
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._pending = bytearray()
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
 
     def emit(self, event: Any) -> None:
-        if self._fh is not None:
-            self._fh.write(protocol.dumps(event) + "\n")
-            self._fh.flush()
+        if self._fd is not None:
+            self._pending += (protocol.dumps(event) + "\n").encode("utf-8")
+            self._write_pending(self._fd)
+
+    def _write_pending(self, fd: int) -> None:
+        while self._pending:
+            try:
+                written = os.write(fd, self._pending)
+            except OSError as exc:
+                if exc.errno in self._FULL and len(self._pending) <= self.MAX_PENDING:
+                    return  # kept; the next event (or close) tries again
+                raise
+            del self._pending[:written]
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                self._write_pending(fd)
+                if self._pending:
+                    log.error("%s: %d bytes of events could not be written (disk full)", self.path, len(self._pending))
+                with contextlib.suppress(OSError):  # EINVAL: a device that cannot sync; ENOSPC: reported above
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class StreamJsonSink:

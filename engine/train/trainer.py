@@ -31,7 +31,7 @@ from engine import fsutil, layout, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
-from engine.train import cruise, ema, hooks, recipe, rundir
+from engine.train import cruise, diskspace, ema, hooks, recipe, rundir
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
 
 log = logging.getLogger("sidestep.engine")
@@ -78,6 +78,7 @@ class Trainer:
         self._cruise: cruise.CruiseControl | None = None
         self._ema: ema.AdapterEMA | None = None
         self._hook: hooks.PostCheckpointHook | None = None
+        self._space: diskspace.SpaceWatch | None = None
         self._resume: tuple[str, dict[str, Any]] | None = None  # (checkpoint, training state), checked before the claim
         self._resume_notes: list[str] = []  # what --resume-from auto skipped, and why
         self._resume_newest: str | None = None  # the newest checkpoint when the resume was checked
@@ -137,6 +138,7 @@ class Trainer:
             if self.monitor is not None:
                 self.monitor.set_device(self.parts.device)
             self._attach_options()
+            self._space = self._watch_space()
             self._restore_if_resuming()
             if buffer is not None:  # the resume holds: from here on the run folder records it
                 fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(self.config))
@@ -335,6 +337,10 @@ class Trainer:
             self.save_checkpoint("requested")
         if advanced and c.save_every_n_steps and self.global_step and self.global_step % c.save_every_n_steps == 0:
             self.save_checkpoint("periodic")
+        elif advanced and self._space is not None and self._space.retry_due():
+            self.save_checkpoint(
+                "requested" if self._space.owed == "requested" else "periodic"
+            )  # refused by a full disk, fits now
         if advanced and self._heavy_due():
             self._log_heavy()
         return None
@@ -414,7 +420,11 @@ class Trainer:
     def save_checkpoint(self, kind: protocol.CheckpointKind, *, name: str | None = None, loss: float | None = None) -> str:
         """Save the adapter as ``kind``: "best" and "final" are the run's adapter-only folders; every
         other kind (periodic, requested, stop) is a resumable checkpoint under checkpoints/ (``name``,
-        default step_<N>). The UI sees the "saving" phase for as long as it takes."""
+        default step_<N>). The UI sees the "saving" phase for as long as it takes.
+
+        A save the disk cannot take (full, or any write error) does not end the run: see
+        ``diskspace``. A periodic or requested one is owed and "" is returned; the run's last save
+        (final, stop) waits for space and raises ``diskspace.SaveFailed`` if none comes."""
         p = self.parts
         assert p is not None
         resumable = kind not in ("best", "final")
@@ -426,16 +436,51 @@ class Trainer:
         previous = self.phase
         self.set_phase("saving", kind)
         comfyui_name = f"{os.path.basename(p.run_dir.rstrip(os.sep))}_comfyui.safetensors"  # <run-name>_comfyui
-        ckpt.write_checkpoint_dir(
-            target,
-            adapter=p.adapter if self._ema is None else ema.EmaAdapterWriter(p.adapter, self._ema),
-            metadata=p.adapter_metadata(self.global_step),
-            config_json=cfgmod.to_json(self.config),
-            info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
-            training_state=self._training_state() if resumable else None,
-            comfyui_name=comfyui_name,
-            warn=lambda message: self.bus.log("warning", message),
-        )
+        space = self._space
+        waited_since: float | None = None
+        while True:
+            if space is not None:
+                space.before(resumable)
+            try:
+                ckpt.write_checkpoint_dir(
+                    target,
+                    adapter=p.adapter if self._ema is None else ema.EmaAdapterWriter(p.adapter, self._ema),
+                    metadata=p.adapter_metadata(self.global_step),
+                    config_json=cfgmod.to_json(self.config),
+                    info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
+                    training_state=self._training_state() if resumable else None,
+                    comfyui_name=comfyui_name,
+                    warn=lambda message: self.bus.log("warning", message),
+                )
+                break
+            except Exception as exc:
+                if space is None or not diskspace.is_write_failure(exc):
+                    raise
+                problem = space.describe_failure(exc, kind, target, resumable)
+                if kind not in ("final", "stop"):
+                    space.owe("requested" if kind == "requested" else "periodic")
+                    more = "" if kind == "best" else "; it is tried again when space frees up, at the next save point and at stop"
+                    self.bus.log("warning", f"{problem}; training goes on{more}")
+                    self.set_phase(previous)
+                    return ""
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    self.bus.log(
+                        "warning",
+                        f"{problem}; this is the run's last save: free space in {p.run_dir}"
+                        f" (retrying every {diskspace.LAST_SAVE_POLL_S:.0f} s for {diskspace.LAST_SAVE_WAIT_S / 60:.0f} min)",
+                    )
+                elif now - waited_since >= diskspace.LAST_SAVE_WAIT_S:
+                    kept = layout.newest_checkpoint(p.run_dir)
+                    raise diskspace.SaveFailed(
+                        f"{problem}; gave up after {diskspace.LAST_SAVE_WAIT_S / 60:.0f} min;"
+                        + (f" the last saved checkpoint is {kept}" if kept else " no checkpoint of this run was saved")
+                    ) from exc
+                self.set_phase("saving", f"{kind}: disk full, waiting for space")
+                time.sleep(diskspace.LAST_SAVE_POLL_S)
+        if space is not None:
+            space.saved(target, resumable)
         comfyui = os.path.join(target, comfyui_name)
         self.bus.emit(
             protocol.CheckpointSaved(
@@ -453,6 +498,16 @@ class Trainer:
             self._prune_checkpoints()
         self.set_phase(previous)
         return target
+
+    def _watch_space(self) -> diskspace.SpaceWatch:
+        """Free-space watch for this run, with first size guesses from the adapter's tensors: the adapter
+        file and its ComfyUI copy; resumable adds the state's adapter copy and two AdamW moments."""
+        p = self.parts
+        assert p is not None
+        adapter = sum(t.numel() * t.element_size() for t in p.adapter.state_dict().values())
+        return diskspace.SpaceWatch(
+            p.run_dir, lambda message: self.bus.log("warning", message), {True: 5 * adapter, False: 2 * adapter}
+        )
 
     def _prune_checkpoints(self) -> None:
         import shutil
@@ -620,7 +675,8 @@ class Trainer:
         log_dir = self.config.log_dir or layout.tensorboard_dir(p.run_dir)
         self.bus.log("info", f"TensorBoard logs: {log_dir}")
         # flush_secs: the default of 120 s makes a live TensorBoard look frozen.
-        self._tb = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
+        writer = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
+        self._tb = diskspace.SafeWriter(writer, lambda message: self.bus.log("warning", message))
 
     def _log_tensorboard(self, loss: float, lr: float, grad_norm: float) -> None:
         if self._tb is not None and self.global_step % self.config.log_every == 0:
@@ -681,7 +737,7 @@ def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
     import traceback
 
     oom = is_out_of_memory(exc)
-    user_error = isinstance(exc, (ValueError, TrainingHalted, FileNotFoundError))
+    user_error = isinstance(exc, (ValueError, TrainingHalted, FileNotFoundError, diskspace.SaveFailed))
     hint = ""
     if oom:
         hint = "out of memory: lower --batch-size or --chunk-duration, keep --gradient-checkpointing on, or lower --rank"
