@@ -39,15 +39,24 @@ class CommandInbox:
         self.parent_alive = True
         self._wake = threading.Event()
         self._signals = 0
+        # True while there is nothing to save (imports, model load): a signal then exits at once.
+        # The trainer clears it when the training loop starts; the engine when it is up and idle.
+        self.interrupt_now = True
 
     # -- signals ---------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT ask for stop-and-save once; a second one while stopping exits at once
-        (the user means it). SIGHUP is ignored: a dropped SSH session must not end a run."""
+        (the user means it), and so does the first one before training starts (nothing to save).
+        SIGHUP is ignored: a dropped SSH session must not end a run.
+
+        Python runs handlers only between bytecodes of the main thread; one stuck in C (an import
+        under a tight memory cap, a long load) would never see them. So the signal also wakes a
+        watcher thread (``signal.set_wakeup_fd``), which ends the process itself: on the second
+        signal, or when the first one, sent before training, has not ended it within a grace time."""
 
         def handler(signum: int, _frame: Any) -> None:
             self._signals += 1
-            if self._signals > 1:
+            if self._signals > 1 or self.interrupt_now:
                 raise SystemExit(128 + signum)
             self.state.stop_requested = True
             self.state.shutdown_requested = True
@@ -57,6 +66,7 @@ class CommandInbox:
         signal.signal(signal.SIGINT, handler)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _watch_signals(self)
 
     # -- commands --------------------------------------------------------------------------------
     def _apply(self, cmd: Any) -> Any | None:
@@ -143,3 +153,48 @@ class CommandInbox:
             self.parent_alive = False
             if self.on_parent_lost is not None:
                 self.on_parent_lost()
+
+
+# --------------------------------------------------------------------------- the signal watcher
+
+_WATCHED: list[CommandInbox] = []  # the inbox whose handlers were installed last (one watcher per process)
+GRACE_S = 3.0  # how long a signal before training may take to end the process the polite way
+
+
+def _watch_signals(inbox: CommandInbox) -> None:
+    if _WATCHED:
+        _WATCHED[0] = inbox
+        return
+    _WATCHED.append(inbox)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watcher, args=(read_fd,), name="sidestep-signal-watch", daemon=True).start()
+
+
+def _exit_now(signum: int, why: str) -> None:
+    try:
+        os.write(2, f"sidestep: {why}: exiting now, nothing saved\n".encode())
+    finally:
+        os._exit(128 + signum)
+
+
+def _watcher(read_fd: int) -> None:
+    seen = 0
+    while True:
+        data = os.read(read_fd, 64)
+        if not data:
+            return
+        for signum in data:
+            if signum not in (signal.SIGTERM, signal.SIGINT):
+                continue
+            seen += 1
+            inbox = _WATCHED[0]
+            if seen > 1:
+                _exit_now(signum, f"a second {signal.Signals(signum).name}")
+            if inbox.interrupt_now:
+                timer = threading.Timer(
+                    GRACE_S, _exit_now, args=(signum, f"{signal.Signals(signum).name} before training started")
+                )
+                timer.daemon = True  # a process that ends the polite way does not wait for it
+                timer.start()

@@ -84,6 +84,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
         )
         monitor = ResourceMonitor(bus.emit, phase=lambda: "idle", last_step=lambda: 0)
         monitor.start()
+        inbox.interrupt_now = False  # up and idle: SIGTERM is a polite shutdown
         _serve(inbox, bus, monitor)
     except BaseException as exc:  # the last line of defence: report, then exit non-zero
         exit_code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1

@@ -107,6 +107,7 @@ class Trainer:
         resume leaves the run it refused as it was."""
         held = None
         jsonl = log_handler = buffer = None
+        self.inbox.interrupt_now = True  # loading: a signal exits at once (nothing to save yet)
         pending: list[Any] = []
         try:
             resuming = self.config.resume_from is not None
@@ -150,6 +151,7 @@ class Trainer:
                 self.bus.add(jsonl)
             self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
+            self.inbox.interrupt_now = False  # from here a signal stops at a step boundary and saves
             self.set_phase("training")
             status = self._train()
             final = self._finish(status)
@@ -180,6 +182,7 @@ class Trainer:
             if held is not None:
                 held.release()
             self.phase = "idle"
+            self.inbox.interrupt_now = False
         return final
 
     # ------------------------------------------------------------------ the loop
