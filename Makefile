@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/sidestep demo --plain
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow"

@@ -56,12 +56,9 @@ def make_checkpoint_root(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The demo model and its samples, written by ``engine.demo.prepare_demo`` in a subprocess
-    (torch stays out of this UI process, as in the app)."""
-    from engine.demo import prepare_demo
-
-    return prepare_demo(str(tmp_path_factory.mktemp("demo")), audio=False)
+def demo(demo_paths: dict[str, str]) -> dict[str, str]:
+    """The session's demo model and samples (tests/conftest.py: built once, shared read-only)."""
+    return demo_paths
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from engine.demo import prepare_demo  # torch runs in its subprocess, not here
-
-    return prepare_demo(str(tmp_path_factory.mktemp("demo")))
+def demo(demo_paths: dict[str, str]) -> dict[str, str]:
+    """The session's demo model and dataset (tests/conftest.py), shared read-only: the run writes only
+    under its own output root."""
+    return demo_paths
 
 
 async def settle(pilot: Any) -> None:

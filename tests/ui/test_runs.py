@@ -205,21 +205,17 @@ def test_plain_attach_and_the_tui_attach_read_a_damaged_log_alike(tmp_path, caps
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_export_from_runs_writes_the_comfyui_file(build_app, ui_settings, tmp_path) -> None:
-    """A real demo run (trained by the real CLI in a child process); its automatic ComfyUI file is removed,
-    then Export on the Runs screen writes it again through ``sidestep export`` and names it."""
-    import subprocess
-    import sys
+async def test_export_from_runs_writes_the_comfyui_file(build_app, ui_settings, demo_paths, tmp_path) -> None:
+    """A real demo run (trained by the real CLI, in this process); its automatic ComfyUI file is removed,
+    then Export on the Runs screen writes it again through ``sidestep export`` (a child) and names it."""
+    from engine.cli.main import main
 
-    from engine.demo import prepare_demo
-
-    demo = prepare_demo(str(tmp_path / "demo"), audio=False)
+    demo = demo_paths
     run_dir = Path(ui_settings.output_root) / "tiny"
-    argv = [sys.executable, "-m", "engine.cli", "train", "--plain", "--checkpoint-dir", demo["checkpoint_dir"]]
+    argv = ["train", "--plain", "--checkpoint-dir", demo["checkpoint_dir"]]
     argv += ["--model-variant", demo["model_variant"], "--dataset-dir", demo["dataset_dir"], "--output-dir", str(run_dir)]
     argv += ["--max-steps", "2", "--device", "cpu", "--num-workers", "0", "--rank", "4", "--alpha", "8"]
-    trained = subprocess.run(argv, capture_output=True, text=True, timeout=400)
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert main(argv) == 0
     comfy = run_dir / "final" / "tiny_comfyui.safetensors"
     assert comfy.is_file()  # written with the checkpoint
     comfy.unlink()
