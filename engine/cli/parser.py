@@ -143,9 +143,7 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     move.add_argument("position", type=int, metavar="POS", help="its new 1-based position in the list")
     clear = qsub.add_parser("clear", help="remove every entry that is not running")
     clear.add_argument("--finished", action="store_true", help="only the done, failed and stopped entries")
-    run = qsub.add_parser(
-        "run", help="start the one worker: it trains the queued runs back to back, detached from this terminal"
-    )
+    run = qsub.add_parser("run", help="start the one worker: it trains the queued runs back to back, detached from this terminal")
     run.add_argument("--stop-on-failure", action="store_true", help="stop the queue when a run fails (default: go on)")
     run.add_argument(
         "--foreground", action="store_true", help="work in this terminal (plain lines) instead of detaching, e.g. in a SLURM job"

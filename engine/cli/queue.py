@@ -112,7 +112,10 @@ def cmd_run(q: queue_mod.RunQueue, ns: argparse.Namespace) -> int:
         lock = q.acquire_worker_lock()
         try:
             return queue_worker.work_queue(
-                q, stop_on_failure=ns.stop_on_failure, make_sink=PlainPrinter, say=lambda line: print(f"queue: {line}", flush=True)
+                q,
+                stop_on_failure=ns.stop_on_failure,
+                make_sink=PlainPrinter,
+                say=lambda line: print(f"queue: {line}", flush=True),
             )
         finally:
             lock.release()

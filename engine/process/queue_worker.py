@@ -1,8 +1,8 @@
 """The queue worker: one process works through ``engine.queue`` back to back, unattended.
 
-``start_detached`` spawns it the way the TUI spawns its engine (``multiprocessing`` spawn, non-daemonic,
-``os.setsid()`` first, stdio to a log file, then dropped from the parent's children so the parent exits at
-once): it survives the terminal, tmux and a dropped SSH session like any run. ``work_queue`` is the loop
+``start_detached`` starts it detached like the TUI's engine (its own session, stdio on a log file, the
+parent exits at once without waiting): it survives the terminal, tmux and a dropped SSH session like any
+run. ``work_queue`` is the loop
 (also run in the foreground by ``sidestep queue run --foreground``, e.g. inside a SLURM job).
 
 Each entry is trained by ``engine.train.trainer.run_training``, the same call the engine process makes,
@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import multiprocessing.process
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -56,8 +55,8 @@ def work_queue(q: RunQueue, *, stop_on_failure: bool, make_sink: Any = None, say
     say = say or log.info
     inbox = CommandInbox(None)
     inbox.install_signal_handlers()
-    for entry in q.recover(os.getpid()):
-        say(f"entry {entry.id}: {entry.error}")
+    for lost in q.recover(os.getpid()):
+        say(f"entry {lost.id}: {lost.error}")
     bad = 0
     while not inbox.state.shutdown_requested:
         entry = q.claim_next(os.getpid())
@@ -89,58 +88,65 @@ def work_queue(q: RunQueue, *, stop_on_failure: bool, make_sink: Any = None, say
     return 1 if bad else 0
 
 
-def worker_main(conn: Any, boot: dict[str, Any]) -> None:
-    """The detached worker's process main (the spawn target)."""
-    try:
-        os.setsid()
-    except OSError:
-        pass  # already a session leader
-    q = RunQueue(boot["folder"])
+BUSY_EXIT = 3  # the worker's exit code when another worker holds the lock
+
+
+def worker_main(folder: str, *, stop_on_failure: bool) -> int:
+    """The detached worker's main (``python -m engine.process.queue_worker FOLDER``): take the worker
+    lock or exit ``BUSY_EXIT``, send stdio to the worker log, work the queue."""
+    q = RunQueue(folder)
     try:
         lock = q.acquire_worker_lock()
     except QueueError as exc:
-        conn.send(("busy", str(exc)))
-        conn.close()
-        return
-    conn.send(("ok", os.getpid()))
-    conn.close()
+        print(f"queue worker {os.getpid()}: {exc}", flush=True)
+        return BUSY_EXIT
     from engine.process.entry import _redirect_stdio
 
     _redirect_stdio(q.worker_log_path)
-    code = 1
     try:
-        code = work_queue(q, stop_on_failure=bool(boot.get("stop_on_failure")))
+        return work_queue(q, stop_on_failure=stop_on_failure)
     except BaseException:
         log.exception("the queue worker failed")
+        return 1
     finally:
         lock.release()
-    sys.exit(code)
 
 
 def start_detached(q: RunQueue, *, stop_on_failure: bool) -> int:
-    """Spawn the worker, wait until it holds the worker lock, let it go; returns its pid.
-    Raises ``WorkerBusy`` when another worker holds the lock, ``QueueError`` when it did not start."""
+    """Start the worker in its own session, wait until it holds the worker lock, let it go; returns its pid.
+    Raises ``WorkerBusy`` when another worker holds the lock, ``QueueError`` when it did not start.
+
+    A plain child in a new session (``start_new_session``: no SIGHUP from a closed terminal or SSH
+    connection), its stdio on the worker log and /dev/null from the first instruction: unlike a
+    ``multiprocessing`` spawn child (the TUI's engine), it needs no resource-tracker process, which
+    would inherit and hold this terminal's stdout and stderr for the worker's whole life."""
     pid = q.worker_pid()
     if pid is not None:
         raise WorkerBusy(pid)
-    ctx = multiprocessing.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    boot = {"folder": q.folder, "stop_on_failure": stop_on_failure}
-    process = ctx.Process(target=worker_main, args=(writer, boot), name="sidestep-queue", daemon=False)
-    process.start()
-    writer.close()
-    try:
-        message = reader.recv() if reader.poll(START_TIMEOUT_S) else ("late", None)
-    except EOFError:
-        message = ("died", None)
-    finally:
-        reader.close()
-    kind, detail = message
-    if kind == "ok":
-        # Detach (as the TUI's EngineClient.detach): multiprocessing would join it at our exit.
-        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        return int(detail)
-    process.join(timeout=5.0)
-    if kind == "busy":
-        raise WorkerBusy(q.worker_pid())
-    raise QueueError(f"the queue worker did not start ({kind}); see {q.worker_log_path}")
+    os.makedirs(q.folder, exist_ok=True)
+    args = [sys.executable, "-m", "engine.process.queue_worker", q.folder] + (["--stop-on-failure"] if stop_on_failure else [])
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    with open(q.worker_log_path, "ab") as out:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code == BUSY_EXIT:
+            raise WorkerBusy(q.worker_pid())
+        if code is not None:
+            raise QueueError(f"the queue worker exited at start (code {code}); see {q.worker_log_path}")
+        if q.worker_pid() == process.pid:
+            process.returncode = 0  # let it go: no "still running" warning when this Popen is dropped
+            return process.pid
+        time.sleep(0.05)
+    process.kill()
+    raise QueueError(f"the queue worker did not start within {START_TIMEOUT_S:.0f} s; see {q.worker_log_path}")
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    sys.exit(worker_main(argv[0], stop_on_failure="--stop-on-failure" in argv[1:]))

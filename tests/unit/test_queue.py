@@ -129,7 +129,7 @@ def test_concurrent_adders_lose_nothing(q: RunQueue) -> None:
 def test_a_broken_queue_file_is_one_line_and_left_alone(q: RunQueue) -> None:
     os.makedirs(q.folder)
     Path(q.path).write_text("{not json")
-    with pytest.raises(QueueError, match="unreadable .*fix or delete the file"):
+    with pytest.raises(QueueError, match=r"unreadable .*fix or delete the file"):
         q.add(_config("/r/a"))
     assert Path(q.path).read_text() == "{not json"
 
