@@ -3,8 +3,8 @@
 The file lives beside the user's settings and presets (``$SIDESTEP_CONFIG_DIR``, else
 ``$XDG_CONFIG_HOME/sidestep``, else ``~/.config/sidestep``)::
 
-    queue.json             {"schema_version": 1, "next_id": N, "entries": [{id, state, name, output_dir,
-                            config, added, started, ended, error, pid}, ...]}  (in run order)
+    queue.json             {"schema_version": 1, "next_id": N, "paused": false, "entries": [{id, state, name,
+                            output_dir, config, added, started, ended, error, pid}, ...]}  (in run order)
     queue.json.lock        flock'ed around every read-modify-write: two writers never lose an entry
     queue.worker.lock      flock'ed by the one worker for its life (its pid inside)
     queue-worker.log       the detached worker's own output (each run logs to its run folder)
@@ -13,7 +13,8 @@ Every write goes through ``engine.fsutil`` (temp file + fsync + rename), so a re
 file. An entry holds the resolved, validated config (``engine.config.to_dict``) with absolute paths, so
 the worker runs it the same from any folder; its run folder is an ordinary one (``sidestep attach``,
 ``sidestep runs``, ``--resume-from``). Ids are never reused. States: queued -> running -> done | failed |
-stopped; ``error`` is the one-line reason of a failed run.
+stopped; ``error`` is the one-line reason of a failed run. ``paused``: the worker takes no new entry
+(it finishes the current run, then ends); starting a worker clears it.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class RunQueue:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
         except FileNotFoundError:
-            return {"schema_version": QUEUE_SCHEMA_VERSION, "next_id": 1, "entries": []}
+            return {"next_id": 1, "paused": False, "entries": []}
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise QueueError(f"{self.path}: unreadable ({exc}); fix or delete the file") from None
         if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
@@ -163,7 +164,11 @@ class RunQueue:
         next_id = data.get("next_id")
         if not isinstance(next_id, int):
             next_id = 1
-        return {"next_id": max([next_id, *(e.id + 1 for e in entries)]), "entries": entries}
+        return {
+            "next_id": max([next_id, *(e.id + 1 for e in entries)]),
+            "paused": data.get("paused") is True,
+            "entries": entries,
+        }
 
     def _write(self, data: dict[str, Any]) -> None:
         fsutil.write_json(
@@ -171,6 +176,7 @@ class RunQueue:
             {
                 "schema_version": QUEUE_SCHEMA_VERSION,
                 "next_id": data["next_id"],
+                "paused": data["paused"],
                 "entries": [asdict(e) for e in data["entries"]],
             },
         )
@@ -194,6 +200,17 @@ class RunQueue:
     # ------------------------------------------------------------------ reading
     def entries(self) -> list[Entry]:
         return list(self._read()["entries"])
+
+    def paused(self) -> bool:
+        return bool(self._read()["paused"])
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause: the worker finishes its current run and takes no other; unpause: it may go on."""
+
+        def pause(data: dict[str, Any]) -> None:
+            data["paused"] = paused
+
+        self._change(pause)
 
     def get(self, entry_id: int) -> Entry:
         return _find(self.entries(), entry_id)
@@ -267,9 +284,11 @@ class RunQueue:
 
     # ------------------------------------------------------------------ the worker's side
     def claim_next(self, pid: int) -> Entry | None:
-        """The first queued entry, marked running by ``pid``; None when nothing waits."""
+        """The first queued entry, marked running by ``pid``; None when nothing waits or the queue is paused."""
 
         def claim(data: dict[str, Any]) -> Entry | None:
+            if data["paused"]:
+                return None
             for i, e in enumerate(data["entries"]):
                 if e.state == "queued":
                     data["entries"][i] = replace(e, state="running", started=time.time(), ended=None, error="", pid=pid)

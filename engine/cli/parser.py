@@ -121,7 +121,7 @@ def add_config_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
-    """``sidestep queue [list|add|remove|move|clear|run]``: ``add`` takes the flags of ``train``."""
+    """``sidestep queue [list|add|remove|move|clear|pause|run]``: ``add`` takes the flags of ``train``."""
     qsub = parser.add_subparsers(dest="action", metavar="ACTION", title="actions")
     qsub.add_parser("list", help="every entry with its state, run folder and error (the default)")
     add = qsub.add_parser(
@@ -143,6 +143,7 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     move.add_argument("position", type=int, metavar="POS", help="its new 1-based position in the list")
     clear = qsub.add_parser("clear", help="remove every entry that is not running")
     clear.add_argument("--finished", action="store_true", help="only the done, failed and stopped entries")
+    qsub.add_parser("pause", help="let the worker finish its current run, then stop (`queue run` goes on)")
     run = qsub.add_parser("run", help="start the one worker: it trains the queued runs back to back, detached from this terminal")
     run.add_argument("--stop-on-failure", action="store_true", help="stop the queue when a run fails (default: go on)")
     run.add_argument(

@@ -1,4 +1,4 @@
-"""``sidestep queue [list|add|remove|move|clear|run]``: the run queue from the command line.
+"""``sidestep queue [list|add|remove|move|clear|pause|run]``: the run queue from the command line.
 
 ``add`` resolves and checks the config now, through the same path as ``sidestep train`` (defaults <
 ``--preset`` < ``--config`` < flags; ``engine.cli.main.config_from_args``), so a bad entry is refused at
@@ -94,10 +94,12 @@ def cmd_list(q: queue_mod.RunQueue) -> int:
             print(f"{pos:>3} {e.id:>4}  {state:8} {_when(e.started):11}  {e.name[:20]:20}  {e.output_dir}")
             if e.error:
                 print(f"{'':10}! {e.error}")
+    paused = q.paused()
     if worker is not None:
-        print(f"worker: pid {worker} working (log {q.worker_log_path})")
+        pause = "; paused: it ends after the current run" if paused else ""
+        print(f"worker: pid {worker} working (log {q.worker_log_path}){pause}")
     elif any(e.state == "queued" for e in entries):
-        print("worker: not running; `sidestep queue run` starts it")
+        print(f"worker: not running{' (paused)' if paused else ''}; `sidestep queue run` starts it")
     return 0
 
 
@@ -106,6 +108,14 @@ def cmd_run(q: queue_mod.RunQueue, ns: argparse.Namespace) -> int:
 
     if not any(e.state == "queued" for e in q.entries()):
         return _error("nothing is queued; add a run with `sidestep queue add`")
+    busy = q.worker_pid()
+    if busy is not None and q.paused():
+        q.set_paused(False)
+        print(f"pause lifted: the worker (pid {busy}) goes on after its current run")
+        return 0
+    if busy is not None:
+        raise queue_mod.WorkerBusy(busy)
+    q.set_paused(False)
     if ns.foreground:
         from engine.cli.plain import PlainPrinter
 
@@ -142,6 +152,11 @@ def cmd_queue(ns: argparse.Namespace) -> int:
         elif action == "clear":
             gone = q.clear(finished_only=ns.finished)
             print(f"removed {len(gone)} entr{'y' if len(gone) == 1 else 'ies'}")
+        elif action == "pause":
+            q.set_paused(True)
+            worker = q.worker_pid()
+            tail = f"the worker (pid {worker}) ends after its current run" if worker else "no worker is running"
+            print(f"queue paused: {tail}; `sidestep queue run` goes on")
         elif action == "run":
             return cmd_run(q, ns)
     except queue_mod.QueueError as exc:

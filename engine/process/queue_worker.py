@@ -61,7 +61,11 @@ def work_queue(q: RunQueue, *, stop_on_failure: bool, make_sink: Any = None, say
     while not inbox.state.shutdown_requested:
         entry = q.claim_next(os.getpid())
         if entry is None:
-            say("the queue is empty; the worker ends")
+            say(
+                "the queue is paused; the worker ends (`sidestep queue run` goes on)"
+                if q.paused()
+                else "the queue is empty; the worker ends"
+            )
             break
         say(f"entry {entry.id}: {entry.name} starts in {entry.output_dir}")
         bus = EventBus([make_sink()] if make_sink is not None else [])

@@ -60,6 +60,7 @@ class QueueScreen(Screen[None]):
         Binding("u", "move(-1)", "Up", id="queue.up", tooltip="Move the entry one place earlier"),
         Binding("d", "move(1)", "Down", id="queue.down", tooltip="Move the entry one place later"),
         Binding("r", "remove", "Remove", id="queue.remove", tooltip="Take the entry off the queue (not a running one)"),
+        Binding("p", "pause", "Pause", id="queue.pause", tooltip="The worker finishes its current run, then stops"),
         Binding("g", "refresh", "Refresh", id="queue.refresh", tooltip="Read the queue again"),
     ]
 
@@ -68,6 +69,7 @@ class QueueScreen(Screen[None]):
         self.queue = RunQueue()
         self.entries: list[Entry] = []
         self.worker: int | None = None
+        self.paused = False
         self.problem = ""
 
     def compose(self) -> ComposeResult:
@@ -90,6 +92,7 @@ class QueueScreen(Screen[None]):
         try:
             self.entries, self.problem = self.queue.entries(), ""
             self.worker = self.queue.worker_pid()
+            self.paused = self.queue.paused()
         except QueueError as exc:
             self.entries, self.problem = [], str(exc)
         table = self.query_one(DataTable)
@@ -100,6 +103,7 @@ class QueueScreen(Screen[None]):
                 table.move_cursor(row=pos - 1)
         waiting = sum(e.state == "queued" for e in self.entries)
         who = f"worker pid {self.worker} working" if self.worker else "no worker"
+        who += ", paused (it ends after the current run)" if self.paused else ""
         self.query_one("#queue-title", Static).update(f"Queue: {len(self.entries)} entries, {waiting} waiting; {who}")
         self._show_detail()
 
@@ -128,8 +132,10 @@ class QueueScreen(Screen[None]):
             return e is not None and e.state == "queued"
         if action == "remove":
             return e is not None and e.state != "running"
-        if action == "start":
-            return self.worker is None and any(x.state == "queued" for x in self.entries)
+        if action == "start":  # also lifts a pause
+            return (self.worker is None or self.paused) and any(x.state == "queued" for x in self.entries)
+        if action == "pause":
+            return self.worker is not None and not self.paused
         return True
 
     def action_move(self, step: int) -> None:
@@ -150,6 +156,14 @@ class QueueScreen(Screen[None]):
         try:
             self.queue.remove(e.id)
             self.notify(f"removed entry {e.id} ({e.name})")
+        except QueueError as exc:
+            self.notify(str(exc), severity="error")
+        self.action_refresh()
+
+    def action_pause(self) -> None:
+        try:
+            self.queue.set_paused(True)
+            self.notify("paused: the worker ends after its current run; Start goes on")
         except QueueError as exc:
             self.notify(str(exc), severity="error")
         self.action_refresh()

@@ -49,5 +49,11 @@ async def test_queue_view_lists_reorders_and_removes(build_app) -> None:
             await wait_until(pilot, lambda: screen.selected is not None and screen.selected.id == 2, what="beta")
             assert "Remove" not in footer_keys(app) and "Start" not in footer_keys(app)
             assert f"worker pid {os.getpid()} working" in screen_text(app)
+            await pilot.press("p")
+            await wait_until(pilot, lambda: RunQueue().paused() and screen.paused, what="the pause")
+            assert "ends after the current run" in screen_text(app) and "Pause" not in footer_keys(app)
+            _add(q, "delta")
+            await pilot.press("g")
+            await wait_until(pilot, lambda: "Start" in footer_keys(app), what="Start (it lifts the pause)")
         finally:
             lock.release()

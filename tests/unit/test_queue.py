@@ -239,3 +239,21 @@ def test_finish_accepts_only_end_states(q: RunQueue) -> None:
     with pytest.raises(ValueError, match="finish state"):
         q.finish(1, "running")
     assert queue_mod.FINISHED == ("done", "failed", "stopped")
+
+
+def test_pause_lets_the_current_run_finish_and_takes_no_other(q: RunQueue, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in "ab":
+        q.add(_config(f"/r/{name}"))
+    q.claim_next(pid=1)
+    rc, out, _ = _run(["queue", "pause"], capsys)
+    assert rc == 0 and "queue paused: no worker is running" in out and q.paused()
+    q.finish(1, "done")
+    assert q.claim_next(pid=1) is None and q.get(2).state == "queued"  # paused: the worker ends
+    assert "not running (paused)" in _run(["queue"], capsys)[1]
+    lock = q.acquire_worker_lock()  # a worker still finishing its run: `queue run` lifts the pause
+    try:
+        rc, out, _ = _run(["queue", "run"], capsys)
+        assert rc == 0 and f"pause lifted: the worker (pid {os.getpid()}) goes on" in out and not q.paused()
+    finally:
+        lock.release()
+    assert q.claim_next(pid=1).id == 2  # type: ignore[union-attr]
