@@ -51,6 +51,7 @@ class SidestepApp(EngineBridge, App[None]):
         "setup": _screen("setup", "SetupScreen"),
         "monitor": _screen("monitor", "MonitorScreen"),
         "runs": _screen("runs", "RunsScreen"),
+        "queue": _screen("queue", "QueueScreen"),
     }
     COMMANDS = App.COMMANDS | {RunCommands}
     BINDINGS = [
@@ -59,6 +60,8 @@ class SidestepApp(EngineBridge, App[None]):
         Binding("f3", "switch_mode('setup')", "Setup", id="app.setup", tooltip="Configure and start a run"),
         Binding("f4", "switch_mode('monitor')", "Monitor", id="app.monitor", tooltip="The live run"),
         Binding("f5", "switch_mode('runs')", "Runs", id="app.runs", tooltip="Every run under the output root"),
+        # Not in the footer yet (showing it changes every screen's footer): Ctrl+P lists it as "Go to Queue".
+        Binding("f6", "switch_mode('queue')", "Queue", id="app.queue", show=False, tooltip="The run queue"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks what to do with a running run)"),
     ]
 
@@ -263,6 +266,7 @@ class SidestepApp(EngineBridge, App[None]):
             ("setup", "Setup"),
             ("monitor", "Monitor"),
             ("runs", "Runs"),
+            ("queue", "Queue"),
         ):
             yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", lambda mode=mode: self.switch_mode(mode))
         yield SystemCommand(

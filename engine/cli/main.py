@@ -1,4 +1,4 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -381,6 +381,12 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(ns: argparse.Namespace) -> int:
+    from engine.cli.queue import cmd_queue as run_queue_command
+
+    return run_queue_command(ns)
+
+
 def run_command(ns: argparse.Namespace) -> int:
     """Run the headless handler of a parsed command line (``engine.cli.parser``)."""
     import logging
@@ -403,6 +409,7 @@ def run_command(ns: argparse.Namespace) -> int:
         "runs": cmd_runs,
         "attach": cmd_attach_plain,
         "export": cmd_export,
+        "queue": cmd_queue,
     }
     return handlers[ns.command](ns)
 

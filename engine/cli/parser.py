@@ -112,6 +112,45 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a summary")
 
 
+def add_config_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--preset NAME``: where a training config starts (``train``, ``queue add``)."""
+    parser.add_argument(
+        "--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)"
+    )
+    parser.add_argument("--preset", metavar="NAME", help="start from a preset (see `sidestep presets list`)")
+
+
+def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sidestep queue [list|add|remove|move|clear|pause|run]``: ``add`` takes the flags of ``train``."""
+    qsub = parser.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    qsub.add_parser("list", help="every entry with its state, run folder and error (the default)")
+    add = qsub.add_parser(
+        "add",
+        help="queue a run: a config file or preset, and/or the flags of `sidestep train` (checked now)",
+        description="Queue a training run. The config is resolved and checked now (defaults < --preset < "
+        "--config / CONFIG < flags) and stored with absolute paths.",
+    )
+    add.add_argument(
+        "source", nargs="?", metavar="CONFIG", help="a JSON config file (like --config) or a preset name (like --preset)"
+    )
+    add_config_source_arguments(add)
+    add.add_argument("--name", dest="queue_name", metavar="TEXT", help="a label in the list (default: the run folder's name)")
+    add_schema_flags(add)
+    remove = qsub.add_parser("remove", help="take a waiting or finished entry off the queue")
+    remove.add_argument("id", type=int, metavar="ID", help="the entry's id (see `sidestep queue list`)")
+    move = qsub.add_parser("move", help="move a queued entry to another position (1 = next)")
+    move.add_argument("id", type=int, metavar="ID", help="the entry's id")
+    move.add_argument("position", type=int, metavar="POS", help="its new 1-based position in the list")
+    clear = qsub.add_parser("clear", help="remove every entry that is not running")
+    clear.add_argument("--finished", action="store_true", help="only the done, failed and stopped entries")
+    qsub.add_parser("pause", help="let the worker finish its current run, then stop (`queue run` goes on)")
+    run = qsub.add_parser("run", help="start the one worker: it trains the queued runs back to back, detached from this terminal")
+    run.add_argument("--stop-on-failure", action="store_true", help="stop the queue when a run fails (default: go on)")
+    run.add_argument(
+        "--foreground", action="store_true", help="work in this terminal (plain lines) instead of detaching, e.g. in a SLURM job"
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -121,10 +160,7 @@ def build_parser() -> Parser:
         return parser.commands[name]
 
     train = command("train", help="train headless (plain text or --json events)")
-    train.add_argument(
-        "--config", dest="config_file", metavar="FILE", help="a JSON config (from a run's config.json or the TUI's review panel)"
-    )
-    train.add_argument("--preset", metavar="NAME", help="start from a preset (see `sidestep presets list`)")
+    add_config_source_arguments(train)
     out = train.add_mutually_exclusive_group()
     out.add_argument("--plain", action="store_true", help="human-readable lines (the default without a terminal)")
     out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
@@ -188,6 +224,7 @@ def build_parser() -> Parser:
     )
     exp.add_argument("--model-variant", metavar="NAME", help="the model folder under --checkpoint-dir (default: the run's)")
 
+    add_queue_arguments(command("queue", help="queue training runs and work through them unattended (default: list)"))
     add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
     add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
     return parser
