@@ -68,48 +68,53 @@ def test_running_the_app_loads_only_the_contract_modules(app_run) -> None:
 HELP_ARGVS = [["--help"], ["train", "--help"], ["dataset", "--help"], ["preprocess", "--help"]]
 
 
-def help_path_loads(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(heavy or UI-toolkit packages, modules of engine and sidestep_tui) loaded by ``sidestep ARGV --help``."""
+@pytest.fixture(scope="module")
+def help_loads() -> dict[str, tuple[list[str], list[str]]]:
+    """For each argv of HELP_ARGVS, run in turn by one fresh interpreter: (heavy or UI-toolkit packages,
+    modules of engine and sidestep_tui) loaded once ``sidestep ARGV --help`` has run. The sets only grow,
+    so a clean entry is clean on its own and the first dirty one names the culprit."""
     code = (
         "import sys, json, contextlib, io\n"
         "from sidestep_tui.__main__ import main\n"
-        "out = io.StringIO()\n"
-        "with contextlib.redirect_stdout(out):\n"
-        f"    try:\n        main({argv!r})\n    except SystemExit as exc:\n        assert exc.code == 0, exc.code\n"
-        "assert out.getvalue().startswith('usage: sidestep'), out.getvalue()[:200]\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'rich', *%r})))\n"
-        % (FORBIDDEN,)
-        + "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('engine.', 'sidestep_tui.')))))\n"
+        f"for argv in {HELP_ARGVS!r}:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n            main(argv)\n        except SystemExit as exc:\n            assert exc.code == 0, exc.code\n"
+        "    assert out.getvalue().startswith('usage: sidestep'), out.getvalue()[:200]\n"
+        "    heavy = sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'rich', *%r})\n"
+        "    ours = sorted(m for m in sys.modules if m.startswith(('engine.', 'sidestep_tui.')))\n"
+        "    print(json.dumps([' '.join(argv), heavy, ours]))\n" % (FORBIDDEN,)
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    heavy, ours = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
-    return heavy, ours
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(HELP_ARGVS) :]]
+    return {key: (heavy, ours) for key, heavy, ours in rows}
 
 
 @pytest.mark.parametrize("argv", HELP_ARGVS)
-def test_cli_help_path_loads_neither_textual_nor_torch(argv: list[str]) -> None:
+def test_cli_help_path_loads_neither_textual_nor_torch(help_loads, argv: list[str]) -> None:
     """The one parser answers --help from the stdlib schemas: no UI toolkit, no training stack, no handler."""
-    heavy, ours = help_path_loads(argv)
+    heavy, ours = help_loads[" ".join(argv)]
     assert heavy == [] and "engine.cli.parser" in ours and "engine.cli.main" not in ours, ours
 
 
 @pytest.mark.parametrize("argv", HELP_ARGVS)
-def test_cli_help_path_loads_no_torch_side_module(argv: list[str]) -> None:
+def test_cli_help_path_loads_no_torch_side_module(help_loads, argv: list[str]) -> None:
     """Of the engine's sub-packages, --help loads only engine.cli (the parser)."""
-    _, ours = help_path_loads(argv)
+    _, ours = help_loads[" ".join(argv)]
     assert [m for m in ours if m.startswith(tuple(p + "." for p in ENGINE_SUBPACKAGES)) and not m.startswith("engine.cli.")] == []
 
 
 _ENGINE_PROBE = r"""
 import json, os, sys, time
 from sidestep_tui.engine_client import EngineClient
-from sidestep_tui.demo import prepare_demo_run
-from engine import protocol as p
+from engine import config as cfgmod, protocol as p
+from engine.demo import demo_config
 
 def main():
     root = {root!r}
-    paths, config_json = prepare_demo_run(os.path.join(root, "demo"), "lora", 3)
+    paths = dict({paths!r}, output_root=os.path.join(root, "runs"))  # the session's demo, shared read-only
+    config_json = cfgmod.to_json(demo_config(paths, adapter="lora", max_steps=3))
     client = EngineClient(log_path=os.path.join(root, "engine.log"))
     client.start()
     client.send(p.StartRun(run_id="hygiene", config_json=config_json))
@@ -131,11 +136,11 @@ if __name__ == "__main__":
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_ui_process_stays_torch_free_with_the_real_engine(tmp_path) -> None:
+def test_ui_process_stays_torch_free_with_the_real_engine(tmp_path, demo_paths) -> None:
     """Events cross the queue by pickle: a torch or numpy value inside one (``torch.__version__`` is a
     ``TorchVersion``, ``np.float64`` a float subclass) would import torch into the UI on unpickling."""
     script = tmp_path / "probe.py"  # a file, so the spawned engine can re-import the main module safely
-    script.write_text(_ENGINE_PROBE.format(root=str(tmp_path), forbidden=FORBIDDEN))
+    script.write_text(_ENGINE_PROBE.format(root=str(tmp_path), forbidden=FORBIDDEN, paths=demo_paths))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=380, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
