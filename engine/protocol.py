@@ -197,6 +197,8 @@ class StepMetrics:
     skipped_steps: int = 0
     cruise_scale: float = -1.0  # cruise control's LR factor in (0, 1] (``lr`` already includes it); -1 = off
     cruise_ema: float = -1.0  # the smoothed loss cruise control watches; -1 = off
+    data_wait_frac: float = -1.0  # share of the wall time spent waiting for batches; -1 = not measured
+    step_time_s: float = -1.0  # mean wall time per optimizer step over the steps covered; -1 = not measured
 
 
 @_frozen

@@ -198,6 +198,7 @@ class RunState:
     phase_detail: str = ""
     eta_s: float | None = None
     samples_per_s: float | None = None
+    data_wait_frac: float | None = None  # share of the wall time the engine waited for batches
     skipped_steps: int = 0
     # metrics
     history: tuple[MetricPoint, ...] = ()
@@ -372,6 +373,7 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
         "phase": "paused" if state.paused else "training",
         "eta_s": e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
         "samples_per_s": e.samples_per_s if e.samples_per_s >= 0 else None,
+        "data_wait_frac": e.data_wait_frac if 0 <= e.data_wait_frac <= 1 else state.data_wait_frac,
         "skipped_steps": state.skipped_steps + e.skipped_steps,
         "history": history,
         "loss": e.loss,

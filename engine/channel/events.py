@@ -191,6 +191,7 @@ class StepAggregator:
         self._rate_samples = 0
         self.samples_per_s = 0.0
         self._steps_rate = 0.0
+        self._data_wait = 0.0  # seconds spent waiting for batches since the last emit
 
     def add(
         self,
@@ -204,7 +205,9 @@ class StepAggregator:
         skipped: bool = False,
         cruise_scale: float = -1.0,
         cruise_ema: float = -1.0,
+        data_wait_s: float = 0.0,
     ) -> None:
+        self._data_wait += data_wait_s
         if skipped:
             self._skipped += 1
             # a skipped step keeps the last cruise-control reading (it did not move the EMA)
@@ -233,6 +236,7 @@ class StepAggregator:
         rate = self._rate_samples / elapsed
         self.samples_per_s = _blend(self.samples_per_s, rate)
         self._rate_t0, self._rate_samples = now, 0
+        data_wait_frac, self._data_wait = min(self._data_wait / elapsed, 1.0), 0.0
         step = int(self._last["step"])
         losses = self._losses or [math.nan]
         steps_left = max(self.total_steps - step, 0)
@@ -254,6 +258,8 @@ class StepAggregator:
                 skipped_steps=self._skipped,
                 cruise_scale=self._last["cruise_scale"],
                 cruise_ema=self._last["cruise_ema"],
+                data_wait_frac=data_wait_frac,
+                step_time_s=elapsed / max(len(self._losses) + self._skipped, 1),
             )
         )
         self._losses, self._skipped = [], 0

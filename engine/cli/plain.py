@@ -59,6 +59,7 @@ def render(event: Any, summary: Summary | None = None) -> str | None:
                 f"step {event.step}/{event.total_steps}  epoch {event.epoch}  loss {event.loss:.4f}"
                 f" ({event.loss_min:.4f}..{event.loss_max:.4f} over {event.steps_covered})  lr {event.lr:.2e}"
                 f"  grad {event.grad_norm:.3f}  {event.samples_per_s:.1f} samples/s  eta {fmt_duration(event.eta_s)}"
+                + (f"  data {event.data_wait_frac * 100:.0f}%" if event.data_wait_frac >= 0 else "")
                 + (f"  skipped {event.skipped_steps}" if event.skipped_steps else "")
             )
         case protocol.EpochCompleted():

@@ -31,7 +31,7 @@ from engine import fsutil, layout, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
-from engine.train import cruise, diskspace, ema, hooks, recipe, rundir
+from engine.train import cruise, diskspace, ema, hooks, recipe, rundir, throughput
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
 
 log = logging.getLogger("sidestep.engine")
@@ -191,12 +191,18 @@ class Trainer:
         assert p is not None
         c = self.config
         agg = StepAggregator(self.bus, total_steps=p.total_steps, max_hz=self.metrics_hz)
+        data_watch = throughput.DataWaitWatch(
+            lambda message: self.bus.log("warning", message),
+            num_workers=c.num_workers,
+            persistent_workers=c.persistent_workers,
+        )
         bad_windows = 0
         while self.epoch < c.epochs and self.global_step < p.total_steps:
             epoch_start = time.time()
-            loader = p.loader_for_epoch(self.epoch, skip=self.batches_done)
+            loader = throughput.TimedBatches(p.loader_for_epoch(self.epoch, skip=self.batches_done))
             n_batches = p.batches_per_epoch
             window_losses: list[torch.Tensor] = []
+            step_start = time.perf_counter()
             for batch in loader:
                 index = self.batches_done
                 window_start = (index // c.gradient_accumulation) * c.gradient_accumulation
@@ -227,6 +233,8 @@ class Trainer:
                         self.epoch_loss_sum += step_loss
                         self.epoch_loss_n += 1
                         lr = p.current_lr() * scale
+                        wait = loader.take()
+                        data_watch.step(wait, time.perf_counter() - step_start)
                         agg.add(
                             step=self.global_step,
                             epoch=self.epoch_number(),
@@ -236,12 +244,14 @@ class Trainer:
                             samples=window_size * c.batch_size,
                             cruise_scale=self._cruise.scale if self._cruise else -1.0,
                             cruise_ema=self._cruise.ema if self._cruise and self._cruise.ema is not None else -1.0,
+                            data_wait_s=wait,
                         )
-                        self._log_tensorboard(step_loss, lr, gn)
+                        self._log_tensorboard(step_loss, lr, gn, data_watch.share)
                 window_losses = []
                 outcome = self._between_steps(agg)
                 if outcome is not None:
                     return outcome
+                step_start = time.perf_counter()
                 if self.global_step >= p.total_steps and self.batches_done < n_batches:
                     break  # (on the epoch's last batch the epoch ends first: EpochCompleted, best/)
             else:
@@ -681,11 +691,13 @@ class Trainer:
         writer = SummaryWriter(log_dir=log_dir, flush_secs=10, purge_step=self.global_step or None)
         self._tb = diskspace.SafeWriter(writer, lambda message: self.bus.log("warning", message))
 
-    def _log_tensorboard(self, loss: float, lr: float, grad_norm: float) -> None:
+    def _log_tensorboard(self, loss: float, lr: float, grad_norm: float, data_share: float | None = None) -> None:
         if self._tb is not None and self.global_step % self.config.log_every == 0:
             self._tb.add_scalar("train/loss", loss, self.global_step)
             self._tb.add_scalar("train/lr", lr, self.global_step)
             self._tb.add_scalar("train/grad_norm", grad_norm, self.global_step)
+            if data_share is not None:
+                self._tb.add_scalar("perf/data_wait_share", data_share, self.global_step)
         if self._tb is not None and self._cruise is not None and self._cruise.ema is not None:
             # every step while cruise control is on (Side-Step's tags)
             self._tb.add_scalar("target_loss_scale", self._cruise.scale, self.global_step)

@@ -71,6 +71,8 @@ def render_progress(state: RunState, width: int) -> str:
         f"grad {fixed(state.grad_norm, '7.3f', 7)}",
         *([f"cruise x{fixed(state.cruise[0], '.2f', 4)} (ema {loss_text(state.cruise[1])})"] if state.cruise else []),
         f"ckpt {f'step {ckpt.step} ({ckpt.kind})' if ckpt else NA}",
+        # the share of each step spent waiting for batches (the engine warns with advice when it is high)
+        f"data {NA.rjust(4) if state.data_wait_frac is None else format(state.data_wait_frac * 100, '3.0f') + '%'}",
     ]
     if state.skipped_steps:
         parts.append(f"skipped {state.skipped_steps}")
