@@ -89,3 +89,50 @@ async def test_running_monitor_shows_all_its_keys_at_80x24(build_app) -> None:
         footer = app.screen.query_one(Footer)
         assert footer.size.height == 1 and not footer.has_class("-two-rows")
         assert_every_key_shown(app, "monitor, running, 160x48")
+
+
+async def test_long_log_lines_wrap_in_the_monitor(build_app) -> None:
+    """A line longer than the log is wide continues on the next rows, its end included; a resize wraps
+    it again to the new width."""
+    from engine import protocol as p
+    from sidestep_tui.widgets.event_log import EventLog
+
+    tail = "final-segment-END"
+    path = "/very/long/" + "/".join(f"folder-{i:02d}" for i in range(14)) + f"/{tail}"
+    message = f"saved the adapter to {path} after step 10 of 100"
+    fake = FakeEngineClient(
+        [*scripted_run(steps=10, finish=None), p.LogRecord(run_id="run-1", seq=900, level="warning", message=message)]
+    )
+    app = build_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await drain(pilot, fake)
+        app.screen.redraw(True)
+        await pilot.pause()
+        log = app.screen.query_one(EventLog)
+        rows = [str(row) for row in log.lines]
+        assert max(len(r) for r in rows) <= log.scrollable_content_region.width < len(message)
+        assert "".join(rows).replace(" ", "").endswith(message.replace(" ", "")), rows
+        assert tail in screen_text(app)  # its end is on screen, not cut at the right edge
+        narrow_width = log.scrollable_content_region.width
+
+        await pilot.resize_terminal(160, 48)  # the log becomes the third column, narrower still
+        await pilot.pause()
+        await pilot.pause()
+        width = log.scrollable_content_region.width
+        rows = [str(row) for row in log.lines]
+        assert width != narrow_width and max(len(r) for r in rows) <= width
+        assert "".join(rows).replace(" ", "").endswith(message.replace(" ", "")), rows
+        assert tail in screen_text(app)  # the path breaks after a separator, never inside a name
+
+
+def test_wrap_line_indents_continuations_and_breaks_paths_at_separators() -> None:
+    from sidestep_tui.widgets.event_log import PREFIX_CELLS, wrap_line
+
+    line = "15:18:23 INF TensorBoard logs: /tmp/sidestep/demo-audio/runs/demo-lora-20261130-151752/runs"
+    assert wrap_line(line, 60) == [
+        "15:18:23 INF TensorBoard logs: /tmp/sidestep/demo-audio/",
+        " " * PREFIX_CELLS + "runs/demo-lora-20261130-151752/runs",
+    ]
+    assert wrap_line(line, 200) == [line]
+    assert all(len(r) <= 20 for r in wrap_line(line, 20))  # too narrow for the indent: none, and still cut
+    assert wrap_line("00:00:00 ERR first\nsecond", 60) == ["00:00:00 ERR first", " " * PREFIX_CELLS + "second"]
