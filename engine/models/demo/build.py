@@ -5,10 +5,11 @@ standalone remote-code files, model.safetensors) and ``<root>/silence_latent.pt`
 through the same ``AutoModel.from_pretrained(trust_remote_code=True)`` path as ACE-Step 1.5.
 ``write_demo_dataset`` writes per-sample ``.pt`` dicts in the format of ACE_STEP.md §4.1 plus an
 upstream-style ``manifest.json``, the ``dataset.json`` (§5.8) the samples would come from and a
-``preprocess_meta.json`` naming the model they are for, as a real preprocessed folder has. Each sample's latents mix a few fixed patterns (a level plus a
-sinusoid per channel) with weights its condition encodes; the tiny base is briefly pre-trained on
-other patterns, so an adapter's loss visibly falls within a few hundred steps. Every file is
-written atomically; ``setup_demo`` reuses what is already there and valid.
+``preprocess_meta.json`` naming the model they are for, as a real preprocessed folder has. Each
+sample's latents mix a few fixed patterns (a level plus a sinusoid per channel) with weights its
+condition encodes; the tiny base is briefly pre-trained on other patterns, so an adapter's loss
+visibly falls within a few hundred steps. Every file is written atomically; ``setup_demo`` reuses
+what is already there and valid.
 """
 
 from __future__ import annotations
