@@ -82,6 +82,12 @@ async def test_running_monitor_shows_all_its_keys_at_80x24(build_app) -> None:
         await pilot.pause()
         assert {"Stop (saves)", "Pause", "Save"} <= {k.description for k in app.screen.query(FooterKey)}
         assert_every_key_shown(app, "monitor, running")
+        # Wide, but not enough for one row of uncompact keys: still two rows, every key whole.
+        await pilot.resize_terminal(125, 40)
+        await pilot.pause()
+        await pilot.pause()
+        assert app.screen.query_one(Footer).has_class("-two-rows")
+        assert_every_key_shown(app, "monitor, running, 125x40")
         # Widened, the footer goes back to one row (it follows resizes, not only binding changes).
         await pilot.resize_terminal(160, 48)
         await pilot.pause()
