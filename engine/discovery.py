@@ -26,6 +26,7 @@ SILENCE_LATENT = "silence_latent.pt"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 XL_HIDDEN_SIZE = 2560
 _LFS_MAGIC = b"version https://git-lfs"
+REFETCH = "an interrupted download? fetch this model again"
 
 
 class DiscoveryError(ValueError):
@@ -202,30 +203,43 @@ def _number(value: Any, kind: type) -> Any:
 
 def inspect_model_dir(path: str) -> ModelInfo | None:
     """Describe one folder, or ``None`` when it is not a model (no config.json, or one without
-    ``auto_map``/``model_type``). A config.json that does not parse still yields a ModelInfo with the
-    problem, because a broken model should be shown, not hidden."""
+    ``auto_map``/``model_type``). A broken model is shown, not hidden: a config.json that does not
+    parse still yields a ModelInfo with the problem, and so does a folder with an official name
+    (``acestep-v15-*``) whatever is wrong with it (no config.json, an empty one, ``{}``): that name
+    says it was meant to be a model, and an interrupted download must not just vanish from the list."""
     name = os.path.basename(os.path.normpath(path))
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
+    official = is_official(name)
+    if not official and not os.path.isfile(config_path):
         return None
     files = _files(path)
     size = sum(files.values())
     weights = sum(s for f, s in files.items() if f.endswith(WEIGHT_SUFFIXES) and f != SILENCE_LATENT)
-    config, error = _read_json(config_path)
     common: dict[str, Any] = dict(
         name=name,
         path=path,
-        official=is_official(name),
+        official=official,
         alias=_alias(name),
         size_bytes=size,
         weights_bytes=weights,
         has_silence_latent=SILENCE_LATENT in files,
     )
+
+    def broken(problem: str) -> ModelInfo:
+        problems = (problem, *_weight_problems(path, files))
+        return ModelInfo(variant=detect_variant({}, name), xl=is_xl({}, name), problems=problems, **common)
+
+    if "config.json" not in files:
+        return broken(f"no config.json ({REFETCH})")
+    if files["config.json"] == 0:
+        return broken(f"config.json is empty ({REFETCH})")
+    config, error = _read_json(config_path)
     if error is not None or not isinstance(config, dict):
-        problem = f"config.json is unreadable ({error})" if error else "config.json is not a JSON object"
-        return ModelInfo(variant=detect_variant({}, name), xl=is_xl({}, name), problems=(problem,), **common)
+        return broken(f"config.json is unreadable ({error})" if error else "config.json is not a JSON object")
     if "auto_map" not in config and "model_type" not in config:
-        return None
+        if not official:
+            return None
+        return broken(f"config.json has neither auto_map nor model_type ({REFETCH})")
     problems = _weight_problems(path, files)
     missing_code = [m for m in _auto_map_modules(config.get("auto_map")) if m not in files]
     if missing_code:

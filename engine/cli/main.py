@@ -131,13 +131,15 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
 
     ``audio=False``: synthetic training tensors (seconds; what the tests use). ``audio=True``: the
     whole user path: a demo VAE and text encoder beside the model, synthesised songs with sidecars,
-    then the real two-pass preprocessing into ``<root>/tensors`` (finished files are reused)."""
+    their ``dataset.json`` (the dataset builder's, beside the songs: the file a user edits next), then
+    the real two-pass preprocessing of it into ``<root>/tensors`` (finished files are reused)."""
     from engine.models.demo.build import setup_demo as write_demo
 
     paths = dict(write_demo(root))
     paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
     if audio:
         from engine import prepconfig as pcfg
+        from engine.audio.builder import build_dataset
         from engine.audio.preprocess.pipeline import run_preprocess
         from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 
@@ -145,12 +147,15 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
         audio_dir = os.path.join(os.path.abspath(root), "audio")
         if not os.path.isdir(audio_dir):
             synthesize_demo_audio(audio_dir)
+        dataset_json = os.path.join(audio_dir, "dataset.json")
+        if not os.path.isfile(dataset_json):
+            build_dataset(audio_dir, name="sidestep-demo", output=dataset_json)
         tensors = os.path.join(os.path.abspath(root), "tensors")
         config = pcfg.parse(
             {
                 "checkpoint_dir": paths["checkpoint_dir"],
                 "model_variant": paths["model_variant"],
-                "audio_dir": audio_dir,
+                "dataset_json": dataset_json,
                 "output_dir": tensors,
                 "device": "cpu",
             }
@@ -171,7 +176,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from engine.cli.plain import render
 
     print(
-        f"setting up the demo model{'' if ns.from_tensors else ', synthesising songs and preprocessing them'} in {root} ...",
+        f"setting up the demo model{'' if ns.from_tensors else ', songs, their dataset.json and tensors'} in {root} ...",
         flush=True,
     )
     paths = setup_demo(

@@ -17,12 +17,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, OptionList, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine import presets
 
 from ..forms import default_raw, merge_raw
+from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathInput
 
 KEEP_ON_LOAD = frozenset(presets.FORBIDDEN_KEYS | {"model_variant", "base_model"})
@@ -94,7 +95,7 @@ class PresetsDialog(ModalScreen[PresetLoaded | None]):
                     ("Close", "close"),
                 ):
                     yield Button(label, id=bid, compact=True, variant="primary" if bid == "load" else "default")
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         self._refresh()

@@ -7,11 +7,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Label, Static
+from textual.widgets import Button, Label, Static
 
 from engine import config as cfg
 
 from ..forms import SPEC_BY_NAME, command_line
+from ..widgets.footer import SidestepFooter
 
 
 def _differences(config: cfg.TrainConfig) -> str:
@@ -67,7 +68,7 @@ class ReviewDialog(ModalScreen[str | None]):
                 yield Button("Copy command", id="copy", compact=True, disabled=self.config is None)
                 yield Button("Start", id="start", variant="primary", compact=True, disabled=not self.startable)
                 yield Button("Close", id="close", compact=True)
-        yield Footer()
+        yield SidestepFooter()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "close":

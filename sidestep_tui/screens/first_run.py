@@ -15,13 +15,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Static
 
 from engine import discovery
 
 from ..appref import SidestepAppRef
 from ..formatting import plural
 from ..messages import SettingsChanged
+from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathCheck, PathField, creatable
 from .screen_commands import ScreenActions
 
@@ -89,7 +90,7 @@ class FirstRunScreen(Screen[None]):
             yield Static("", id="first-run-message")
             with Horizontal(id="first-run-buttons"):
                 yield Button("Save and continue", id="save", variant="primary", compact=True)
-        yield Footer()
+        yield SidestepFooter()
 
     def on_mount(self) -> None:
         self.query_one("#checkpoint-root", PathField).input.focus()

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.protocol import PauseRun, ResumeRun, SaveCheckpoint, StopRun
 
@@ -131,7 +131,6 @@ class MonitorScreen(Screen[None]):
             return
         self._dirty = False
         s = self.state
-        self.query_one(Footer).compact = self.compact
         self.set_class(s.paused, "-paused")
         self.set_class(s.failure is not None, "-failed")
         self.query_one(ProgressPanel).show(s)

@@ -217,11 +217,15 @@ class SetupScreen(Screen[None]):
 
     def _readiness(self, raw: dict[str, Any]) -> dict[str, str]:
         """What stops a config that parses from running: the checks the Dataset and Models screens
-        make (the folder holds samples; the model is found under the checkpoint root)."""
+        make (the folder holds samples; the model is found under the checkpoint root, without problems)."""
         out: dict[str, str] = {}
         if "dataset_dir" not in self.errors and self._dataset_blocker:
             out["dataset_dir"] = self._dataset_blocker
-        if "checkpoint_dir" not in self.errors and "model_variant" not in self.errors and self._model_info(raw) is None:
+        info = None if {"checkpoint_dir", "model_variant"} & set(self.errors) else self._model_info(raw)
+        if info is not None and info.problems:  # listed, but broken (no weights, an empty config.json, ...)
+            more = len(info.problems) - 1
+            out["model_variant"] = f"{info.name}: {info.problems[0]}" + (f" (and {more} more: Models screen, F1)" if more else "")
+        if "checkpoint_dir" not in self.errors and "model_variant" not in self.errors and info is None:
             key = (str(raw.get("checkpoint_dir") or ""), str(raw.get("model_variant") or ""))
             if self._model_blocker is None or self._model_blocker[0] != key:
                 try:

@@ -1,49 +1,148 @@
-"""The screens' footer: the screen-switching F-keys first, then the screen's own keys, compact on
-narrow terminals. Textual's Footer lists the focused widget's and the screen's keys before the App's,
-so at 80 columns F1–F5 fell off the right edge on most screens (Ctrl+P lists every key anyway)."""
+"""The footer of every screen and dialog: every key it offers stays visible, even at 80 columns.
+
+Textual's Footer is one row that lists the focused widget's and the screen's keys before the App's, so
+at 80 columns the screen switches (F1–F5) or the screen's own last keys fell off the right edge, and
+what was cut showed through the palette key's margin as a stray character in the bottom-right cell.
+Here, under ``NARROW`` columns (and wherever one row cannot hold every key) the footer takes two rows:
+the screen's own keys above, and the App's keys (F1–F5, Ctrl+Q, the palette) on the bottom row, which
+reads the same on every screen; the keys are drawn compact there (less padding). Wide terminals keep
+one row: F-keys first, then the screen's keys, then the App's other keys, the palette on the right.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from typing import NamedTuple
+
+from rich.cells import cell_len
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
 NARROW = 120
 
 
+class _Key(NamedTuple):
+    binding: Binding
+    enabled: bool
+    tooltip: str
+    global_: bool  # an App key (F-keys, quit): the bottom row when there are two
+
+
+def _is_fkey(binding: Binding) -> bool:
+    return binding.key.startswith("f") and binding.key[1:].isdigit()
+
+
+def key_cells(key_display: str, description: str, compact: bool) -> int:
+    """Cells one FooterKey takes, its margin included, per Textual's Footer CSS (textual is pinned):
+    compact is "key description" and a one-cell right margin; otherwise " key description " and no
+    margin. A key without a description is its key alone."""
+    if not description:
+        return cell_len(key_display) + (1 if compact else 0)
+    if compact:
+        return cell_len(key_display) + 1 + cell_len(description) + 1
+    return cell_len(key_display) + 2 + cell_len(description) + 1
+
+
 class SidestepFooter(Footer):
+    DEFAULT_CSS = """
+    SidestepFooter.-two-rows {
+        layout: vertical;
+        height: 2;
+    }
+    SidestepFooter .footer-row {
+        height: 1;
+        width: 1fr;
+    }
+    SidestepFooter.-compact FooterKey.-command-palette {
+        margin-right: 0;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shape: tuple[bool, bool] | None = None  # (compact, two rows) the last compose used
+
+    # ------------------------------------------------------------------ what to show
+
+    def _keys(self) -> list[_Key]:
+        active = self.screen.active_bindings
+        first_per_action: dict[str, _Key] = {}
+        for node, binding, enabled, tooltip in active.values():
+            if binding.show and binding.key != self.app.COMMAND_PALETTE_BINDING:
+                first_per_action.setdefault(binding.action, _Key(binding, enabled, tooltip, isinstance(node, App)))
+        keys = list(first_per_action.values())
+        # F-keys (screen switches) lead; everything else keeps its order.
+        keys.sort(key=lambda k: 0 if _is_fkey(k.binding) else 1)
+        return keys
+
+    def _palette(self) -> _Key | None:
+        if not (self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE):
+            return None
+        found = self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING)
+        if found is None:
+            return None
+        _node, binding, enabled, _tooltip = found
+        return _Key(binding, enabled, binding.tooltip or binding.description, True)
+
+    def _cells(self, keys: list[_Key], compact: bool) -> int:
+        return sum(key_cells(self.app.get_key_display(k.binding), k.binding.description, compact) for k in keys)
+
+    def _palette_cells(self, palette: _Key | None, compact: bool) -> int:
+        if palette is None:
+            return 0
+        display, description = self.app.get_key_display(palette.binding), palette.binding.description
+        # Its left border, plus a padding cell on the right when not compact; it has no margin (see CSS).
+        return key_cells(display, description, compact) + (0 if compact else 2)
+
+    def shape(self, width: int) -> tuple[bool, bool]:
+        """(compact, two rows) for a footer ``width`` cells wide. Narrow terminals always get two rows
+        when the screen has keys of its own, so the rows do not come and go as keys are enabled and
+        disabled (the content above would jump); wide ones only when one row cannot hold every key."""
+        compact = width < NARROW
+        keys = self._keys()
+        one_row = self._cells(keys, compact) + self._palette_cells(self._palette(), compact)
+        both = any(k.global_ for k in keys) and not all(k.global_ for k in keys)
+        return compact, both and (compact or one_row > width)
+
+    # ------------------------------------------------------------------ drawing
+
+    def _key_widget(self, key: _Key, classes: str = "") -> FooterKey:
+        binding = key.binding
+        widget = FooterKey(
+            binding.key,
+            self.app.get_key_display(binding),
+            binding.description,
+            binding.action,
+            disabled=not key.enabled,
+            tooltip=key.tooltip,
+            classes=classes,
+        )
+        return widget if classes else widget.data_bind(compact=Footer.compact)
+
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
             return
-        self.compact = self.app.size.width < NARROW
-        active = self.screen.active_bindings
-        shown = [(b, enabled, tooltip) for (_, b, enabled, tooltip) in active.values() if b.show]
-        first_per_action: dict[str, tuple] = {}
-        for item in shown:
-            first_per_action.setdefault(item[0].action, item)
-        items = list(first_per_action.values())
-        # F-keys (screen switches) lead; everything else keeps its order.
-        items.sort(key=lambda item: 0 if item[0].key.startswith("f") and item[0].key[1:].isdigit() else 1)
-        self.styles.grid_size_columns = len(items)
-        for binding, enabled, tooltip in items:
-            yield FooterKey(
-                binding.key,
-                self.app.get_key_display(binding),
-                binding.description,
-                binding.action,
-                disabled=not enabled,
-                tooltip=tooltip,
-            ).data_bind(compact=Footer.compact)
-        if self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE:
-            palette = active.get(self.app.COMMAND_PALETTE_BINDING)
-            if palette is not None:
-                _node, binding, enabled, _tooltip = palette
-                yield FooterKey(
-                    binding.key,
-                    self.app.get_key_display(binding),
-                    binding.description,
-                    binding.action,
-                    classes="-command-palette",
-                    disabled=not enabled,
-                    tooltip=binding.tooltip or binding.description,
-                )
+        width = self.size.width or self.app.size.width
+        compact, two_rows = self._shape = self.shape(width)
+        self.compact = compact
+        self.set_class(two_rows, "-two-rows")
+        keys, palette = self._keys(), self._palette()
+        palette_widget = None if palette is None else self._key_widget(palette, "-command-palette")
+        if not two_rows:
+            yield from (self._key_widget(k) for k in keys)
+            if palette_widget is not None:
+                yield palette_widget
+            return
+        with Horizontal(classes="footer-row", id="footer-screen-keys"):
+            yield from (self._key_widget(k) for k in keys if not k.global_)
+        with Horizontal(classes="footer-row", id="footer-app-keys"):
+            yield from (self._key_widget(k) for k in keys if k.global_)
+            if palette_widget is not None:
+                yield palette_widget
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._bindings_ready and self._shape is not None and self.shape(event.size.width) != self._shape:
+            self.refresh(recompose=True)

@@ -330,6 +330,40 @@ def test_dataset_files_have_the_exact_training_format(demo_paths):
     assert len(frames_seen) >= 3, "lengths must vary to exercise bucketing"
 
 
+DATASET_SAMPLE_KEYS = {  # ACE_STEP.md §5.8
+    "id", "audio_path", "filename", "caption", "genre", "lyrics", "raw_lyrics", "formatted_lyrics", "bpm", "keyscale",
+    "timesignature", "duration", "language", "is_instrumental", "custom_tag", "labeled", "prompt_override", "repeat",
+}  # fmt: skip
+
+
+def test_dataset_folder_has_dataset_json_and_preprocess_meta_like_a_real_one(demo_paths):
+    """Beside the tensors: the dataset.json they would have come from (one entry per tensor, with its
+    metadata) and preprocess_meta.json naming the model, so the Dataset screen reads the model."""
+    from engine import ptinspect
+
+    folder = Path(demo_paths["dataset_dir"])
+    doc = json.loads((folder / "dataset.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(doc["metadata"]) == {
+        "name",
+        "custom_tag",
+        "tag_position",
+        "created_at",
+        "num_samples",
+        "all_instrumental",
+        "genre_ratio",
+    }
+    assert doc["metadata"]["num_samples"] == len(doc["samples"]) == manifest["num_samples"]
+    for entry, name in zip(doc["samples"], manifest["samples"], strict=True):
+        assert set(entry) == DATASET_SAMPLE_KEYS
+        meta = torch.load(folder / name, weights_only=True)["metadata"]
+        assert Path(entry["filename"]).stem == Path(name).stem and entry["filename"] == meta["filename"]
+        for key in ("caption", "genre", "lyrics", "bpm", "keyscale", "timesignature", "duration", "is_instrumental"):
+            assert entry[key] == meta[key], key
+    report = ptinspect.scan_dataset(str(folder))
+    assert report.ok and report.variant == demo_paths["model_variant"]
+
+
 def test_setup_demo_from_two_writers_at_once(tmp_path, demo_paths):
     """The UI and an engine may set the demo up together: one writes, the other reuses."""
     import threading

@@ -361,23 +361,6 @@ async def test_checkpoint_root_changes_from_models_screen_and_palette(ckpt: Path
 # --------------------------------------------------------------------------- 80×24
 
 
-async def test_footer_shows_the_screen_keys_at_80x24(ckpt: Path, env: Path, demo_dataset: Path) -> None:
-    from ui_helpers import screen_text
-
-    app = app_for(env, "setup", draft=setup_draft(env, demo_dataset))
-    async with app.run_test(size=(80, 24)) as pilot:
-        for key, mode in (("f3", "setup"), ("f1", "models"), ("f2", "dataset"), ("f4", "monitor"), ("f5", "runs")):
-            await pilot.press(key)
-            await settle(pilot)
-            footer = screen_text(app).rstrip("\n").splitlines()[-1]
-            for fkey, name in (("F1", "Models"), ("F2", "Dataset"), ("F3", "Setup"), ("F4", "Monitor"), ("F5", "Runs")):
-                assert fkey.lower() in footer.lower() and name in footer, f"{mode}: {footer!r}"
-        await pilot.press("f3")
-        await settle(pilot)
-        footer = screen_text(app).rstrip("\n").splitlines()[-1]
-        assert "Start" in footer, footer  # the screen's own first key still fits
-
-
 async def test_runs_show_steps_and_best_at_80_columns(build_app, ui_settings, tmp_path: Path) -> None:
     from ui_helpers import make_run_dir, screen_text
 

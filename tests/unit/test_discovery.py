@@ -268,3 +268,71 @@ def test_gpus_with_the_real_package() -> None:
     assert isinstance(gpus, list)
     for gpu in gpus:
         assert gpu.total_mb > 0 and 0 <= gpu.used_mb <= gpu.total_mb
+
+
+OFFICIAL = {  # ACE_STEP.md §1.1: folder -> (variant, xl, alias)
+    "acestep-v15-turbo": ("turbo", False, "turbo"),
+    "acestep-v15-base": ("base", False, "base"),
+    "acestep-v15-sft": ("sft", False, "sft"),
+    "acestep-v15-turbo-shift1": ("turbo", False, "acestep-v15-turbo-shift1"),
+    "acestep-v15-turbo-shift3": ("turbo", False, "acestep-v15-turbo-shift3"),
+    "acestep-v15-turbo-continuous": ("turbo", False, "acestep-v15-turbo-continuous"),
+    "acestep-v15-xl-turbo": ("turbo", True, "xl-turbo"),
+    "acestep-v15-xl-base": ("base", True, "xl-base"),
+    "acestep-v15-xl-sft": ("sft", True, "xl-sft"),
+}
+
+
+def official_root(demo_paths: dict[str, str], root: Path) -> Path:
+    """An official checkpoint root (ACE_STEP.md §1.1) made of the demo writer's model folder under every
+    official name (config.json per family, the weights hard-linked), plus the shared folders."""
+    import os
+    import shutil
+
+    demo = Path(demo_paths["checkpoint_dir"]) / demo_paths["model_variant"]
+    for name in OFFICIAL:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for item in demo.iterdir():
+            if item.name == "config.json":
+                config = json.loads(item.read_text())
+                config["is_turbo"] = "turbo" in name
+                (folder / "config.json").write_text(json.dumps(config))
+            elif item.suffix == ".safetensors":
+                os.link(item, folder / item.name)
+            else:
+                shutil.copyfile(item, folder / item.name)
+    shutil.copyfile(Path(demo_paths["checkpoint_dir"]) / discovery.SILENCE_LATENT, root / discovery.SILENCE_LATENT)
+    (root / "vae").mkdir()
+    (root / "vae" / "config.json").write_text("{}")
+    (root / discovery.TEXT_ENCODER_DIR).mkdir()
+    (root / "acestep-5Hz-lm-1.7B").mkdir()  # the planner LM: never a training model
+    (root / "acestep-5Hz-lm-1.7B" / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    return root
+
+
+def test_official_root_from_the_demo_writer_lists_every_variant(demo_paths: dict[str, str], tmp_path: Path) -> None:
+    root = official_root(demo_paths, tmp_path / "checkpoints")
+    scan = discovery.scan_checkpoints(str(root))
+    assert scan.problems == () and all(scan.shared.values())
+    found = {m.name: (m.variant, m.xl, m.alias) for m in scan.models if m.ok and m.official}
+    assert found == OFFICIAL and len(scan.models) == len(OFFICIAL)
+    assert all(discovery.resolve_model_dir(str(root), alias) == str(root / name) for name, (_, _, alias) in OFFICIAL.items())
+
+    # Broken official folders are listed with what is wrong, never hidden (an interrupted download).
+    (root / "acestep-v15-turbo" / "config.json").write_text("")
+    (root / "acestep-v15-sft" / "config.json").write_text("{}")
+    (root / "acestep-v15-xl-base" / "config.json").unlink()
+    (root / "acestep-v15-base" / "model.safetensors").unlink()
+    (root / "acestep-v15-turbo-shift1").joinpath("config.json").write_text("{ not json")
+    models = {m.name: m for m in discovery.scan_checkpoints(str(root)).models}
+    assert set(models) == set(OFFICIAL)
+    assert {name: (m.variant, m.xl, m.alias) for name, m in models.items()} == OFFICIAL  # the name still tells
+    problems = {name: m.problems[0] for name, m in models.items() if m.problems}
+    assert problems == {
+        "acestep-v15-turbo": f"config.json is empty ({discovery.REFETCH})",
+        "acestep-v15-sft": f"config.json has neither auto_map nor model_type ({discovery.REFETCH})",
+        "acestep-v15-xl-base": f"no config.json ({discovery.REFETCH})",
+        "acestep-v15-base": "no weights (model.safetensors or model.safetensors.index.json)",
+        "acestep-v15-turbo-shift1": "config.json is unreadable (line 1: Expecting property name enclosed in double quotes)",
+    }

@@ -4,10 +4,12 @@
 standalone remote-code files, model.safetensors) and ``<root>/silence_latent.pt``, so the demo loads
 through the same ``AutoModel.from_pretrained(trust_remote_code=True)`` path as ACE-Step 1.5.
 ``write_demo_dataset`` writes per-sample ``.pt`` dicts in the format of ACE_STEP.md §4.1 plus an
-upstream-style ``manifest.json``. Each sample's latents mix a few fixed patterns (a level plus a
-sinusoid per channel) with weights its condition encodes; the tiny base is briefly pre-trained on
-other patterns, so an adapter's loss visibly falls within a few hundred steps. Every file is
-written atomically; ``setup_demo`` reuses what is already there and valid.
+upstream-style ``manifest.json``, the ``dataset.json`` (§5.8) the samples would come from and a
+``preprocess_meta.json`` naming the model they are for, as a real preprocessed folder has. Each
+sample's latents mix a few fixed patterns (a level plus a sinusoid per channel) with weights its
+condition encodes; the tiny base is briefly pre-trained on other patterns, so an adapter's loss
+visibly falls within a few hundred steps. Every file is written atomically; ``setup_demo`` reuses
+what is already there and valid.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine import fsutil
+from engine import fsutil, sidecars
 
 DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
 DEMO_VERSION = 3  # bump when the modeling file, sizes or data recipe change; forces a rewrite
@@ -35,6 +37,7 @@ SILENCE_FRAMES = 750  # 30 s: longer than any demo clip
 DEMO_DURATIONS = (3, 4, 5, 6, 8)  # seconds; varied so batches need bucketing
 DEFAULT_PRETRAIN_STEPS = 200
 PRETRAIN_SEED_OFFSET = 1000  # the base learns other patterns than the demo dataset's
+EPOCH = "1970-01-01T00:00:00"  # no wall-clock dates in the demo's files: a rewrite only changes what changed
 SIZES: dict[str, dict[str, Any]] = {
     # Trains in seconds on a CPU; same tree and interfaces as the real decoder.
     "tiny": dict(
@@ -261,8 +264,12 @@ def write_demo_dataset(
     silence_latent: str | os.PathLike | None = None,
     encoder_length: int = 48,
     durations: tuple[int, ...] = DEMO_DURATIONS,
+    model_variant: str = DEMO_FOLDER,
 ) -> str:
-    """Write ``n_samples`` training tensors (ACE_STEP.md §4.1) and ``manifest.json`` to ``out_dir``.
+    """Write ``n_samples`` training tensors (ACE_STEP.md §4.1) and ``manifest.json`` to ``out_dir``,
+    with the two files a real dataset folder has beside them: ``dataset.json`` (§5.8: one sample per
+    tensor, with the caption, genre, bpm, key ... the tensor's metadata holds; the songs are synthetic,
+    so ``audio_path`` is empty) and ``preprocess_meta.json`` (§4.2: made for ``model_variant``).
 
     ``hidden_size`` must match the model the data is for (default: the tiny demo's). The silence
     latent, when given, fills the context half of ``context_latents`` like real preprocessing.
@@ -279,7 +286,7 @@ def write_demo_dataset(
     else:
         silence = torch.zeros(SILENCE_FRAMES, 64)
 
-    samples, info = [], []
+    samples, info, entries = [], [], []
     for index in range(n_samples):
         duration = durations[index % len(durations)]
         frames = duration * LATENT_FPS
@@ -321,6 +328,7 @@ def write_demo_dataset(
             "metadata": metadata,
         }
         _atomic_torch_save(record, out / name)
+        entries.append(_dataset_entry(out, metadata))
         samples.append(name)
         info.append(
             {
@@ -338,7 +346,7 @@ def write_demo_dataset(
             "name": "sidestep-demo",
             "custom_tag": "",
             "tag_position": "prepend",
-            "created_at": "1970-01-01T00:00:00",
+            "created_at": EPOCH,
             "num_samples": n_samples,
             "all_instrumental": True,
             "genre_ratio": 0,
@@ -352,7 +360,31 @@ def write_demo_dataset(
         "seed": seed,
     }
     fsutil.write_json(out / "manifest.json", manifest)
+    document = sidecars.dataset_document(entries, name="sidestep-demo", tag="", tag_position="prepend", genre_ratio=0)
+    document["metadata"]["created_at"] = EPOCH
+    fsutil.write_json(out / sidecars.DATASET_FILE, document)
+    fsutil.write_json(
+        out / "preprocess_meta.json",
+        {
+            "schema_version": 1,
+            "created_at": EPOCH,
+            "updated_at": EPOCH,
+            "source": "sidestep demo: synthetic tensors (no audio)",
+            "dataset_json": str((out / sidecars.DATASET_FILE).resolve()),
+            "model_variant": model_variant,
+            "total": n_samples,
+            "processed": n_samples,
+            "failed": 0,
+        },
+    )
     return str(out)
+
+
+def _dataset_entry(out: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The ``dataset.json`` sample (§5.8) of one demo tensor, from the metadata the tensor carries."""
+    fields = {k: str(metadata[k]) for k in ("caption", "genre", "bpm", "keyscale", "timesignature", "lyrics")}
+    entry = sidecars.make_sample(str(out / metadata["filename"]), sidecars.Sidecar("key_value", fields), metadata["duration"])
+    return {**entry, "audio_path": "", "is_instrumental": metadata["is_instrumental"]}
 
 
 def _dataset_is_valid(dataset_dir: Path, n_samples: int, hidden: int) -> bool:
@@ -363,6 +395,7 @@ def _dataset_is_valid(dataset_dir: Path, n_samples: int, hidden: int) -> bool:
             and manifest.get("hidden_size") == hidden
             and manifest.get("num_samples") == n_samples
             and all((dataset_dir / name).is_file() for name in manifest["samples"])
+            and all((dataset_dir / name).is_file() for name in ("dataset.json", "preprocess_meta.json"))
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
