@@ -343,7 +343,10 @@ def _base_weights(ns: argparse.Namespace, folder: str) -> Any:
     from engine.adapters.export import BaseWeights
     from engine.models.loader import load_decoder
 
-    loaded = load_decoder(os.path.join(checkpoint_dir, variant), device=torch.device("cpu"), dtype=torch.float32)
+    from engine.discovery import resolve_model_dir  # a name under the checkpoint root, never a folder elsewhere
+
+    model_dir = resolve_model_dir(checkpoint_dir, variant)
+    loaded = load_decoder(model_dir, device=torch.device("cpu"), dtype=torch.float32)
     return BaseWeights.from_module(loaded.decoder)
 
 
