@@ -318,10 +318,10 @@ def find_model(root: str, variant: str) -> ModelInfo | None:
     return inspect_model_dir(path) if os.path.isdir(path) else None
 
 
-def resolve_model_dir(root: str, variant: str) -> str:
-    """The folder of ``variant`` under ``root`` (``model_folder``); ``DiscoveryError`` listing the
-    available variants when it is missing."""
-    folder = VARIANT_ALIASES.get(variant, variant)
+def check_model_name(root: str, variant: str) -> str:
+    """``model_folder(root, variant)``, or ``DiscoveryError`` (one line) when its code would run from
+    outside the checkpoint root: ``variant`` is a path, or the folder or one of its ``.py`` files is a
+    link out of the root. A folder that does not exist passes (``resolve_model_dir`` names it)."""
     if is_path(variant):
         raise DiscoveryError(
             f"model {variant!r} is a path; --model takes the name of a model folder under the checkpoint root {root} "
@@ -334,6 +334,14 @@ def resolve_model_dir(root: str, variant: str) -> str:
             f"model {variant!r}: {escape}; model code only runs from the checkpoint root you chose: "
             "move the folder (not a link) under it, or set --checkpoint-dir"
         )
+    return path
+
+
+def resolve_model_dir(root: str, variant: str) -> str:
+    """The folder of ``variant`` under ``root`` (``model_folder``); ``DiscoveryError`` listing the
+    available variants when it is missing."""
+    folder = VARIANT_ALIASES.get(variant, variant)
+    path = check_model_name(root, variant)
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     scan = scan_checkpoints(root)
