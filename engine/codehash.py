@@ -119,7 +119,8 @@ def check(model_dir: str | os.PathLike[str], *, record: bool = True, store: str 
     path = Path(store) if store is not None else store_path()
     folders, problem = _read_store(path)
     entry = folders.get(folder)
-    recorded = entry.get("files") if isinstance(entry, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    recorded = entry.get("files")
     if not isinstance(recorded, dict) or not isinstance(entry.get("first_seen"), (int, float)):
         if record and files and not problem:
             now = time.time()

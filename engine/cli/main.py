@@ -237,7 +237,9 @@ def cmd_runs(ns: argparse.Namespace) -> int:
         if r.comfyui_path:
             print(f"{'':50}-> {r.comfyui_path} (ComfyUI)")
         if one_run or len(r.history) > 1:  # each engine's go at the run: how it ended, and at which step
-            redone = f", {r.redone_steps} step(s) trained again after resuming from an earlier checkpoint" if r.redone_steps else ""
+            redone = (
+                f", {r.redone_steps} step(s) trained again after resuming from an earlier checkpoint" if r.redone_steps else ""
+            )
             print(f"{'':11}segments: {len(r.history)}{redone}")
             for seg in r.history:
                 print(f"{'':13}{segment_text(seg, r.total_steps)}")
@@ -341,9 +343,8 @@ def _base_weights(ns: argparse.Namespace, folder: str) -> Any:
     import torch
 
     from engine.adapters.export import BaseWeights
-    from engine.models.loader import load_decoder
-
     from engine.discovery import resolve_model_dir  # a name under the checkpoint root, never a folder elsewhere
+    from engine.models.loader import load_decoder
 
     model_dir = resolve_model_dir(checkpoint_dir, variant)
     loaded = load_decoder(model_dir, device=torch.device("cpu"), dtype=torch.float32)

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import torch
 
-from engine import config as cfgmod
 from engine import codehash, discovery, fsutil, layout, protocol
+from engine import config as cfgmod
 from engine.train import recipe
 
 log = logging.getLogger("sidestep.engine")

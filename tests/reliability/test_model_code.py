@@ -28,7 +28,11 @@ def _train_argv(demo_paths: dict[str, str], root: Path | str, model: str, out: P
 @pytest.mark.parametrize("kind", ["absolute", "dotdot"])
 def test_a_model_given_as_a_path_is_refused_before_the_run_folder_is_touched(demo_paths, tmp_path, capsys, kind) -> None:
     model_dir = os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"])
-    model = model_dir if kind == "absolute" else os.path.join("..", os.path.basename(demo_paths["checkpoint_dir"]), demo_paths["model_variant"])
+    model = (
+        model_dir
+        if kind == "absolute"
+        else os.path.join("..", os.path.basename(demo_paths["checkpoint_dir"]), demo_paths["model_variant"])
+    )
     out = tmp_path / "run"
     assert main(_train_argv(demo_paths, demo_paths["checkpoint_dir"], model, out)) != 0
     line = one_error(capsys)

@@ -49,12 +49,16 @@ def killed_then_resumed_from_an_earlier_checkpoint(run_dir: Path) -> Path:
     """Segment 1 trains to step 300 (checkpoint at 200) and is killed -9 (no end event); segment 2 resumes
     from step 200 and stops at 350; segment 3 resumes from the stop checkpoint and completes 400/400."""
     log = Events(run_dir).segment("run-a", 0).steps(1, 200)
-    log.add(protocol.CheckpointSaved(step=200, epoch=2, path=str(run_dir / "checkpoints" / "step_200"), kind="periodic", loss=0.5))
+    log.add(
+        protocol.CheckpointSaved(step=200, epoch=2, path=str(run_dir / "checkpoints" / "step_200"), kind="periodic", loss=0.5)
+    )
     log.steps(201, 300)
     log.segment("run-b", 200).steps(201, 350)
     log.add(protocol.RunFinished(status="stopped", steps=350, epochs=3, final_loss=0.4, best_loss=0.4, adapter_path="", wall_s=1))
     log.segment("run-c", 350).steps(351, 400)
-    log.add(protocol.RunFinished(status="completed", steps=400, epochs=4, final_loss=0.3, best_loss=0.3, adapter_path="", wall_s=1))
+    log.add(
+        protocol.RunFinished(status="completed", steps=400, epochs=4, final_loss=0.3, best_loss=0.3, adapter_path="", wall_s=1)
+    )
     return log.write()
 
 
