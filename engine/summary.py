@@ -182,11 +182,6 @@ def segments(s: Summary, last_how: str | None = None) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def redone_steps(s: Summary) -> int:
-    """Steps trained again after resuming from an earlier checkpoint, over the whole run."""
-    return sum(seg.redone for seg in segments(s))
-
-
 def segment_text(seg: Segment, total_steps: int = 0) -> str:
     """One line of a run's history: ``2  started 2026-11-30 14:05 from step 200, completed at step 400/400 (redid 100)``."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seg.started)) if seg.started else "?"
