@@ -10,11 +10,13 @@ skipped; names starting with ``acestep-v15-`` / ``acestep-v1-`` are official; th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from engine import codehash
 from engine.config import VARIANT_ALIASES
 
 SKIP_NAMES = frozenset({"vae", ".git", "__pycache__"})
@@ -283,6 +285,9 @@ def scan_checkpoints(root: str) -> ScanResult:
             continue
         info = inspect_model_dir(entry.path)
         if info is not None:
+            escape = codehash.outside_root(root, entry.path)
+            if escape:  # a link out of the root: its code would run from a folder the user never chose
+                info = dataclasses.replace(info, problems=(*info.problems, f"{escape}: refused (move the folder itself here)"))
             models.append(info)
     models.sort(key=lambda m: (not m.official, m.name))
 
@@ -306,6 +311,11 @@ def scan_checkpoints(root: str) -> ScanResult:
     )
 
 
+def is_path(variant: str) -> bool:
+    """``variant`` names a folder elsewhere (absolute, ``~``, ``..`` or with a separator), not a model name."""
+    return os.path.isabs(variant) or "/" in variant or "\\" in variant or variant.startswith("~") or variant in (".", "..")
+
+
 def model_folder(root: str, variant: str) -> str:
     """Where the model ``variant`` (an alias such as ``turbo`` / ``xl-sft``, or a fine-tune's folder
     name) lives under the checkpoint root ``root``: the one mapping of root + variant to a folder
@@ -322,11 +332,30 @@ def find_model(root: str, variant: str) -> ModelInfo | None:
     return inspect_model_dir(path) if os.path.isdir(path) else None
 
 
+def check_model_name(root: str, variant: str) -> str:
+    """``model_folder(root, variant)``, or ``DiscoveryError`` (one line) when its code would run from
+    outside the checkpoint root: ``variant`` is a path, or the folder or one of its ``.py`` files is a
+    link out of the root. A folder that does not exist passes (``resolve_model_dir`` names it)."""
+    if is_path(variant):
+        raise DiscoveryError(
+            f"model {variant!r} is a path; --model takes the name of a model folder under the checkpoint root {root} "
+            "(e.g. turbo, or a fine-tune's folder name): put the folder there"
+        )
+    path = model_folder(root, variant)
+    escape = codehash.outside_root(root, path) if os.path.isdir(path) else None
+    if escape:  # its code would run from a folder the user never chose as the checkpoint root
+        raise DiscoveryError(
+            f"model {variant!r}: {escape}; model code only runs from the checkpoint root you chose: "
+            "move the folder (not a link) under it, or set --checkpoint-dir"
+        )
+    return path
+
+
 def resolve_model_dir(root: str, variant: str) -> str:
     """The folder of ``variant`` under ``root`` (``model_folder``); ``DiscoveryError`` listing the
     available variants when it is missing."""
     folder = VARIANT_ALIASES.get(variant, variant)
-    path = model_folder(root, variant)
+    path = check_model_name(root, variant)
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     scan = scan_checkpoints(root)

@@ -31,7 +31,7 @@ import psutil
 
 from engine import layout, protocol
 from engine.layout import BEST_DIR, CHECKPOINT_META_FILE, CONFIG_FILE, ENGINE_FILE, EVENTS_FILE, FINAL_DIR
-from engine.summary import EMPTY, Summary, fold, fold_all
+from engine.summary import EMPTY, Segment, Summary, fold, fold_all, segments
 from engine.tailer import read_run_events
 
 STATUSES = ("running", "completed", "stopped", "failed", "died", "unknown", "not_started")
@@ -69,6 +69,8 @@ class RunSummary:
     best_step: int | None = None  # where best_loss (the adapter in best/) was saved
     best_epoch: int | None = None
     comfyui_path: str | None = None  # the single-file ComfyUI export inside adapter_path, when there is one
+    history: tuple[Segment, ...] = ()  # every segment, oldest first; the last one ends as ``status`` says
+    redone_steps: int = 0  # steps trained again after resuming from an earlier checkpoint
     # steps, epoch (1-based), best_loss, final_loss, error: as ``engine.summary.Summary`` defines them
 
     @property
@@ -109,6 +111,9 @@ def _digest_fast(path: str) -> _Digest:
         tail = [*tail[-1:], (number, raw)]
         match = _TYPE_RE.match(raw)
         kind = match.group(1).decode() if match else ""
+        if kind == "RunStarted":  # the last step and time of the segment this one follows
+            picked.extend(last_of.values())
+            last_of.clear()
         if kind in _ALL_KINDS or (kind == "LogRecord" and b'"error"' in raw):
             picked.append((number, raw))
         elif kind in _LAST_KINDS:
@@ -286,6 +291,7 @@ def summarize_run(run_dir: str) -> RunSummary:
     duration = max(0.0, end - started) if started is not None and end is not None else None
 
     adapter_path = _adapter_path(run_dir, s)
+    history = segments(s, last_how=status if not s.finished else None)
     run_name = config.get("run_name")
     name = run_name if isinstance(run_name, str) and run_name else folder
     return RunSummary(
@@ -312,6 +318,8 @@ def summarize_run(run_dir: str) -> RunSummary:
         segments=s.segments,
         best_step=s.best_step,
         best_epoch=s.best_epoch,
+        history=history,
+        redone_steps=sum(seg.redone for seg in history),
     )
 
 

@@ -37,18 +37,40 @@ Definitions
   segment finished (``final/``, or the stop checkpoint), else the path of the latest ``CheckpointSaved``.
 - **failure**: the ``RunFailed`` message (with its hint) that ended the last segment; ``last_error``: the
   last error log line of the last segment.
+- **history**: the run's earlier segments, closed (``Segment``); ``segments(summary)`` adds the last one.
+  A segment ends ``completed`` / ``stopped`` / ``failed`` by its end event, ``died`` when the next
+  ``RunStarted`` came without one, ``""`` while the last one is open. A ``RunFailed`` after the last
+  segment had ended (a resume that failed before its ``RunStarted``) is a segment of its own.
+- **redone steps**: steps a segment trained again because it resumed from a checkpoint older than the
+  furthest step an earlier segment reached: ``min(end_step, furthest before) - start_step`` when positive.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+import time
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from engine import protocol
 
 TERMINAL = ("completed", "stopped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One engine's go at a run (see ``segments``)."""
+
+    number: int  # 1-based, in the order they ran
+    run_id: str = ""
+    started: float | None = None  # ts of its RunStarted (or of the RunFailed of a start that failed)
+    ended: float | None = None  # ts of its last event
+    start_step: int = 0  # the step it resumed from (0: a fresh start)
+    end_step: int = 0  # the last optimizer step it reached
+    how: str = ""  # "completed" | "stopped" | "failed" | "died" | "" (the last one, still open)
+    message: str = ""  # the failure, for a failed one
+    redone: int = 0  # steps it trained again that an earlier segment had already reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +98,9 @@ class Summary:
     started: float | None = None  # ts of the run's first RunStarted
     last_ts: float | None = None  # ts of the latest event
     events: int = 0  # events folded
+    segment_start_step: int = 0  # where the last segment started
+    segment_started: float | None = None  # ts of the last segment's RunStarted
+    history: tuple[Segment, ...] = ()  # the earlier segments, closed (``segments`` adds the last)
 
     @property
     def finished(self) -> bool:
@@ -128,6 +153,49 @@ def _resumes(s: Summary, e: protocol.RunStarted) -> bool:
     return is_resume(e)
 
 
+def _closed(s: Summary, how: str | None = None) -> tuple[Segment, ...]:
+    """``s.history`` with the last segment appended as it stands (``died`` when it has no end event)."""
+    last = Segment(
+        number=len(s.history) + 1,
+        run_id=s.run_id,
+        started=s.segment_started,
+        ended=s.last_ts,
+        start_step=s.segment_start_step,
+        end_step=s.step,
+        how=how if how is not None else (s.status or "died"),
+        message=s.failure if s.status == "failed" else "",
+    )
+    return (*s.history, last)
+
+
+def segments(s: Summary, last_how: str | None = None) -> tuple[Segment, ...]:
+    """Every segment of the run, oldest first, with its redone steps; the last one ends ``last_how``
+    when given (``engine.runs`` knows whether an open one runs or died), else as the events say."""
+    if s.segments == 0:
+        return ()
+    out: list[Segment] = []
+    furthest = 0
+    for seg in _closed(s, last_how if last_how is not None else s.status):
+        redone = max(0, min(seg.end_step, furthest) - seg.start_step)
+        out.append(replace(seg, redone=redone))
+        furthest = max(furthest, seg.end_step)
+    return tuple(out)
+
+
+def segment_text(seg: Segment, total_steps: int = 0) -> str:
+    """One line of a run's history: ``2  started 2026-11-30 14:05 from step 200, completed at step 400/400 (redid 100)``."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seg.started)) if seg.started else "?"
+    start = f" from step {seg.start_step}" if seg.start_step else ""
+    how = {"": "open", "died": "died (no end event)"}.get(seg.how, seg.how)
+    at = f"{seg.end_step}/{total_steps}" if total_steps else str(seg.end_step)
+    text = f"{seg.number}  started {when}{start}, {how} at step {at}"
+    if seg.redone:
+        text += f" (redid {seg.redone} step{'s' if seg.redone != 1 else ''})"
+    if seg.message:
+        text += f": {seg.message}"
+    return text
+
+
 def _on_run_started(s: Summary, e: protocol.RunStarted) -> dict[str, Any]:
     segment = {
         "run_id": e.run_id or s.run_id,
@@ -141,10 +209,12 @@ def _on_run_started(s: Summary, e: protocol.RunStarted) -> dict[str, Any]:
         "failure": "",
         "last_error": "",
         "phase": "",  # until a Heartbeat or PhaseChanged says
+        "segment_start_step": e.start_step,
+        "segment_started": e.ts if e.ts > 0 else None,
     }
     if _resumes(s, e):
         # The run goes on: its best/ and what it wrote stay; how the previous segment ended is history.
-        return {**segment, "segments": s.segments + 1}
+        return {**segment, "segments": s.segments + 1, "history": _closed(s)}
     return {
         **{name: getattr(EMPTY, name) for name in _FIELDS},
         **segment,
@@ -181,6 +251,17 @@ def _changes(s: Summary, event: Any) -> dict[str, Any]:
                 "epoch": max(s.epoch, event.epochs),
                 "final_loss": s.final_loss if final is None else final,
                 "adapter_path": event.adapter_path or s.adapter_path,
+                "phase": "finished",
+            }
+        case protocol.RunFailed() if s.finished and s.segments:
+            # A go at the run that failed before its RunStarted (a resume refused late): a segment of its own.
+            return {
+                "history": _closed(s),  # ``segments`` still counts RunStarted (engines that started)
+                "segment_start_step": s.step,
+                "segment_started": event.ts if event.ts > 0 else None,
+                "status": "failed",
+                "step": max(s.step, event.step),
+                "failure": event.message + (f" ({event.hint})" if event.hint else ""),
                 "phase": "finished",
             }
         case protocol.RunFailed():

@@ -106,15 +106,20 @@ def model_badge(model) -> str:  # type: ignore[no-untyped-def]
     return variant_badge(family, xl=model.xl, official=model.official, base=model.base_model)
 
 
-def model_status(model) -> str:  # type: ignore[no-untyped-def]
-    return "✓ ok" if not model.problems else f"✗ {plural(len(model.problems), 'problem')}"
+def model_status(model, code=None) -> str:  # type: ignore[no-untyped-def]
+    """``✓ ok`` / ``✗ 2 problems``, and ``custom code`` when ``code`` (an ``engine.codehash.CodeReport``)
+    differs from what was first seen."""
+    status = "✓ ok" if not model.problems else f"✗ {plural(len(model.problems), 'problem')}"
+    if code is not None and code.custom:
+        status = "! custom code" if not model.problems else f"{status}, custom code"
+    return status
 
 
 def mu_sigma(mu: float | None, sigma: float | None) -> str:
     return f"{number(mu)} / {number(sigma)}"
 
 
-def model_row(model) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+def model_row(model, code=None) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     """Cells of the Models table: name, badge, official/custom, size, layers, hidden, mu/sigma, status."""
     return (
         model.name,
@@ -124,21 +129,35 @@ def model_row(model) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
         number(model.num_hidden_layers),
         number(model.hidden_size),
         mu_sigma(model.timestep_mu, model.timestep_sigma),
-        model_status(model),
+        model_status(model, code),
     )
 
 
 MODEL_COLUMNS = ("Model", "Variant", "Kind", "Size", "Layers", "Hidden", "μ / σ", "Status")
 
 
-def model_matches(model, query: str) -> bool:  # type: ignore[no-untyped-def]
+def model_matches(model, query: str, code=None) -> bool:  # type: ignore[no-untyped-def]
     """Type-to-filter: every word of ``query`` appears (case-insensitive) in the model's name, alias,
-    badge, kind or problems."""
-    haystack = " ".join((*model_row(model), model.alias, *model.problems)).lower()
+    badge, kind, status or problems."""
+    haystack = " ".join((*model_row(model, code), model.alias, *model.problems)).lower()
     return all(word in haystack for word in query.lower().split())
 
 
-def model_detail(model) -> str:  # type: ignore[no-untyped-def]
+def code_lines(code) -> list[str]:  # type: ignore[no-untyped-def]
+    """The model folder's Python files that run when it loads, with short sha256 hashes, and what
+    changed since they were first seen (an ``engine.codehash.CodeReport``). Nothing for a folder without code."""
+    lines: list[str] = []
+    for i, f in enumerate(code.files):
+        lines.append(f"{'code (runs)' if i == 0 else '':14}{f.name}  sha256 {f.short}")
+    if code.custom:
+        lines.append("! custom code: differs from what was first seen here")
+        lines += [f"  ! {w}" for w in code.warnings()]
+    if code.problem:
+        lines.append(f"! {code.problem}")
+    return lines
+
+
+def model_detail(model, code=None) -> str:  # type: ignore[no-untyped-def]
     lines = [
         f"{model.name}  [{model_badge(model)}, {'official' if model.official else 'custom'}]",
         f"path          {model.path}",
@@ -154,6 +173,8 @@ def model_detail(model) -> str:  # type: ignore[no-untyped-def]
         lines += [f"  ✗ {p}" for p in model.problems]
     else:
         lines.append("problems      none")
+    if code is not None:
+        lines += code_lines(code)
     return "\n".join(lines)
 
 

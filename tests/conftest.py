@@ -72,6 +72,19 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
     return (yield from _guarded(item))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs record model code hashes in the settings folder (engine/codehash.py): never the real ~/.config.
+    Child engines inherit it; UI tests still set their own per test."""
+    saved = os.environ.get("SIDESTEP_CONFIG_DIR")
+    os.environ["SIDESTEP_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if saved is None:
+        os.environ.pop("SIDESTEP_CONFIG_DIR", None)
+    else:
+        os.environ["SIDESTEP_CONFIG_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """{checkpoint_dir, model_variant, dataset_dir, output_root} of a tiny demo written once."""

@@ -225,12 +225,13 @@ def cmd_presets(ns: argparse.Namespace) -> int:
 
 def cmd_runs(ns: argparse.Namespace) -> int:
     from engine import runs
-    from engine.summary import loss_text
+    from engine.summary import loss_text, segment_text
 
     found = runs.scan_runs(ns.root)
     if not found:
         print(f"no runs under {os.path.abspath(ns.root)}")
         return 0
+    one_run = runs.is_run_dir(os.path.abspath(os.path.expanduser(ns.root)))  # `sidestep runs RUN_DIR`: its detail
     print(f"{'status':10} {'adapter':7} {'steps':>11} {'best':>8} {'final':>8}  path / adapter")
     for r in found:
         steps = f"{r.steps}/{r.total_steps}" if r.total_steps else str(r.steps)
@@ -240,6 +241,13 @@ def cmd_runs(ns: argparse.Namespace) -> int:
             print(f"{'':50}-> {r.adapter_path}")
         if r.comfyui_path:
             print(f"{'':50}-> {r.comfyui_path} (ComfyUI)")
+        if one_run or len(r.history) > 1:  # each engine's go at the run: how it ended, and at which step
+            redone = (
+                f", {r.redone_steps} step(s) trained again after resuming from an earlier checkpoint" if r.redone_steps else ""
+            )
+            print(f"{'':11}segments: {len(r.history)}{redone}")
+            for seg in r.history:
+                print(f"{'':13}{segment_text(seg, r.total_steps)}")
     return 0
 
 
@@ -340,9 +348,11 @@ def _base_weights(ns: argparse.Namespace, folder: str) -> Any:
     import torch
 
     from engine.adapters.export import BaseWeights
+    from engine.discovery import resolve_model_dir  # a name under the checkpoint root, never a folder elsewhere
     from engine.models.loader import load_decoder
 
-    loaded = load_decoder(os.path.join(checkpoint_dir, variant), device=torch.device("cpu"), dtype=torch.float32)
+    model_dir = resolve_model_dir(checkpoint_dir, variant)
+    loaded = load_decoder(model_dir, device=torch.device("cpu"), dtype=torch.float32)
     return BaseWeights.from_module(loaded.decoder)
 
 

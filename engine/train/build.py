@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from engine import codehash, discovery, fsutil, layout, protocol
 from engine import config as cfgmod
-from engine import discovery, fsutil, layout, protocol
 from engine.train import recipe
 
 log = logging.getLogger("sidestep.engine")
@@ -140,6 +140,12 @@ def build_run(
     from engine.train.optim import build_optimizer, build_scheduler
 
     model_dir = discovery.resolve_model_dir(config.checkpoint_dir, config.model_variant)
+    # First thing a run says: which Python files of the model folder will run, with their full hashes,
+    # and which of them differ from what was first seen there (engine/codehash.py).
+    code = codehash.check(model_dir)
+    bus.log("info", code.log_line())
+    for line in ([code.problem] if code.problem else []) + [f"custom code: {w}" for w in code.warnings()]:
+        bus.log("warning", line)
     config = cfgmod.resolve_variant_defaults(config, read_model_config(Path(model_dir)))
     if write_config:
         fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(config))

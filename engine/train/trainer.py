@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from engine import config as cfgmod
-from engine import fsutil, layout, protocol
+from engine import discovery, fsutil, layout, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
@@ -110,6 +110,8 @@ class Trainer:
         self.inbox.interrupt_now = True  # loading: a signal exits at once (nothing to save yet)
         pending: list[Any] = []
         try:
+            # Model code runs only from under the checkpoint root: refused before the run folder is touched.
+            discovery.check_model_name(self.config.checkpoint_dir, self.config.model_variant)
             resuming = self.config.resume_from is not None
             if resuming:
                 wanted = os.path.abspath(os.path.expanduser(self.config.output_dir))

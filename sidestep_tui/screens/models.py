@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
-from engine import acesrc, discovery
+from engine import acesrc, codehash, discovery
 
 from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
@@ -33,6 +33,7 @@ NARROW_COLUMNS = ("Model", "Variant", "Kind", "Size", "Status")
 @dataclass
 class ScanDone(Message):
     scan: discovery.ScanResult
+    code: dict[str, codehash.CodeReport]  # model path -> its Python files against the first-seen hashes
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ModelsScreen(Screen[None]):
         self.shown: list[discovery.ModelInfo] = []
         self._root: str | None = None
         self._acestep: dict[str, str | None] = {}  # model path -> where its code's `acestep` comes from
+        self._code: dict[str, codehash.CodeReport] = {}  # model path -> the code that runs when it loads
 
     def compose(self) -> ComposeResult:
         yield Static("", id="models-root")
@@ -97,7 +99,9 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="models-scan", name="models-scan", exit_on_error=False)
     def _scan(self, root: str) -> None:
-        self.post_message(ScanDone(discovery.scan_checkpoints(root)))
+        scan = discovery.scan_checkpoints(root)
+        # Hash each folder's .py files (small) and record the first-seen hashes: trust on first use.
+        self.post_message(ScanDone(scan, {m.path: codehash.check(m.path) for m in scan.models}))
 
     @work(thread=True, exclusive=True, group="models-gpus", name="models-gpus", exit_on_error=False)
     def _query_gpus(self) -> None:
@@ -106,6 +110,7 @@ class ModelsScreen(Screen[None]):
     @on(ScanDone)
     def _scan_done(self, message: ScanDone) -> None:
         self.scan = message.scan
+        self._code = message.code
         count = plural(len(message.scan.models), "model")
         self.query_one("#models-root", Static).update(f"Checkpoint root: {message.scan.root}  · {count}")
         self.query_one("#models-shared", Static).update(shared_status(message.scan.shared, message.scan.problems))
@@ -125,11 +130,11 @@ class ModelsScreen(Screen[None]):
         table = self.query_one(DataTable)
         query = self.query_one("#models-filter", Input).value
         models = self.scan.models if self.scan else ()
-        self.shown = [m for m in models if model_matches(m, query)]
+        self.shown = [m for m in models if model_matches(m, query, self._code.get(m.path))]
         # Narrow terminals get the columns that tell models apart; the detail panel has the rest.
         keep = [i for i, c in enumerate(MODEL_COLUMNS) if not self.has_class("-narrow") or c in NARROW_COLUMNS]
         columns = [MODEL_COLUMNS[i] for i in keep]
-        rows = [tuple(model_row(m)[i] for i in keep) for m in self.shown]
+        rows = [tuple(model_row(m, self._code.get(m.path))[i] for i in keep) for m in self.shown]
         # Explicit widths: DataTable's auto widths can keep a stale, narrower render of rows that
         # were drawn before its idle-time measuring (seen with Textual 8.2.8).
         widths = [max(len(c) for c in cells) for cells in zip(columns, *rows, strict=True)]
@@ -151,7 +156,8 @@ class ModelsScreen(Screen[None]):
 
     def _show_detail(self) -> None:
         model = self._highlighted()
-        text = model_detail(model) if model else ("No model matches the filter." if self.scan else "")
+        code = self._code.get(model.path) if model else None
+        text = model_detail(model, code) if model else ("No model matches the filter." if self.scan else "")
         if model is not None:
             # Stub model code imports ACE-Step's package: show which source the engine will use (or why none).
             if model.path not in self._acestep:

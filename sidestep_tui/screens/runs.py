@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Static
 from engine import config as cfgmod
 from engine import layout
 from engine.runs import RunSummary, scan_runs
-from engine.summary import loss_text
+from engine.summary import loss_text, segment_text
 from engine.tailer import read_run_events
 
 from .. import messages as m
@@ -56,8 +56,10 @@ def run_detail(r: RunSummary) -> str:
     lines = [f"{r.name}  [{r.status}]  {r.path}"]
     if r.best_loss is not None:
         lines.append(f"best {loss_text(r.best_loss)} (the adapter in best/, saved at epoch {r.best_epoch}, step {r.best_step})")
-    if r.segments > 1:
-        lines.append(f"resumed {r.segments - 1} time(s)")
+    if len(r.history) > 1:  # each engine's go at the run: when it started, how it ended, at which step
+        redone = f", {r.redone_steps} step(s) trained again (resumed from an earlier checkpoint)" if r.redone_steps else ""
+        lines.append(f"resumed {len(r.history) - 1} time(s){redone}:")
+        lines += [f"  {segment_text(seg, r.total_steps)}" for seg in r.history]
     if r.adapter_path:
         lines.append(f"adapter: {r.adapter_path}")
     if r.comfyui_path:
