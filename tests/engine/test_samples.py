@@ -24,15 +24,8 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def root(demo_paths, tmp_path_factory) -> str:
-    """The session demo model plus the demo VAE and text encoder, in a root of this module's own."""
-    from engine.models.demo.audio import write_demo_audio_components
-
-    root = tmp_path_factory.mktemp("samples")
-    for name in (demo_paths["model_variant"], "silence_latent.pt"):
-        os.symlink(os.path.join(demo_paths["checkpoint_dir"], name), root / name)
-    write_demo_audio_components(root)
-    return str(root)
+def root(demo_audio_root) -> str:
+    return demo_audio_root
 
 
 def train(values: dict) -> tuple[list, object]:
