@@ -91,7 +91,9 @@ def main() -> int:
         samplers.append((t1 - t0) / seconds)
         decodes.append((t2 - t1) / seconds)
         peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
-        print(f"repeat {repeat + 1}: {t2 - t0:.2f} s for {seconds:.1f} s of audio ({t1 - t0:.2f} sampler, {t2 - t1:.2f} decode){peak}")
+        print(
+            f"repeat {repeat + 1}: {t2 - t0:.2f} s for {seconds:.1f} s of audio ({t1 - t0:.2f} sampler, {t2 - t1:.2f} decode){peak}"
+        )
     print(
         f"{args.size} demo on {device} ({str(dtype).removeprefix('torch.')}), {args.steps} steps, guidance {args.guidance:g}: "
         f"median {statistics.median(totals):.3f} s per rendered second "
