@@ -586,6 +586,7 @@ class TrainConfig:
         "Logging",
         min=0,
         max=100000000,
+        advanced=True,
     )
     sample_prompts: str | None = _f(
         None,
