@@ -578,6 +578,37 @@ class TrainConfig:
     log_heavy_every: int = _f(
         50, "Heavy log every", "Timestep histogram and per-layer grad norms every N steps.", "Logging", min=1, max=1000000
     )
+    sample_every: int = _f(
+        0,
+        "Sample every",
+        "Render audio samples every N optimizer steps (0 = off); the base model is rendered once at step 0 "
+        "with the same prompts and seeds. Files: <output>/samples/step_<N>/, and TensorBoard.",
+        "Logging",
+        min=0,
+        max=100000000,
+        advanced=True,
+    )
+    sample_prompts: str | None = _f(
+        None,
+        "Sample prompts",
+        "A prompts file (one per line: plain text, or JSON with prompt, lyrics, duration, seed); "
+        "empty = up to 3 captions and lyrics from the dataset's own samples.",
+        "Logging",
+        kind="path",
+        advanced=True,
+    )
+    sample_duration: float = _f(
+        10.0, "Sample seconds", "Length of each rendered sample in seconds.", "Logging", min=1.0, max=600.0, advanced=True
+    )
+    sample_seed: int = _f(
+        42,
+        "Sample seed",
+        "Noise seed of the samples: the same seed every time, so checkpoints compare by ear.",
+        "Logging",
+        min=0,
+        max=2**31 - 1,
+        advanced=True,
+    )
 
     # derived values (methods, never stored)
     def effective_batch_size(self) -> int:

@@ -11,6 +11,7 @@ newest checkpoint" (stdlib only; DESIGN.md §4). Nothing else spells these names
       runs/                  TensorBoard
       checkpoints/<name>/    resumable: adapter files + training_state.pt + config.json + checkpoint.json
       best/  final/          adapter only (inference-ready) + config.json + checkpoint.json
+      samples/step_<N>/      audio rendered during training: <slug>.flac + <slug>.json (step 0 = the base model)
 
 A folder being written has a hidden temp name (``engine.fsutil``) and is never a checkpoint.
 """
@@ -33,6 +34,7 @@ BEST_DIR = "best"
 FINAL_DIR = "final"
 TRAINER_STATE_FILE = "training_state.pt"
 CHECKPOINT_META_FILE = "checkpoint.json"
+SAMPLES_DIR = "samples"
 
 
 def config_path(run_dir: str) -> str:
@@ -78,6 +80,11 @@ def step_checkpoint_name(step: int) -> str:
 
 def epoch_checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch}"
+
+
+def sample_dir(run_dir: str, step: int) -> str:
+    """Where the samples rendered after optimizer step ``step`` go (step 0: the base model)."""
+    return os.path.join(run_dir, SAMPLES_DIR, f"step_{step}")
 
 
 def best_dir(run_dir: str) -> str:

@@ -51,7 +51,9 @@ def _frozen(cls: type[_T]) -> type[_T]:
 
 # --------------------------------------------------------------------------- vocabularies
 
-Phase = Literal["idle", "loading_model", "preparing_data", "training", "paused", "saving", "preprocessing", "finished"]
+Phase = Literal[
+    "idle", "loading_model", "preparing_data", "training", "paused", "saving", "sampling", "preprocessing", "finished"
+]
 """What an engine is doing (``Heartbeat.phase``, ``PhaseChanged.phase``)."""
 RunStatus = Literal["completed", "stopped"]
 """How a job that did not fail ended (``RunFinished.status``)."""
@@ -260,6 +262,25 @@ class CheckpointSaved:
 
 
 @_frozen
+class SampleRendered:
+    """One audio sample rendered during training (``run_dir/samples/step_<N>/<slug>.flac`` + ``.json``).
+    Step 0 with ``adapter_scale`` 0 is the base model (the A side); later steps are the adapter."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    step: int
+    path: str  # the FLAC file; its JSON sidecar has the same name with .json
+    prompt: str
+    seed: int
+    duration_s: float
+    adapter_scale: float
+    wall_s: float
+    index: int = 1  # this prompt's number in the round (1-based)
+    total: int = 1  # prompts in the round
+
+
+@_frozen
 class LogRecord:
     run_id: str = ""
     seq: int = 0
@@ -345,6 +366,7 @@ Event = (
     | ResourceSample
     | TimestepHistogram
     | CheckpointSaved
+    | SampleRendered
     | LogRecord
     | RunPaused
     | RunResumed

@@ -37,6 +37,7 @@ from engine.protocol import (
     RunPaused,
     RunResumed,
     RunStarted,
+    SampleRendered,
     StepMetrics,
     TimestepHistogram,
 )
@@ -463,6 +464,8 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
             return {"checkpoints": _append_bounded(state.checkpoints, info, MAX_CHECKPOINTS)}
         case LogRecord():
             return {"log": _append_bounded(state.log, LogLine(event.ts, event.level, event.message), MAX_LOG_LINES)}
+        case SampleRendered():
+            return {"log": _append_bounded(state.log, LogLine(event.ts, "info", f"sample written: {event.path}"), MAX_LOG_LINES)}
         case RunPaused():
             return {"paused": True, "phase": "paused"}
         case RunResumed():

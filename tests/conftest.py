@@ -94,6 +94,19 @@ def demo_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return setup_demo(str(root))
 
 
+@pytest.fixture(scope="session")
+def demo_audio_root(demo_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A checkpoint root with the session's demo model (linked) plus the demo VAE and text encoder:
+    what generation and training samples need. The demo root itself stays as other tests expect it."""
+    from engine.models.demo.audio import write_demo_audio_components
+
+    root = tmp_path_factory.mktemp("demo-audio")
+    for name in (demo_paths["model_variant"], "silence_latent.pt"):
+        os.symlink(os.path.join(demo_paths["checkpoint_dir"], name), root / name)
+    write_demo_audio_components(root)
+    return str(root)
+
+
 @pytest.fixture
 def demo_config_values(demo_paths: dict[str, str], tmp_path) -> dict:
     """Config values for a short, fast CPU run on the demo (tests override what they exercise)."""

@@ -1,4 +1,4 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -417,6 +417,10 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
+    if ns.command == "generate":
+        from engine.cli.generate import run_generate_command
+
+        return run_generate_command(ns)
     handlers = {
         "train": cmd_train,
         "demo": cmd_demo,

@@ -151,6 +151,60 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep generate`` (the model flags share training's names)."""
+    parser.add_argument(
+        "-c", "--checkpoint-dir", required=True, metavar="ROOT", help="the checkpoint root (holds the model folders, vae/, ...)"
+    )
+    parser.add_argument(
+        "--model",
+        "--model-variant",
+        "-M",
+        dest="model_variant",
+        default="base",
+        metavar="VARIANT",
+        help="turbo, base, sft, xl-*, or a model folder's name under ROOT (default base)",
+    )
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="an adapter folder: a run's final/, best/ or checkpoints/<name>/, or a PEFT folder"
+    )
+    parser.add_argument(
+        "--adapter-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="adapter strength: 0 = the base model, 1 = as trained (default 1)",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", metavar="TEXT", help="the caption, e.g. 'warm ambient pad, slow attack'")
+    what.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="a batch: one prompt per line, plain text (the caption) or a JSON object with prompt, lyrics, duration, "
+        "seed, bpm, keyscale, timesignature; '#' lines are comments. Files: OUT_<n>.flac per line",
+    )
+    parser.add_argument("--lyrics", metavar="FILE", help="a lyrics text file (default [Instrumental])")
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds of audio (default 10)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="the noise seed: one seed, one sound (default 0)")
+    parser.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (default: turbo 8, base/sft 50)")
+    parser.add_argument("--shift", type=float, default=None, metavar="X", help="timestep shift (default: turbo 3, base/sft 1)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="X",
+        help="APG guidance scale for base/sft (default 7; 1 = off; turbo: off)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also render without the adapter at the same seed: OUT_base.flac beside OUT.flac"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS, help="default auto (bf16 on GPUs, fp32 on CPU)")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT.flac", help="the FLAC file to write (a JSON sidecar goes beside it)"
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -225,6 +279,9 @@ def build_parser() -> Parser:
     exp.add_argument("--model-variant", metavar="NAME", help="the model folder under --checkpoint-dir (default: the run's)")
 
     add_queue_arguments(command("queue", help="queue training runs and work through them unattended (default: list)"))
+    add_generate_arguments(
+        command("generate", help="render audio with a model and an optional adapter (the path training samples use)")
+    )
     add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
     add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
     return parser

@@ -67,6 +67,8 @@ def render(event: Any, summary: Summary | None = None) -> str | None:
         case protocol.CheckpointSaved():
             comfyui = f" (ComfyUI: {os.path.basename(event.comfyui_path)})" if event.comfyui_path else ""
             return f"saved {event.kind} checkpoint at step {event.step}: {event.path}{comfyui}"
+        case protocol.SampleRendered():
+            return f"sample written: {event.path}"
         case protocol.LogRecord():
             return f"{event.level}: {event.message}" if event.level != "info" else event.message
         case protocol.RunPaused():

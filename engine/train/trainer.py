@@ -33,6 +33,7 @@ from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggrega
 from engine.train import checkpoint as ckpt
 from engine.train import cruise, diskspace, ema, hooks, recipe, rundir, throughput
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
+from engine.train.samples import TrainingSampler
 
 log = logging.getLogger("sidestep.engine")
 MAX_BAD_WINDOWS = 10
@@ -79,6 +80,7 @@ class Trainer:
         self._ema: ema.AdapterEMA | None = None
         self._hook: hooks.PostCheckpointHook | None = None
         self._space: diskspace.SpaceWatch | None = None
+        self._sampler: TrainingSampler | None = None
         self._resume: tuple[str, dict[str, Any]] | None = None  # (checkpoint, training state), checked before the claim
         self._resume_notes: list[str] = []  # what --resume-from auto skipped, and why
         self._resume_newest: str | None = None  # the newest checkpoint when the resume was checked
@@ -154,6 +156,9 @@ class Trainer:
             self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
             self.inbox.interrupt_now = False  # from here a signal stops at a step boundary and saves
+            self._sampler = TrainingSampler.build(self.config, self.parts, lambda message: self.bus.log("info", message))
+            if self._sampler is not None and self.global_step == 0:
+                self._sample_round()  # the base model, the A side
             self.set_phase("training")
             status = self._train()
             final = self._finish(status)
@@ -175,6 +180,8 @@ class Trainer:
                 self._tb.close()
             if self._hook is not None:
                 self._hook.close()  # queued hooks report into this run's events.jsonl
+            if self._sampler is not None:
+                self._sampler.close()
             if buffer is not None:
                 self.bus.remove(buffer)  # a resume that never started: its events stay out of the folder
             if jsonl is not None:
@@ -358,7 +365,34 @@ class Trainer:
             )  # refused by a full disk, fits now
         if advanced and self._heavy_due():
             self._log_heavy()
+        if advanced and self._sampler is not None and self._sampler.due(self.global_step):
+            self._sample_round()
+            if self.inbox.state.stop_requested:  # a stop that came in while sampling: save now
+                agg.flush()
+                self.save_checkpoint("stop")
+                return "stopped"
         return None
+
+    def _sample_round(self) -> None:
+        """Render the samples of this step (phase "sampling i/n"); stop requests end the round early."""
+        p = self.parts
+        assert p is not None and self._sampler is not None
+        previous = self.phase
+
+        def should_stop() -> bool:
+            for job in self.inbox.poll():
+                self.bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
+            return self.inbox.state.stop_requested
+
+        self._sampler.render_round(
+            self.global_step,
+            p.run_dir,
+            emit=self.bus.emit,
+            set_phase=lambda detail: self.set_phase("sampling", detail),
+            tensorboard=self._tb,
+            should_stop=should_stop,
+        )
+        self.set_phase(previous)
 
     def _skip_window(self, agg: StepAggregator, bad_windows: int, what: str, fix: str) -> None:
         """A non-finite ``what`` poisoned this window: drop its gradients, report the skipped step (the

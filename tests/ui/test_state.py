@@ -173,6 +173,7 @@ def test_every_event_type_is_handled() -> None:
         p.ResourceSample: dict(device="cpu"),
         p.TimestepHistogram: dict(step=1, bin_edges=(0.0, 1.0), recent=(1,), cumulative=(1,), expected=(1.0,)),
         p.CheckpointSaved: dict(step=1, epoch=0, path="/c", kind="stop"),
+        p.SampleRendered: dict(step=1, path="/s.flac", prompt="x", seed=1, duration_s=1.0, adapter_scale=1.0, wall_s=1.0),
         p.LogRecord: dict(level="info", message="m"),
         p.RunPaused: dict(step=1),
         p.RunResumed: dict(step=1),
@@ -186,6 +187,7 @@ def test_every_event_type_is_handled() -> None:
     for i, (cls, kwargs) in enumerate(samples.items()):
         s = apply(s, cls(run_id="r", seq=i, ts=float(i), **kwargs))
     assert s.events_seen == len(p.EVENT_TYPES) and s.engine_stopping
+    assert any(line.message == "sample written: /s.flac" for line in s.log)  # the Monitor log shows samples
 
 
 def test_preprocess_progress_counts() -> None:
