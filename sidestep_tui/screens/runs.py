@@ -4,14 +4,17 @@ Open one to replay its curves (its events.jsonl folded through the same reducer 
 to a live one (read-only; stop = SIGTERM, which saves), or resume a stopped / failed / died one from its
 newest checkpoint in a freshly spawned engine, or export its adapter as one ComfyUI file (``sidestep export``
 in a child process: the UI never imports torch). Scanning, replay reading and exporting run in thread workers.
+A run that rendered audio samples while training also shows them (one row per prompt x step, the base model's
+first, then the newest step); Enter or ``l`` plays the highlighted one through a local player found on PATH.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -23,6 +26,7 @@ from textual.widgets import DataTable, Static
 from engine import config as cfgmod
 from engine import layout
 from engine.runs import RunSummary, scan_runs
+from engine.samples_index import Sample, find_player, player_names, scan_samples
 from engine.summary import loss_text, segment_text
 from engine.tailer import read_run_events
 
@@ -35,6 +39,35 @@ from ..widgets.footer import SidestepFooter
 # The figures that tell runs apart come right after the name: at 80 columns the rest is off to the right.
 COLUMNS = ("Run", "Status", "Steps", "Best", "Final", "Adapter", "Model", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
+SAMPLE_COLUMNS = ("Step", "Sample", "Seed", "Length", "Prompt")
+
+
+def sample_row(s: Sample) -> tuple[str, ...]:
+    return (
+        "base" if s.is_base else str(s.step),
+        s.slug,
+        "n/a" if s.seed is None else str(s.seed),
+        "n/a" if s.duration_s is None else f"{s.duration_s:.1f} s",
+        s.prompt or "n/a",
+    )
+
+
+def play_sample(path: str) -> str | None:
+    """Start the first player on PATH on ``path``, detached; None when it started, else the one-line reason."""
+    command = find_player()
+    if command is None:
+        return f"no audio player found ({player_names()}): copy {path}"
+    try:
+        subprocess.Popen(
+            [*command, path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"cannot start {os.path.basename(command[0])} ({exc}): copy {path}"
+    return None
 
 
 def run_row(r: RunSummary) -> tuple[str, ...]:
@@ -94,6 +127,7 @@ def replay_state(run_dir: str) -> RunState:
 @dataclass
 class RunsScanned(Message):
     runs: list[RunSummary]
+    samples: dict[str, list[Sample]] = field(default_factory=dict)  # run path -> its samples (runs with any)
 
 
 @dataclass
@@ -134,20 +168,27 @@ class RunsScreen(Screen[None]):
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="Resume from the newest checkpoint in a new engine"),
         Binding("x", "export", "Export", id="runs.export", tooltip="Write the adapter as one ComfyUI file"),
         Binding("g", "rescan", "Refresh", id="runs.refresh", tooltip="Scan the output root again"),
+        Binding("l", "listen", "Listen", id="runs.listen", tooltip="Play the highlighted sample (Enter in the Samples table too)"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.runs: list[RunSummary] = []
+        self.samples: dict[str, list[Sample]] = {}
+        self._shown_samples: list[Sample] = []
 
     def compose(self) -> ComposeResult:
         yield Static("", id="runs-title", markup=False)
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail", markup=False)
+        yield DataTable(id="samples-table", cursor_type="row", zebra_stripes=True)
         yield SidestepFooter()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(*COLUMNS)
+        self.query_one("#runs-table", DataTable).add_columns(*COLUMNS)
+        samples = self.query_one("#samples-table", DataTable)
+        samples.add_columns(*SAMPLE_COLUMNS)
+        samples.display = False
         self.action_rescan()
 
     def on_screen_resume(self) -> None:
@@ -165,13 +206,15 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="run-scan", name="run-scan", exit_on_error=False)
     def _scan(self, root: str) -> None:
-        self.post_message(RunsScanned(scan_runs(root)))
+        runs = scan_runs(root)
+        self.post_message(RunsScanned(runs, {r.path: found for r in runs if (found := scan_samples(r.path))}))
 
     @on(RunsScanned)
     def _show_runs(self, message: RunsScanned) -> None:
-        table = self.query_one(DataTable)
+        table = self.query_one("#runs-table", DataTable)
         selected = self.selected
         self.runs = message.runs
+        self.samples = message.samples
         table.clear()
         for r in self.runs:
             table.add_row(*run_row(r), key=r.path)
@@ -186,20 +229,52 @@ class RunsScreen(Screen[None]):
 
     @property
     def selected(self) -> RunSummary | None:
-        table = self.query_one(DataTable)
+        table = self.query_one("#runs-table", DataTable)
         if not self.runs or table.cursor_row < 0 or table.cursor_row >= len(self.runs):
             return None
         return self.runs[table.cursor_row]
 
-    @on(DataTable.RowHighlighted)
+    @property
+    def selected_samples(self) -> list[Sample]:
+        r = self.selected
+        return self.samples.get(r.path, []) if r is not None else []
+
+    @property
+    def selected_sample(self) -> Sample | None:
+        found = self.selected_samples
+        row = self.query_one("#samples-table", DataTable).cursor_row
+        return found[row] if 0 <= row < len(found) else None
+
+    @on(DataTable.RowHighlighted, "#runs-table")
     def _show_detail(self) -> None:
         r = self.selected
         self.query_one("#run-detail", Static).update(run_detail(r) if r else "")
+        table = self.query_one("#samples-table", DataTable)
+        found = self.selected_samples
+        if found != self._shown_samples:  # rebuilt only when they change: a rescan keeps the cursor
+            self._shown_samples = found
+            table.clear()
+            for s in found:
+                table.add_row(*sample_row(s))
+        table.display = bool(found)
         self.refresh_bindings()
 
-    @on(DataTable.RowSelected)
+    @on(DataTable.RowSelected, "#runs-table")
     def _row_selected(self) -> None:
         self.action_open()
+
+    @on(DataTable.RowSelected, "#samples-table")
+    def _sample_selected(self) -> None:
+        self.action_listen()
+
+    def action_listen(self) -> None:
+        if (s := self.selected_sample) is None:
+            return
+        problem = play_sample(s.path)
+        if problem is None:
+            self.notify(f"Playing {s.path}", timeout=5)
+        else:
+            self.notify(problem, severity="warning", timeout=20)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         r = self.selected if self.is_mounted else None
@@ -211,6 +286,8 @@ class RunsScreen(Screen[None]):
             return r is not None and r.status in RESUMABLE
         if action == "export":
             return r is not None and bool(r.adapter_path)
+        if action == "listen":
+            return r is not None and bool(self.samples.get(r.path))
         return True
 
     def action_open(self) -> None:
