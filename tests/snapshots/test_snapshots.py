@@ -123,3 +123,19 @@ def test_runs_screen(snap_compare, tmp_path, shown_runs_root, size) -> None:
         await wait_until(pilot, lambda: bool(getattr(pilot.app.screen, "runs", None)), 10.0, "the Runs screen's scan")
 
     assert snap_compare(build(tmp_path, mode="runs", settings=settings), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_runs_screen_with_samples(snap_compare, tmp_path, shown_runs_root, monkeypatch, size) -> None:
+    from test_runs_samples import add_samples
+
+    for name in ("demo-lora-stopped", "demo-lokr"):  # whichever is highlighted first shows its samples
+        add_samples(make_run_dir(shown_runs_root, name, config={"run_name": name}))
+    scan = runs_screen.scan_samples
+    monkeypatch.setattr(runs_screen, "scan_samples", lambda path: scan(str(tmp_path) + path[len(SHOWN_ROOT) :]))
+    settings = Settings(checkpoint_root=str(tmp_path / "ckpt"), output_root=f"{SHOWN_ROOT}/runs")
+
+    async def run_before(pilot) -> None:
+        await wait_until(pilot, lambda: pilot.app.screen.query_one("#samples-table").display, 10.0, "the Samples table")
+
+    assert snap_compare(build(tmp_path, mode="runs", settings=settings), terminal_size=size, run_before=run_before)
