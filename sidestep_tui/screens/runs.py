@@ -168,7 +168,9 @@ class RunsScreen(Screen[None]):
         Binding("r", "resume", "Resume", id="runs.resume", tooltip="Resume from the newest checkpoint in a new engine"),
         Binding("x", "export", "Export", id="runs.export", tooltip="Write the adapter as one ComfyUI file"),
         Binding("g", "rescan", "Refresh", id="runs.refresh", tooltip="Scan the output root again"),
-        Binding("l", "listen", "Listen", id="runs.listen", tooltip="Play the highlighted sample (Enter in the Samples table too)"),
+        Binding(
+            "l", "listen", "Listen", id="runs.listen", tooltip="Play the highlighted sample (Enter in the Samples table too)"
+        ),
     ]
 
     def __init__(self) -> None:

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from ui_helpers import footer_keys, make_run_dir, screen_text, wait_until
 from textual.widgets import DataTable
+from ui_helpers import footer_keys, make_run_dir, screen_text, wait_until
 
 from engine.samples_index import scan_samples
 from sidestep_tui.screens.runs import RunsScreen
@@ -39,8 +39,6 @@ def test_scan_samples_pins_the_base_then_newest_first_and_survives_bad_sidecars(
     assert broken.prompt == "" and broken.seed is None and os.path.isfile(broken.path)
     assert (found[1].prompt, found[1].seed, found[1].duration_s) == ("fast drums", 43, 2.0)
     assert scan_samples(str(tmp_path / "nowhere")) == []
-
-
 
 
 async def test_samples_table_lists_base_then_newest_and_says_when_no_player(
