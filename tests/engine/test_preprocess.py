@@ -102,6 +102,19 @@ def test_tensors_have_the_exact_format(processed, checkpoint):
         assert torch.equal(context[:, :64], silence[:T].to(torch.bfloat16))
         assert all(torch.isfinite(data[k].float()).all() for k in FINAL_KEYS - {"metadata"})
         assert meta["custom_tag"] == "trig" and meta["duration"] == round(samples / 48_000)
+    # L = prompt tokens + tokens of the lyrics in ACE-Step's inference template + 1 timbre token
+    from transformers import AutoTokenizer
+
+    from engine.audio.preprocess.samples import collect_jobs, format_lyrics, job_language, job_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(checkpoint, "Qwen3-Embedding-0.6B"))
+    jobs = collect_jobs(processed["config"])
+    for job in jobs.jobs:
+        data = torch.load(os.path.join(out, job.stem + ".pt"), weights_only=True)
+        prompt = job_prompt(job, jobs, data["metadata"]["duration"])
+        wrapped = format_lyrics(data["metadata"]["lyrics"], job_language(job))
+        expected = len(tokenizer(prompt)["input_ids"]) + len(tokenizer(wrapped)["input_ids"]) + 1
+        assert data["encoder_hidden_states"].shape[0] == expected, job.stem
     lyrics = {os.path.basename(f): torch.load(f, weights_only=True)["metadata"]["lyrics"] for f in files}
     assert lyrics["tone_a440.pt"].startswith("[Verse]\nthe night is long") and lyrics["chord_c_major.pt"] == "[Instrumental]"
 
