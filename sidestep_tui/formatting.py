@@ -221,7 +221,7 @@ def dataset_problems(report, model_variant: str | None = None, model_hidden: int
             f"! stale: preprocessed for {report.variant}, but the chosen model is {model_variant} (re-preprocess for this model)"
         )
     fmt = getattr(report, "tensor_format", None)
-    if fmt is not None and not fmt.current and report.samples:
+    if fmt is not None and fmt.recorded and not fmt.current and report.samples:  # no meta: the format line says so
         fix = (
             "made by a newer Side-Step; update it or preprocess again"
             if fmt.version > TENSOR_FORMAT

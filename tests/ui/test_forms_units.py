@@ -139,6 +139,8 @@ def test_dataset_summary_and_problems() -> None:
     current = dataclasses.replace(old, tensor_format=TensorFormat(2, "inference", recorded=True))
     assert "format          inference conditioning (format 2)" in fmt.dataset_summary(current)
     assert fmt.dataset_problems(current, "turbo", 2048) == []
+    unknown = dataclasses.replace(old, tensor_format=TensorFormat(1, "legacy", recorded=False))  # the demo: no meta
+    assert "legacy conditioning assumed" in fmt.dataset_summary(unknown) and fmt.dataset_problems(unknown, "turbo", 2048) == []
     empty = DatasetReport("d", 0, 0.0, 0.0, (), ((".", "no sample .pt files"),), None)
     assert "n/a" in fmt.dataset_summary(empty)
     assert fmt.dataset_problems(empty) == ["✗ no sample .pt files"]
