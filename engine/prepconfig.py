@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import PRECISIONS, ConfigError, FieldError, parse_schema
+from engine.ptinspect import CONDITIONING_MODES
 from engine.sidecars import TAG_POSITIONS
 
 SCHEMA_VERSION = 1
@@ -80,6 +81,13 @@ class PreprocessConfig:
     )
     genre_ratio: int = _f(
         0, "Genre ratio %", "Percent of samples prompted with their genre instead of the caption.", min=0, max=100
+    )
+    conditioning: str = _f(
+        "inference",
+        "Conditioning",
+        "inference (encode prompt and lyrics as ACE-Step does when generating: language header on the lyrics, no "
+        "padding tokens, silence-latent timbre) or legacy (the upstream trainer's format, for comparison).",
+        choices=CONDITIONING_MODES,
     )
     device: str = _f("auto", "Device", "auto (CUDA, else MPS, else CPU), cuda, cuda:N, mps or cpu.")
     precision: str = _f(

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ MANIFEST_FILE = "manifest.json"
 PREPROCESS_META_FILE = "preprocess_meta.json"
 SAMPLE_SUFFIX = ".pt"
 INTERMEDIATE_SUFFIX = ".tmp.pt"  # preprocessing's pass-1 output: never a sample
+# How the encoder states were conditioned (ACE_STEP.md §19, issue 9), recorded in preprocess_meta.json:
+# "inference" encodes prompt and lyrics as ACE-Step's inference does (lyrics wrapped in the language
+# header, no padding tokens, the silence latent as the timbre reference, states trimmed to their valid
+# tokens); "legacy" reproduces the upstream trainer (raw lyrics padded to 512, text padded to 256, zero
+# timbre). TENSOR_FORMAT versions the tensors: a meta without ``tensor_format`` (or no meta at all) is
+# format 1, always legacy conditioning.
+CONDITIONING_MODES = ("inference", "legacy")
+MIXED_CONDITIONING = "mixed"  # a folder holding files of both modes (see file_conditioning in the meta)
+TENSOR_FORMAT = 2
+LEGACY_TENSOR_FORMAT = 1
 
 _STORAGE_DTYPES = {
     "DoubleStorage": "float64",
@@ -280,6 +291,7 @@ class DatasetReport:
     variant: str | None  # model_variant from preprocess_meta.json
     hidden_size: int | None = None  # encoder_hidden_states width shared by the samples
     used_manifest: bool = False
+    tensor_format: TensorFormat | None = None  # from preprocess_meta.json (None only when the folder is missing)
 
     @property
     def ok(self) -> bool:
@@ -396,7 +408,7 @@ def _manifest_files(directory: str, problems: list[tuple[str, str]]) -> list[str
     return out
 
 
-def _read_variant(directory: str, problems: list[tuple[str, str]]) -> str | None:
+def _read_meta(directory: str, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
     path = os.path.join(directory, PREPROCESS_META_FILE)
     if not os.path.isfile(path):
         return None
@@ -406,8 +418,94 @@ def _read_variant(directory: str, problems: list[tuple[str, str]]) -> str | None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append((PREPROCESS_META_FILE, f"unreadable ({exc})"))
         return None
-    variant = meta.get("model_variant") if isinstance(meta, dict) else None
-    return variant if isinstance(variant, str) and variant else None
+    return meta if isinstance(meta, dict) else None
+
+
+def read_preprocess_meta(directory: str) -> dict[str, Any] | None:
+    """``preprocess_meta.json`` of a dataset folder as a dict; None when absent or unreadable."""
+    return _read_meta(os.path.expanduser(directory), [])
+
+
+@dataclass(frozen=True, slots=True)
+class TensorFormat:
+    """How a dataset folder's tensors were made, from its ``preprocess_meta.json``."""
+
+    version: int  # TENSOR_FORMAT, or LEGACY_TENSOR_FORMAT for folders made before versions existed
+    conditioning: str  # one of CONDITIONING_MODES, or the unknown value a newer version wrote
+    recorded: bool  # False: no preprocess_meta.json (another tool, or the synthetic demo tensors)
+    model_folder: str | None = None  # the model folder whose condition encoder made the states
+    source: str | None = None  # the audio folder or dataset.json they came from
+
+    @property
+    def current(self) -> bool:
+        return self.version == TENSOR_FORMAT and self.conditioning == "inference"
+
+    def label(self) -> str:
+        """``inference conditioning (format 2)``, ``legacy conditioning (format 1, before formats were recorded)``, ..."""
+        if not self.recorded:
+            return f"legacy conditioning assumed (no {PREPROCESS_META_FILE})"
+        if self.version == LEGACY_TENSOR_FORMAT:
+            return f"legacy conditioning (format {LEGACY_TENSOR_FORMAT}, before formats were recorded)"
+        return f"{self.conditioning} conditioning (format {self.version})"
+
+
+def _folder_name(path: str) -> str:
+    """The last component of a path written on any OS."""
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def tensor_format(meta: dict[str, Any] | None) -> TensorFormat:
+    """The ``TensorFormat`` a ``preprocess_meta.json`` dict records (None = no meta file)."""
+    if meta is None:
+        return TensorFormat(LEGACY_TENSOR_FORMAT, "legacy", recorded=False)
+    version = meta.get("tensor_format")
+    version = version if isinstance(version, int) and not isinstance(version, bool) else LEGACY_TENSOR_FORMAT
+    conditioning = meta.get("conditioning") if version != LEGACY_TENSOR_FORMAT else "legacy"
+    model_dir = meta.get("model_dir")
+    source = meta.get("source_audio_dir") or meta.get("dataset_json")
+    return TensorFormat(
+        version,
+        str(conditioning) if conditioning else "legacy",
+        recorded=True,
+        model_folder=_folder_name(str(model_dir)) if model_dir else None,
+        source=str(source) if source else None,
+    )
+
+
+LEGACY_WHAT = "raw lyrics, padding tokens in cross-attention, zero timbre: not what ACE-Step feeds at inference"
+
+
+def format_warnings(directory: str, model_folder: str | None = None) -> list[str]:
+    """One line per way a dataset folder's tensors differ from what training on ``model_folder``
+    should see: an old or legacy conditioning format, another model's condition encoder, a format
+    newer than this version. Each line names the fix. ``[]`` for current inference-format tensors."""
+    directory = os.path.expanduser(directory)
+    fmt = tensor_format(read_preprocess_meta(directory))
+    source = shlex.quote(fmt.source) if fmt.source else "AUDIO_FOLDER"
+    again = f"sidestep preprocess -i {source} -o NEW_FOLDER (--conditioning inference is the default)"
+    lines = []
+    if fmt.version > TENSOR_FORMAT or fmt.conditioning not in (*CONDITIONING_MODES, MIXED_CONDITIONING):
+        lines.append(
+            f"{directory}: tensor format {fmt.version} with {fmt.conditioning!r} conditioning comes from a newer Side-Step; "
+            f"update Side-Step or preprocess again: {again}"
+        )
+    elif not fmt.current:
+        if not fmt.recorded:
+            why = f"no {PREPROCESS_META_FILE}, so taken as the legacy conditioning format"
+        elif fmt.version == LEGACY_TENSOR_FORMAT:
+            why = "made by an older preprocessing in the legacy conditioning format"
+        elif fmt.conditioning == MIXED_CONDITIONING:
+            why = f"some files are in the legacy conditioning format (file_conditioning in {PREPROCESS_META_FILE})"
+        else:
+            why = "preprocessed with --conditioning legacy"
+        lines.append(f"{directory}: {why} ({LEGACY_WHAT}); to train as you will generate, preprocess again: {again}")
+    trained = _folder_name(model_folder) if model_folder else None
+    if trained and fmt.model_folder and fmt.model_folder != trained:
+        lines.append(
+            f"{directory}: tensors were made by the condition encoder of {fmt.model_folder}, but this run trains "
+            f"{trained}; preprocess again with --model {trained}"
+        )
+    return lines
 
 
 def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
@@ -416,7 +514,9 @@ def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
     problems: list[tuple[str, str]] = []
     if not os.path.isdir(directory):
         return DatasetReport(directory, 0, 0.0, 0.0, (), ((".", "dataset folder does not exist"),), None)
-    variant = _read_variant(directory, problems)
+    meta = _read_meta(directory, problems)
+    variant = meta.get("model_variant") if meta is not None else None
+    variant = variant if isinstance(variant, str) and variant else None
     paths = _manifest_files(directory, problems)
     used_manifest = paths is not None
     if paths is None:
@@ -460,4 +560,5 @@ def scan_dataset(directory: str, *, workers: int = 8) -> DatasetReport:
         variant=variant,
         hidden_size=common_width,
         used_manifest=used_manifest,
+        tensor_format=tensor_format(meta),
     )

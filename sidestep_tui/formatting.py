@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from engine.ptinspect import TENSOR_FORMAT
+
 NA = "n/a"
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
@@ -225,6 +227,9 @@ def dataset_summary(report, model_variant: str | None = None, model_hidden: int 
         + ("" if not model_variant else f"; chosen model {model_variant}"),
         f"index           {'manifest.json' if report.used_manifest else 'scan of *.pt'}",
     ]
+    fmt = getattr(report, "tensor_format", None)
+    if fmt is not None:
+        lines.insert(-1, f"format          {fmt.label()}")
     return "\n".join(lines)
 
 
@@ -236,6 +241,15 @@ def dataset_problems(report, model_variant: str | None = None, model_hidden: int
         lines.append(
             f"! stale: preprocessed for {report.variant}, but the chosen model is {model_variant} (re-preprocess for this model)"
         )
+    fmt = getattr(report, "tensor_format", None)
+    if fmt is not None and fmt.recorded and not fmt.current and report.samples:  # no meta: the format line says so
+        fix = (
+            "made by a newer Side-Step; update it or preprocess again"
+            if fmt.version > TENSOR_FORMAT
+            else "not what ACE-Step feeds at inference; preprocess the audio again into a new folder "
+            "(--conditioning inference is the default)"
+        )
+        lines.append(f"! {fmt.label()}: {fix}")
     if model_hidden and report.hidden_size and model_hidden != report.hidden_size:
         lines.append(f"! encoder_hidden_states width {report.hidden_size} differs from the model's hidden size {model_hidden}")
     return lines

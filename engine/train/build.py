@@ -15,6 +15,7 @@ import torch
 
 from engine import codehash, discovery, fsutil, layout, protocol
 from engine import config as cfgmod
+from engine.ptinspect import format_warnings
 from engine.train import recipe
 
 log = logging.getLogger("sidestep.engine")
@@ -159,6 +160,8 @@ def build_run(
             f"{dataset.root}: tensors were made for hidden size {dataset.hidden_size}, the model {config.model_variant} has "
             f"{model_hidden}: preprocess again with this model"
         )
+    for note in format_warnings(dataset.root, model_dir):  # legacy conditioning, another model's encoder
+        bus.log("warning", note)
     planner = build_planner(dataset, config)
     device = resolve_device(config.device)
     loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)

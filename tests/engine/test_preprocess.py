@@ -24,6 +24,7 @@ from engine import protocol
 from engine.audio.preprocess.pipeline import run_preprocess
 from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 from engine.models.demo.build import DEMO_FOLDER, demo_config, write_demo_checkpoint
+from engine.ptinspect import TENSOR_FORMAT, format_warnings
 
 FINAL_KEYS = {
     "target_latents",
@@ -91,17 +92,29 @@ def test_tensors_have_the_exact_format(processed, checkpoint):
         assert data["target_latents"].shape == (T, 64) and data["target_latents"].dtype == torch.bfloat16
         assert data["attention_mask"].shape == (T,) and data["attention_mask"].dtype == torch.bfloat16
         assert bool((data["attention_mask"] == 1).all())
-        assert data["encoder_hidden_states"].shape == (769, hidden) and data["encoder_hidden_states"].dtype == torch.bfloat16
-        mask = data["encoder_attention_mask"]
-        assert mask.shape == (769,) and mask.dtype == torch.bool
-        valid = int(mask.sum())
-        assert 2 < valid < 769 and bool(mask[:valid].all()) and not bool(mask[valid:].any())  # packed valid-first
+        states, mask = data["encoder_hidden_states"], data["encoder_attention_mask"]
+        L = states.shape[0]  # inference conditioning (the default): valid tokens only, no padding
+        assert states.shape == (L, hidden) and states.dtype == torch.bfloat16 and 2 < L < 769
+        assert mask.shape == (L,) and mask.dtype == torch.bool and bool(mask.all())
         context = data["context_latents"]
         assert context.shape == (T, 128) and context.dtype == torch.bfloat16
         assert bool((context[:, 64:] == 1).all())
         assert torch.equal(context[:, :64], silence[:T].to(torch.bfloat16))
         assert all(torch.isfinite(data[k].float()).all() for k in FINAL_KEYS - {"metadata"})
         assert meta["custom_tag"] == "trig" and meta["duration"] == round(samples / 48_000)
+    # L = prompt tokens + tokens of the lyrics in ACE-Step's inference template + 1 timbre token
+    from transformers import AutoTokenizer
+
+    from engine.audio.preprocess.samples import collect_jobs, format_lyrics, job_language, job_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(checkpoint, "Qwen3-Embedding-0.6B"))
+    jobs = collect_jobs(processed["config"])
+    for job in jobs.jobs:
+        data = torch.load(os.path.join(out, job.stem + ".pt"), weights_only=True)
+        prompt = job_prompt(job, jobs, data["metadata"]["duration"])
+        wrapped = format_lyrics(data["metadata"]["lyrics"], job_language(job))
+        expected = len(tokenizer(prompt)["input_ids"]) + len(tokenizer(wrapped)["input_ids"]) + 1
+        assert data["encoder_hidden_states"].shape[0] == expected, job.stem
     lyrics = {os.path.basename(f): torch.load(f, weights_only=True)["metadata"]["lyrics"] for f in files}
     assert lyrics["tone_a440.pt"].startswith("[Verse]\nthe night is long") and lyrics["chord_c_major.pt"] == "[Instrumental]"
 
@@ -117,6 +130,9 @@ def test_index_files_and_events(processed):
     assert meta["model_variant"] == DEMO_FOLDER and meta["normalize"] == "lufs" and meta["target_lufs"] == -14.0
     assert meta["custom_tag"] == "trig" and meta["processed"] == 6 and meta["failed"] == 0
     assert meta["storage_dtype"] == "bfloat16" and meta["config"]["audio_dir"] == processed["songs"]
+    assert meta["tensor_format"] == TENSOR_FORMAT and meta["conditioning"] == "inference"
+    assert meta["file_conditioning"] == {name: "inference" for name in manifest["samples"]}
+    assert format_warnings(out, DEMO_FOLDER) == []  # current format, same model: training says nothing
     for name, md5 in meta["checksums"].items():
         assert hashlib.md5(Path(out, name).read_bytes()).hexdigest() == md5
 
@@ -164,6 +180,7 @@ def test_produced_folder_trains(processed, checkpoint, tmp_path):
     assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "traceback", final)
     losses = [e.loss for e in events if isinstance(e, protocol.StepMetrics)]
     assert losses and all(math.isfinite(x) for x in losses)
+    assert not [e for e in events if isinstance(e, protocol.LogRecord) and "conditioning" in e.message]
 
 
 def test_vae_tiling_matches_one_call(checkpoint, monkeypatch):
@@ -179,6 +196,66 @@ def test_vae_tiling_matches_one_call(checkpoint, monkeypatch):
     tiled = encode.vae_encode(models, audio, sample=False)
     assert whole.shape == tiled.shape == (55, 64)
     assert torch.allclose(whole, tiled, atol=1e-4), (whole - tiled).abs().max()
+
+
+def test_conditioning_as_at_inference_and_legacy(checkpoint):
+    """``inference`` (the default, ACE_STEP.md §19): the prompt and the language-wrapped lyrics keep only their
+    true tokens (lyrics up to 2048), the timbre token comes from the silence latent's first 750 frames,
+    and the stored states are cut to their valid tokens. ``legacy``: text padded to 256, raw lyrics to
+    512, a zero timbre reference, all 769 positions kept."""
+    from engine.audio.preprocess import encode
+    from engine.audio.preprocess.samples import format_lyrics, format_prompt
+
+    cpu = torch.device("cpu")
+    m1 = encode.load_pass1(checkpoint, cpu, torch.float32)
+
+    def count(text: str) -> int:
+        return len(m1.tokenizer(text)["input_ids"])
+
+    prompt, lyrics = format_prompt("calm piano", bpm=90, duration=12), "[Verse]\nthe night is long"
+    wrapped = format_lyrics(lyrics, "en")
+    n_text, n_lyric, n_raw = count(prompt), count(wrapped), count(lyrics)
+    text, text_mask = encode.encode_text(m1, prompt)
+    lyric, lyric_mask = encode.encode_lyrics(m1, wrapped)
+    assert text.shape[:2] == text_mask.shape == (1, n_text) and bool((text_mask == 1).all())  # no padding token
+    assert lyric.shape[:2] == lyric_mask.shape == (1, n_lyric) and bool((lyric_mask == 1).all())
+    ids = m1.tokenizer(wrapped, return_tensors="pt")["input_ids"]
+    assert torch.equal(lyric, m1.text_encoder.get_input_embeddings()(ids))  # the embedding of exactly the template
+    old_text, old_text_mask = encode.encode_text(m1, prompt, "legacy")
+    old_lyric, old_lyric_mask = encode.encode_lyrics(m1, lyrics, "legacy")
+    assert old_text.shape[1] == 256 and int(old_text_mask.sum()) == n_text
+    assert old_lyric.shape[1] == 512 and int(old_lyric_mask.sum()) == n_raw
+    assert torch.allclose(text, old_text[:, :n_text], atol=1e-5)  # causal encoder: the pads only add states after
+    long = format_lyrics(" ".join(f"la{i % 97}" for i in range(250)), "en")
+    assert 512 < count(long) < 2048 and encode.encode_lyrics(m1, long)[0].shape[1] == count(long)  # 2048, not 512
+    longer = long * 4  # truncated where inference truncates
+    assert count(longer) > 2048 and encode.encode_lyrics(m1, longer)[0].shape[1] == 2048
+
+    m2 = encode.load_pass2(checkpoint, os.path.join(checkpoint, DEMO_FOLDER), cpu, torch.float32)
+    order = torch.zeros(1, dtype=torch.long)
+    silence_timbre = m2.encoder.timbre_encoder(m2.silence[:750][None], order)[0][0, 0]
+    zero_timbre = m2.encoder.timbre_encoder(torch.zeros(1, 1, 64), order)[0][0, 0]
+    assert not torch.allclose(silence_timbre, zero_timbre)
+    tmp = {
+        "text_hidden_states": text,
+        "text_attention_mask": text_mask,
+        "lyric_hidden_states": lyric,
+        "lyric_attention_mask": lyric_mask,
+    }
+    states, mask = encode.condition(m2, tmp)
+    assert states.shape[0] == mask.shape[0] == n_lyric + 1 + n_text and bool(mask.all())
+    assert torch.allclose(states[n_lyric], silence_timbre, atol=1e-5)  # packed: lyrics, timbre, text
+    padded = {
+        "text_hidden_states": old_text,
+        "text_attention_mask": old_text_mask,
+        "lyric_hidden_states": old_lyric,
+        "lyric_attention_mask": old_lyric_mask,
+    }
+    cut, cut_mask = encode.condition(m2, padded)  # padded inputs: the padding is cut off too
+    assert cut.shape[0] == cut_mask.shape[0] == n_raw + 1 + n_text and bool(cut_mask.all())
+    full, full_mask = encode.condition(m2, padded, "legacy")
+    assert full.shape[0] == full_mask.shape[0] == 769 and int(full_mask.sum()) == n_raw + 1 + n_text
+    assert torch.allclose(full[n_raw], zero_timbre, atol=1e-5) and not bool(full_mask[n_raw + 1 + n_text :].any())
 
 
 def _stop_after(stage: str, count: int):
@@ -264,8 +341,8 @@ def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys
 
     parser = argparse.ArgumentParser()
     add_preprocess_arguments(parser)
-    args = parser.parse_args(["-c", checkpoint, "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu"])
-    assert run_preprocess_command(args) == 1  # some files failed, the rest is done
+    argv = ["-c", checkpoint, "-M", DEMO_FOLDER, "-i", str(songs), "-o", str(out), "--device", "cpu", "--conditioning", "legacy"]
+    assert run_preprocess_command(parser.parse_args(argv)) == 1  # some files failed, the rest is done
     printed = capsys.readouterr().out
     failed_lines = [line for line in printed.splitlines() if "FAILED" in line]
     assert any("zero.wav" in line and "empty" in line for line in failed_lines), printed
@@ -273,6 +350,12 @@ def test_bad_files_are_reported_by_name_and_skipped(checkpoint, tmp_path, capsys
     assert [os.path.basename(p) for p in glob.glob(str(out / "*.pt"))] == ["good.pt"]
     meta = json.loads((out / "preprocess_meta.json").read_text())
     assert {f["file"] for f in meta["failures"]} == {"zero.wav", "truncated.flac"}
+    # --conditioning legacy: the upstream trainer's 769 padded positions, recorded, and training is warned
+    mask = torch.load(out / "good.pt", weights_only=True)["encoder_attention_mask"]
+    assert mask.shape == (769,) and 2 < int(mask.sum()) < 769
+    assert meta["conditioning"] == "legacy" and meta["tensor_format"] == TENSOR_FORMAT
+    (line,) = format_warnings(str(out), DEMO_FOLDER)
+    assert "--conditioning legacy" in line and f"sidestep preprocess -i {songs} -o NEW_FOLDER" in line
 
 
 def test_missing_components_fail_with_one_line(tmp_path, capsys):

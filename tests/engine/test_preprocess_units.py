@@ -12,7 +12,7 @@ from engine import prepconfig as pcfg
 from engine.audio.builder import AudioReadError
 from engine.audio.preprocess.audio import SAMPLE_RATE, load_audio
 from engine.audio.preprocess.normalize import LIMITER_CEILING_DB, db_to_gain, integrated_loudness, limit, normalize
-from engine.audio.preprocess.samples import apply_tag, collect_jobs, format_prompt, job_prompt
+from engine.audio.preprocess.samples import Job, apply_tag, collect_jobs, format_lyrics, format_prompt, job_language, job_prompt
 from engine.config import ConfigError
 
 RATE = SAMPLE_RATE
@@ -132,6 +132,21 @@ def test_prompt_template_and_tags():
     assert apply_tag("text", "t", "append") == "text, t"
     assert apply_tag("text", "t", "replace") == "t"
     assert apply_tag("text", "", "replace") == "text"
+
+
+def test_inference_lyrics_template_and_conditioning_setting():
+    """ACE-Step's inference lyric input (ACE_STEP.md §19): language header, lyrics, <|endoftext|>, nothing after."""
+    assert format_lyrics("[Verse]\nla la", "en") == "# Languages\nen\n\n# Lyric\n[Verse]\nla la<|endoftext|>"
+    assert format_lyrics("oh {yeah} {0}", "ja") == "# Languages\nja\n\n# Lyric\noh {yeah} {0}<|endoftext|>"  # braces kept
+    job = Job("s", "/a/s.wav", "s.wav", {"lyrics": "x"}, 1.0)
+    assert job_language(job) == "unknown"  # ACE-Step's value for an unknown language
+    job.sample["language"] = " de "
+    assert job_language(job) == "de"
+    base = {"checkpoint_dir": "/ck", "audio_dir": "/a", "output_dir": "/o"}
+    assert pcfg.parse(base).conditioning == "inference"  # new datasets match inference
+    assert pcfg.parse({**base, "conditioning": "legacy"}).conditioning == "legacy"
+    with pytest.raises(ConfigError, match=r"conditioning \(--conditioning\).*inference, legacy"):
+        pcfg.parse({**base, "conditioning": "padded"})
 
 
 def test_jobs_from_dataset_json_with_tags_and_genre(tmp_path):

@@ -57,6 +57,11 @@ def test_run_writes_a_complete_run_directory(demo_config_values):
     kinds = [type(e).__name__ for e in on_disk]
     assert kinds.index("RunStarted") < kinds.index("StepMetrics") < kinds.index("RunFinished")
     assert "TimestepHistogram" in kinds
+    # the demo tensors record no conditioning format: one warning, naming the fix, in the events and the log
+    (warned,) = [e for e in on_disk if isinstance(e, protocol.LogRecord) and "conditioning" in e.message]
+    assert warned.level == "warning" and "legacy conditioning" in warned.message and "sidestep preprocess -i" in warned.message
+    with open(os.path.join(run_dir, "sidestep.log"), encoding="utf-8") as fh:
+        assert fh.read().count(warned.message) == 1
     hist = next(e for e in on_disk if isinstance(e, protocol.TimestepHistogram))
     assert sum(hist.recent) > 0 and abs(sum(hist.expected) - 1) < 1e-6
     # TensorBoard: scalars and the timestep histogram (logged for every loss weighting)

@@ -11,7 +11,7 @@ import pytest
 
 from engine import config as cfg
 from engine.discovery import GpuInfo, ModelInfo
-from engine.ptinspect import DatasetReport
+from engine.ptinspect import DatasetReport, TensorFormat
 from sidestep_tui import formatting as fmt
 from sidestep_tui import forms
 from sidestep_tui.widgets.path_input import check_directory, complete_path
@@ -132,6 +132,15 @@ def test_dataset_summary_and_problems() -> None:
     assert problems[1].startswith("! stale: preprocessed for acestep-v15-turbo, but the chosen model is base")
     assert fmt.dataset_problems(report, "turbo", 2048) == problems[:1]  # alias and folder name agree
     assert "width 2048 differs" in fmt.dataset_problems(report, "turbo", 128)[-1]
+    old = dataclasses.replace(report, problems=(), tensor_format=TensorFormat(1, "legacy", recorded=True))
+    assert "format          legacy conditioning (format 1, before formats were recorded)" in fmt.dataset_summary(old)
+    (line,) = fmt.dataset_problems(old, "turbo", 2048)
+    assert line.startswith("! legacy conditioning (format 1") and "--conditioning inference" in line
+    current = dataclasses.replace(old, tensor_format=TensorFormat(2, "inference", recorded=True))
+    assert "format          inference conditioning (format 2)" in fmt.dataset_summary(current)
+    assert fmt.dataset_problems(current, "turbo", 2048) == []
+    unknown = dataclasses.replace(old, tensor_format=TensorFormat(1, "legacy", recorded=False))  # the demo: no meta
+    assert "legacy conditioning assumed" in fmt.dataset_summary(unknown) and fmt.dataset_problems(unknown, "turbo", 2048) == []
     empty = DatasetReport("d", 0, 0.0, 0.0, (), ((".", "no sample .pt files"),), None)
     assert "n/a" in fmt.dataset_summary(empty)
     assert fmt.dataset_problems(empty) == ["✗ no sample .pt files"]

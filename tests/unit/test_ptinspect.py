@@ -206,6 +206,49 @@ def test_scan_a_good_dataset(tmp_path: Path) -> None:
     assert report.total_seconds == pytest.approx((50 + 100 + 250) / 25)
     assert report.longest_seconds == pytest.approx(10.0)
     assert report.variant == "turbo" and report.hidden_size == 32 and not report.used_manifest
+    assert report.tensor_format == ptinspect.TensorFormat(1, "legacy", recorded=True)  # a meta from before format versions
+
+
+def _meta(folder: Path, **fields) -> None:
+    (folder / "preprocess_meta.json").write_text(json.dumps(fields))
+
+
+def test_conditioning_format_warnings(tmp_path: Path) -> None:
+    """The decision behind the training warning (issue 9): only current inference-format tensors made
+    by the model being trained pass; every other case is one line that names how to preprocess again."""
+    current = {"tensor_format": ptinspect.TENSOR_FORMAT, "conditioning": "inference", "model_dir": "/m/acestep-v15-base"}
+    cases = {
+        "no_meta": None,  # the demo tensors, ACE-Step's or Side-Step's own: no format recorded
+        "v1": {"model_variant": "base", "source_audio_dir": "/my songs"},  # this project before formats were recorded
+        "legacy": {**current, "conditioning": "legacy"},
+        "mixed": {**current, "conditioning": ptinspect.MIXED_CONDITIONING},
+        "newer": {**current, "tensor_format": ptinspect.TENSOR_FORMAT + 1},
+        "current": current,
+    }
+    lines = {}
+    for name, fields in cases.items():
+        (tmp_path / name).mkdir()
+        if fields is not None:
+            _meta(tmp_path / name, **fields)
+        lines[name] = ptinspect.format_warnings(str(tmp_path / name), "/ckpt/acestep-v15-base/")
+    assert lines["current"] == []
+    for name in ("no_meta", "v1", "legacy", "mixed", "newer"):
+        assert len(lines[name]) == 1 and "\n" not in lines[name][0], name
+        assert lines[name][0].startswith(str(tmp_path / name) + ": ") and "sidestep preprocess -i " in lines[name][0], name
+    assert "legacy conditioning" in lines["no_meta"][0] and "AUDIO_FOLDER" in lines["no_meta"][0]
+    assert "older preprocessing" in lines["v1"][0] and "-i '/my songs' -o" in lines["v1"][0]  # the source, quoted
+    assert "--conditioning legacy" in lines["legacy"][0] and "file_conditioning" in lines["mixed"][0]
+    assert "newer Side-Step" in lines["newer"][0]
+    # another model's condition encoder made the states: its own line, with the fix
+    other = ptinspect.format_warnings(str(tmp_path / "current"), "acestep-v15-turbo")
+    assert other == [
+        f"{tmp_path / 'current'}: tensors were made by the condition encoder of acestep-v15-base, but this run trains "
+        "acestep-v15-turbo; preprocess again with --model acestep-v15-turbo"
+    ]
+    assert ptinspect.format_warnings(str(tmp_path / "current")) == []  # no model given: no model check
+    labels = {n: ptinspect.tensor_format(ptinspect.read_preprocess_meta(str(tmp_path / n))).label() for n in cases}
+    assert labels["current"] == "inference conditioning (format 2)" and labels["legacy"] == "legacy conditioning (format 2)"
+    assert labels["no_meta"].startswith("legacy conditioning assumed") and "format 1" in labels["v1"]
 
 
 def test_scan_reports_each_bad_file(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ from engine.ptinspect import LATENT_CHANNELS
 from engine.sidecars import error_line
 
 TEXT_MAX_LENGTH = 256
-LYRICS_MAX_LENGTH = 512
+LYRICS_MAX_LENGTH = 512  # legacy (the upstream trainer); inference allows 2048 (ACE_STEP.md §19)
+INFERENCE_LYRICS_MAX_LENGTH = 2048
+TIMBRE_FRAMES = 750  # inference's text2music timbre reference: the first 750 frames of the silence latent
 TILE_SECONDS = 30.0  # VAE window; 15 s on GPUs with <= 8 GB (§5.2)
 TILE_OVERLAP_SECONDS = 2.0  # context on each side of a window's kept core, discarded after encoding
 
@@ -132,23 +134,29 @@ def vae_encode(
     return out
 
 
-def _tokenize(models: Pass1Models, text: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = models.tokenizer(text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+def _tokenize(models: Pass1Models, text: str, max_length: int, *, pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pad``: padded to ``max_length`` (legacy); else only the true tokens, as ACE-Step's inference
+    tokenizes one sample (``padding="longest"``). Both truncate at ``max_length``."""
+    padding = "max_length" if pad else "longest"
+    enc = models.tokenizer(text, padding=padding, max_length=max_length, truncation=True, return_tensors="pt")
     return enc["input_ids"].to(models.device), enc["attention_mask"].to(models.device)
 
 
 @torch.no_grad()
-def encode_text(models: Pass1Models, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full text encoder on the padded prompt (no attention mask, as upstream): ``[1, 256, H]``, ``[1, 256]``."""
-    ids, mask = _tokenize(models, prompt, TEXT_MAX_LENGTH)
+def encode_text(models: Pass1Models, prompt: str, conditioning: str = "inference") -> tuple[torch.Tensor, torch.Tensor]:
+    """Full text encoder on the prompt's ids (no attention mask, as upstream): ``[1, n, H]``, ``[1, n]``
+    with n = its tokens (at most 256) for ``inference``, n = 256 (padded) for ``legacy``."""
+    ids, mask = _tokenize(models, prompt, TEXT_MAX_LENGTH, pad=conditioning == "legacy")
     hidden = models.text_encoder(input_ids=ids).last_hidden_state
     return hidden.to(models.dtype).cpu(), mask.to(models.dtype).cpu()
 
 
 @torch.no_grad()
-def encode_lyrics(models: Pass1Models, lyrics: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lyrics through the token-embedding table only: ``[1, 512, H]``, ``[1, 512]``."""
-    ids, mask = _tokenize(models, lyrics, LYRICS_MAX_LENGTH)
+def encode_lyrics(models: Pass1Models, lyrics: str, conditioning: str = "inference") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lyrics through the token-embedding table only. ``inference``: ``lyrics`` is already wrapped by
+    ``samples.format_lyrics``, up to 2048 tokens, unpadded; ``legacy``: raw, padded to 512."""
+    legacy = conditioning == "legacy"
+    ids, mask = _tokenize(models, lyrics, LYRICS_MAX_LENGTH if legacy else INFERENCE_LYRICS_MAX_LENGTH, pad=legacy)
     hidden = models.text_encoder.get_input_embeddings()(ids)
     return hidden.to(models.dtype).cpu(), mask.to(models.dtype).cpu()
 
@@ -231,10 +239,18 @@ def load_pass2(checkpoint_dir: str, model_dir: str, device: torch.device, dtype:
 
 
 @torch.no_grad()
-def condition(models: Pass2Models, tmp: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the condition encoder on pass-1 outputs: ``[L, hidden]`` states and ``[L]`` bool mask."""
+def condition(models: Pass2Models, tmp: dict[str, Any], conditioning: str = "inference") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the condition encoder on pass-1 outputs: ``[L, hidden]`` states and ``[L]`` bool mask.
+
+    ``inference``: the timbre reference is ``silence[:750]`` (order mask ``[0]``), as ACE-Step's
+    text2music inference passes it, and the packed output (valid tokens first) is cut to its valid
+    tokens, so L = text + lyric tokens + 1 and the file holds no padding. ``legacy``: a zero
+    ``[1, 1, 64]`` reference and the full padded length (upstream trainer, 769 tokens on the 2B)."""
     d, t = models.device, models.dtype
-    refer = torch.zeros(1, 1, LATENT_CHANNELS, device=d, dtype=t)  # text2music: no timbre reference
+    if conditioning == "legacy":
+        refer = torch.zeros(1, 1, LATENT_CHANNELS, device=d, dtype=t)  # the upstream trainer: no timbre reference
+    else:
+        refer = models.silence[:TIMBRE_FRAMES].unsqueeze(0).to(d, t)
     order = torch.zeros(1, device=d, dtype=torch.long)
     states, mask = models.encoder(
         text_hidden_states=tmp["text_hidden_states"].to(d, t),
@@ -244,7 +260,11 @@ def condition(models: Pass2Models, tmp: dict[str, Any]) -> tuple[torch.Tensor, t
         refer_audio_acoustic_hidden_states_packed=refer,
         refer_audio_order_mask=order,
     )
-    return states[0].float().cpu(), mask[0].to(torch.bool).cpu()
+    states, mask = states[0].float().cpu(), mask[0].to(torch.bool).cpu()
+    if conditioning != "legacy":
+        valid = int(mask.sum())
+        states, mask = states[:valid].contiguous(), mask[:valid].clone()
+    return states, mask
 
 
 def context_latents(silence: torch.Tensor, frames: int) -> torch.Tensor:

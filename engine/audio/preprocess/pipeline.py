@@ -32,9 +32,9 @@ from engine import fsutil
 from engine import prepconfig as cfgmod
 from engine.audio.builder import AudioReadError
 from engine.audio.preprocess.output import now, read_json, save_tensors, write_manifest
-from engine.audio.preprocess.samples import Job, JobList, collect_jobs, job_prompt
+from engine.audio.preprocess.samples import Job, JobList, collect_jobs, format_lyrics, job_language, job_prompt
 from engine.protocol import FileStatus, PreprocessProgress, PreprocessStage
-from engine.ptinspect import INTERMEDIATE_SUFFIX
+from engine.ptinspect import INTERMEDIATE_SUFFIX, MIXED_CONDITIONING, TENSOR_FORMAT
 from engine.ptinspect import PREPROCESS_META_FILE as META
 from engine.sidecars import error_line
 
@@ -83,6 +83,8 @@ class _Run:
         self.checksums: dict[str, str] = dict(self.previous.get("checksums") or {})
         self.fingerprints: dict[str, str] = dict(self.previous.get("fingerprints") or {})
         self.written: set[str] = set()  # final files written by this call
+        # Conditioning of every final file; files from before formats were recorded are legacy.
+        self.conditioning: dict[str, str] = dict(self.previous.get("file_conditioning") or {})
 
     def emit(
         self,
@@ -225,6 +227,7 @@ def _settings(config: cfgmod.PreprocessConfig, jobs: JobList, model_dir: str) ->
         "custom_tag": jobs.metadata["custom_tag"],
         "tag_position": jobs.metadata["tag_position"],
         "genre_ratio": jobs.metadata["genre_ratio"],
+        "conditioning": config.conditioning,
     }
 
 
@@ -235,6 +238,7 @@ def _fingerprint(settings: dict[str, Any], job: Job, jobs: JobList) -> str:
         "audio": [job.audio_path, stat.st_size, int(stat.st_mtime)],
         "prompt": job_prompt(job, jobs, 0),
         "lyrics": job.sample.get("lyrics"),
+        "language": job_language(job) if settings["conditioning"] == "inference" else None,
     }
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
@@ -310,8 +314,10 @@ def _pass1(run: _Run, jobs: JobList, todo: list[Job], models: Any, fingerprints:
                 raise ValueError("the VAE produced NaN/Inf latents")
             prompt = job_prompt(job, jobs, duration)
             lyrics = str(job.sample.get("lyrics") or "[Instrumental]")
-            text, text_mask = encode.encode_text(models, prompt)
-            lyric, lyric_mask = encode.encode_lyrics(models, lyrics)
+            mode = cfg.conditioning
+            lyric_text = lyrics if mode == "legacy" else format_lyrics(lyrics, job_language(job))
+            text, text_mask = encode.encode_text(models, prompt, mode)
+            lyric, lyric_mask = encode.encode_lyrics(models, lyric_text, mode)
         except AudioReadError as exc:
             _fail(run, "pass1", index, total, job, exc.reason)
             continue
@@ -373,7 +379,7 @@ def _pass2(run: _Run, jobs: JobList, todo: list[Job], models: Any, total: int) -
             _fail(run, "pass2", index, total, job, f"unreadable intermediate ({_reason(exc)}); run again to redo it")
             continue
         try:
-            states, mask = encode.condition(models, tmp)
+            states, mask = encode.condition(models, tmp, run.config.conditioning)
             frames = int(tmp["latent_length"])
             record = {
                 "target_latents": tmp["target_latents"].to(torch.bfloat16),
@@ -390,6 +396,7 @@ def _pass2(run: _Run, jobs: JobList, todo: list[Job], models: Any, total: int) -
             continue
         run.checksums[job.stem + ".pt"] = save_tensors(record, run.path(job))
         run.written.add(job.stem + ".pt")
+        run.conditioning[job.stem + ".pt"] = run.config.conditioning
         run.fingerprints[job.stem + ".pt"] = tmp["fingerprint"]
         os.remove(tmp_path)
         run.summary.processed += 1
@@ -413,6 +420,9 @@ def _write_index(run: _Run, jobs: JobList, settings: dict[str, Any], dtype: str,
     """``manifest.json`` and ``preprocess_meta.json`` for every finished file of this job list."""
     names = [job.stem + ".pt" for job in jobs.jobs if os.path.isfile(run.path(job))]
     write_manifest(run.out, names, jobs.metadata, rewritten=run.written, checksums=run.checksums)
+    per_file = {n: run.conditioning.get(n, "legacy") for n in names}
+    modes = set(per_file.values())
+    conditioning = modes.pop() if len(modes) == 1 else MIXED_CONDITIONING if modes else run.config.conditioning
     meta = {
         "schema_version": 1,
         "created_at": run.previous.get("created_at") or now(),
@@ -421,6 +431,9 @@ def _write_index(run: _Run, jobs: JobList, settings: dict[str, Any], dtype: str,
         "source_audio_dir": run.config.audio_dir,
         "dataset_json": run.config.dataset_json,
         **settings,
+        "conditioning": conditioning,  # of the files in the folder; settings' is this run's
+        "tensor_format": TENSOR_FORMAT,
+        "file_conditioning": per_file,
         "device": device,
         "compute_dtype": dtype,
         "storage_dtype": "bfloat16",

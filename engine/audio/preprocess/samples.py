@@ -27,6 +27,10 @@ from engine.sidecars import INSTRUMENTAL, Sidecar, make_sample
 DIT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
 # ACE-Step's SFT prompt (§5.3); the metas block ends with a newline before <|endoftext|>.
 PROMPT_TEMPLATE = "# Instruction\n{instruction}\n\n# Caption\n{caption}\n\n# Metas\n{metas}<|endoftext|>\n"
+# ACE-Step's inference lyric branch (acestep/constants.py LYRIC_GEN_PROMPT, ACE_STEP.md §19): language
+# header, the lyrics, <|endoftext|>, no trailing newline. Legacy conditioning encodes the raw lyrics.
+LYRICS_TEMPLATE = "# Languages\n{language}\n\n# Lyric\n{lyrics}<|endoftext|>"
+UNKNOWN_LANGUAGE = "unknown"  # ACE-Step's value when the language is not known
 DEFAULT_MAX_DURATION = 240.0  # seconds, when no duration is known (Side-Step's fallback)
 GENRE_SEED = 42
 
@@ -206,3 +210,13 @@ def job_prompt(job: Job, jobs: JobList, duration_s: int) -> str:
         keyscale=s.get("keyscale"),
         duration=duration_s,
     )
+
+
+def format_lyrics(lyrics: str, language: str) -> str:
+    """The lyric-encoder input ACE-Step builds at inference (§19): ``# Languages`` / ``# Lyric`` sections."""
+    return LYRICS_TEMPLATE.format(language=language, lyrics=lyrics)
+
+
+def job_language(job: Job) -> str:
+    """The sample's vocal language (``language`` from dataset.json or a sidecar), else ``unknown``."""
+    return str(job.sample.get("language") or "").strip() or UNKNOWN_LANGUAGE
