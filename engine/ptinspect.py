@@ -54,6 +54,7 @@ INTERMEDIATE_SUFFIX = ".tmp.pt"  # preprocessing's pass-1 output: never a sample
 # format 1, always legacy conditioning.
 CONDITIONING_MODES = ("inference", "legacy")
 MIXED_CONDITIONING = "mixed"  # a folder holding files of both modes (see file_conditioning in the meta)
+SYNTHETIC_CONDITIONING = "synthetic"  # the demo's generated states: no text was encoded, nothing to redo
 TENSOR_FORMAT = 2
 LEGACY_TENSOR_FORMAT = 1
 
@@ -438,7 +439,7 @@ class TensorFormat:
 
     @property
     def current(self) -> bool:
-        return self.version == TENSOR_FORMAT and self.conditioning == "inference"
+        return self.version == TENSOR_FORMAT and self.conditioning in ("inference", SYNTHETIC_CONDITIONING)
 
     def label(self) -> str:
         """``inference conditioning (format 2)``, ``legacy conditioning (format 1, before formats were recorded)``, ..."""
@@ -484,7 +485,7 @@ def format_warnings(directory: str, model_folder: str | None = None) -> list[str
     source = shlex.quote(fmt.source) if fmt.source else "AUDIO_FOLDER"
     again = f"sidestep preprocess -i {source} -o NEW_FOLDER (--conditioning inference is the default)"
     lines = []
-    if fmt.version > TENSOR_FORMAT or fmt.conditioning not in (*CONDITIONING_MODES, MIXED_CONDITIONING):
+    if fmt.version > TENSOR_FORMAT or fmt.conditioning not in (*CONDITIONING_MODES, MIXED_CONDITIONING, SYNTHETIC_CONDITIONING):
         lines.append(
             f"{directory}: tensor format {fmt.version} with {fmt.conditioning!r} conditioning comes from a newer Side-Step; "
             f"update Side-Step or preprocess again: {again}"

@@ -343,3 +343,12 @@ def test_the_ui_tests_stdlib_writer_writes_what_torch_writes(tmp_path: Path, mon
         if isinstance(value, torch.Tensor):
             assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], torch.zeros_like(value)), key
     assert ptinspect.inspect_pt(str(ours)) == ptinspect.inspect_pt(str(theirs))
+
+
+def test_the_demo_dataset_is_synthetic_and_earns_no_format_warning(demo_paths: dict[str, str]) -> None:
+    """The demo's generated states encode no prompt: nothing to preprocess again, so no warning on every
+    demo run (a meta without a format would read as legacy)."""
+    meta = ptinspect.read_preprocess_meta(demo_paths["dataset_dir"])
+    fmt = ptinspect.tensor_format(meta)
+    assert fmt.conditioning == ptinspect.SYNTHETIC_CONDITIONING and fmt.current and "synthetic" in fmt.label()
+    assert ptinspect.format_warnings(demo_paths["dataset_dir"], demo_paths["model_variant"]) == []

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine import fsutil, sidecars
+from engine import fsutil, ptinspect, sidecars
 
 DEMO_FOLDER = "sidestep-demo-base"  # "base" in the name: variant detection says base
 DEMO_VERSION = 3  # bump when the modeling file, sizes or data recipe change; forces a rewrite
@@ -370,6 +370,10 @@ def write_demo_dataset(
             "created_at": EPOCH,
             "updated_at": EPOCH,
             "source": "sidestep demo: synthetic tensors (no audio)",
+            # Generated states: no prompt was encoded, so there is no conditioning format to warn about
+            # and no audio to preprocess again.
+            "tensor_format": ptinspect.TENSOR_FORMAT,
+            "conditioning": ptinspect.SYNTHETIC_CONDITIONING,
             "dataset_json": str((out / sidecars.DATASET_FILE).resolve()),
             "model_variant": model_variant,
             "total": n_samples,
