@@ -338,6 +338,24 @@ def _loha_to_comfyui(name: str, p: dict[str, torch.Tensor], normalize_alpha: boo
     return p, trained
 
 
+def _oft_to_comfyui(name: str, p: dict[str, torch.Tensor]) -> tuple[dict, float]:
+    """Diag-OFT blocks as ComfyUI's OFT loader reads them. Both build R = (I + Q)(I - Q)^-1 from the
+    skew part Q of the blocks and rotate the base weight's output rows block by block; the difference
+    is the norm constraint: LyCORIS stores ``alpha`` per output dim and uses alpha * out_dim, ComfyUI
+    uses ``.alpha`` as it is, so the file carries the product. ComfyUI ignores ``rescale``: refused."""
+    extra = sorted(set(p) - {"oft_blocks", "alpha", "rescale"})
+    if extra:
+        raise ExportError(f"{name}: OFT tensor {extra[0]} has no ComfyUI counterpart")
+    if "rescale" in p:
+        raise ExportError(f"{name}: OFT with a rescale vector: ComfyUI's OFT loader ignores it, so it would not play as trained")
+    blocks = p["oft_blocks"]
+    if blocks.dim() != 3:
+        raise ExportError(f"{name}: oft_blocks of shape {tuple(blocks.shape)}; diag-OFT stores (blocks, size, size)")
+    out_dim = blocks.shape[0] * blocks.shape[1]
+    per_dim = float(p["alpha"]) if "alpha" in p else 0.0
+    return {"oft_blocks": blocks, "alpha": torch.tensor(per_dim * out_dim if per_dim > 0 else 0.0)}, 1.0
+
+
 def _loha_delta(p: Mapping[str, torch.Tensor]) -> torch.Tensor:
     f = torch.float32
     return (p["hada_w1_a"].to(f) @ p["hada_w1_b"].to(f)) * (p["hada_w2_a"].to(f) @ p["hada_w2_b"].to(f))
@@ -356,9 +374,16 @@ def lycoris_to_comfyui(
                 raise ExportError(f"{name}: LoHA with Tucker factors is not exported yet")
             p, trained = _loha_to_comfyui(name, params, normalize_alpha)
             rebuild = _loha_delta
+        elif "oft_blocks" in params:
+            p, _ = _oft_to_comfyui(name, params)  # a rotation: no scale to carry, --normalize-alpha does not apply
+            for param, tensor in p.items():
+                out[f"{name}.{param}"] = tensor.contiguous()
+            continue
         else:
             algo = source.metadata.get("algo") or "this"
-            raise ExportError(f"{name}: LyCORIS {algo} modules ({', '.join(sorted(params))}) are not exported; LoKR and LoHA are")
+            raise ExportError(
+                f"{name}: LyCORIS {algo} modules ({', '.join(sorted(params))}) are not exported; LoKR, LoHA and diag-OFT are"
+            )
         if "dora_scale" in p and p["dora_scale"].shape[0] != 1:
             # LyCORIS (wd_on_out) normalises by the merged row norm, ComfyUI by the base row norm.
             if "lokr_t2" in params:

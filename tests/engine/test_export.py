@@ -106,6 +106,16 @@ def comfy_merge(lora: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -
             g = {n: lora[f"{x}.hada_{n}"].float() for n in ("w1_a", "w1_b", "w2_a", "w2_b")}
             scale = alpha / g["w1_b"].shape[0] if alpha is not None else 1.0
             diff = ((g["w1_a"] @ g["w1_b"]) * (g["w2_a"] @ g["w2_b"])).reshape(weight.shape)
+        elif f"{x}.oft_blocks" in lora:  # ComfyUI's OFT at strength 1: .alpha is the norm constraint itself
+            blocks = lora[f"{x}.oft_blocks"].float()
+            n_blocks, size, _ = blocks.shape
+            eye = torch.eye(size)
+            q = blocks - blocks.transpose(1, 2)
+            if alpha and alpha > 0 and torch.norm(q) + 1e-8 > alpha:
+                q = q * alpha / (torch.norm(q) + 1e-8)
+            r = (eye + q) @ (eye - q).inverse()
+            scale = 1.0
+            diff = torch.einsum("k n m, k n ... -> k m ...", r - eye, weight.view(n_blocks, size, -1)).reshape(weight.shape)
         else:
             continue
         loaded |= names
@@ -274,6 +284,45 @@ def test_loha_plays_as_trained(demo_paths, tmp_path):
     adapter = LokrAdapter(decoder, net, {}, (), kind="loha")
     file = exported(folder, tmp_path, base=ex.BaseWeights.from_module(decoder))
     assert any(k.endswith(".hada_w1_a") for k in file)
+    assert_matches(file, model, lycoris_reference(adapter, model))
+
+
+@pytest.mark.parametrize("constraint", [0.0, 1e-4])
+def test_oft_plays_as_trained(demo_paths, tmp_path, constraint):
+    """Diag-OFT rotates the base weight's output rows; 1e-4 per output dim is tight enough that the
+    norm constraint is active (LyCORIS multiplies it by out_dim, ComfyUI does not: the file carries it)."""
+    from lycoris import LycorisNetwork
+
+    from engine.adapters.base import target_regex
+    from engine.adapters.lokr import LokrAdapter
+    from engine.adapters.lyco import _PRESET_LOCK, apply_target_preset
+
+    decoder = fresh_decoder(demo_paths)
+    model = base_weights(decoder)
+    with _PRESET_LOCK:
+        apply_target_preset(target_regex(("self_attn.q_proj", "mlp.down_proj")) + "$")
+        net = LycorisNetwork(
+            decoder,
+            multiplier=1.0,
+            lora_dim=4,
+            alpha=1,
+            network_module="diag-oft",
+            constraint=constraint,
+            warn_on_unmatched=False,
+        )
+    assert len(net.loras) == 8
+    net.apply_to()
+    decoder.lycoris_net = net
+    perturb(net)
+    if constraint:
+        q = net.loras[0].oft_blocks - net.loras[0].oft_blocks.transpose(1, 2)
+        assert torch.norm(q) > net.loras[0].constraint, "the constraint must bind, or this case proves nothing"
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    net.save_weights(str(folder / "oft_weights.safetensors"), None, {"algo": "diag-oft", "format": "lycoris"})
+    adapter = LokrAdapter(decoder, net, {}, (), kind="oft")
+    file = exported(folder, tmp_path)
+    assert any(k.endswith(".oft_blocks") for k in file)
     assert_matches(file, model, lycoris_reference(adapter, model))
 
 
