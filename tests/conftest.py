@@ -96,13 +96,16 @@ def demo_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def demo_audio_root(demo_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A checkpoint root with the session's demo model (linked) plus the demo VAE and text encoder:
-    what generation and training samples need. The demo root itself stays as other tests expect it."""
+    """A checkpoint root with a copy of the session's demo model plus the demo VAE and text encoder:
+    what generation and training samples need. The demo root itself stays as other tests expect it.
+    (A copy, not a link: model code only runs from folders really under the checkpoint root.)"""
+    import shutil
+
     from engine.models.demo.audio import write_demo_audio_components
 
     root = tmp_path_factory.mktemp("demo-audio")
-    for name in (demo_paths["model_variant"], "silence_latent.pt"):
-        os.symlink(os.path.join(demo_paths["checkpoint_dir"], name), root / name)
+    shutil.copytree(os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"]), root / demo_paths["model_variant"])
+    shutil.copy2(os.path.join(demo_paths["checkpoint_dir"], "silence_latent.pt"), root / "silence_latent.pt")
     write_demo_audio_components(root)
     return str(root)
 

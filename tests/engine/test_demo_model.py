@@ -383,10 +383,12 @@ def test_setup_demo_from_two_writers_at_once(tmp_path, demo_paths):
         t.join()
     assert not errors and results[0] == results[1]
     assert sorted(os.listdir(results[0]["dataset_dir"])) == [
+        "dataset.json",
         "demo_000.pt",
         "demo_001.pt",
         "demo_002.pt",
         "demo_003.pt",
         "manifest.json",
+        "preprocess_meta.json",
     ]
     assert sorted(os.listdir(results[0]["checkpoint_dir"])) == ["sidestep-demo-base", "silence_latent.pt"]

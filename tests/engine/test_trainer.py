@@ -38,7 +38,12 @@ def step_losses(events: list) -> dict[int, float]:
     return {e.step: e.loss for e in events if isinstance(e, protocol.StepMetrics) and e.steps_covered == 1}
 
 
-def test_run_writes_a_complete_run_directory(demo_config_values):
+def test_run_writes_a_complete_run_directory(demo_config_values, tmp_path):
+    # Tensors as the demo wrote them before formats were recorded (no preprocess_meta.json): the run
+    # must warn once that they are in the legacy conditioning format.
+    dataset = shutil.copytree(demo_config_values["dataset_dir"], tmp_path / "no-meta")
+    os.remove(dataset / "preprocess_meta.json")
+    demo_config_values = dict(demo_config_values, dataset_dir=str(dataset))
     _, final = train(demo_config_values)
     assert isinstance(final, protocol.RunFinished), getattr(final, "traceback", final)
     assert final.status == "completed" and final.steps == 6
@@ -57,7 +62,7 @@ def test_run_writes_a_complete_run_directory(demo_config_values):
     kinds = [type(e).__name__ for e in on_disk]
     assert kinds.index("RunStarted") < kinds.index("StepMetrics") < kinds.index("RunFinished")
     assert "TimestepHistogram" in kinds
-    # the demo tensors record no conditioning format: one warning, naming the fix, in the events and the log
+    # the tensors record no conditioning format: one warning, naming the fix, in the events and the log
     (warned,) = [e for e in on_disk if isinstance(e, protocol.LogRecord) and "conditioning" in e.message]
     assert warned.level == "warning" and "legacy conditioning" in warned.message and "sidestep preprocess -i" in warned.message
     with open(os.path.join(run_dir, "sidestep.log"), encoding="utf-8") as fh:
