@@ -8,6 +8,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -392,3 +393,19 @@ def test_setup_demo_from_two_writers_at_once(tmp_path, demo_paths):
         "preprocess_meta.json",
     ]
     assert sorted(os.listdir(results[0]["checkpoint_dir"])) == ["sidestep-demo-base", "silence_latent.pt"]
+
+
+def test_the_song_demo_goes_audio_to_dataset_json_to_tensors(demo_paths, tmp_path):
+    """What `sidestep demo` (the README's main job) does before training: songs -> dataset.json beside
+    them (the file a user edits next) -> tensors in the current conditioning format. The session's demo
+    model is copied in first, so only the audio half runs here."""
+    from engine import ptinspect
+    from engine.cli.main import setup_demo
+
+    shutil.copytree(demo_paths["checkpoint_dir"], tmp_path / "checkpoints")
+    paths = setup_demo(str(tmp_path), audio=True)
+    meta = json.loads((Path(paths["dataset_dir"]) / "preprocess_meta.json").read_text())
+    assert meta["dataset_json"] == str(Path(paths["audio_dir"], "dataset.json")) and Path(meta["dataset_json"]).is_file()
+    report = ptinspect.scan_dataset(paths["dataset_dir"])
+    assert report.samples > 0 and not report.problems, report.problems
+    assert ptinspect.format_warnings(paths["dataset_dir"], paths["model_variant"]) == []  # inference format, this model
