@@ -143,6 +143,18 @@ async def settle(pilot, rounds: int = 50) -> None:
     raise AssertionError("the app did not settle")
 
 
+async def models_view(env: Path, name: str) -> tuple[str, str]:
+    """(the model's Status cell, the detail panel) as the Models screen shows them after its scan."""
+    app = app_for(env, "models")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(DataTable)
+        names = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        table.move_cursor(row=names.index(name))
+        await pilot.pause()
+        return str(table.get_row_at(names.index(name))[-1]), str(app.screen.query_one("#model-detail", Static).render())
+
+
 async def type_into(pilot, widget: Input, text: str) -> None:
     """Clear ``widget`` and type ``text`` key by key, as a user does."""
     widget.focus()

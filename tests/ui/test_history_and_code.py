@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from test_forms import app_for, ckpt, env, settle  # noqa: F401  (fixtures)
-from textual.widgets import DataTable, Static
+from test_forms import ckpt, env, models_view  # noqa: F401  (fixtures)
+from textual.widgets import Static
 from ui_helpers import wait_until
 
 from engine import codehash
@@ -39,18 +39,6 @@ async def test_runs_detail_lists_each_segment_and_the_redone_steps(build_app, ui
     assert f"3  started {at(T0 + 905)} from step 350, completed at step 400/400" in detail
 
 
-async def _models_view(env: Path, name: str) -> tuple[str, str]:  # noqa: F811
-    """(the model's Status cell, the detail panel) as the Models screen shows them after its scan."""
-    app = app_for(env, "models")
-    async with app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot)
-        table = app.screen.query_one(DataTable)
-        names = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        table.move_cursor(row=names.index(name))
-        await pilot.pause()
-        return str(table.get_row_at(names.index(name))[-1]), str(app.screen.query_one("#model-detail", Static).render())
-
-
 async def test_models_screen_names_the_code_and_marks_changed_code_custom(ckpt: Path, env: Path) -> None:  # noqa: F811
     folder = ckpt / "acestep-v15-turbo"
     for source in sorted(DEMO_CODE.glob("*_demo*.py")):  # the tiny model's code files, not its weights
@@ -58,7 +46,7 @@ async def test_models_screen_names_the_code_and_marks_changed_code_custom(ckpt: 
     files = codehash.code_files(folder)
     assert [f.name for f in files] == ["acestep_demo_modeling.py", "configuration_acestep_demo.py"]
 
-    status, detail = await _models_view(env, "acestep-v15-turbo")
+    status, detail = await models_view(env, "acestep-v15-turbo")
     assert status == "✓ ok" and "custom code" not in detail
     for f in files:  # every file that runs, with its short hash
         assert f"{f.name}  sha256 {f.sha256[:12]}" in detail
@@ -67,10 +55,10 @@ async def test_models_screen_names_the_code_and_marks_changed_code_custom(ckpt: 
 
     with open(folder / "acestep_demo_modeling.py", "a") as fh:  # the code changes under the same folder name
         fh.write("\nimport os  # something new runs now\n")
-    status, detail = await _models_view(env, "acestep-v15-turbo")
+    status, detail = await models_view(env, "acestep-v15-turbo")
     day = time.strftime("%Y-%m-%d", time.localtime(record[str(folder.resolve())]["first_seen"]))
     assert status == "! custom code"
     assert f"acestep_demo_modeling.py changed since first seen on {day}: review it" in detail
     assert "configuration_acestep_demo.py changed" not in detail
-    other_status, other = await _models_view(env, "acestep-v15-base")  # a folder without code: no code lines
+    other_status, other = await models_view(env, "acestep-v15-base")  # a folder without code: no code lines
     assert other_status == "✓ ok" and "code (runs)" not in other
