@@ -23,7 +23,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Static, TabbedContent, TabPane
 
 from engine import discovery, ptinspect
@@ -35,6 +34,7 @@ from ..messages import DraftUpdated, SettingsChanged
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
 from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathField
+from .quick import QuickScreen
 from .screen_commands import ScreenActions
 
 NARROW = 110
@@ -51,7 +51,7 @@ class DatasetScanned(Message):
     report: ptinspect.DatasetReport
 
 
-class DatasetScreen(Screen[None]):
+class DatasetScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "dataset.tcss"
     COMMANDS = {ScreenActions}
@@ -84,6 +84,8 @@ class DatasetScreen(Screen[None]):
         self._report_path = ""
 
     def compose(self) -> ComposeResult:
+        # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
+        self.set_class(self.app.size.width < NARROW, "-narrow")
         yield Static("", id="dataset-model", markup=False)
         with TabbedContent(initial=TENSORS, id="dataset-source"):
             with TabPane("Tensor folder", id=TENSORS):

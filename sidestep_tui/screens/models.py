@@ -15,7 +15,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from engine import acesrc, codehash, discovery
@@ -24,6 +23,7 @@ from ..appref import SidestepAppRef
 from ..formatting import MODEL_COLUMNS, gpu_lines, model_detail, model_matches, model_row, plural, shared_status
 from ..messages import DraftUpdated
 from ..widgets.footer import SidestepFooter
+from .quick import QuickScreen
 from .screen_commands import ScreenActions
 
 NARROW = 130
@@ -41,7 +41,7 @@ class GpusDone(Message):
     gpus: list[discovery.GpuInfo]
 
 
-class ModelsScreen(Screen[None]):
+class ModelsScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "models.tcss"
     COMMANDS = {ScreenActions}
@@ -62,6 +62,8 @@ class ModelsScreen(Screen[None]):
         self._code: dict[str, codehash.CodeReport] = {}  # model path -> the code that runs when it loads
 
     def compose(self) -> ComposeResult:
+        # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
+        self.set_class(self.app.size.width < NARROW, "-narrow")
         yield Static("", id="models-root")
         with Horizontal(id="models-body"):
             with Vertical(id="models-left"):

@@ -15,7 +15,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import var
-from textual.screen import Screen
 from textual.widgets import Static
 
 from engine.protocol import PauseRun, ResumeRun, SaveCheckpoint, StopRun
@@ -32,12 +31,13 @@ from ..widgets.loss_chart import SMOOTHING_WINDOWS, LossChart, chart_series
 from ..widgets.progress_panel import ProgressPanel
 from ..widgets.sparklines import sparkline
 from ..widgets.timestep_histogram import TimestepHistogram
+from .quick import QuickScreen
 
 TICK_S = 0.5
 CHART_EVERY_S = 1.0
 
 
-class MonitorScreen(Screen[None]):
+class MonitorScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "monitor.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]

@@ -15,13 +15,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from engine.queue import Entry, QueueError, RunQueue
 
 from ..appref import SidestepAppRef
 from ..widgets.footer import SidestepFooter
+from .quick import QuickScreen
 
 COLUMNS = ("#", "Id", "State", "Name", "Started", "Run folder")
 REFRESH_S = 2.0
@@ -52,7 +52,7 @@ class WorkerStarted(Message):
     text: str
 
 
-class QueueScreen(Screen[None]):
+class QueueScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "queue.tcss"
     BINDINGS = [

@@ -20,7 +20,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from engine import config as cfgmod
@@ -35,6 +34,7 @@ from ..appref import SidestepAppRef
 from ..formatting import human_duration
 from ..state import RunState, apply_all
 from ..widgets.footer import SidestepFooter
+from .quick import QuickScreen
 
 # The figures that tell runs apart come right after the name: at 80 columns the rest is off to the right.
 COLUMNS = ("Run", "Status", "Steps", "Best", "Final", "Adapter", "Model", "Duration", "Adapter path")
@@ -158,7 +158,7 @@ def export_run(run_dir: str, timeout: float = 600.0) -> tuple[bool, str]:
     return True, wrote[-1] if wrote else done.stdout.strip()
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "runs.tcss"
     BINDINGS = [

@@ -20,7 +20,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Static
 
 from engine import config as cfg
@@ -33,6 +32,7 @@ from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
 from ..widgets.footer import SidestepFooter
+from .quick import QuickScreen
 from .screen_commands import ScreenActions
 
 NARROW = 120
@@ -46,7 +46,7 @@ class DatasetCounted(Message):
     folder_problem: str  # why the folder holds no usable sample ("" when it holds some)
 
 
-class SetupScreen(Screen[None]):
+class SetupScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "setup.tcss"
     COMMANDS = {ScreenActions}
@@ -79,6 +79,8 @@ class SetupScreen(Screen[None]):
         self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
 
     def compose(self) -> ComposeResult:
+        # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
+        self.set_class(self.app.size.width < NARROW, "-narrow")
         raw = self._draft_raw()
         yield Static("", id="setup-status", markup=False)
         with Horizontal(id="setup-body"):
@@ -287,7 +289,8 @@ class SetupScreen(Screen[None]):
         else:
             status = "✓ Ready (Ctrl+S starts)"
         self._update("#setup-status", f"{status} · {depth} · {raw.get('adapter_type')}")
-        self.set_class(bool(self.errors), "-invalid")
+        # On the status line, not the screen: a class on the screen restyles every widget in it.
+        self.query_one("#setup-status").set_class(bool(self.errors), "-invalid")
         self._update("#setup-preview", self._preview_text(raw))
         self._update("#setup-model", self._model_text(raw))
         command = forms.command_line(self.config) if self.config else "(fix the problems to see the command)"

@@ -57,25 +57,54 @@ class FieldRow(Widget):
         def control(self) -> FieldRow:
             return self.row
 
-    def __init__(self, spec: FieldSpec, value: RawValue, placeholder: str = "") -> None:
+    def __init__(self, spec: FieldSpec, value: RawValue, placeholder: str = "", *, lazy: bool = False) -> None:
         super().__init__(id=f"row-{spec.name}", classes="field-row")
         self.spec = spec
-        self._initial = value
+        self._value = value  # the value while the row has no widget yet (lazy), then its first value
         self._placeholder = placeholder
         self._extra_items: tuple[str, ...] = ()
         self._error: str | None = None
+        self._lazy = lazy
+        self._composed = False
+        self._parts: tuple[Widget, Widget, Static] | None = None
+        if lazy:
+            self.display = False
 
     # ------------------------------------------------------------------ compose
 
-    def compose(self) -> ComposeResult:
+    def _build(self) -> tuple[Widget, Widget, Static]:
         # Four nodes per row (a grid: label | widget, then the error across both columns): the form
-        # has ~75 rows, and every extra node costs on each restyle.
-        spec = self.spec
-        self._widget = self._make_widget(self._initial)
-        self._error_line = Static("", classes="field-error", markup=False)
-        yield Label(spec.label + (" *" if spec.required else ""), classes="field-label")
-        yield self._widget
-        yield self._error_line
+        # has ~95 rows, and every extra node costs on each restyle.
+        if self._parts is None:
+            spec = self.spec
+            self._widget = self._make_widget(self._value)
+            self._error_line = Static(f"✗ {self._error}" if self._error else "", classes="field-error", markup=False)
+            self._parts = (
+                Label(spec.label + (" *" if spec.required else ""), classes="field-label"),
+                self._widget,
+                self._error_line,
+            )
+        return self._parts
+
+    def compose(self) -> ComposeResult:
+        self._composed = True
+        if not self._lazy:
+            yield from self._build()
+
+    @property
+    def built(self) -> bool:
+        """Whether the row has its widgets (a lazy row gets them when first shown)."""
+        return self._parts is not None
+
+    def materialize(self) -> None:
+        """Give a lazy row its widgets: a hidden row is one empty node until it is first shown (the
+        form's ~95 rows would be ~400 widgets to compose and restyle on every screen switch)."""
+        if not self._lazy:
+            return
+        self._lazy = False
+        parts = self._build()
+        if self._composed:  # compose already ran, with nothing to yield
+            self.mount_all(parts)
 
     @property
     def help_text(self) -> str:
@@ -136,14 +165,17 @@ class FieldRow(Widget):
     @property
     def widget(self) -> Widget:
         """The input widget (kept from compose: the form reads every row on every edit)."""
-        return self._widget
+        self.materialize()
+        return self._build()[1]
 
     def _boxes(self) -> list[Checkbox]:
         return [child for child in self._widget.children if isinstance(child, Checkbox)]
 
     @property
     def raw(self) -> RawValue:
-        widget, kind = self.widget, self.spec.kind
+        if self._parts is None:
+            return self._value
+        widget, kind = self._widget, self.spec.kind
         if kind == "bool":
             assert isinstance(widget, Checkbox)
             return widget.value
@@ -158,7 +190,12 @@ class FieldRow(Widget):
     def set_raw(self, value: Any) -> None:
         """Show ``value`` (typed or raw). Unknown choices / items become visible "(invalid)" entries."""
         value = to_raw(self.spec, value)
-        widget, kind = self.widget, self.spec.kind
+        if self._parts is None:
+            if value != self._value:
+                self._value = value
+                self.post_message(self.Edited(self))  # as the widget would (the form keeps the last values)
+            return
+        widget, kind = self._widget, self.spec.kind
         if kind == "bool":
             assert isinstance(widget, Checkbox)
             widget.value = bool(value)
@@ -193,7 +230,9 @@ class FieldRow(Widget):
 
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
-        widget = self.widget
+        if self._parts is None:
+            return
+        widget = self._widget
         if isinstance(widget, Input):
             widget.placeholder = text
         elif isinstance(widget, Select):
@@ -204,7 +243,8 @@ class FieldRow(Widget):
             return  # called for every row on every keystroke: touch only what changed
         self._error = message
         self.set_class(bool(message), "-invalid")
-        self._error_line.update(f"✗ {message}" if message else "")
+        if self._parts is not None:
+            self._error_line.update(f"✗ {message}" if message else "")
 
     # ------------------------------------------------------------------ events
 

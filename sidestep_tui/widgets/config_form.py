@@ -92,8 +92,18 @@ class ConfigForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         # Rows and sections are kept in plain dicts/lists: the form reads all of them on every edit,
         # and DOM queries over ~350 widgets per keystroke would be slow.
+        # Rows hidden at the start (advanced, another adapter's) stay empty nodes until first shown.
+        adapter = str(self._initial.get("adapter_type", ""))
         for group, specs in grouped():
-            rows = [FieldRow(s, self._initial.get(s.name, ""), self._placeholders.get(s.name, "")) for s in specs]
+            rows = [
+                FieldRow(
+                    s,
+                    self._initial.get(s.name, ""),
+                    self._placeholders.get(s.name, ""),
+                    lazy=not field_visible(s, depth=self.depth, adapter_type=adapter),
+                )
+                for s in specs
+            ]
             section = Vertical(
                 Static(group, classes="section-title"), *rows, classes="form-section", id=f"section-{group.lower()}"
             )
@@ -149,6 +159,7 @@ class ConfigForm(VerticalScroll):
     def focus_field(self, name: str) -> None:
         row = self.row(name)
         row.display = True
+        row.materialize()
         target = row.widget
         focusable = target if target.can_focus else next((w for w in target.query("*") if w.can_focus), None)
         if focusable is not None:
@@ -171,6 +182,8 @@ class ConfigForm(VerticalScroll):
             any_shown = False
             for row in rows:
                 shown = field_visible(row.spec, depth=self.depth, adapter_type=adapter, has_error=row.spec.name in self._errors)
+                if shown:
+                    row.materialize()
                 row.display = shown
                 any_shown = any_shown or shown
             section.display = any_shown

@@ -120,7 +120,13 @@ class SidestepFooter(Footer):
             tooltip=key.tooltip,
             classes=classes,
         )
-        return widget if classes else widget.data_bind(compact=Footer.compact)
+        if classes:
+            return widget
+        # Compact from the start: bound later, each key would restyle itself once mounted (on every
+        # recompose, which Textual does whenever the focus moves).
+        widget.set_reactive(FooterKey.compact, self.compact)
+        widget.set_class(self.compact, "-compact")
+        return widget.data_bind(compact=Footer.compact)
 
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
