@@ -4,6 +4,7 @@ every command line; then:
 - ``sidestep``                 the TUI
 - ``sidestep demo``            the TUI on the built-in demo (plain output with --plain, --setup-only or without a TTY)
 - ``sidestep attach RUN_DIR``  the monitor on an existing run (--plain: follow it as text)
+- ``sidestep serve``           the TUI in a browser tab (textual-serve)
 - anything else                a headless handler in ``engine.cli.main`` (train, presets, runs, preprocess, dataset, ...)
 
 The parser is stdlib only and the headless paths never import textual or torch before they need to,
@@ -67,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.stop:
             parser.commands["attach"].error("--stop needs --plain (in the monitor, Stop is a key)")
         return run_attach(ns.run_dir)
+    if ns.command == "serve":
+        from .serve import run_serve
+
+        return run_serve(ns.host, ns.port)
     if ns.command == "demo" and not (ns.plain or ns.setup_only) and _is_tty():
         if ns.from_tensors:
             parser.commands["demo"].error("--from-tensors needs --plain (the TUI demo preprocesses its songs)")

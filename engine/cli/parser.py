@@ -237,6 +237,17 @@ def build_parser() -> Parser:
         help="skip the audio -> tensors step: train on synthetic demo tensors (needs --plain on a terminal)",
     )
 
+    serve = command(
+        "serve",
+        help="the TUI in a browser tab (textual-serve): localhost only, unless --host is given (then the URL carries a token)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="the address to listen on (default 127.0.0.1, no token; any --host, 0.0.0.0 for every interface, needs the printed token)",
+    )
+
     presets = command("presets", help="list, show, export or import presets")
     psub = presets.add_subparsers(dest="action", metavar="ACTION", required=True, title="actions")
     psub.add_parser("list", help="every preset (built-in and your own) with its description")
