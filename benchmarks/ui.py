@@ -1,7 +1,10 @@
-"""UI benchmarks (issue 3 targets): start-up, memory while monitoring, and event throughput.
+"""UI benchmarks (issue 3 and 13 targets): start-up, screen switches, the demo cold, memory and CPU
+while monitoring, and event throughput.
 
     .venv/bin/python benchmarks/ui.py [--paint-runs 5] [--rss-seconds 60] [--rates 500,1000,2000,4000]
-                                      [--skip-rss] [--demo-root DIR]
+                                      [--skip-rss] [--skip-demo] [--demo-root DIR]
+
+Printed as figures, not pass/fail. On a shared machine read them with the load average printed first.
 
 1. first paint: ``sidestep`` (the installed console script) started in a pseudo-terminal, timed from
    fork to the first complete frame on the terminal (the footer, its last row, shows "Quit"), then
@@ -9,6 +12,14 @@
 2. UI memory: ``sidestep demo`` in a pseudo-terminal (real engine, demo model); the UI process's RSS
    (the engine is a separate process and is not counted) sampled every second for --rss-seconds once
    training steps are on screen. Then Ctrl+Q -> "stop and save". Target <= 150 MB.
+1b. screen switches: the real app headless at 80x24 on an empty checkpoint root, each F-key pressed
+   in turn: the first open of every screen (Setup's included), then switching between open ones.
+   Timed from the key to the app being idle again (composed, mounted, laid out, drawn); wall and
+   this process's CPU. Target <= 0.25 s each.
+1c. the demo cold: ``sidestep demo --plain`` in a fresh demo root (audio -> dataset.json -> tensors
+   -> adapter, the demo's own step count), wall time to exit 0. Target <= 30 s.
+2b. UI CPU while monitoring: during 2., the UI process's CPU (user + system, /proc) as % of one core.
+   Target <= 2 %.
 3. absorption: the real app (headless, 160x48, the monitor with its plotext chart) fed by a client
    that releases a realistic event mix at a fixed rate for 8 s per rate. Reported: the UI process's
    CPU (all threads) as % of one core, and the backlog left (events released but not folded into the
@@ -127,6 +138,7 @@ def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
             program.wait(30)
             return [], "training never started (see the demo output)"
         samples = _sample_rss(program, seconds)
+        demo_cpu = list(LAST_CPU)  # the demo's own UI (the attach below samples again)
         # The same live run through `sidestep attach` (events from events.jsonl, no queue): the UI
         # cost without anything the engine's pickled events may drag in.
         from engine.demo import default_demo_root
@@ -145,19 +157,74 @@ def bench_rss(seconds: float, demo_root: str | None) -> tuple[list[float], str]:
         program.drain(1.0)
         program.send(b"s")  # stop and save, then quit
         code = program.wait(180)
+        LAST_CPU[:] = demo_cpu
         note = f"training on screen after {started:.1f} s; UI exit code after stop-and-save: {code}"
         if attach_samples:
             note += f"; `sidestep attach` on the same live run: median {statistics.median(attach_samples):.0f} MB"
         return samples, note
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+LAST_CPU: list[float] = []  # % of a core over the last _sample_rss window
+
+
 def _sample_rss(program: PtyProgram, seconds: float) -> list[float]:
     samples = []
-    end = time.perf_counter() + seconds
+    cpu0, t0 = _cpu_s(program.pid), time.perf_counter()
+    end = t0 + seconds
     while time.perf_counter() < end:
         program.drain(1.0)
         samples.append(_rss_mb(program.pid))
+    LAST_CPU[:] = [100 * (_cpu_s(program.pid) - cpu0) / (time.perf_counter() - t0)]
     return samples
+
+
+# --------------------------------------------------------------------------- screen switches
+
+
+async def _switches() -> list[tuple[str, str, float, float]]:
+    from sidestep_tui.app import make_app
+    from sidestep_tui.settings import Settings
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        app = make_app(settings=Settings(checkpoint_root=tmp, output_root=tmp), log_dir=tmp, initial_mode="models")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.5)
+            seen = {type(app.screen).__name__}
+            for key in ("f2", "f3", "f4", "f5", "f6", "f1", "f3", "f2", "f4", "f3", "f5", "f1"):
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                await pilot.press(key)
+                await pilot.pause()
+                name = type(app.screen).__name__
+                rows.append((key, ("switch to " if name in seen else "first open ") + name,
+                             time.perf_counter() - wall0, time.process_time() - cpu0))  # fmt: skip
+                seen.add(name)
+    return rows
+
+
+def bench_switches() -> list[tuple[str, str, float, float]]:
+    return asyncio.run(_switches())
+
+
+def bench_demo_cold() -> tuple[float | None, str]:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, SIDESTEP_CONFIG_DIR=tmp)
+        t0 = time.perf_counter()
+        done = subprocess.run([SIDESTEP, "demo", "--plain", "--root", str(Path(tmp) / "demo")], env=env,
+                              capture_output=True, text=True, timeout=1800)  # fmt: skip
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            return None, f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
+        return wall, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
 # --------------------------------------------------------------------------- absorption
@@ -306,12 +373,22 @@ def main() -> int:
     parser.add_argument("--paint-runs", type=int, default=5)
     parser.add_argument("--rss-seconds", type=float, default=60)
     parser.add_argument("--skip-rss", action="store_true", help="skip the demo run (it needs the engine and minutes)")
+    parser.add_argument("--skip-demo", action="store_true", help="skip timing `sidestep demo` cold")
+    parser.add_argument("--only-switches", action="store_true", help="only the screen switches")
     parser.add_argument("--rates", default="500,1000,2000,4000")
     parser.add_argument("--seconds", type=float, default=8.0, help="per absorption rate")
     parser.add_argument("--demo-root", default=None)
     args = parser.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    rows = bench_switches()
+    print("screen switches (headless app at 80x24; key to idle; target <= 0.25 s):")
+    for key, what, wall, cpu in rows:
+        print(f"  {key:<3} {what:<28} {wall:6.3f} s wall  {cpu:6.3f} s CPU")
+    print(f"  slowest: {max(r[2] for r in rows):.3f} s wall, {max(r[3] for r in rows):.3f} s CPU; load average now "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    if args.only_switches:
+        return 0
     paints = bench_first_paint(args.paint_runs)
     if paints:
         print(
@@ -330,6 +407,10 @@ def main() -> int:
         f"  best rate under 25 % of a core with no backlog: {max(ok):.0f} ev/s  (target >= 1000)" if ok else "  no rate met 25 %"
     )
 
+    if not args.skip_demo:
+        wall, note = bench_demo_cold()
+        print(f"`sidestep demo --plain` cold: {wall:.1f} s (target <= 30 s); {note}" if wall else f"demo cold: failed, {note}")
+
     if not args.skip_rss:
         samples, note = bench_rss(args.rss_seconds, args.demo_root)
         if samples:
@@ -337,6 +418,7 @@ def main() -> int:
                 f"UI RSS while monitoring the demo: median {statistics.median(samples):.0f} MB, max {max(samples):.0f} MB "
                 f"over {len(samples)} s  (target <= 150 MB); {note}"
             )
+            print(f"UI CPU while monitoring the demo: {LAST_CPU[0]:.1f} % of a core (target <= 2 %)")
         else:
             print(f"UI RSS: not measured: {note}")
     return 0
