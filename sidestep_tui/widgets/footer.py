@@ -11,6 +11,7 @@ one row: F-keys first, then the screen's keys, then the App's other keys, the pa
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from rich.cells import cell_len
@@ -64,6 +65,13 @@ class SidestepFooter(Footer):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shape: tuple[bool, bool] | None = None  # (compact, two rows) the last compose used
+        self._recomposing = asyncio.Lock()
+
+    async def recompose(self) -> None:
+        """One recompose at a time: Textual starts one per bindings change and one per resize, and two
+        that overlap (a slow machine) remove the old keys, then both mount their rows (DuplicateIds)."""
+        async with self._recomposing:
+            await super().recompose()
 
     # ------------------------------------------------------------------ what to show
 
