@@ -10,9 +10,11 @@ in a cookie for the websocket it opens.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import secrets
 import shlex
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -83,7 +85,24 @@ def make_server(host: str, port: int, token: str | None, command: str) -> Any:
             pass  # the one line below says where it serves; errors still reach stderr
 
         async def on_startup(self, app: web.Application) -> None:
-            print(f"Serving Side-Step on {url(host, port, token)}  (Ctrl+C stops)", flush=True)
+            pass  # textual-serve's logo; the line below is printed once the port listens
+
+        def serve(self, debug: bool = False) -> None:
+            # textual-serve's serve(), with the one line printed by aiohttp once the site listens
+            # (on_startup runs before the port is bound: a client reading the line could be refused).
+            self.debug = debug
+            loop = asyncio.new_event_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.request_exit)
+            ready = f"Serving Side-Step on {url(host, port, token)}  (Ctrl+C stops)"
+            web.run_app(
+                self._make_app(),
+                host=self.host,
+                port=self.port,
+                handle_signals=False,
+                loop=loop,
+                print=lambda _text: print(ready, flush=True),
+            )
 
         async def _make_app(self) -> web.Application:
             app = await super()._make_app()
