@@ -51,7 +51,7 @@ from .config_field import FieldRow
 from .path_input import PathCheck, PathField, check_directory, creatable
 from .sparklines import bar
 
-OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "normalize", "target_lufs", "target_db", "max_duration")
+OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "conditioning", "normalize", "target_lufs", "target_db", "max_duration")
 """The preprocessing settings a user picks here; paths, model and device come from elsewhere."""
 TARGET_FOR = {"lufs": "target_lufs", "peak": "target_db"}
 TENSOR_SUFFIX = "_tensors"
