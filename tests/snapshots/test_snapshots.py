@@ -136,6 +136,6 @@ def test_runs_screen_with_samples(snap_compare, tmp_path, shown_runs_root, monke
     settings = Settings(checkpoint_root=str(tmp_path / "ckpt"), output_root=f"{SHOWN_ROOT}/runs")
 
     async def run_before(pilot) -> None:
-        await wait_until(pilot, lambda: pilot.app.screen.query_one("#samples-table").display, 10.0, "the Samples table")
+        await wait_until(pilot, lambda: pilot.app.screen.query_one("#samples").display, 10.0, "the Samples table")
 
     assert snap_compare(build(tmp_path, mode="runs", settings=settings), terminal_size=size, run_before=run_before)

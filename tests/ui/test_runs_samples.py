@@ -4,6 +4,7 @@ newest step), and Enter / ``l`` playing one through the first player on PATH, or
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -17,14 +18,33 @@ from sidestep_tui.screens.runs import RunsScreen
 SLUGS = ("1-warm-piano", "2-fast-drums")
 
 
-def add_samples(run_dir: Path, steps: tuple[int, ...] = (0, 10, 20), slugs: tuple[str, ...] = SLUGS) -> None:
-    """Sample files as training writes them (the scanner and the UI never read the audio itself)."""
+def fake_spectrogram(step: int, index: int, bands: int = 48, columns: int = 90) -> dict:
+    """A sidecar's ``spectrogram`` as ``engine.audio.spectrum`` writes it: a tone gliding up over a quiet floor
+    (higher and louder at later steps, so rows differ), built with the stdlib."""
+    db = []
+    for b in range(bands):
+        row = []
+        for c in range(columns):
+            centre = 6 + 4 * index + step / 2 + 20 * c / columns
+            row.append(round(-90 + 80 * math.exp(-(((b - centre) / 2.5) ** 2)) + 10 * math.exp(-b / 12)))
+        db.append(row)
+    band_hz = [round(700 * (10 ** ((i + 1) * 3923 / (bands + 1) / 2595) - 1)) for i in range(bands)]
+    return {"db": db, "band_hz": band_hz, "hop_s": 0.02222, "floor_db": -100}
+
+
+def add_samples(
+    run_dir: Path, steps: tuple[int, ...] = (0, 10, 20), slugs: tuple[str, ...] = SLUGS, old_steps: tuple[int, ...] = ()
+) -> None:
+    """Sample files as training writes them (the scanner and the UI never read the audio itself); the
+    sidecars of ``old_steps`` are as older versions wrote them (no loudness, no spectrogram)."""
     for step in steps:
         folder = run_dir / "samples" / f"step_{step}"
         folder.mkdir(parents=True, exist_ok=True)
         for i, slug in enumerate(slugs):
             (folder / f"{slug}.flac").write_bytes(b"fLaC not really")
             sidecar = {"prompt": slug.split("-", 1)[1].replace("-", " "), "seed": 42 + i, "duration_s": 2.0, "step": step}
+            if step not in old_steps:
+                sidecar |= {"lufs": -20.0 + step / 10 - i, "spectrogram": fake_spectrogram(step, i)}
             (folder / f"{slug}.json").write_text(json.dumps(sidecar))
 
 
@@ -53,7 +73,7 @@ async def test_samples_table_lists_base_then_newest_and_says_when_no_player(
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        await wait_until(pilot, lambda: screen.query_one("#samples-table").display, 10.0, "the Samples table")
+        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples table")
         table = screen.query_one("#samples-table", DataTable)
         steps = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
         assert steps == ["base", "base", "20", "20", "10", "10"]
@@ -76,10 +96,11 @@ async def test_listen_starts_the_player_on_path_with_the_highlighted_file(build_
     player.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')  # printf: a builtin (PATH holds only this)
     player.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PULSE_SERVER", "unix:/run/pulse/native")  # paplay has a server to talk to
     app = build_app(None, initial_mode="runs")
     async with app.run_test(size=(160, 40)) as pilot:
         screen = app.screen
-        await wait_until(pilot, lambda: screen.query_one("#samples-table").display, 10.0, "the Samples table")
+        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples table")
         screen.query_one("#samples-table", DataTable).move_cursor(row=3)
         screen.query_one("#runs-table", DataTable).focus()
         await pilot.press("l")
@@ -94,5 +115,5 @@ async def test_runs_without_samples_hide_the_table_and_the_key(build_app, ui_set
         screen = app.screen
         await wait_until(pilot, lambda: bool(screen.runs), 10.0, "the scan")
         await pilot.pause()
-        assert not screen.query_one("#samples-table").display
+        assert not screen.query_one("#samples").display
         assert "Listen" not in footer_keys(app)
