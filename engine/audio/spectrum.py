@@ -5,7 +5,8 @@ process reads them as plain JSON (``engine.samples_index``): it never imports nu
 
 - ``spectrogram``: ``{"db": [[int, ...] per mel band, low to high], "band_hz": [centre of each band],
   "hop_s": seconds between columns, "floor_db": the lowest value}``. Up to ``MAX_COLUMNS`` time columns,
-  each a Hann-windowed ``N_FFT`` frame of the mono downmix centred on its time; ``MEL_BANDS`` triangular
+  each a Hann-windowed ``N_FFT`` frame of the mono downmix centred on its time (the first and last moved
+  inside the audio); ``MEL_BANDS`` triangular
   HTK-mel bands from 0 Hz to Nyquist; power in dB relative to a full-scale sine (a sine of amplitude A
   reads about ``20 log10 A`` in its band), rounded to whole dB and clipped at ``FLOOR_DB``.
 - ``lufs``: integrated loudness (ITU-R BS.1770-4, pyloudnorm) of the stereo audio, rounded to 0.1 LU;
@@ -59,8 +60,11 @@ def mel_spectrogram(
     n = mono.shape[0]
     columns = max(1, min(max_columns, n // MIN_HOP))
     hop = n / columns
-    padded = np.pad(mono, (N_FFT // 2, N_FFT // 2))
-    starts = (np.arange(columns) * hop + hop / 2).astype(np.int64)  # frame centres, shifted by the padding
+    padded = np.pad(mono, (0, max(0, N_FFT - n)))  # audio shorter than a frame: zeros after it
+    centres = np.arange(columns) * hop + hop / 2
+    # Each frame lies inside the audio (the first and last are moved in): frames hanging over its ends
+    # would show the jump to silence as a broadband click.
+    starts = np.clip(np.rint(centres - N_FFT / 2), 0, padded.shape[0] - N_FFT).astype(np.int64)
     frames = padded[starts[:, None] + np.arange(N_FFT)[None]]  # [columns, N_FFT]
     window = np.hanning(N_FFT)
     spectrum = np.abs(np.fft.rfft(frames * window[None], axis=1)) * (2.0 / window.sum())  # a sine of amplitude A peaks at A

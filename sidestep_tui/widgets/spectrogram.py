@@ -11,6 +11,7 @@ nothing here reads audio. Pure text rendering, sized to the widget.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from rich.style import Style
 from rich.text import Text
@@ -45,8 +46,12 @@ def ramp_colour(t: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*RAMP[-1][1])
 
 
-def _resample(values: list[float], n: int) -> list[float]:
-    """``values`` to ``n`` points: the mean of each group, or repeated values when there is room."""
+def _mean(group: list[float]) -> float:
+    return sum(group) / len(group)
+
+
+def _resample(values: list[float], n: int, pool: Callable[[list[float]], float] = _mean) -> list[float]:
+    """``values`` to ``n`` points: ``pool`` (the mean) of each group, or repeated values when there is room."""
     m = len(values)
     if n <= 0 or m == 0:
         return []
@@ -55,14 +60,15 @@ def _resample(values: list[float], n: int) -> list[float]:
     out = []
     for i in range(n):
         group = values[i * m // n : (i + 1) * m // n]
-        out.append(sum(group) / len(group))
+        out.append(pool(group))
     return out
 
 
 def grid(spec: Spectrogram, width: int, rows: int) -> list[list[float]]:
-    """[rows][width] dB values, row 0 the highest frequencies (the picture as drawn)."""
+    """[rows][width] dB values, row 0 the highest frequencies (the picture as drawn). Time is averaged, bands
+    pooled by their loudest (a tone in one band of a merged row still shows)."""
     by_band = [_resample([float(v) for v in band], width) for band in spec.db]  # [bands][width]
-    columns = [_resample([by_band[b][c] for b in range(len(by_band))], rows) for c in range(width)]  # low -> high
+    columns = [_resample([by_band[b][c] for b in range(len(by_band))], rows, max) for c in range(width)]  # low -> high
     return [[columns[c][rows - 1 - r] for c in range(width)] for r in range(rows)]
 
 

@@ -117,3 +117,98 @@ async def test_runs_without_samples_hide_the_table_and_the_key(build_app, ui_set
         await pilot.pause()
         assert not screen.query_one("#samples").display
         assert "Listen" not in footer_keys(app)
+
+
+def spectrogram_text(app) -> list[str]:
+    """The lines of the screen the spectrogram widget covers."""
+    widget = app.screen.query_one("#sample-spectrogram")
+    top, height = widget.region.y, widget.region.height
+    return screen_text(app).splitlines()[top : top + height]
+
+
+async def test_the_highlighted_sample_shows_its_spectrogram_length_and_loudness(
+    build_app, ui_settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the terminal says it has colours (as most do)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
+    add_samples(run_dir, old_steps=(10,))
+    app = build_app(None, initial_mode="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples section")
+        table = screen.query_one("#samples-table", DataTable)
+        table.move_cursor(row=2)  # step 20, the first prompt
+        await pilot.pause()
+        lines = spectrogram_text(app)
+        assert lines[0].startswith("▀" * 40) and "▲ 20.5 kHz" in lines[0] and "▼ 0 Hz" in lines[-1]
+        assert "step 20 · seed 42" in lines[1] and "2.0 s · -18.0 LUFS" in lines[2]
+        assert str(table.get_row_at(2)[4]) == "-18.0"
+        picture = screen.query_one("#sample-spectrogram").render()
+        colours = {span.style.bgcolor for span in picture.spans if getattr(span.style, "bgcolor", None)}  # type: ignore[union-attr]
+        assert len(colours) >= 5  # a dB scale, not one colour
+        table.move_cursor(row=4)  # step 10: rendered before spectrograms were stored
+        await pilot.pause()
+        lines = spectrogram_text(app)
+        assert lines[0].strip() == "no spectrogram (rendered by an older version)"
+        assert lines[1].strip() == "step 10 · seed 42 · 2.0 s · loudness n/a"
+
+
+async def test_a_bare_machine_no_colour_no_audio_output_shades_and_says_which_file_to_copy(
+    build_app, ui_settings, tmp_path, monkeypatch
+) -> None:
+    """A server over ssh: NO_COLOR set, a player on PATH but no sound device or sound server."""
+    from engine import samples_index
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
+    add_samples(run_dir)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "argv.txt"
+    player = bin_dir / "paplay"
+    player.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    player.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("PULSE_SERVER", raising=False)
+    (tmp_path / "runtime").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))  # no pulse/native, no pipewire-0
+    monkeypatch.setattr(samples_index, "DEV_SND", str(tmp_path / "no-dev-snd"))
+    app = build_app(None, initial_mode="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples section")
+        await pilot.pause()
+        pictures = [line[:55] for line in spectrogram_text(app)]
+        assert not any("▀" in line for line in pictures)
+        assert set("".join(pictures)) <= set(" ░▒▓█") and {"▓", "█"} & set("".join(pictures))  # the loud glide shows
+        screen.query_one("#samples-table", DataTable).focus()
+        await pilot.press("enter")
+        expected = str(run_dir / "samples" / "step_0" / f"{SLUGS[0]}.flac")
+        message = (
+            "paplay found but no PulseAudio or PipeWire server (no PULSE_SERVER, no socket in XDG_RUNTIME_DIR): copy " + expected
+        )
+        await wait_until(pilot, lambda: any(n.message == message for n in app._notifications), 5.0, "the message")
+    assert not record.exists()  # nothing was started
+
+
+def test_audio_output_check(tmp_path) -> None:
+    from engine.samples_index import audio_output_problem
+
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    (snd / "controlC0").touch()
+    (snd / "pcmC0D0c").touch()  # a capture device only
+    runtime = tmp_path / "runtime"
+    (runtime / "pulse").mkdir(parents=True)
+    quiet = {"XDG_RUNTIME_DIR": str(runtime)}
+    assert "no audio output" in (audio_output_problem(["/bin/aplay"], quiet, str(snd)) or "")
+    assert "no audio output" in (audio_output_problem(["/bin/ffplay"], quiet, str(snd)) or "")
+    (snd / "pcmC0D0p").touch()
+    assert audio_output_problem(["/bin/aplay"], quiet, str(snd)) is None
+    assert audio_output_problem(["/bin/ffplay"], quiet, str(snd)) is None
+    assert "SDL_AUDIODRIVER=dummy" in (audio_output_problem(["/bin/ffplay"], {**quiet, "SDL_AUDIODRIVER": "dummy"}, str(snd)) or "")
+    assert "no PulseAudio" in (audio_output_problem(["/bin/paplay"], quiet, str(snd)) or "")  # ALSA alone is not enough
+    (runtime / "pulse" / "native").touch()
+    assert audio_output_problem(["/bin/paplay"], quiet, str(tmp_path / "none")) is None
+    assert audio_output_problem(["/bin/aplay"], quiet, str(tmp_path / "none")) is None  # ALSA's default goes to the server
