@@ -101,7 +101,7 @@ def render_spectrogram(sample: Sample | None, width: int, height: int, *, colour
     top_hz = spec.band_hz[-1] if spec.band_hz else 0
     side = [f"▲ {_hz(top_hz)}", *info]
     if height >= len(side) + 2:  # the legend only where the frequency ends and the figures still fit
-        side.append(f"{top} dB {'#' * legend_cells} {bottom}")
+        side.append(f"{top} {'#' * legend_cells} {bottom} dB")
     side += [""] * max(0, height - len(side) - 1) + ["▼ 0 Hz"]
     if len(side) > height:  # 1 to 3 lines: the figures first
         side = info[:height]

@@ -13,7 +13,7 @@ from textual.widgets import DataTable
 from ui_helpers import footer_keys, make_run_dir, screen_text, wait_until
 
 from engine.samples_index import scan_samples
-from sidestep_tui.screens.runs import RunsScreen
+from sidestep_tui.screens.runs import RunsScreen, run_detail
 
 SLUGS = ("1-warm-piano", "2-fast-drums")
 
@@ -61,11 +61,13 @@ def test_scan_samples_pins_the_base_then_newest_first_and_survives_bad_sidecars(
     assert scan_samples(str(tmp_path / "nowhere")) == []
 
 
-async def test_samples_table_lists_base_then_newest_and_says_when_no_player(
+async def test_samples_table_lists_base_then_newest_shows_the_spectrogram_and_says_when_no_player(
     build_app, ui_settings, tmp_path, monkeypatch
 ) -> None:
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the terminal says it has colours (as most do)
+    monkeypatch.delenv("NO_COLOR", raising=False)
     run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
-    add_samples(run_dir)
+    add_samples(run_dir, old_steps=(10,))
     empty = tmp_path / "no-players"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -79,10 +81,30 @@ async def test_samples_table_lists_base_then_newest_and_says_when_no_player(
         assert steps == ["base", "base", "20", "20", "10", "10"]
         assert "Listen" in footer_keys(app) and "Listen" in screen_text(app)  # the two-row footer at 80x24 shows it
         table.focus()
-        await pilot.press("down", "down", "enter")  # the newest adapter sample of the first prompt
+        await pilot.press("down", "down")  # the newest adapter sample of the first prompt: its spectrogram
+        lines = spectrogram_text(app)
+        assert lines[0].startswith("▀" * 40) and "▲ 20.5 kHz" in lines[0] and "▼ 0 Hz" in lines[-1]
+        assert "step 20 · seed 42" in lines[1] and "2.0 s · -18.0 LUFS" in lines[2]
+        assert str(table.get_row_at(2)[4]) == "-18.0"
+        picture = screen.query_one("#sample-spectrogram").render()
+        colours = {span.style.bgcolor for span in picture.spans if getattr(span.style, "bgcolor", None)}  # type: ignore[union-attr]
+        assert len(colours) >= 5  # a dB scale, not one colour
+        await pilot.press("enter")
         expected = str(run_dir / "samples" / "step_20" / f"{SLUGS[0]}.flac")
         message = f"no audio player found (ffplay, paplay, aplay, afplay): copy {expected}"
         await wait_until(pilot, lambda: any(n.message == message for n in app._notifications), 5.0, "the fallback")
+        await pilot.press("down", "down")  # step 10: rendered before spectrograms were stored
+        lines = spectrogram_text(app)
+        assert lines[0].strip() == "no spectrogram (rendered by an older version)"
+        assert lines[1].strip() == "step 10 · seed 42 · 2.0 s · loudness n/a"
+        assert str(table.get_row_at(4)[4]) == "n/a"
+
+
+def spectrogram_text(app) -> list[str]:
+    """The lines of the screen the spectrogram widget covers."""
+    widget = app.screen.query_one("#sample-spectrogram")
+    top, height = widget.region.y, widget.region.height
+    return screen_text(app).splitlines()[top : top + height]
 
 
 @pytest.mark.integration
@@ -117,41 +139,6 @@ async def test_runs_without_samples_hide_the_table_and_the_key(build_app, ui_set
         await pilot.pause()
         assert not screen.query_one("#samples").display
         assert "Listen" not in footer_keys(app)
-
-
-def spectrogram_text(app) -> list[str]:
-    """The lines of the screen the spectrogram widget covers."""
-    widget = app.screen.query_one("#sample-spectrogram")
-    top, height = widget.region.y, widget.region.height
-    return screen_text(app).splitlines()[top : top + height]
-
-
-async def test_the_highlighted_sample_shows_its_spectrogram_length_and_loudness(
-    build_app, ui_settings, monkeypatch
-) -> None:
-    monkeypatch.setenv("COLORTERM", "truecolor")  # the terminal says it has colours (as most do)
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
-    add_samples(run_dir, old_steps=(10,))
-    app = build_app(None, initial_mode="runs")
-    async with app.run_test(size=(80, 24)) as pilot:
-        screen = app.screen
-        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples section")
-        table = screen.query_one("#samples-table", DataTable)
-        table.move_cursor(row=2)  # step 20, the first prompt
-        await pilot.pause()
-        lines = spectrogram_text(app)
-        assert lines[0].startswith("▀" * 40) and "▲ 20.5 kHz" in lines[0] and "▼ 0 Hz" in lines[-1]
-        assert "step 20 · seed 42" in lines[1] and "2.0 s · -18.0 LUFS" in lines[2]
-        assert str(table.get_row_at(2)[4]) == "-18.0"
-        picture = screen.query_one("#sample-spectrogram").render()
-        colours = {span.style.bgcolor for span in picture.spans if getattr(span.style, "bgcolor", None)}  # type: ignore[union-attr]
-        assert len(colours) >= 5  # a dB scale, not one colour
-        table.move_cursor(row=4)  # step 10: rendered before spectrograms were stored
-        await pilot.pause()
-        lines = spectrogram_text(app)
-        assert lines[0].strip() == "no spectrogram (rendered by an older version)"
-        assert lines[1].strip() == "step 10 · seed 42 · 2.0 s · loudness n/a"
 
 
 async def test_a_bare_machine_no_colour_no_audio_output_shades_and_says_which_file_to_copy(
@@ -207,8 +194,73 @@ def test_audio_output_check(tmp_path) -> None:
     (snd / "pcmC0D0p").touch()
     assert audio_output_problem(["/bin/aplay"], quiet, str(snd)) is None
     assert audio_output_problem(["/bin/ffplay"], quiet, str(snd)) is None
-    assert "SDL_AUDIODRIVER=dummy" in (audio_output_problem(["/bin/ffplay"], {**quiet, "SDL_AUDIODRIVER": "dummy"}, str(snd)) or "")
+    assert "SDL_AUDIODRIVER=dummy" in (
+        audio_output_problem(["/bin/ffplay"], {**quiet, "SDL_AUDIODRIVER": "dummy"}, str(snd)) or ""
+    )
     assert "no PulseAudio" in (audio_output_problem(["/bin/paplay"], quiet, str(snd)) or "")  # ALSA alone is not enough
     (runtime / "pulse" / "native").touch()
     assert audio_output_problem(["/bin/paplay"], quiet, str(tmp_path / "none")) is None
     assert audio_output_problem(["/bin/aplay"], quiet, str(tmp_path / "none")) is None  # ALSA's default goes to the server
+
+
+def add_checkpoint(folder: Path, step: int, kind: str, *, resumable: bool) -> dict[str, bytes]:
+    """An adapter folder as the trainer saves it (files only; their bytes stand for the tensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "adapter_model.safetensors": f"weights at {step}".encode(),
+        "adapter_config.json": b'{"r": 4}',
+        f"{folder.parents[1].name if resumable else folder.parent.name}_comfyui.safetensors": f"comfy at {step}".encode(),
+        "config.json": b"{}",
+        "checkpoint.json": json.dumps({"step": step, "epoch": 1, "kind": kind, "loss": 0.5}).encode(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    if resumable:
+        (folder / "training_state.pt").write_bytes(b"optimizer state")
+    return files
+
+
+async def test_keep_copies_the_samples_checkpoint_to_chosen_and_the_summary_names_it(build_app, ui_settings, capsys) -> None:
+    from engine.cli.main import main as cli_main
+    from engine.runs import summarize_run
+
+    run_dir = make_run_dir(Path(ui_settings.output_root), "demo-lora")
+    add_samples(run_dir, steps=(0, 10, 20, 30), slugs=SLUGS[:1])
+    at_10 = add_checkpoint(run_dir / "checkpoints" / "step_10", 10, "periodic", resumable=True)
+    at_20 = add_checkpoint(run_dir / "final", 20, "final", resumable=False)
+    chosen = run_dir / "chosen"
+
+    def chosen_files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in chosen.iterdir() if p.name != "chosen.json"} if chosen.is_dir() else {}
+
+    app = build_app(None, initial_mode="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.query_one("#samples").display, 10.0, "the Samples section")
+        assert "Keep" in footer_keys(app)
+        table = screen.query_one("#samples-table", DataTable)
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["base", "30", "20", "10"]
+        table.focus()
+
+        await pilot.press("down", "k")  # step 30: no checkpoint there
+        message = f"Cannot keep {SLUGS[0]}: no checkpoint was saved at step 30; steps with one: 10, 20"
+        await wait_until(pilot, lambda: any(n.message == message for n in app._notifications), 5.0, "the no-checkpoint line")
+        assert not chosen.exists()
+
+        await pilot.press("down", "k")  # step 20: final/
+        await wait_until(pilot, lambda: chosen_files() == at_20, 10.0, "chosen/ = final/")
+        kept = f"Kept step 20 (from final) -> {chosen}, with its ComfyUI file demo-lora_comfyui.safetensors"
+        await wait_until(pilot, lambda: any(n.message == kept for n in app._notifications), 5.0, "the kept line")
+
+        await pilot.press("down", "k")  # step 10: replaces the earlier choice only after a yes
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "ConfirmDialog", 5.0, "the replace question")
+        assert chosen_files() == at_20  # nothing replaced while it asks
+        await pilot.press("y")
+        await wait_until(pilot, lambda: chosen_files() == {k: v for k, v in at_10.items()}, 10.0, "chosen/ = step_10")
+    assert "training_state.pt" not in chosen_files()  # the adapter, not the optimizer state
+    assert not [p for p in chosen.parent.iterdir() if p.name.startswith(".chosen")]  # no temp left behind
+    summary = summarize_run(str(run_dir))
+    assert (summary.chosen_path, summary.chosen_step, summary.chosen_source) == (str(chosen), 10, "checkpoints/step_10")
+    assert f"chosen by ear: {chosen} (step 10, copied from checkpoints/step_10)" in run_detail(summary).splitlines()
+    assert cli_main(["runs", str(run_dir)]) == 0
+    assert f"{chosen} (chosen by ear: step 10, from checkpoints/step_10)" in capsys.readouterr().out
