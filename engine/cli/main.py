@@ -241,6 +241,8 @@ def cmd_runs(ns: argparse.Namespace) -> int:
             print(f"{'':50}-> {r.adapter_path}")
         if r.comfyui_path:
             print(f"{'':50}-> {r.comfyui_path} (ComfyUI)")
+        if r.chosen_path:
+            print(f"{'':50}-> {r.chosen_path} (chosen by ear: step {r.chosen_step}, from {r.chosen_source})")
         if one_run or len(r.history) > 1:  # each engine's go at the run: how it ended, and at which step
             redone = (
                 f", {r.redone_steps} step(s) trained again after resuming from an earlier checkpoint" if r.redone_steps else ""
