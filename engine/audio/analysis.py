@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.sidecars import error_line
-
 SAMPLE_RATE = 22_050
 HOP = 256
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -76,16 +74,21 @@ class Estimate:
 
 
 def load_mono(path: str, *, max_seconds: float = 120.0) -> np.ndarray:
-    librosa = require_librosa()
+    """Mono float32 at ``SAMPLE_RATE``: the project's own decoder (soundfile, ffmpeg for AAC), then soxr."""
+    import soxr
+
+    from engine.audio.builder import AudioReadError
+    from engine.audio.preprocess.audio import SAMPLE_RATE as DECODED_RATE
+    from engine.audio.preprocess.audio import load_audio
+
     try:
-        audio, _ = librosa.load(path, sr=SAMPLE_RATE, mono=True, duration=max_seconds or None)
-    except Exception as exc:  # soundfile / audioread raise many types
-        raise AnalysisError(f"cannot read {os.path.basename(path)}: {error_line(exc)}") from None
-    if audio.size < SAMPLE_RATE:
-        raise AnalysisError(f"{os.path.basename(path)}: under a second of audio; too short to analyse")
-    if not np.isfinite(audio).all() or float(np.max(np.abs(audio))) == 0.0:
-        raise AnalysisError(f"{os.path.basename(path)}: silent (or not finite); nothing to analyse")
-    return audio.astype(np.float32)
+        stereo = load_audio(path, max_duration=max_seconds)
+    except AudioReadError as exc:
+        raise AnalysisError(str(exc)) from None
+    mono = stereo.mean(axis=0)
+    if float(np.max(np.abs(mono))) == 0.0:
+        raise AnalysisError(f"{os.path.basename(path)}: silent; nothing to analyse")
+    return np.ascontiguousarray(soxr.resample(mono, DECODED_RATE, SAMPLE_RATE, quality="HQ"), dtype=np.float32)
 
 
 def estimate_tempo(audio: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[float, float, np.ndarray, np.ndarray]:
