@@ -54,8 +54,9 @@ def cadence(tonic: str, minor: bool) -> np.ndarray:
     return (0.2 * np.concatenate([triad(n, m) for n, m in chords])).astype(np.float32)
 
 
-@pytest.mark.parametrize(("bpm", "beats_per_bar"), [(90, 4), (120, 3), (140, 4)])
+@pytest.mark.parametrize(("bpm", "beats_per_bar"), [(90, 4), (120, 3), (150, 4), (174, 3)])
 def test_click_track_tempo_within_one_bpm_and_its_meter(bpm: int, beats_per_bar: int) -> None:
+    # 150 and 174: the beat tracker's own tempo is 2 BPM off there (its frame grid); the fit through the beats is not.
     est = analysis.analyze_audio(click_track(bpm, beats_per_bar=beats_per_bar))
     assert abs(est.bpm - bpm) <= 1.0, est
     assert est.bpm_confidence > 0.5, est
