@@ -329,10 +329,9 @@ class TagCount:
     total: int  # captions in the dataset
 
 
-def list_tags(dataset_dir: str) -> list[TagCount]:
-    """Caption parts that more than one song shares (the trigger tags a dataset can have), most
-    common first. With a single captioned song: all of its parts."""
-    captions = [read_song(a).caption for a in _songs(dataset_dir)]
+def shared_tags(captions: Iterable[str]) -> list[TagCount]:
+    """Caption parts that more than one caption shares (the trigger tags a dataset can have), most
+    common first. With a single caption: all of its parts."""
     captions = [c for c in captions if c.strip()]
     counts: Counter[str] = Counter()
     spelled: dict[str, str] = {}
@@ -345,6 +344,11 @@ def list_tags(dataset_dir: str) -> list[TagCount]:
     return [
         TagCount(spelled[k], n, len(captions)) for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= floor
     ]
+
+
+def list_tags(dataset_dir: str) -> list[TagCount]:
+    """``shared_tags`` of the captions of the songs in ``dataset_dir``."""
+    return shared_tags(read_song(a).caption for a in _songs(dataset_dir))
 
 
 def plan_clear(dataset_dir: str) -> Plan:

@@ -10,7 +10,9 @@ Two tabs (Ctrl+T switches):
 - **Audio → tensors** (``widgets.audio_prep.AudioPrep``): an audio folder, what the dataset builder
   found in it, tag and normalisation, then preprocessing in the engine with per-file progress. Ctrl+S
   starts it, Ctrl+X stops it (finished files are kept; starting again resumes), and once it is done
-  Ctrl+S takes the new tensor folder straight to Setup.
+  Ctrl+S takes the new tensor folder straight to Setup. Ctrl+G (or the palette's "Dataset: Tags") adds or
+  removes a trigger tag in the songs' captions (``dialogs.tags``); the file detail shows each song's
+  BPM, key and time signature from its sidecar (what ``sidestep audio-analyze`` writes there).
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class DatasetScreen(Screen[None]):
             tooltip="Switch between a tensor folder and an audio folder",
         ),
         Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),
+        Binding(
+            "ctrl+g",
+            "tags",
+            "Tags",
+            id="dataset.tags",
+            show=False,  # in the command palette and the audio tab's status line
+            tooltip="Add or remove a trigger tag in the songs' captions (sidestep tags)",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -184,6 +194,8 @@ class DatasetScreen(Screen[None]):
         (Returning False also keeps an unavailable action out of the command palette.)"""
         if action == "use":
             return self.source == TENSORS
+        if action == "tags":
+            return self.source == AUDIO and self.prep.report is not None and self.prep.state not in (STARTING, RUNNING)
         if action in ("preprocess", "use_tensors", "stop_preprocess"):
             if self.source != AUDIO:
                 return False
@@ -221,6 +233,20 @@ class DatasetScreen(Screen[None]):
             self.prep.rescan()
         else:
             self.query_one("#dataset-path", PathField).recheck()
+
+    def action_tags(self) -> None:
+        from ..dialogs.tags import TagsDialog
+
+        report = self.prep.report
+        if report is None:
+            return
+
+        def done(result: str | None) -> None:
+            if result:
+                self.notify(result, title="Tags")
+                self.prep.rescan()
+
+        self.app.push_screen(TagsDialog(report.audio_dir), done)
 
     def action_preprocess(self) -> None:
         prep = self.prep
