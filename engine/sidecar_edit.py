@@ -492,23 +492,22 @@ def plan_fields(root: str, values: dict[str, dict[str, str]], policy: str = FILL
         except EditError as exc:
             plan.notes.append(f"{plan.rel(audio)}: left alone: {exc}")
             continue
+        have = load_sidecar(audio).fields
+        kept = [f"{n} {have[n]!r}" for n in ANALYSIS_FIELDS if n in fields and policy == FILL_MISSING and have.get(n, "").strip()]
+        if kept:
+            plan.notes.append(f"{plan.rel(audio)}: kept {', '.join(kept)} (fill_missing; --overwrite replaces)")
+        wanted = {n: v for n, v in fields.items() if not (policy == FILL_MISSING and have.get(n, "").strip())}
+        if not wanted:
+            continue
         text = song.txt or ""
         if song.kind == "lyrics_txt" and song.txt is not None:
             bom = BOM if song.txt.startswith(BOM) else ""
             eol = "\r\n" if "\r\n" in song.txt else "\n"
             text = f"{bom}lyrics:{eol}{_strip_bom(song.txt)}"
         kv = KVText(text)
-        have = load_sidecar(audio).fields
-        kept = []
         for name in ANALYSIS_FIELDS:
-            if name not in fields:
-                continue
-            if policy == FILL_MISSING and have.get(name, "").strip():
-                kept.append(f"{name} {have[name]!r}")
-                continue
-            kv.set(name, fields[name])
-        if kept:
-            plan.notes.append(f"{plan.rel(audio)}: kept {', '.join(kept)} (fill_missing; --overwrite replaces)")
+            if name in wanted:
+                kv.set(name, wanted[name])
         if kv.text() != (song.txt or ""):
             plan.edits.append(FileEdit(txt_path, song.txt, kv.text()))
     return plan

@@ -8,6 +8,7 @@ confidence for each, for ``sidestep audio-analyze`` (librosa: ``pip install side
 - Key: the mean constant-Q chroma against the Krumhansl-Kessler major and minor key profiles in all 12
   transpositions (the Krumhansl-Schmuckler method); the best correlation wins. Confidence: its lead over
   the best key of the other kind (relative major/minor is the usual confusion), scaled to 0..1.
+- Only estimates at least ``MIN_CONFIDENCE`` sure are written into sidecars (``--min-confidence``).
 - Time signature: the beat-synchronous onset strength is folded at 2, 3 and 4 beats; the grouping
   whose accents stand out most wins (``4`` when none does, with a low confidence). Written as ACE-Step's
   ``timesignature`` value: the beats per bar (``3``, ``4``).
@@ -18,6 +19,7 @@ numpy is imported at module level; librosa only in ``require_librosa`` (so a mis
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 INSTALL_HINT = "pip install sidestep-tui[analysis]"
+MIN_CONFIDENCE = 0.5  # estimates below this are reported, not written
 
 
 class MissingLibrary(RuntimeError):
@@ -58,10 +61,15 @@ class Estimate:
     time_signature_confidence: float
     seconds: float  # of audio analysed
 
-    def sidecar_fields(self) -> dict[str, str]:
-        """The values written into sidecars (engine.sidecars field names)."""
-        fields = {"bpm": str(round(self.bpm)), "keyscale": self.key, "timesignature": str(self.time_signature)}
-        return {k: v for k, v in fields.items() if v and v != "0"}
+    def sidecar_fields(self, min_confidence: float = MIN_CONFIDENCE) -> dict[str, str]:
+        """The values to write into sidecars (engine.sidecars field names): only those at least
+        ``min_confidence`` sure (a held chord has no tempo; a guess is worse than no value)."""
+        fields = {
+            "bpm": (str(round(self.bpm)), self.bpm_confidence),
+            "keyscale": (self.key, self.key_confidence),
+            "timesignature": (str(self.time_signature), self.time_signature_confidence),
+        }
+        return {k: v for k, (v, sure) in fields.items() if v and v != "0" and sure >= min_confidence}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,8 +172,11 @@ def estimate_meter(envelope: np.ndarray, beats: np.ndarray) -> tuple[int, float]
 
 
 def analyze_audio(audio: np.ndarray, sr: int = SAMPLE_RATE) -> Estimate:
-    bpm, bpm_conf, beats, envelope = estimate_tempo(audio, sr)
-    key, key_conf = estimate_key(audio, sr)
+    with warnings.catch_warnings():
+        # librosa warns when a clip is shorter than one FFT window; the confidence says so already.
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+        bpm, bpm_conf, beats, envelope = estimate_tempo(audio, sr)
+        key, key_conf = estimate_key(audio, sr)
     meter, meter_conf = estimate_meter(envelope, beats)
     return Estimate(
         bpm=round(bpm, 2),

@@ -267,6 +267,13 @@ def add_audio_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="analyse at most this much of each file, from its start (default 120)",
     )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        metavar="X",
+        help="write only estimates at least this sure, 0..1 (default 0.5); the others are printed, not written",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
 
 

@@ -27,7 +27,7 @@ def _error(command: str, message: object) -> int:
     return 2
 
 
-def _show(plan: edit.Plan, *, apply: bool) -> int:
+def _show(plan: edit.Plan, *, apply: bool, hint: str = "add --apply to write them") -> int:
     """Print a plan's diff and notes; write it when ``apply``."""
     text = plan.diff()
     if text:
@@ -40,7 +40,7 @@ def _show(plan: edit.Plan, *, apply: bool) -> int:
         print(f"nothing written: {len(plan.errors)} song(s) refused", file=sys.stderr)
         return 2
     if not apply:
-        print(f"dry run: {plan.summary()}{'; add --apply to write them' if plan.edits else ''}")
+        print(f"dry run: {plan.summary()}{'; ' + hint if plan.edits else ''}")
         return 0
     done = plan.apply()
     print(f"wrote {len(done)} file{'s' * (len(done) != 1)}" if done else "nothing to change")
@@ -99,15 +99,17 @@ def run_audio_analyze_command(ns: argparse.Namespace) -> int:
             failed += 1
             print(f"{rel}: not analysed: {exc}", file=sys.stderr, flush=True)
             continue
-        values[path] = est.sidecar_fields()
+        values[path] = est.sidecar_fields(ns.min_confidence)
+        unsure = sorted({"bpm", "keyscale", "timesignature"} - set(values[path]))
         if ns.json:
-            print(json.dumps({"file": rel, **est.to_dict()}), flush=True)
+            print(json.dumps({"file": rel, **est.to_dict(), "written": sorted(values[path])}), flush=True)
         else:
-            print(f"{rel}: {est.line()}", flush=True)
+            note = f"; not sure enough to write: {', '.join(unsure)}" if unsure else ""
+            print(f"{rel}: {est.line()}{note}", flush=True)
     try:
         plan = edit.plan_fields(folder, values, ns.policy)
         if ns.dry_run:
-            return _show(plan, apply=False) or (1 if failed else 0)
+            return _show(plan, apply=False, hint="run without --dry-run to write them") or (1 if failed else 0)
         for note in plan.notes:
             print(f"note: {note}")
         done = plan.apply()

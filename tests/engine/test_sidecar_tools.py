@@ -157,6 +157,7 @@ def test_analysis_fields_fill_missing_or_overwrite_and_never_touch_captions_or_l
     audio = {os.path.basename(a): a for a in find_audio_files(songs)}
     estimates = {a: {"bpm": "128", "keyscale": "F# minor", "timesignature": "3"} for a in audio.values()}
     before, meaning = sidecar_bytes(songs), fields(songs)
+    assert not edit.plan_fields(songs, {a: {} for a in audio.values()}).edits  # nothing sure enough: no file touched
 
     plan = edit.plan_fields(songs, estimates)  # fill_missing
     assert any("tone_a440.wav: kept bpm '90', keyscale 'A major', timesignature '4'" in n for n in plan.notes)
