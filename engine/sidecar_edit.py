@@ -20,12 +20,22 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine import fsutil
-from engine.sidecars import TAG_POSITIONS, _key_of, default_caption, find_audio_files, load_sidecar, parse_sidecar_text
+from engine.sidecars import (
+    CLI_MODULE,
+    TAG_POSITIONS,
+    _key_of,
+    default_caption,
+    find_audio_files,
+    load_sidecar,
+    parse_sidecar_text,
+)
 
 BOM = "\ufeff"
 # The key each field is written under when this module adds it (Side-Step's names).
@@ -511,3 +521,18 @@ def plan_fields(root: str, values: dict[str, dict[str, str]], policy: str = FILL
         if kv.text() != (song.txt or ""):
             plan.edits.append(FileEdit(txt_path, song.txt, kv.text()))
     return plan
+
+
+def analyze_in_subprocess(audio_dir: str, *, overwrite: bool = False, timeout: float = 3600.0) -> str:
+    """``sidestep audio-analyze`` in a child interpreter, for the UI process (librosa and numpy stay out
+    of it). Returns the command's last line ("wrote N sidecars"); raises ``EditError`` with its one-line
+    error (librosa missing, no audio, ...)."""
+    from engine.sidecars import error_line
+
+    argv = [sys.executable, "-m", CLI_MODULE, "audio-analyze", audio_dir] + (["--overwrite"] if overwrite else [])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 2 or not lines:
+        message = error_line(done.stderr).removeprefix("sidestep audio-analyze: error: ")
+        raise EditError(message or f"audio-analyze failed (exit {done.returncode})")
+    return lines[-1]

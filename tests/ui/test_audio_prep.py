@@ -153,6 +153,7 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
             "Dataset: Tensors/Audio",
             "Dataset: Rescan",
             "Dataset: Tags",
+            "Dataset: Analyze audio",
         ]  # only what applies now
 
 

@@ -4,6 +4,7 @@ through ``engine.sidecar_edit`` (the same plan ``sidestep tags`` prints), changi
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,17 @@ async def test_tags_dialog_adds_a_trigger_tag_and_the_detail_shows_the_estimates
         assert (songs / "sub" / "ballad.caption.txt").read_bytes() == b"zq-style, " + ballad
         assert (songs / "untitled_take.txt").read_text(encoding="utf-8") == "caption: zq-style, untitled take\n"
         await wait_until(pilot, lambda: "tags: zq-style (3 of 3)" in screen_text(app), 30, "the rescan showing the tag")
+
+        # Ctrl+B runs `sidestep audio-analyze` in a child process: the UI never imports librosa or numpy.
+        before = len(app._notifications)
+        await pilot.press("ctrl+b")
+
+        def answers() -> list[str]:
+            return [str(n.message) for n in list(app._notifications)[before:] if not str(n.message).startswith("Analysing")]
+
+        await wait_until(pilot, lambda: bool(answers()), 120, "audio-analyze to finish")
+        if importlib.util.find_spec("librosa") is None:  # the optional extra is not installed here
+            assert answers() == ["audio analysis needs librosa, which is not installed: pip install sidestep-tui[analysis]"]
+            assert (songs / "anthem.txt").read_text(encoding="utf-8") == anthem.replace("caption: ", "caption: zq-style, ")
+        else:
+            assert answers()[0].startswith("wrote "), answers()
