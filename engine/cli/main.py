@@ -1,4 +1,5 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``
+and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -419,6 +420,14 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
+    if ns.command in ("tags", "convert-sidecars", "audio-analyze"):
+        from engine.cli import sidecar_tools
+
+        return {
+            "tags": sidecar_tools.run_tags_command,
+            "convert-sidecars": sidecar_tools.run_convert_command,
+            "audio-analyze": sidecar_tools.run_audio_analyze_command,
+        }[ns.command](ns)
     if ns.command == "generate":
         from engine.cli.generate import run_generate_command
 

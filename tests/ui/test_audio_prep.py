@@ -148,7 +148,13 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
         from sidestep_tui.screens.screen_commands import ScreenActions
 
         titles = [str(hit.text) async for hit in ScreenActions(app.screen).discover()]
-        assert titles == ["Dataset: Preprocess", "Dataset: Tensors/Audio", "Dataset: Rescan"]  # only what applies now
+        assert titles == [
+            "Dataset: Preprocess",
+            "Dataset: Tensors/Audio",
+            "Dataset: Rescan",
+            "Dataset: Tags",
+            "Dataset: Analyze audio",
+        ]  # only what applies now
 
 
 @scans
