@@ -72,7 +72,7 @@ class ModelShape:
             intermediate=num("intermediate_size", d.intermediate),
             layers=layers,
             heads=heads,
-            kv_heads=num("num_key_value_heads", heads),
+            kv_heads=num("num_key_value_heads", d.kv_heads),  # absent: the config class's default, as transformers reads it
             head_dim=num("head_dim", hidden // heads),
             in_channels=num("in_channels", d.in_channels),
             latent_channels=num("audio_acoustic_hidden_dim", d.latent_channels),
@@ -485,11 +485,18 @@ def _target_gpus(
 
 
 def report(
-    config: cfgmod.TrainConfig, gpus: Sequence[tuple[int, str, float, float]], *, quantization: str = "none"
+    config: cfgmod.TrainConfig,
+    gpus: Sequence[tuple[int, str, float, float]],
+    *,
+    shape: ModelShape | None = None,
+    quantization: str = "none",
 ) -> tuple[list[str], bool | None]:
     """The breakdown, a line per GPU and (when it does not fit) the one change that makes it fit;
-    and whether it fits the best target GPU (None: no GPU visible to compare with)."""
-    shape, read = shape_for(config.model_dir() if config.checkpoint_dir else None)
+    and whether it fits the best target GPU (None: no GPU visible to compare with). ``shape``: the
+    decoder's (default: read from the model folder's config.json)."""
+    read = shape is not None
+    if shape is None:
+        shape, read = shape_for(config.model_dir() if config.checkpoint_dir else None)
     est = estimate(shape, config, quantization=quantization)
     lines = [
         f"VRAM estimate for {config.model_variant} ({shape.layers} layers, hidden {shape.hidden}), batch {config.batch_size}:"
@@ -506,3 +513,34 @@ def report(
     if fix:
         lines.append(f"to fit in {gib(free)}: {fix}")
     return lines, fix is None
+
+
+def panel(
+    config: cfgmod.TrainConfig, shape: ModelShape, gpus: Sequence[tuple[int, str, float, float]], *, quantization: str = "none"
+) -> str:
+    """Short lines (under 50 columns) for the Setup form's side panel; arithmetic only, so it is
+    recomputed on every edit."""
+    est = estimate(shape, config, quantization=quantization)
+    g = 1 / GIB
+    lines = [
+        f"VRAM estimate       {gib(est.total)} peak",
+        f"  base {est.weights * g:.1f} · adapter {(est.adapter + est.gradients + est.optimizer) * g:.1f}"
+        f" · activations {est.activations * g:.1f}",
+        f"  workspace {(est.workspace + est.context) * g:.1f} (GiB; Ctrl+R: details)",
+    ]
+    if est.notes:
+        lines.append(f"  {est.frames // LATENT_FPS}-s clips assumed (no crop set)")
+    targets = _target_gpus(config, gpus)
+    if not targets:
+        lines.append("  no GPU visible" if not gpus else f"  no GPU {config.device} visible")
+        return "\n".join(lines)
+    index, name, used, total = max(targets, key=lambda t: t[3] - t[2])
+    free = int((total - used) * 2**20)
+    lines.append(f"  GPU {index} {name}: {gib(free)} free")
+    if est.total <= free:
+        lines.append("  ✓ fits")
+    else:
+        fix = fit_line(shape, config, free, quantization=quantization) or ""
+        what, _, figures = fix.rpartition(": ")
+        lines += ["  ✗ does not fit; to fit:", f"  {what}:" if what else "", f"    {figures}"]
+    return "\n".join(line for line in lines if line)
