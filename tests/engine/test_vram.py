@@ -11,6 +11,8 @@ figure is the same sum over more layers (``python benchmarks/vram.py`` runs the 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +97,23 @@ def test_the_estimate_follows_the_fields() -> None:
         not more(optimizer_type="adamw8bit")
         and vram.estimate(shape, base, quantization="nf4").weights < vram.estimate(shape, base).weights
     )
+
+
+def test_train_estimate_only_prints_the_breakdown_and_exits_1_when_it_does_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine import discovery
+    from engine.cli.main import main
+
+    model = tmp_path / "ckpt" / "acestep-v15-base"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "acestep", "hidden_size": 1024, "num_hidden_layers": 8}))
+    monkeypatch.setattr(discovery, "gpus", lambda: [discovery.GpuInfo(0, "NVIDIA RTX 3060", 512.0, 12288.0)])
+    argv = ["train", "-c", str(tmp_path / "ckpt"), "--estimate-only", "--chunk-duration", "60"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(8 layers, hidden 1024)" in out and "GPU 0 NVIDIA RTX 3060: 11.5 GiB free of 12.0 GiB: fits" in out
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == [tmp_path / "ckpt"]  # nothing written
+    assert main([*argv, "--no-gradient-checkpointing", "-b", "16", "--chunk-duration", "240"]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT fit" in out and "to fit in 11.5 GiB: turn gradient checkpointing on: " in out
