@@ -1,7 +1,7 @@
 """The VRAM estimate (engine/vram.py) against what the model really keeps (engine/analysis/memcount.py).
 
-Calibration: the demo decoder at the full 2B width (hidden 2048, MLP 6144, 16/8 heads) but 4 of its 24
-layers (2 sliding-window + 2 full-attention, so both kinds and an even checkpoint spread are present)
+Calibration: the demo decoder at the full 2B width (hidden 2048, MLP 6144, 16/8 heads) but 2 of its 24
+layers (one sliding-window, one full-attention; ratio 0.5 checkpoints the first, 1.0 both)
 is built on the meta device with the default LoRA (rank 64, q/k/v/o of both attentions + MLP, dropout
 0.1); one forward + loss runs under saved-tensor hooks. The estimator, given the same 4-layer shape,
 must land within 15 % of that byte count. Every term of the estimate is per layer, so the 24-layer
@@ -22,7 +22,7 @@ from engine import vram
 from engine.analysis import memcount
 from engine.config import TrainConfig
 
-LAYERS = 4
+LAYERS = 2
 FRAMES = (750, 1500, 3000)  # 30 s, 60 s, 120 s crops at 25 latent frames per second
 
 

@@ -146,13 +146,6 @@ def test_setup(snap_compare, snap_env: Path, size: tuple[int, int]) -> None:
     assert snap_compare(_app("setup", draft=DRAFT), terminal_size=size, run_before=_settle)
 
 
-def test_setup_vram_does_not_fit(snap_compare, snap_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The live VRAM figure against a 24 GB card, with the one change that would make the run fit."""
-    monkeypatch.setattr(discovery, "gpus", lambda: [discovery.GpuInfo(0, "NVIDIA RTX 4090", 1024.0, 24564.0)])
-    draft = {**DRAFT, "batch_size": "8", "chunk_duration": "240", "gradient_checkpointing": False}
-    assert snap_compare(_app("setup", draft=draft), terminal_size=(160, 48), run_before=_settle)
-
-
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_setup_with_errors(snap_compare, snap_env: Path, size: tuple[int, int]) -> None:
     draft = {**DRAFT, "rank": "0", "learning_rate": "abc"}
