@@ -466,14 +466,6 @@ def gpu_lines(est: Estimate, gpus: Sequence[tuple[int, str, float, float]]) -> l
     return lines
 
 
-def summary(est: Estimate, gpus: Sequence[tuple[int, str, float, float]]) -> str:
-    """One line for the Setup form: the peak, and the best GPU's free memory."""
-    if not gpus:
-        return f"VRAM estimate: {gib(est.total)} peak (no GPU visible)"
-    free = max(int((t - u) * 2**20) for _, _, u, t in gpus)
-    return f"VRAM estimate: {gib(est.total)} peak, {gib(free)} free: " + ("fits" if est.total <= free else "does NOT fit")
-
-
 def _target_gpus(
     config: cfgmod.TrainConfig, gpus: Sequence[tuple[int, str, float, float]]
 ) -> list[tuple[int, str, float, float]]:
