@@ -471,6 +471,8 @@ def _target_gpus(
 ) -> list[tuple[int, str, float, float]]:
     """The GPUs the run may land on: ``cuda:N`` that one (NVML numbering), ``auto``/``cuda`` any."""
     device = config.device.strip().lower()
+    if device.startswith(("cpu", "mps")):
+        return []
     if device.startswith("cuda:") and device[5:].isdigit():
         return [g for g in gpus if g[0] == int(device[5:])]
     return list(gpus)
@@ -524,7 +526,7 @@ def panel(
         lines.append(f"  {est.frames // LATENT_FPS}-s clips assumed (no crop set)")
     targets = _target_gpus(config, gpus)
     if not targets:
-        lines.append("  no GPU visible" if not gpus else f"  no GPU {config.device} visible")
+        lines.append("  no GPU visible" if not gpus else f"  device {config.device}: not one of the visible GPUs")
         return "\n".join(lines)
     index, name, used, total = max(targets, key=lambda t: t[3] - t[2])
     free = int((total - used) * 2**20)
