@@ -95,6 +95,10 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    if getattr(ns, "estimate_only", False):  # the estimate reads no data and writes nothing: those folders may be left out
+        for name in ("dataset_dir", "output_dir"):
+            if not getattr(ns, name, None):
+                setattr(ns, name, "(not needed for --estimate-only)")
     try:
         config = config_from_args(ns)
     except cfgmod.ConfigError as exc:
@@ -104,6 +108,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValueError as exc:  # a preset that does not load
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if getattr(ns, "estimate_only", False):
+        return cmd_estimate_only(config)
     from engine.cli import preprocess as pre_cli
 
     try:
@@ -122,6 +128,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
         if ns.preprocess_only:
             return 0
     return run_headless(config, json_events=ns.json)
+
+
+def cmd_estimate_only(config: cfgmod.TrainConfig) -> int:
+    """``train --estimate-only``: the VRAM breakdown; exit 1 when it fits no target GPU (stdlib + NVML only)."""
+    from engine import discovery, vram
+
+    lines, fits = vram.report(config, discovery.gpus())
+    print("\n".join(lines))
+    return 1 if fits is False else 0
 
 
 # --------------------------------------------------------------------------- demo

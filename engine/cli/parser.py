@@ -292,6 +292,12 @@ def build_parser() -> Parser:
     out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
     add_schema_flags(train)
     add_train_preprocess_arguments(train)
+    train.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the peak-VRAM estimate (breakdown, each GPU's free memory) and exit: 0 = fits or no GPU to compare, "
+        "1 = does not fit (with the one change that would make it fit)",
+    )
 
     demo = command("demo", help="set up the built-in demo model and data, then train on it (the TUI on a terminal)")
     demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
