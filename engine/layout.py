@@ -12,6 +12,8 @@ newest checkpoint" (stdlib only; DESIGN.md §4). Nothing else spells these names
       checkpoints/<name>/    resumable: adapter files + training_state.pt + config.json + checkpoint.json
       best/  final/          adapter only (inference-ready) + config.json + checkpoint.json
       samples/step_<N>/      audio rendered during training: <slug>.flac + <slug>.json (step 0 = the base model)
+      chosen/                the adapter picked by ear from a sample (Runs screen): a copy of the one saved
+                             at that sample's step, without its training state, + chosen.json
 
 A folder being written has a hidden temp name (``engine.fsutil``) and is never a checkpoint.
 """
@@ -35,6 +37,7 @@ FINAL_DIR = "final"
 TRAINER_STATE_FILE = "training_state.pt"
 CHECKPOINT_META_FILE = "checkpoint.json"
 SAMPLES_DIR = "samples"
+CHOSEN_DIR = "chosen"
 
 
 def config_path(run_dir: str) -> str:
@@ -85,6 +88,10 @@ def epoch_checkpoint_name(epoch: int) -> str:
 def sample_dir(run_dir: str, step: int) -> str:
     """Where the samples rendered after optimizer step ``step`` go (step 0: the base model)."""
     return os.path.join(run_dir, SAMPLES_DIR, f"step_{step}")
+
+
+def chosen_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, CHOSEN_DIR)
 
 
 def best_dir(run_dir: str) -> str:

@@ -45,6 +45,9 @@ BUILTIN_ORDER = (
     "vram_16gb",
     "vram_12gb",
     "vram_8gb",
+    "lokr",
+    "loha",
+    "oft",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Required paths are filled with placeholders so a partial preset can go through the full parser.

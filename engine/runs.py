@@ -31,6 +31,7 @@ import psutil
 
 from engine import layout, protocol
 from engine.layout import BEST_DIR, CHECKPOINT_META_FILE, CONFIG_FILE, ENGINE_FILE, EVENTS_FILE, FINAL_DIR
+from engine.samples_index import chosen_info
 from engine.summary import EMPTY, Segment, Summary, fold, fold_all, segments
 from engine.tailer import read_run_events
 
@@ -71,6 +72,9 @@ class RunSummary:
     comfyui_path: str | None = None  # the single-file ComfyUI export inside adapter_path, when there is one
     history: tuple[Segment, ...] = ()  # every segment, oldest first; the last one ends as ``status`` says
     redone_steps: int = 0  # steps trained again after resuming from an earlier checkpoint
+    chosen_path: str | None = None  # run_dir/chosen/: the adapter picked by ear (``engine.samples_index``)
+    chosen_step: int | None = None  # the step it was saved at
+    chosen_source: str = ""  # the folder it was copied from, relative to the run
     # steps, epoch (1-based), best_loss, final_loss, error: as ``engine.summary.Summary`` defines them
 
     @property
@@ -294,6 +298,8 @@ def summarize_run(run_dir: str) -> RunSummary:
     history = segments(s, last_how=status if not s.finished else None)
     run_name = config.get("run_name")
     name = run_name if isinstance(run_name, str) and run_name else folder
+    chosen = chosen_info(run_dir)
+    chosen_step = (chosen or {}).get("step")
     return RunSummary(
         run_id=s.run_id or (info or {}).get("run_id") or folder,
         name=name,
@@ -320,6 +326,9 @@ def summarize_run(run_dir: str) -> RunSummary:
         best_epoch=s.best_epoch,
         history=history,
         redone_steps=sum(seg.redone for seg in history),
+        chosen_path=layout.chosen_dir(run_dir) if chosen is not None else None,
+        chosen_step=chosen_step if isinstance(chosen_step, int) and not isinstance(chosen_step, bool) else None,
+        chosen_source=str((chosen or {}).get("source") or ""),
     )
 
 

@@ -3,7 +3,9 @@
 
 Sidecars, checked in this order for ``song.wav``:
 1. ``song.txt`` in ``key: value`` form with a caption (Side-Step's format; lyrics come last);
-2. ``song.caption.txt`` and/or ``song.lyrics.txt`` (upstream ACE-Step's format);
+2. ``song.caption.txt`` and/or ``song.lyrics.txt`` (upstream ACE-Step's format); a ``song.txt`` in
+   ``key: value`` form beside them adds its other keys (bpm, key, ...: where ``sidestep audio-analyze``
+   and ``sidestep convert-sidecars`` keep them);
 3. ``song.txt`` in ``key: value`` form without a caption (its first line is a known key);
 4. ``song.txt`` as plain lyrics.
 Text is UTF-8; a byte-order mark is ignored, and file names may be any Unicode.
@@ -130,12 +132,14 @@ def load_sidecar(audio_path: str) -> Sidecar:
         return Sidecar("key_value", parsed, (txt,))
     pair = [p for p in (cap, lyr) if os.path.isfile(p)]
     if pair:
-        fields = {}
+        # A key: value song.txt beside the pair (no caption in it) adds its other keys: bpm, key, ...
+        keep = txt_text is not None and _starts_with_key(txt_text)
+        fields = {k: v for k, v in parsed.items() if k not in ("caption", "lyrics")} if keep else {}
         if os.path.isfile(cap):
             fields["caption"] = _read_text(cap).strip()
         if os.path.isfile(lyr):
             fields["lyrics"] = _read_text(lyr).strip()
-        return Sidecar("caption_lyrics", fields, tuple(pair))
+        return Sidecar("caption_lyrics", fields, (txt, *pair) if keep else tuple(pair))
     if txt_text is not None and _starts_with_key(txt_text):
         return Sidecar("key_value", parsed, (txt,))
     if txt_text is not None and txt_text.strip():

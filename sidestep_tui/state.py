@@ -213,6 +213,7 @@ class RunState:
     resources: tuple[ResourcePoint, ...] = ()
     histogram: Histogram | None = None
     checkpoints: tuple[CheckpointInfo, ...] = ()
+    samples_rendered: int = 0  # SampleRendered events so far: the Monitor's Samples panel rescans the run's samples/ on change
     log: tuple[LogLine, ...] = ()
     preprocess: PreprocessStatus | None = None
     # outcome
@@ -465,7 +466,8 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
         case LogRecord():
             return {"log": _append_bounded(state.log, LogLine(event.ts, event.level, event.message), MAX_LOG_LINES)}
         case SampleRendered():
-            return {"log": _append_bounded(state.log, LogLine(event.ts, "info", f"sample written: {event.path}"), MAX_LOG_LINES)}
+            line = LogLine(event.ts, "info", f"sample written: {event.path}")
+            return {"log": _append_bounded(state.log, line, MAX_LOG_LINES), "samples_rendered": state.samples_rendered + 1}
         case RunPaused():
             return {"paused": True, "phase": "paused"}
         case RunResumed():

@@ -433,9 +433,16 @@ def write_flac(path: str, audio: np.ndarray) -> None:
 
 
 def write_rendered(rendered: Rendered, flac_path: str) -> str:
-    """The FLAC and its JSON sidecar (same name, ``.json``); returns the FLAC path."""
+    """The FLAC and its JSON sidecar (same name, ``.json``), with the sample's loudness and small mel
+    spectrogram (``engine.audio.spectrum``: what the UI shows without reading audio); returns the FLAC path.
+    The sidecar is one compact line (the spectrogram is a few thousand numbers)."""
+    from engine.audio import spectrum
+
     write_flac(flac_path, rendered.audio)
-    fsutil.write_json(os.path.splitext(flac_path)[0] + ".json", rendered.sidecar())
+    sidecar = {**rendered.sidecar(), **spectrum.describe(np.clip(rendered.audio, -1.0, 1.0), SAMPLE_RATE)}
+    fsutil.write_text(
+        os.path.splitext(flac_path)[0] + ".json", json.dumps(sidecar, ensure_ascii=False, separators=(",", ":")) + "\n"
+    )
     return flac_path
 
 

@@ -1,4 +1,5 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``
+and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -94,6 +95,10 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    if getattr(ns, "estimate_only", False):  # the estimate reads no data and writes nothing: those folders may be left out
+        for name in ("dataset_dir", "output_dir"):
+            if not getattr(ns, name, None):
+                setattr(ns, name, "(not needed for --estimate-only)")
     try:
         config = config_from_args(ns)
     except cfgmod.ConfigError as exc:
@@ -103,6 +108,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValueError as exc:  # a preset that does not load
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if getattr(ns, "estimate_only", False):
+        return cmd_estimate_only(config)
     from engine.cli import preprocess as pre_cli
 
     try:
@@ -121,6 +128,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
         if ns.preprocess_only:
             return 0
     return run_headless(config, json_events=ns.json)
+
+
+def cmd_estimate_only(config: cfgmod.TrainConfig) -> int:
+    """``train --estimate-only``: the VRAM breakdown; exit 1 when it fits no target GPU (stdlib + NVML only)."""
+    from engine import discovery, vram
+
+    lines, fits = vram.report(config, discovery.gpus())
+    print("\n".join(lines))
+    return 1 if fits is False else 0
 
 
 # --------------------------------------------------------------------------- demo
@@ -241,6 +257,8 @@ def cmd_runs(ns: argparse.Namespace) -> int:
             print(f"{'':50}-> {r.adapter_path}")
         if r.comfyui_path:
             print(f"{'':50}-> {r.comfyui_path} (ComfyUI)")
+        if r.chosen_path:
+            print(f"{'':50}-> {r.chosen_path} (chosen by ear: step {r.chosen_step}, from {r.chosen_source})")
         if one_run or len(r.history) > 1:  # each engine's go at the run: how it ended, and at which step
             redone = (
                 f", {r.redone_steps} step(s) trained again after resuming from an earlier checkpoint" if r.redone_steps else ""
@@ -417,6 +435,14 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli import preprocess as pre_cli
 
         return pre_cli.run_preprocess_command(ns)
+    if ns.command in ("tags", "convert-sidecars", "audio-analyze"):
+        from engine.cli import sidecar_tools
+
+        return {
+            "tags": sidecar_tools.run_tags_command,
+            "convert-sidecars": sidecar_tools.run_convert_command,
+            "audio-analyze": sidecar_tools.run_audio_analyze_command,
+        }[ns.command](ns)
     if ns.command == "generate":
         from engine.cli.generate import run_generate_command
 

@@ -205,6 +205,78 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dir_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The folder as a positional argument; ``--input/-i`` (Side-Step's spelling) also works."""
+    parser.add_argument("directory", nargs="?", default=None, metavar="DATASET_DIR", help=help_text)
+    parser.add_argument("--input", "-i", dest="input_compat", default=None, help=argparse.SUPPRESS)
+
+
+def add_sidecar_tool_arguments(tags: argparse.ArgumentParser, convert: argparse.ArgumentParser) -> None:
+    """``sidestep tags add|remove|list|clear`` and ``sidestep convert-sidecars`` (Side-Step's names)."""
+    from engine.sidecar_edit import CONVERT_TARGETS
+    from engine.sidecars import TAG_POSITIONS
+
+    folder = "the folder of audio files and their sidecars (scanned recursively)"
+    apply_help = "write the changes (each file atomically); without it: print the diff and write nothing"
+    tsub = tags.add_subparsers(dest="tags_action", metavar="ACTION", required=True, title="actions")
+    add = tsub.add_parser("add", help="add a trigger tag to every caption (a dry run with a diff unless --apply)")
+    _add_dir_argument(add, folder)
+    add.add_argument("--tag", "-t", required=True, help="the trigger tag, e.g. mystyle")
+    add.add_argument("--position", default="prepend", choices=TAG_POSITIONS, help="prepend ('tag, caption'), append or replace")
+    add.add_argument("--apply", action="store_true", help=apply_help)
+    remove = tsub.add_parser("remove", help="remove a trigger tag from every caption")
+    _add_dir_argument(remove, folder)
+    remove.add_argument("--tag", "-t", required=True, help="the trigger tag to remove")
+    remove.add_argument("--apply", action="store_true", help=apply_help)
+    clear = tsub.add_parser("clear", help="remove the tags every caption shares (what `tags add` wrote)")
+    _add_dir_argument(clear, folder)
+    clear.add_argument("--apply", action="store_true", help=apply_help)
+    listing = tsub.add_parser("list", help="the caption parts shared by more than one song, with counts")
+    _add_dir_argument(listing, folder)
+
+    _add_dir_argument(convert, folder)
+    convert.add_argument(
+        "--to",
+        required=True,
+        choices=CONVERT_TARGETS,
+        help="kv: song.txt with key: value lines (Side-Step's); txt: song.caption.txt + song.lyrics.txt (ACE-Step's)",
+    )
+    convert.add_argument("--apply", action="store_true", help=apply_help)
+
+
+def add_audio_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep audio-analyze`` (Side-Step's ``--input`` and ``--policy`` names)."""
+    from engine.sidecar_edit import FILL_MISSING, POLICIES
+
+    _add_dir_argument(parser, "the folder of audio files (scanned recursively)")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--policy",
+        default=FILL_MISSING,
+        choices=POLICIES,
+        help="fill_missing keeps values a sidecar has (default); overwrite_all replaces them",
+    )
+    policy.add_argument(
+        "--overwrite", dest="policy", action="store_const", const="overwrite_all", help="same as --policy overwrite_all"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the estimates and the diff; write nothing")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="analyse at most this much of each file, from its start (default 120)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        metavar="X",
+        help="write only estimates at least this sure, 0..1 (default 0.5); the others are printed, not written",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -220,6 +292,12 @@ def build_parser() -> Parser:
     out.add_argument("--json", action="store_true", help="every event as one JSON line on stdout")
     add_schema_flags(train)
     add_train_preprocess_arguments(train)
+    train.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the peak-VRAM estimate (breakdown, each GPU's free memory) and exit: 0 = fits or no GPU to compare, "
+        "1 = does not fit (with the one change that would make it fit)",
+    )
 
     demo = command("demo", help="set up the built-in demo model and data, then train on it (the TUI on a terminal)")
     demo.add_argument("--root", default=None, help=f"where the demo lives (default {default_demo_root()})")
@@ -295,4 +373,11 @@ def build_parser() -> Parser:
     )
     add_dataset_arguments(command("dataset", help="build dataset.json from audio files and sidecar text"))
     add_preprocess_arguments(command("preprocess", help="turn audio into training tensors"))
+    add_sidecar_tool_arguments(
+        command("tags", help="add, remove, list or clear trigger tags in a dataset's captions"),
+        command("convert-sidecars", help="convert sidecars between key: value song.txt and song.caption.txt/.lyrics.txt"),
+    )
+    add_audio_analyze_arguments(
+        command("audio-analyze", help="estimate BPM, key and time signature of audio files into their sidecars (needs librosa)")
+    )
     return parser

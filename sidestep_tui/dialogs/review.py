@@ -44,9 +44,9 @@ class ReviewDialog(ModalScreen[str | None]):
         Binding("ctrl+g", "close", "Close", id="review.close-alt", show=False),
     ]
 
-    def __init__(self, config: cfg.TrainConfig | None, errors: dict[str, str], preview: str, model: str) -> None:
+    def __init__(self, config: cfg.TrainConfig | None, errors: dict[str, str], preview: str, model: str, vram: str = "") -> None:
         super().__init__()
-        self.config, self.errors, self.preview, self.model = config, errors, preview, model
+        self.config, self.errors, self.preview, self.model, self.vram = config, errors, preview, model, vram
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -61,6 +61,8 @@ class ReviewDialog(ModalScreen[str | None]):
             with VerticalScroll():
                 yield Static(self.preview, markup=False)
                 yield Static(self.model, markup=False)
+                if self.vram:
+                    yield Static(self.vram, id="review-vram", markup=False)
                 if self.config is not None:
                     yield Static("Settings that differ from the defaults\n" + _differences(self.config), markup=False)
                     yield Static(command_line(self.config), id="review-command", markup=False)

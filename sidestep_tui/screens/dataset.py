@@ -10,12 +10,16 @@ Two tabs (Ctrl+T switches):
 - **Audio → tensors** (``widgets.audio_prep.AudioPrep``): an audio folder, what the dataset builder
   found in it, tag and normalisation, then preprocessing in the engine with per-file progress. Ctrl+S
   starts it, Ctrl+X stops it (finished files are kept; starting again resumes), and once it is done
-  Ctrl+S takes the new tensor folder straight to Setup.
+  Ctrl+S takes the new tensor folder straight to Setup. Ctrl+G (or the palette's "Dataset: Tags") adds or
+  removes a trigger tag in the songs' captions (``dialogs.tags``), Ctrl+B ("Dataset: Analyze audio") runs
+  ``sidestep audio-analyze`` on the folder in a child process and rescans; the file detail shows each song's
+  BPM, key and time signature from its sidecar (what ``sidestep audio-analyze`` writes there).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 from textual import on, work
@@ -25,7 +29,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static, TabbedContent, TabPane
 
-from engine import discovery, ptinspect
+from engine import discovery, ptinspect, sidecar_edit
 from engine.protocol import StopRun
 
 from ..appref import SidestepAppRef
@@ -76,6 +80,22 @@ class DatasetScreen(QuickScreen):
             tooltip="Switch between a tensor folder and an audio folder",
         ),
         Binding("ctrl+r", "rescan", "Rescan", id="dataset.rescan", tooltip="Check every file again"),
+        Binding(
+            "ctrl+g",
+            "tags",
+            "Tags",
+            id="dataset.tags",
+            show=False,  # in the command palette and the audio tab's status line
+            tooltip="Add or remove a trigger tag in the songs' captions (sidestep tags)",
+        ),
+        Binding(
+            "ctrl+b",
+            "analyze_audio",
+            "Analyze audio",
+            id="dataset.analyze",
+            show=False,
+            tooltip="BPM, key and time signature into the sidecars, where missing (sidestep audio-analyze; needs librosa)",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -186,6 +206,8 @@ class DatasetScreen(QuickScreen):
         (Returning False also keeps an unavailable action out of the command palette.)"""
         if action == "use":
             return self.source == TENSORS
+        if action in ("tags", "analyze_audio"):
+            return self.source == AUDIO and self.prep.report is not None and self.prep.state not in (STARTING, RUNNING)
         if action in ("preprocess", "use_tensors", "stop_preprocess"):
             if self.source != AUDIO:
                 return False
@@ -223,6 +245,37 @@ class DatasetScreen(QuickScreen):
             self.prep.rescan()
         else:
             self.query_one("#dataset-path", PathField).recheck()
+
+    def action_tags(self) -> None:
+        from ..dialogs.tags import TagsDialog
+
+        report = self.prep.report
+        if report is None:
+            return
+
+        def done(result: str | None) -> None:
+            if result:
+                self.notify(result, title="Tags")
+                self.prep.rescan()
+
+        self.app.push_screen(TagsDialog(report.audio_dir), done)
+
+    def action_analyze_audio(self) -> None:
+        report = self.prep.report
+        if report is None:
+            return
+        self.notify(f"Analysing the songs in {report.audio_dir} …", title="Audio analysis")
+        self._analyze(report.audio_dir)
+
+    @work(thread=True, exclusive=True, group="audio-analyze", name="audio-analyze", exit_on_error=False)
+    def _analyze(self, audio_dir: str) -> None:
+        try:
+            line = sidecar_edit.analyze_in_subprocess(audio_dir)
+        except (sidecar_edit.EditError, OSError, subprocess.SubprocessError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", title="Audio analysis")
+            return
+        self.app.call_from_thread(self.notify, line, title="Audio analysis")
+        self.app.call_from_thread(self.prep.rescan)
 
     def action_preprocess(self) -> None:
         prep = self.prep

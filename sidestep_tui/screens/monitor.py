@@ -5,19 +5,28 @@ plotext loss chart at most once a second, and only when something changed. Contr
 (``StopRequested`` ...); ``check_action`` shows each one only when it is valid for the run's state and
 the engine connection (an attached run can only be stopped).
 
+At large sizes a run that renders audio samples also gets a Samples panel (one row per prompt x step, the
+base model's pinned first, then the newest; the highlighted one's spectrogram and loudness): its run folder's
+samples are scanned again (in a thread) whenever a ``SampleRendered`` event arrives. Hidden at 80x24.
+
 Constructed with ``state=`` it is a replay: a fixed ``RunState`` rebuilt from a finished run's
 ``events.jsonl`` (from the Runs screen), without controls.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.reactive import var
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 from engine.protocol import PauseRun, ResumeRun, SaveCheckpoint, StopRun
+from engine.samples_index import Sample, scan_samples
 
 from .. import messages as m
 from ..appref import SidestepAppRef
@@ -29,12 +38,19 @@ from ..widgets.footer import SidestepFooter
 from ..widgets.gpu_panel import GpuPanel
 from ..widgets.loss_chart import SMOOTHING_WINDOWS, LossChart, chart_series
 from ..widgets.progress_panel import ProgressPanel
+from ..widgets.samples_panel import SamplesPanel, play_sample
 from ..widgets.sparklines import sparkline
 from ..widgets.timestep_histogram import TimestepHistogram
 from .quick import QuickScreen
 
 TICK_S = 0.5
 CHART_EVERY_S = 1.0
+
+
+@dataclass
+class SamplesScanned(Message):
+    key: tuple[str, int]  # (run_dir, samples_rendered) the scan was for
+    samples: list[Sample]
 
 
 class MonitorScreen(QuickScreen):
@@ -50,6 +66,9 @@ class MonitorScreen(QuickScreen):
         Binding("w", "smoothing", "Smooth", id="monitor.smoothing", tooltip="Cycle the loss smoothing window"),
         Binding("t", "histogram", "t-hist", id="monitor.histogram", tooltip="Timestep histogram: recent or cumulative"),
         Binding("e", "show_error", "Error", id="monitor.error", tooltip="Show the failure: message, hint, traceback"),
+        Binding(
+            "l", "listen", "Listen", id="monitor.listen", tooltip="Play the highlighted sample (Enter in the Samples panel too)"
+        ),
         Binding("escape", "back", "Back", id="monitor.back"),
         Binding("backspace", "back", "Back", id="monitor.back-alt", show=False),
     ]
@@ -70,6 +89,7 @@ class MonitorScreen(QuickScreen):
         self._chart_dirty = True
         self._chart_at = -1e9
         self._binding_key: tuple = ()
+        self._samples_key: tuple[str, int] = ("", 0)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="engine-banner", markup=False)
@@ -85,6 +105,7 @@ class MonitorScreen(QuickScreen):
             yield GpuPanel(id="gpu")
             yield CheckpointList(id="checkpoints")
             yield EventLog(id="log")
+        yield SamplesPanel(id="samples-panel", follow=True)
         yield SidestepFooter()
 
     def on_mount(self) -> None:
@@ -139,6 +160,7 @@ class MonitorScreen(QuickScreen):
         self.query_one(GpuPanel).show(s.resources, compact=self.compact, device=s.device)
         self.query_one(EventLog).show(s.log)
         self.query_one(CheckpointList).show(s.checkpoints, s.run_dir)
+        self._draw_samples(s)
         if self.compact:
             self._draw_spark(s)
         else:
@@ -149,6 +171,41 @@ class MonitorScreen(QuickScreen):
                 self.query_one(LossChart).set_history(s.history, self.window)
             elif self._chart_dirty:
                 self._dirty = True  # draw on a later tick
+
+    def _draw_samples(self, s: RunState) -> None:
+        panel = self.query_one(SamplesPanel)
+        shown = not self.compact and bool(panel.samples)
+        if panel.display != shown:
+            panel.display = shown
+            self.refresh_bindings()
+        key = (s.run_dir, s.samples_rendered)
+        if key != self._samples_key and s.run_dir and s.samples_rendered:
+            self._samples_key = key
+            self._scan_samples(key)
+
+    @work(thread=True, exclusive=True, group="monitor-samples", name="monitor-samples", exit_on_error=False)
+    def _scan_samples(self, key: tuple[str, int]) -> None:
+        self.post_message(SamplesScanned(key, scan_samples(key[0])))
+
+    @on(SamplesScanned)
+    def _show_samples(self, message: SamplesScanned) -> None:
+        self.query_one(SamplesPanel).show(message.samples)
+        self._dirty = True
+        self.redraw(True)
+
+    @on(DataTable.RowSelected, "#samples-table")
+    def _sample_selected(self) -> None:
+        self.action_listen()
+
+    def action_listen(self) -> None:
+        panel = self.query_one(SamplesPanel)
+        if not panel.display or (sample := panel.selected) is None:
+            return
+        problem = play_sample(sample.path)
+        if problem is None:
+            self.notify(f"Playing {sample.path}", timeout=5)
+        else:
+            self.notify(problem, severity="warning", timeout=20)
 
     def _draw_spark(self, s: RunState) -> None:
         widget = self.query_one("#loss-spark", Static)
@@ -176,6 +233,8 @@ class MonitorScreen(QuickScreen):
             return True if session.can_send(command) else None  # a dead engine: shown, disabled
         if action == "show_error":
             return s.failure is not None
+        if action == "listen":
+            return self.is_mounted and self.query_one(SamplesPanel).display
         if action == "back":
             return self.replay
         return True

@@ -5,7 +5,9 @@ to a live one (read-only; stop = SIGTERM, which saves), or resume a stopped / fa
 newest checkpoint in a freshly spawned engine, or export its adapter as one ComfyUI file (``sidestep export``
 in a child process: the UI never imports torch). Scanning, replay reading and exporting run in thread workers.
 A run that rendered audio samples while training also shows them (one row per prompt x step, the base model's
-first, then the newest step); Enter or ``l`` plays the highlighted one through a local player found on PATH.
+first, then the newest step) with the highlighted one's spectrogram and loudness; Enter or ``l`` plays it
+through a local player found on PATH, ``k`` keeps the checkpoint saved at its step as the run's chosen
+adapter (copied to ``chosen/``: pick by ear).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from textual.widgets import DataTable, Static
 from engine import config as cfgmod
 from engine import layout
 from engine.runs import RunSummary, scan_runs
-from engine.samples_index import Sample, find_player, player_names, scan_samples
+from engine.samples_index import ChooseError, Sample, checkpoint_for_sample, choose_checkpoint, scan_samples
 from engine.summary import loss_text, segment_text
 from engine.tailer import read_run_events
 
@@ -34,40 +36,12 @@ from ..appref import SidestepAppRef
 from ..formatting import human_duration
 from ..state import RunState, apply_all
 from ..widgets.footer import SidestepFooter
+from ..widgets.samples_panel import SamplesPanel, play_sample
 from .quick import QuickScreen
 
 # The figures that tell runs apart come right after the name: at 80 columns the rest is off to the right.
 COLUMNS = ("Run", "Status", "Steps", "Best", "Final", "Adapter", "Model", "Duration", "Adapter path")
 RESUMABLE = ("stopped", "failed", "died")
-SAMPLE_COLUMNS = ("Step", "Sample", "Seed", "Length", "Prompt")
-
-
-def sample_row(s: Sample) -> tuple[str, ...]:
-    return (
-        "base" if s.is_base else str(s.step),
-        s.slug,
-        "n/a" if s.seed is None else str(s.seed),
-        "n/a" if s.duration_s is None else f"{s.duration_s:.1f} s",
-        s.prompt or "n/a",
-    )
-
-
-def play_sample(path: str) -> str | None:
-    """Start the first player on PATH on ``path``, detached; None when it started, else the one-line reason."""
-    command = find_player()
-    if command is None:
-        return f"no audio player found ({player_names()}): copy {path}"
-    try:
-        subprocess.Popen(
-            [*command, path],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return f"cannot start {os.path.basename(command[0])} ({exc}): copy {path}"
-    return None
 
 
 def run_row(r: RunSummary) -> tuple[str, ...]:
@@ -97,6 +71,8 @@ def run_detail(r: RunSummary) -> str:
         lines.append(f"adapter: {r.adapter_path}")
     if r.comfyui_path:
         lines.append(f"ComfyUI: {r.comfyui_path}")
+    if r.chosen_path:
+        lines.append(f"chosen by ear: {r.chosen_path} (step {r.chosen_step}, copied from {r.chosen_source})")
     if r.error:
         lines.append(f"error: {r.error}")
     if r.problem:
@@ -137,6 +113,13 @@ class ReplayReady(Message):
 
 
 @dataclass
+class KeepDone(Message):
+    run: RunSummary
+    ok: bool
+    text: str  # what was kept, or the one-line error
+
+
+@dataclass
 class ExportDone(Message):
     run: RunSummary
     ok: bool
@@ -161,6 +144,7 @@ def export_run(run_dir: str, timeout: float = 600.0) -> tuple[bool, str]:
 class RunsScreen(QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "runs.tcss"
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]  # 80x24: a smaller Samples section, the run list stays
     BINDINGS = [
         # Enter on a row opens it too (DataTable's own binding -> RowSelected).
         Binding("o", "open", "Open", id="runs.open", tooltip="Replay the run's curves (read-only); Enter too"),
@@ -171,26 +155,24 @@ class RunsScreen(QuickScreen):
         Binding(
             "l", "listen", "Listen", id="runs.listen", tooltip="Play the highlighted sample (Enter in the Samples table too)"
         ),
+        Binding("k", "keep", "Keep", id="runs.keep", tooltip="Keep the highlighted sample's checkpoint: copy it to chosen/"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.runs: list[RunSummary] = []
         self.samples: dict[str, list[Sample]] = {}
-        self._shown_samples: list[Sample] = []
 
     def compose(self) -> ComposeResult:
         yield Static("", id="runs-title", markup=False)
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail", markup=False)
-        yield DataTable(id="samples-table", cursor_type="row", zebra_stripes=True)
+        yield SamplesPanel(id="samples")
         yield SidestepFooter()
 
     def on_mount(self) -> None:
         self.query_one("#runs-table", DataTable).add_columns(*COLUMNS)
-        samples = self.query_one("#samples-table", DataTable)
-        samples.add_columns(*SAMPLE_COLUMNS)
-        samples.display = False
+        self.query_one(SamplesPanel).display = False
         self.action_rescan()
 
     def on_screen_resume(self) -> None:
@@ -243,22 +225,16 @@ class RunsScreen(QuickScreen):
 
     @property
     def selected_sample(self) -> Sample | None:
-        found = self.selected_samples
-        row = self.query_one("#samples-table", DataTable).cursor_row
-        return found[row] if 0 <= row < len(found) else None
+        return self.query_one(SamplesPanel).selected
 
     @on(DataTable.RowHighlighted, "#runs-table")
     def _show_detail(self) -> None:
         r = self.selected
         self.query_one("#run-detail", Static).update(run_detail(r) if r else "")
-        table = self.query_one("#samples-table", DataTable)
+        panel = self.query_one(SamplesPanel)
         found = self.selected_samples
-        if found != self._shown_samples:  # rebuilt only when they change: a rescan keeps the cursor
-            self._shown_samples = found
-            table.clear()
-            for s in found:
-                table.add_row(*sample_row(s))
-        table.display = bool(found)
+        panel.show(found)  # rebuilt only when they change: a rescan keeps the highlighted sample
+        panel.display = bool(found)
         self.refresh_bindings()
 
     @on(DataTable.RowSelected, "#runs-table")
@@ -288,9 +264,62 @@ class RunsScreen(QuickScreen):
             return r is not None and r.status in RESUMABLE
         if action == "export":
             return r is not None and bool(r.adapter_path)
-        if action == "listen":
+        if action in ("listen", "keep"):
             return r is not None and bool(self.samples.get(r.path))
         return True
+
+    def action_keep(self) -> None:
+        """Pick by ear: the highlighted sample's checkpoint becomes ``chosen/`` (an earlier choice is
+        replaced only after a yes)."""
+        r, s = self.selected, self.selected_sample
+        if r is None or s is None:
+            return
+        try:
+            source = checkpoint_for_sample(r.path, s)
+        except ChooseError as exc:
+            self.notify(f"Cannot keep {s.slug}: {exc}", severity="warning", timeout=15)
+            return
+        chosen = layout.chosen_dir(r.path)
+        if not os.path.lexists(chosen):
+            self._keep(r, s)
+            return
+        from ..dialogs.confirm import ConfirmDialog
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._keep(r, s)
+
+        before = f"step {r.chosen_step}, from {r.chosen_source}" if r.chosen_path else "an earlier choice"
+        self.app.push_screen(
+            ConfirmDialog(
+                "Replace the chosen checkpoint?",
+                f"{chosen} holds {before}. Replace it with step {s.step} (from {os.path.relpath(source, r.path)})?",
+                yes="Replace",
+            ),
+            answer,
+        )
+
+    @work(thread=True, exclusive=True, group="run-keep", name="run-keep", exit_on_error=False)
+    def _keep(self, run: RunSummary, sample: Sample) -> None:
+        try:
+            info = choose_checkpoint(run.path, sample)
+        except (OSError, ValueError) as exc:  # ChooseError is a ValueError
+            self.post_message(KeepDone(run, False, str(exc)))
+            return
+        comfy = (
+            f", with its ComfyUI file {info['comfyui']}" if info["comfyui"] else ", no ComfyUI file (that checkpoint has none)"
+        )
+        self.post_message(
+            KeepDone(run, True, f"step {info['step']} (from {info['source']}) -> {layout.chosen_dir(run.path)}{comfy}")
+        )
+
+    @on(KeepDone)
+    def _kept(self, message: KeepDone) -> None:
+        if message.ok:
+            self.notify(f"Kept {message.text}", title=f"Chosen for {message.run.name}", timeout=15)
+        else:
+            self.notify(f"Cannot keep a checkpoint of {message.run.name}: {message.text}", severity="error", timeout=15)
+        self.action_rescan()
 
     def action_open(self) -> None:
         if (r := self.selected) is not None:

@@ -23,7 +23,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from engine import config as cfg
-from engine import discovery, ptinspect
+from engine import discovery, ptinspect, vram
 
 from .. import forms
 from ..appref import SidestepAppRef
@@ -44,6 +44,11 @@ class DatasetCounted(Message):
     samples: int | None
     problems: int
     folder_problem: str  # why the folder holds no usable sample ("" when it holds some)
+
+
+@dataclass
+class GpusListed(Message):
+    gpus: list[discovery.GpuInfo]
 
 
 class SetupScreen(QuickScreen):
@@ -77,6 +82,8 @@ class SetupScreen(QuickScreen):
             None  # the root whose model count was looked at  # (output root, model, adapter) it was decided for
         )
         self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
+        self._gpus: list[discovery.GpuInfo] = []  # NVML's list, asked once per visit (off the UI thread)
+        self._vram_shape: tuple[str, vram.ModelShape] | None = None  # model folder -> its config.json's shapes
 
     def compose(self) -> ComposeResult:
         # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
@@ -88,6 +95,7 @@ class SetupScreen(QuickScreen):
             with VerticalScroll(id="setup-side"):
                 yield Static("", id="setup-help", markup=False)
                 yield Static("", id="setup-preview", markup=False)
+                yield Static("", id="setup-vram", markup=False)
                 yield Static("", id="setup-model", markup=False)
                 yield Static("", id="setup-command", markup=False)
         yield Static("", id="setup-help-line", markup=False)
@@ -100,6 +108,7 @@ class SetupScreen(QuickScreen):
     def on_mount(self) -> None:
         self._validate(self.form.values)
         self.form.focus_field(forms.SPECS[0].name)
+        self._query_gpus()
 
     def on_screen_resume(self) -> None:
         draft, current = self.app.draft, self.form.values
@@ -111,8 +120,9 @@ class SetupScreen(QuickScreen):
             self.form.set_values(changed)
         self._keep_output_dir_current(self.form.values)
         # Look again: the folder may have been preprocessed, the model copied, while away.
-        self._dataset_key = self._model_key = self._model_blocker = None
+        self._dataset_key = self._model_key = self._model_blocker = self._vram_shape = None
         self._validate(self.form.values)
+        self._query_gpus()
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < NARROW, "-narrow")
@@ -217,6 +227,34 @@ class SetupScreen(QuickScreen):
             self._dataset_blocker = message.folder_problem
             self._validate(self.form.values)
 
+    @work(thread=True, exclusive=True, group="setup-gpus", name="setup-gpus", exit_on_error=False)
+    def _query_gpus(self) -> None:
+        self.post_message(GpusListed(discovery.gpus()))
+
+    @on(GpusListed)
+    def _gpus_listed(self, message: GpusListed) -> None:
+        self._gpus = message.gpus
+        self._update("#setup-vram", self._vram_text(self.form.values))
+
+    def _vram_text(self, raw: dict[str, Any]) -> str:
+        """The live VRAM figure (engine/vram.py: arithmetic on the model's cached shapes). Fields with
+        problems count at their defaults, so the figure stays while one is being fixed."""
+        config = self.config
+        if config is None:
+            values = {k: v for k, v in raw.items() if k not in self.errors}
+            values.update({k: "-" for k in ("checkpoint_dir", "dataset_dir", "output_dir") if not values.get(k)})
+            config, _ = forms.parse_raw(values)
+        if config is None:
+            return "VRAM estimate\n  (fix the problems to see it)"
+        folder = (
+            discovery.model_folder(str(raw.get("checkpoint_dir") or ""), config.model_variant)
+            if raw.get("checkpoint_dir")
+            else ""
+        )
+        if self._vram_shape is None or self._vram_shape[0] != folder:
+            self._vram_shape = (folder, vram.shape_for(folder)[0])
+        return vram.panel(config, self._vram_shape[1], self._gpus)
+
     def _readiness(self, raw: dict[str, Any]) -> dict[str, str]:
         """What stops a config that parses from running: the checks the Dataset and Models screens
         make (the folder holds samples; the model is found under the checkpoint root, without problems)."""
@@ -292,6 +330,7 @@ class SetupScreen(QuickScreen):
         # On the status line, not the screen: a class on the screen restyles every widget in it.
         self.query_one("#setup-status").set_class(bool(self.errors), "-invalid")
         self._update("#setup-preview", self._preview_text(raw))
+        self._update("#setup-vram", self._vram_text(raw))
         self._update("#setup-model", self._model_text(raw))
         command = forms.command_line(self.config) if self.config else "(fix the problems to see the command)"
         self._update("#setup-command", f"Command (Ctrl+R to review, Ctrl+Y to copy)\n{command}")
@@ -373,9 +412,16 @@ class SetupScreen(QuickScreen):
 
         raw = self.form.values
         self.app.push_screen(
-            ReviewDialog(self.config, self.errors, self._preview_text(raw), self._model_text(raw)),
+            ReviewDialog(self.config, self.errors, self._preview_text(raw), self._model_text(raw), self._vram_report()),
             self._review_done,
         )
+
+    def _vram_report(self) -> str:
+        """The whole breakdown for the review dialog (per GPU, and the change that would make it fit)."""
+        if self.config is None:
+            return ""
+        shape = self._vram_shape[1] if self._vram_shape else None
+        return "\n".join(vram.report(self.config, self._gpus, shape=shape)[0])
 
     def _review_done(self, result: str | None) -> None:
         if result == "start":

@@ -32,6 +32,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from engine import discovery, ptinspect
 from engine import prepconfig as pcfg
 from engine.config import ConfigError
+from engine.sidecar_edit import shared_tags
 from engine.sidecars import BuildReport, scan_in_subprocess
 
 from ..appref import SidestepAppRef
@@ -51,7 +52,7 @@ from .config_field import FieldRow
 from .path_input import PathCheck, PathField, check_directory, creatable
 from .sparklines import bar
 
-OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "normalize", "target_lufs", "target_db", "max_duration")
+OPTION_FIELDS = ("tag", "tag_position", "genre_ratio", "conditioning", "normalize", "target_lufs", "target_db", "max_duration")
 """The preprocessing settings a user picks here; paths, model and device come from elsewhere."""
 TARGET_FOR = {"lufs": "target_lufs", "peak": "target_db"}
 TENSOR_SUFFIX = "_tensors"
@@ -103,6 +104,20 @@ def finished_tensors(folder: str) -> int:
 
 def check_audio_dir(path: str) -> PathCheck:
     return check_directory(path, empty="enter the folder holding your songs")
+
+
+def sample_meta(report: BuildReport) -> dict[str, str]:
+    """File (relative path) -> its sidecar's BPM, key and time signature as one line ("" when none)."""
+    out = {}
+    for sample in report.samples:
+        rel = os.path.relpath(str(sample.get("audio_path", "")), report.audio_dir)
+        parts = [
+            f"{label} {sample[key]}"
+            for key, label in (("bpm", "bpm"), ("keyscale", "key"), ("timesignature", "signature"))
+            if sample.get(key) not in (None, "")
+        ]
+        out[rel] = " · ".join(parts)
+    return out
 
 
 def missing_components(checkpoint_root: str) -> list[str]:
@@ -157,6 +172,7 @@ class AudioPrep(Vertical):
         self.result_line = ""
         self._auto_output = ""  # the output path we filled in (replaced when the audio folder changes)
         self._rows: dict[str, str] = {}  # file (relative path) -> its caption (for the detail line)
+        self._meta: dict[str, str] = {}  # file -> "bpm 120 · key A minor · signature 4" from its sidecar
         self._row_status: dict[str, str] = {}  # file -> the text in its status cell now
         self._highlighted = ""
         self._job_values: dict[str, Any] = {}  # the form as it was when the last job started
@@ -313,6 +329,7 @@ class AudioPrep(Vertical):
         if report is None:
             return
         missing = set(report.missing_sidecars)
+        self._meta = sample_meta(report)
         for found in report.files:
             status = "! no sidecar: captioned from the file name" if found.relpath in missing else "ready"
             self._add_row(
@@ -344,7 +361,12 @@ class AudioPrep(Vertical):
                 + (f" ({len(report.unreadable)} unreadable)" if report.unreadable else "")
             )
             return
-        self._status(f"{audio_scan_summary(report)}\nCtrl+S: preprocess into {self.output_field.value or '(choose a folder)'}")
+        tags = shared_tags(f.caption for f in report.files)
+        shared = [f"{t.tag} ({t.songs} of {t.total})" for t in tags if t.total > 1][:4]
+        self._status(
+            f"{audio_scan_summary(report)}\nCtrl+S: preprocess into {self.output_field.value or '(choose a folder)'}"
+            + (f"\ntags: {', '.join(shared)}  (Ctrl+G: tags)" if shared else "")
+        )
 
     def _status(self, text: str) -> None:
         self.query_one("#prep-status", Static).update(text)
@@ -358,7 +380,8 @@ class AudioPrep(Vertical):
         """The highlighted row in full (a long caption or error does not fit its cell)."""
         caption = self._rows.get(rel, "")
         status = self._row_status.get(rel, "")
-        detail = f"{rel}: {status}" + (f"\ncaption: {caption}" if caption else "")
+        meta = self._meta.get(rel, "")
+        detail = f"{rel}: {status}" + (f"\ncaption: {caption}" if caption else "") + (f"\n{meta}" if meta else "")
         self.query_one("#prep-detail", Static).update(detail)
 
     # ------------------------------------------------------------------ running

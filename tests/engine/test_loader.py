@@ -174,3 +174,30 @@ def test_explicit_flash_attention_without_the_package():
         pytest.skip("flash-attn is installed here")
     with pytest.raises(ModelLoadError, match="flash-attn is not installed"):
         attention_candidates("flash_attention_2", CPU, torch.bfloat16)
+
+
+def test_xl_folder_loads_on_the_same_path_with_every_tensor_placed(demo_paths, tmp_path):
+    """An ``acestep-v15-xl-*`` folder goes through discovery and the one loader like any other: the
+    alias resolves to it, and every decoder tensor lands on the asked device in the asked dtype with
+    the shapes its config.json describes (Side-Step's XL loader left weights on the meta device)."""
+    from engine import discovery
+
+    root = tmp_path / "ckpt"
+    folder = root / "acestep-v15-xl-turbo"
+    shutil.copytree(demo_paths["model_dir"], folder)
+    info = discovery.inspect_model_dir(str(folder))
+    assert info is not None and info.xl and info.alias == "xl-turbo" and not info.problems
+    resolved = discovery.resolve_model_dir(str(root), "xl-turbo")
+    assert os.path.samefile(resolved, folder)
+
+    loaded = load_decoder(resolved, device=CPU, dtype=torch.bfloat16)
+    tensors = [*loaded.decoder.named_parameters(), *loaded.decoder.named_buffers()]
+    assert tensors and all(t.device == CPU and not t.is_meta for _, t in tensors)
+    config = loaded.model_config
+    layers = loaded.decoder.layers
+    assert len(layers) == config["num_hidden_layers"]
+    heads, kv_heads, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    for layer in layers:
+        assert layer.self_attn.q_proj.weight.shape == (heads * head_dim, config["hidden_size"])
+        assert layer.self_attn.k_proj.weight.shape == (kv_heads * head_dim, config["hidden_size"])
+        assert layer.mlp.down_proj.weight.shape == (config["hidden_size"], config["intermediate_size"])

@@ -90,6 +90,9 @@ def test_base_and_adapter_rounds_on_disk_as_events_and_in_tensorboard(runs):
         sidecar = json.loads(Path(os.path.splitext(event.path)[0] + ".json").read_text(encoding="utf-8"))
         assert sidecar["prompt"] == event.prompt and sidecar["seed"] == 42 and sidecar["steps"] == 2
         assert sidecar["guidance"] == 7.0 and sidecar["adapter_scale"] == event.adapter_scale and sidecar["wall_s"] > 0
+        spec = sidecar["spectrogram"]  # what the UI draws without reading audio (engine.audio.spectrum)
+        assert len(spec["db"]) == len(spec["band_hz"]) == 48 and len(spec["db"][0]) == info.frames // 1024
+        assert sidecar["lufs"] is None or -70 < sidecar["lufs"] < 10  # 1 s holds 400 ms gating blocks
         assert event.prompt.startswith("demo pattern")  # the dataset's own captions
     base, adapter = rendered[0], rendered[3]
     assert base.prompt == adapter.prompt

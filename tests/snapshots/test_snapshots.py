@@ -127,15 +127,42 @@ def test_runs_screen(snap_compare, tmp_path, shown_runs_root, size) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_runs_screen_with_samples(snap_compare, tmp_path, shown_runs_root, monkeypatch, size) -> None:
+    """The Samples section: the table (LUFS column) and the highlighted sample's spectrogram in colour."""
     from test_runs_samples import add_samples
 
+    monkeypatch.setenv("COLORTERM", "truecolor")  # colour cells whatever the machine's terminal says
+    monkeypatch.delenv("NO_COLOR", raising=False)
     for name in ("demo-lora-stopped", "demo-lokr"):  # whichever is highlighted first shows its samples
-        add_samples(make_run_dir(shown_runs_root, name, config={"run_name": name}))
+        add_samples(make_run_dir(shown_runs_root, name, config={"run_name": name}), old_steps=(10,))
     scan = runs_screen.scan_samples
     monkeypatch.setattr(runs_screen, "scan_samples", lambda path: scan(str(tmp_path) + path[len(SHOWN_ROOT) :]))
     settings = Settings(checkpoint_root=str(tmp_path / "ckpt"), output_root=f"{SHOWN_ROOT}/runs")
 
     async def run_before(pilot) -> None:
-        await wait_until(pilot, lambda: pilot.app.screen.query_one("#samples-table").display, 10.0, "the Samples table")
+        await wait_until(pilot, lambda: pilot.app.screen.query_one("#samples").display, 10.0, "the Samples table")
+        pilot.app.screen.query_one("#samples-table").move_cursor(row=2)  # step 20's first prompt
+        await pilot.pause()
 
     assert snap_compare(build(tmp_path, mode="runs", settings=settings), terminal_size=size, run_before=run_before)
+
+
+def test_monitor_with_samples(snap_compare, tmp_path, monkeypatch) -> None:
+    """The Monitor's Samples panel at 160x48 (hidden at 80x24: tests/ui/test_monitor_samples.py)."""
+    from test_monitor_samples import sample_events
+    from test_runs_samples import add_samples
+
+    from sidestep_tui.screens import monitor
+
+    monkeypatch.setenv("COLORTERM", "truecolor")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    shown = Path(SHOWN_ROOT) / "runs" / "demo"
+    add_samples(tmp_path / "runs" / "demo", steps=(0, 10, 20), old_steps=(10,))
+    scan = monitor.scan_samples
+    monkeypatch.setattr(monitor, "scan_samples", lambda path: scan(str(tmp_path) + path[len(SHOWN_ROOT) :]))
+    events = scripted_run(run_dir=str(shown), steps=60, total_steps=200, finish=None, gpu=True)
+    fake = FakeEngineClient(events + sample_events(shown, (0, 10, 20), events[-1].seq + 1, events[-1].ts))
+
+    def panel_filled(app) -> bool:
+        return app.screen.query_one("#samples-table").row_count == 6
+
+    assert snap_compare(build(tmp_path, fake), terminal_size=(160, 48), run_before=after_drain(fake, until=panel_filled))

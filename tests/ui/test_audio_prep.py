@@ -148,7 +148,13 @@ async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_r
         from sidestep_tui.screens.screen_commands import ScreenActions
 
         titles = [str(hit.text) async for hit in ScreenActions(app.screen).discover()]
-        assert titles == ["Dataset: Preprocess", "Dataset: Tensors/Audio", "Dataset: Rescan"]  # only what applies now
+        assert titles == [
+            "Dataset: Preprocess",
+            "Dataset: Tensors/Audio",
+            "Dataset: Rescan",
+            "Dataset: Tags",
+            "Dataset: Analyze audio",
+        ]  # only what applies now
 
 
 @scans
@@ -206,6 +212,8 @@ async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_
         prep = await _open_audio_tab(pilot, songs)
         prep.option_row("tag").widget.value = "mytag"
         prep.option_row("normalize").widget.value = "lufs"
+        assert prep.option_row("conditioning").widget.value == "inference"  # the default, as at inference
+        prep.option_row("conditioning").widget.value = "legacy"
         await pilot.pause()
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: prep.state == RUNNING, 5, "the job to start")
@@ -215,6 +223,7 @@ async def test_preprocessing_shows_each_file_then_goes_to_setup(build_app, ckpt_
         config = pcfg.from_json(start.config_json)
         out = Path(config.output_dir)
         assert (config.audio_dir, config.tag, config.normalize, config.target_lufs) == (str(songs), "mytag", "lufs", -14.0)
+        assert config.conditioning == "legacy"
         assert (config.checkpoint_dir, config.model_variant) == (str(ckpt_root), MODEL)
         assert out == Path(str(songs) + "_tensors") and start.run_id == prep.job_id
         assert app.settings.last_audio_dir == str(songs)

@@ -3,6 +3,7 @@ files are refused with one line naming the file and the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from engine import presets
 
 REPO_PRESETS = Path(__file__).resolve().parents[2] / "presets"
 BUILTIN_FILES = sorted(REPO_PRESETS.glob("*.json"))
+# The adapter presets choose only the adapter and its own settings (presets/README.md).
+ADAPTER_PRESETS = {
+    "lokr": {"adapter_type": "lokr", "lokr_linear_dim": 64, "lokr_linear_alpha": 128, "lokr_factor": -1},
+    "loha": {"adapter_type": "loha", "loha_linear_dim": 32, "loha_linear_alpha": 32},
+    "oft": {"adapter_type": "oft", "oft_dim": 32, "oft_constraint": 0.0},
+}
+SCHEDULE_FILES = [p for p in BUILTIN_FILES if p.stem not in ADAPTER_PRESETS]
 PATHS = {"checkpoint_dir": "/ckpt", "dataset_dir": "/data", "output_dir": "/out"}
 
 # ACE_STEP.md §9, mapped onto TrainConfig names.
@@ -84,14 +92,14 @@ def write(path: Path, values: dict | None = None, **top) -> Path:
 # --------------------------------------------------------------------------- built-ins
 
 
-def test_all_seven_builtins_ship() -> None:
-    assert {p.stem for p in BUILTIN_FILES} == set(EXPECTED)
-    assert set(presets.BUILTIN_ORDER) == set(EXPECTED)
+def test_all_ten_builtins_ship() -> None:
+    assert {p.stem for p in BUILTIN_FILES} == set(EXPECTED) | set(ADAPTER_PRESETS)
+    assert set(presets.BUILTIN_ORDER) == set(EXPECTED) | set(ADAPTER_PRESETS)
     assert presets.builtin_dir() is not None
     assert presets.builtin_dir().resolve() == REPO_PRESETS.resolve()
 
 
-@pytest.mark.parametrize("path", BUILTIN_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SCHEDULE_FILES, ids=lambda p: p.stem)
 def test_builtin_loads_validates_and_matches_the_table(path: Path, isolated) -> None:
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["schema_version"] == presets.PRESET_SCHEMA_VERSION
@@ -108,6 +116,17 @@ def test_builtin_loads_validates_and_matches_the_table(path: Path, isolated) -> 
     config = cfg.parse(presets.apply_preset(path.stem, PATHS))  # the caller parses the merged dict
     for key, value in values.items():
         assert getattr(config, key) == value
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTER_PRESETS))
+def test_adapter_preset_sets_only_the_adapter(name: str, isolated) -> None:
+    assert presets.load_preset(name) == ADAPTER_PRESETS[name]
+    config = cfg.parse(presets.apply_preset(name, PATHS))
+    default = cfg.parse(PATHS)
+    changed = {k for k in ADAPTER_PRESETS[name] if getattr(config, k) != getattr(default, k)}
+    assert "adapter_type" in changed and config.adapter_type == name
+    others = [f.name for f in dataclasses.fields(config) if f.name not in ADAPTER_PRESETS[name]]
+    assert {k: getattr(config, k) for k in others} == {k: getattr(default, k) for k in others}
 
 
 @pytest.mark.parametrize("path", BUILTIN_FILES, ids=lambda p: p.stem)
@@ -128,7 +147,7 @@ def test_running_from_the_repo_root_does_not_list_builtins_twice(monkeypatch, tm
     monkeypatch.chdir(REPO_PRESETS.parent)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     listed = presets.list_presets()
-    assert [p.source for p in listed] == ["builtin"] * len(EXPECTED)
+    assert [p.source for p in listed] == ["builtin"] * len(BUILTIN_FILES)
 
 
 # --------------------------------------------------------------------------- search order
