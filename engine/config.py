@@ -852,6 +852,25 @@ def base_weight_bytes(quantization: str, precision: str = "bf16") -> float:
     return _BASE_BYTES.get(quantization, _PRECISION_BYTES[precision])
 
 
+def quantizable_params(model_config: dict[str, Any]) -> int | None:
+    """Weights of the decoder's transformer Linear layers (what ``base_quantization`` shrinks) from a model's
+    config.json: per layer, self- and cross-attention q/k/v/o plus the MLP's gate/up/down (ACE_STEP.md §3.1;
+    1.51e9 of the 2B decoder). None when the config lacks a size."""
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
+    values = [v for v in (model_config.get(k) for k in keys) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if len(values) != len(keys):
+        return None
+    hidden, inter, layers, heads, kv_heads, head_dim = values
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    return layers * (2 * attention + 3 * hidden * inter)
+
+
+def quantization_savings(params: int, precision: str = "bf16") -> dict[str, float]:
+    """Bytes saved on ``params`` base weights by each quantisation, against an unquantised base at ``precision``."""
+    plain = base_weight_bytes("none", precision)
+    return {q: params * (plain - base_weight_bytes(q, precision)) for q in BASE_QUANTIZATIONS}
+
+
 HOOK_PLACEHOLDERS = ("checkpoint_path", "step", "run_dir", "local_checkpoint_path", "global_step")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 

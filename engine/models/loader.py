@@ -375,9 +375,7 @@ def load_decoder(
     assert not wrong, f"decoder parameter {wrong[0]} is not {dtype}"
 
     backend = getattr(decoder.config, "_attn_implementation", None) or candidates[0]
-    log(
-        f"loaded {path.name}: decoder {param_count / 1e6:.1f}M params, {dtype}, {backend}, {device}"
-    )
+    log(f"loaded {path.name}: decoder {param_count / 1e6:.1f}M params, {dtype}, {backend}, {device}")
     return LoadedModel(
         decoder=decoder,
         null_condition_emb=null_emb,

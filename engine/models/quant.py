@@ -46,7 +46,9 @@ def quantized_linear(linear: nn.Linear, kind: str, *, device: torch.device, dtyp
         q.weight = bnb.nn.Int8Params(weight.to(dtype), requires_grad=False, has_fp16_weights=False)
     elif kind == "nf4":
         # LinearNF4 (not Linear4bit(quant_type="nf4")): LyCORIS recognises the class and runs beside it.
-        q = bnb.nn.LinearNF4(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype, compress_statistics=True)
+        q = bnb.nn.LinearNF4(
+            linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype, compress_statistics=True
+        )
         q.weight = bnb.nn.Params4bit(weight.to(dtype), requires_grad=False, quant_type="nf4", compress_statistics=True)
     else:
         raise ValueError(f"base quantization {kind!r} is not one of {', '.join(KINDS)}")
@@ -108,7 +110,7 @@ def quantize_decoder(decoder: nn.Module, kind: str, *, device: torch.device, dty
         del linear
     flag = "is_loaded_in_8bit" if kind == "int8" else "is_loaded_in_4bit"
     setattr(decoder, flag, True)
-    decoder.sidestep_base_quantization = kind
+    setattr(decoder, "sidestep_base_quantization", kind)  # noqa: B010 - a plain attribute; nn.Module's setattr types take tensors
     return len(targets)
 
 

@@ -94,8 +94,8 @@ def test_quantised_lokr_runs_beside_the_base():
     """LoKR on an int8 base: the adapter term (fp32, beside the quantised kernel) equals the same
     adapter's term on the unquantised base, up to the base's own quantisation error."""
     from engine.adapters import attach_adapter
-    from engine.models.demo.build import demo_config
     from engine.models.demo.acestep_demo_modeling import AceStepConditionGenerationModel
+    from engine.models.demo.build import demo_config
     from engine.models.quant import quantize_decoder
 
     if not _cpu_kernels("int8"):
@@ -151,3 +151,23 @@ def test_config_refuses_what_a_quantised_base_cannot_do():
     assert cfgmod.base_weight_bytes("none", "bf16") == 2.0 and cfgmod.base_weight_bytes("none", "fp32") == 4.0
     assert cfgmod.base_weight_bytes("int8") == 1.0
     assert 0.5 < cfgmod.base_weight_bytes("nf4") < 0.52
+
+
+def test_models_screen_reports_what_each_quantisation_saves(demo_paths):
+    from torch import nn
+
+    from engine import discovery
+    from engine.models.demo.acestep_demo_modeling import AceStepConditionGenerationModel
+    from engine.models.demo.build import demo_config
+    from sidestep_tui.formatting import human_size, model_detail
+
+    info = discovery.inspect_model_dir(os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"]))
+    assert info is not None
+    decoder = AceStepConditionGenerationModel(demo_config("tiny")).decoder
+    linear = sum(m.weight.numel() for m in decoder.layers.modules() if isinstance(m, nn.Linear))
+    assert info.quantizable_params == linear  # what quantize_decoder replaces, counted from config.json alone
+    full = cfgmod.quantizable_params(demo_config("full").to_dict())
+    assert full is not None and 1.4e9 < full < 1.6e9  # most of the 2B decoder
+    detail = model_detail(info)
+    assert f"int8 saves {human_size(linear * 1.0)}" in detail  # bf16 (2 bytes) -> int8 (1 byte)
+    assert f"nf4 {human_size(linear * (2 - cfgmod.base_weight_bytes('nf4')))}" in detail
