@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -60,7 +61,12 @@ def _quantised_run_loads_unquantised(kind: str, values: dict, demo_paths: dict) 
     events, final = train(dict(values, base_quantization=kind))
     assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "traceback", final)
     logs = [e.message for e in events if isinstance(e, protocol.LogRecord)]
-    assert any(f"base quantised to {kind}" in m for m in logs), logs  # the run really held a quantised base
+    line = next((m for m in logs if f"base quantised to {kind}" in m), None)
+    assert line is not None, logs
+    found = re.search(r"(\d+) Linear layers, decoder weights ([\d.]+) MiB instead of ([\d.]+) MiB", line)
+    assert found, line
+    layers, held, plain = int(found[1]), float(found[2]), float(found[3])
+    assert layers == 44 and held < 0.6 * plain, line  # every Linear of the 4 layers, really smaller on the device
     started = next(e for e in events if isinstance(e, protocol.RunStarted))
     final_dir = os.path.join(values["output_dir"], "final")
     saved = load_file(os.path.join(final_dir, "adapter_model.safetensors"))
