@@ -49,6 +49,7 @@ ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TIMESTEP_MODES = ("continuous", "discrete")
 LOSS_WEIGHTINGS = ("none", "min_snr", "min_snr_v")
+BASE_QUANTIZATIONS = ("none", "int8", "nf4")
 BIASES = ("none", "all", "lora_only")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -505,6 +506,16 @@ class TrainConfig:
         exclusive_min=True,
         advanced=True,
     )
+    base_quantization: str = _f(
+        "none",
+        "Base quantisation",
+        "Hold the frozen decoder's transformer Linear weights in int8 (LLM.int8) or nf4 (QLoRA's 4-bit) with bitsandbytes; "
+        "the adapter still trains in fp32 on top and loads into the unquantised model. int8 saves about half, nf4 about "
+        "three quarters of a bf16 base's weight memory; fails (never falls back) where bitsandbytes has no kernels.",
+        "Memory",
+        choices=BASE_QUANTIZATIONS,
+        advanced=True,
+    )
     offload_encoder: bool = _f(
         True,
         "Drop encoders",
@@ -806,7 +817,58 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
                 "the fp32 bypass path cannot apply weight decomposition; turn lokr_weight_decompose off or use bypass auto/off",
             )
         )
+    if c.base_quantization != "none" and c.adapter_type == "lokr" and c.lokr_weight_decompose:
+        errors.append(
+            FieldError(
+                "base_quantization",
+                "weight decomposition needs the unquantised base weights; turn lokr_weight_decompose off or use base_quantization none",
+            )
+        )
+    if c.base_quantization != "none" and c.adapter_type in LYCORIS_TYPES and c.lycoris_bypass == "off":
+        errors.append(
+            FieldError(
+                "base_quantization",
+                f"{c.adapter_type} on a quantised base runs beside it (bypass); set lycoris_bypass auto/on or base_quantization none",
+            )
+        )
     return errors
+
+
+# Bytes one frozen base weight takes on the device, by quantisation (bitsandbytes' layouts): int8 is one
+# byte plus a float32 scale per output row; nf4 is half a byte plus one absmax per 64-weight block, itself
+# 8-bit with a float32 per 256 blocks (QLoRA's double quantisation): 0.5 + 1/64 + 4/(64*256).
+_BASE_BYTES = {"int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
+_PRECISION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "auto": 2.0}
+
+
+def base_weight_bytes(quantization: str, precision: str = "bf16") -> float:
+    """Bytes per frozen base weight for ``quantization`` (none, int8, nf4) at ``precision`` (the dtype an
+    unquantised base is held in; auto counts as bf16, the GPU default). Only the quantised Linear weights
+    shrink: the per-row int8 scales are a negligible term left out."""
+    if quantization not in BASE_QUANTIZATIONS:
+        raise ValueError(f"base quantization {quantization!r} is not one of {', '.join(BASE_QUANTIZATIONS)}")
+    if precision not in _PRECISION_BYTES:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(_PRECISION_BYTES)}")
+    return _BASE_BYTES.get(quantization, _PRECISION_BYTES[precision])
+
+
+def quantizable_params(model_config: dict[str, Any]) -> int | None:
+    """Weights of the decoder's transformer Linear layers (what ``base_quantization`` shrinks) from a model's
+    config.json: per layer, self- and cross-attention q/k/v/o plus the MLP's gate/up/down (ACE_STEP.md §3.1;
+    1.51e9 of the 2B decoder). None when the config lacks a size."""
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
+    values = [v for v in (model_config.get(k) for k in keys) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if len(values) != len(keys):
+        return None
+    hidden, inter, layers, heads, kv_heads, head_dim = values
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    return layers * (2 * attention + 3 * hidden * inter)
+
+
+def quantization_savings(params: int, precision: str = "bf16") -> dict[str, float]:
+    """Bytes saved on ``params`` base weights by each quantisation, against an unquantised base at ``precision``."""
+    plain = base_weight_bytes("none", precision)
+    return {q: params * (plain - base_weight_bytes(q, precision)) for q in BASE_QUANTIZATIONS}
 
 
 HOOK_PLACEHOLDERS = ("checkpoint_path", "step", "run_dir", "local_checkpoint_path", "global_step")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine import codehash
-from engine.config import VARIANT_ALIASES
+from engine.config import VARIANT_ALIASES, quantizable_params
 
 SKIP_NAMES = frozenset({"vae", ".git", "__pycache__"})
 SKIP_PREFIXES = ("Qwen", "acestep-5Hz")
@@ -52,6 +52,7 @@ class ModelInfo:
     is_turbo: bool | None = None
     has_silence_latent: bool = False
     problems: tuple[str, ...] = ()
+    quantizable_params: int | None = None  # the decoder's transformer Linear weights (config.quantizable_params)
 
     @property
     def ok(self) -> bool:
@@ -256,6 +257,7 @@ def inspect_model_dir(path: str) -> ModelInfo | None:
         timestep_sigma=_number(config.get("timestep_sigma"), float),
         is_turbo=is_turbo if isinstance(is_turbo, bool) else None,
         problems=tuple(problems),
+        quantizable_params=quantizable_params(config),
         **common,
     )
 

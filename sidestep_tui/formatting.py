@@ -170,6 +170,15 @@ def model_detail(model, code=None) -> str:  # type: ignore[no-untyped-def]
         f"timestep μ/σ  {mu_sigma(model.timestep_mu, model.timestep_sigma)}",
         f"is_turbo      {NA if model.is_turbo is None else str(model.is_turbo).lower()}",
     ]
+    params = getattr(model, "quantizable_params", None)
+    if params:
+        from engine.config import base_weight_bytes, quantization_savings
+
+        saved = quantization_savings(params, "bf16")
+        lines.append(
+            f"quantised     int8 saves {human_size(saved['int8'])}, nf4 {human_size(saved['nf4'])} "
+            f"of {human_size(params * base_weight_bytes('none', 'bf16'))} bf16 Linear weights (--base-quantization)"
+        )
     if model.problems:
         lines.append("problems:")
         lines += [f"  ✗ {p}" for p in model.problems]

@@ -86,7 +86,13 @@ class BaseWeights:
 
     def get(self, path: str) -> torch.Tensor | None:
         w = self.weights.get(path)
-        return None if w is None else w.detach().to("cpu", torch.float32)
+        if w is None:
+            return None
+        if w.dtype in (torch.int8, torch.uint8):  # a quantised base (--base-quantization): its float values
+            from engine.models.quant import dequantized
+
+            w = dequantized(w)
+        return w.detach().to("cpu", torch.float32)
 
 
 def _row_norm(w: torch.Tensor) -> torch.Tensor:

@@ -161,6 +161,23 @@ def _fp32_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
         return (base + diff).to(out_dtype)
 
 
+def _quantized_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Installed as a LyCORIS module's ``forward`` over a bitsandbytes (int8/nf4) base: the base runs its
+    own quantised kernel; the adapter term is computed in fp32 beside it and added once."""
+    out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    base = self.org_forward(x, *args, **kwargs)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x32, base32 = x.float(), base.float()
+        if hasattr(self, "oft_blocks"):  # diag-OFT rotates the base output
+            from lycoris.functional.diag_oft import bypass_forward_diff as oft_diff
+
+            rescale = self.rescale if self.rescaled else None
+            diff = oft_diff(x32, base32, self.oft_blocks, rescale, constraint=self.constraint, need_transpose=False)
+        else:
+            diff = self.bypass_forward_diff(x32, scale=self.multiplier)
+        return (base32 + diff).to(out_dtype)
+
+
 class LycorisAdapter(Adapter):
     """A registered ``LycorisNetwork``; ``kind`` is lokr, loha or oft."""
 
@@ -241,6 +258,9 @@ def build_network(decoder: nn.Module, config: TrainConfig) -> tuple[LycorisNetwo
     pattern, targets = target_pattern(config)
     settings = algo_settings(config)
     bypass, note = resolve_bypass(config.lycoris_bypass, base_dtype, bool(settings.get("weight_decompose")))
+    quantized = getattr(decoder, "sidestep_base_quantization", "none")  # engine/models/quant.py
+    if quantized != "none":  # LyCORIS cannot rebuild W + dW from int8/nf4 weights: the adapter runs beside them
+        bypass, note = True, f"fp32 bypass beside the {quantized} base"
     with _PRESET_LOCK:
         apply_target_preset(pattern)
         net = LycorisNetwork(decoder, **_network_kwargs(settings))
@@ -248,7 +268,8 @@ def build_network(decoder: nn.Module, config: TrainConfig) -> tuple[LycorisNetwo
         raise ValueError(f"{config.adapter_type} matched no decoder modules for targets {', '.join(targets)}")
     if bypass:
         for lora in net.loras:  # before apply_to, which hooks `lora.forward` onto the wrapped layer
-            lora.forward = types.MethodType(_fp32_bypass_forward, lora)
+            forward = _quantized_bypass_forward if quantized != "none" else _fp32_bypass_forward
+            lora.forward = types.MethodType(forward, lora)
     net.apply_to()
     device = next(decoder.parameters()).device
     net.to(device=device, dtype=torch.float32)  # LyCORIS builds on the CPU; adapter weights stay fp32

@@ -52,6 +52,8 @@ class LoadedModel:
     attention_backend: str  # what the decoder actually runs
     dtype: torch.dtype
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    base_quantization: str = "none"  # none, int8 or nf4 (engine/models/quant.py)
+    param_count: int = 0  # decoder parameters as the unquantised model counts them
 
 
 def _noop(_: str) -> None:
@@ -298,8 +300,11 @@ def load_decoder(
     dtype: torch.dtype,
     attention_backend: str = "auto",
     log: Log = _noop,
+    base_quantization: str = "none",
 ) -> LoadedModel:
-    """Load ``decoder`` + ``null_condition_emb`` from ``model_dir`` (the variant folder, not the root)."""
+    """Load ``decoder`` + ``null_condition_emb`` from ``model_dir`` (the variant folder, not the root).
+    ``base_quantization`` int8/nf4 holds the transformer Linear layers in bitsandbytes form
+    (``engine.models.quant``; call its ``check_available`` first for a one-line refusal)."""
     path = Path(model_dir).expanduser()
     config = read_model_config(path)
     check_weights(path)
@@ -346,7 +351,19 @@ def load_decoder(
     decoder.requires_grad_(False)
     decoder.eval()
     decoder.config.use_cache = False
-    decoder.to(device=device, dtype=dtype)
+    param_count = sum(p.numel() for p in decoder.parameters())
+    if base_quantization != "none":
+        from engine.models import quant
+
+        before = sum(p.numel() * p.element_size() for p in decoder.parameters())
+        count = quant.quantize_decoder(decoder, base_quantization, device=device, dtype=dtype)  # layer by layer
+        decoder.to(device=device, dtype=dtype)
+        log(
+            f"base quantised to {base_quantization} (bitsandbytes): {count} Linear layers, decoder weights "
+            f"{quant.weight_bytes(decoder) / 2**20:.1f} MiB instead of {before / 2**20:.1f} MiB"
+        )
+    else:
+        decoder.to(device=device, dtype=dtype)
     null_emb = null_emb.to(device=device, dtype=dtype).requires_grad_(False)
 
     on_meta = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
@@ -358,9 +375,7 @@ def load_decoder(
     assert not wrong, f"decoder parameter {wrong[0]} is not {dtype}"
 
     backend = getattr(decoder.config, "_attn_implementation", None) or candidates[0]
-    log(
-        f"loaded {path.name}: decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M params, {dtype}, {backend}, {device}"
-    )
+    log(f"loaded {path.name}: decoder {param_count / 1e6:.1f}M params, {dtype}, {backend}, {device}")
     return LoadedModel(
         decoder=decoder,
         null_condition_emb=null_emb,
@@ -369,6 +384,8 @@ def load_decoder(
         attention_backend=backend,
         dtype=dtype,
         device=device,
+        base_quantization=base_quantization,
+        param_count=param_count,
     )
 
 

@@ -164,6 +164,10 @@ def build_run(
         bus.log("warning", note)
     planner = build_planner(dataset, config)
     device = resolve_device(config.device)
+    if config.base_quantization != "none":  # a one-line refusal before the model loads, never a fallback
+        from engine.models.quant import check_available
+
+        check_available(config.base_quantization, device)
     loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)
     sampler = loader.batch_sampler
     assert isinstance(sampler, EpochBatchSampler)  # build_loader's own
@@ -181,10 +185,15 @@ def build_run(
     torch.manual_seed(config.seed)
     set_phase("loading_model", model_dir)
     loaded = load_decoder(
-        model_dir, device=device, dtype=dtype, attention_backend=config.attention_backend, log=lambda m: bus.log("info", m)
+        model_dir,
+        device=device,
+        dtype=dtype,
+        attention_backend=config.attention_backend,
+        log=lambda m: bus.log("info", m),
+        base_quantization=config.base_quantization,
     )
     bus.log("info", f"model: {model_dir} on {device} ({str(dtype).removeprefix('torch.')}, attention {loaded.attention_backend})")
-    total_params = sum(p.numel() for p in loaded.decoder.parameters())
+    total_params = loaded.param_count
 
     torch.manual_seed(config.seed)  # adapter init is part of the seeded state
     adapter = attach_adapter(loaded.decoder, config)
