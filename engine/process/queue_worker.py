@@ -50,7 +50,7 @@ def work_queue(q: RunQueue, *, stop_on_failure: bool, make_sink: Any = None, say
     from engine.channel.control import CommandInbox
     from engine.channel.events import EventBus
     from engine.process.monitor import ResourceMonitor
-    from engine.train.trainer import run_training
+    from engine.analysis.sensitivity import run_training  # the trainer's, after any --auto-estimate
 
     say = say or log.info
     inbox = CommandInbox(None)
