@@ -227,7 +227,9 @@ class TrainConfig:
         "Adapter",
         advanced=True,
     )
-    top_k: int = _f(16, "Top-k", "How many modules (or layers) the estimate selects.", "Adapter", min=1, max=100000, advanced=True)
+    top_k: int = _f(
+        16, "Top-k", "How many modules (or layers) the estimate selects.", "Adapter", min=1, max=100000, advanced=True
+    )
     granularity: str = _f(
         "module",
         "Granularity",
@@ -858,7 +860,9 @@ def _selection_checks(c: TrainConfig) -> list[FieldError]:
     bad = [n for n in c.selected_modules if moduleconfig.canonical(n) is None]
     if bad:
         errors.append(
-            FieldError("selected_modules", f"{bad[0]!r} is not an adaptable decoder module; names look like {moduleconfig.EXAMPLE}")
+            FieldError(
+                "selected_modules", f"{bad[0]!r} is not an adaptable decoder module; names look like {moduleconfig.EXAMPLE}"
+            )
         )
     if (c.selected_modules or c.module_config or c.auto_estimate) and c.lokr_targets != "selected":
         errors.append(FieldError("lokr_targets", "a module selection names its own modules; set lokr_targets selected"))

@@ -31,9 +31,7 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 LAYER_MODULES = tuple(f"{a}.{p}" for a in ATTENTIONS for p in ATTN_PROJECTIONS) + tuple(f"mlp.{p}" for p in MLP_PROJECTIONS)
 DEFAULT_OUTPUT = "estimate_results.json"  # Side-Step's default --estimate-output
 
-_NAME = re.compile(
-    r"(?:^|\.)(layers\.(\d+)(?:\.((?:self_attn|cross_attn)\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))?)$"
-)
+_NAME = re.compile(r"(?:^|\.)(layers\.(\d+)(?:\.((?:self_attn|cross_attn)\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))?)$")
 EXAMPLE = "decoder.layers.0.self_attn.q_proj"
 
 
@@ -109,15 +107,17 @@ def _score(value: Any, where: str) -> float | None:
 
 
 def _entry(item: Any, where: str, score_keys: Sequence[str] = ("sensitivity", "score")) -> Entry:
-    if isinstance(item, str):
-        raw, score = item, None
-    elif isinstance(item, dict):
+    raw: Any = item
+    score: float | None = None
+    if isinstance(item, dict):
         raw = item.get("module", item.get("name"))
         if not isinstance(raw, str):
             raise ModuleConfigError(f'{where}: an entry has no "module" name ({json.dumps(item)[:80]})')
         score = next((_score(item[k], where) for k in score_keys if k in item), None)
-    else:
-        raise ModuleConfigError(f'{where}: an entry is {type(item).__name__}, expected a name or {{"module": ..., "sensitivity": ...}}')
+    elif not isinstance(item, str):
+        raise ModuleConfigError(
+            f'{where}: an entry is {type(item).__name__}, expected a name or {{"module": ..., "sensitivity": ...}}'
+        )
     name = canonical(raw)
     if name is None:
         raise ModuleConfigError(
@@ -155,12 +155,14 @@ def parse(data: Any, where: str) -> ModuleConfig:
             )
         data = data["modules"]
     if not isinstance(data, list):
-        raise ModuleConfigError(f'{where}: expected a JSON list of {{"module": ..., "sensitivity": ...}} (what `sidestep estimate` writes)')
+        raise ModuleConfigError(
+            f'{where}: expected a JSON list of {{"module": ..., "sensitivity": ...}} (what `sidestep estimate` writes)'
+        )
     if not data:
         raise ModuleConfigError(f"{where}: lists no modules; run `sidestep estimate` again or add module names")
-    entries = _dedupe([_entry(item, where) for item in data], where)
-    kind = "estimate" if all(e.score is not None for e in entries) else "list"
-    return ModuleConfig(where, kind, entries, tuple(e.name for e in entries))
+    listed = _dedupe([_entry(item, where) for item in data], where)
+    kind = "estimate" if all(e.score is not None for e in listed) else "list"
+    return ModuleConfig(where, kind, listed, tuple(e.name for e in listed))
 
 
 def load(path: str) -> ModuleConfig:

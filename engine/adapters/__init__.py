@@ -57,11 +57,11 @@ def check_selection(decoder: nn.Module, names: tuple[str, ...]) -> None:
 
 
 __all__ = [
-    "check_selection",
     "Adapter",
     "AdapterLoadError",
     "AdapterMismatchError",
     "attach_adapter",
+    "check_selection",
     "describe_mismatch",
     "target_regex",
 ]

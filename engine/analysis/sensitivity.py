@@ -63,6 +63,7 @@ def estimate(
     Raises ``EstimateCancelled`` when ``cancel()`` turns true, ``ValueError`` (one line) for bad input."""
     from engine.data.dataset import DatasetError, TensorDataset
     from engine.data.loader import build_loader
+    from engine.data.sampler import EpochBatchSampler
     from engine.models.loader import enable_gradient_checkpointing, load_decoder, read_model_config, resolve_device, resolve_dtype
 
     say = log or (lambda _m: None)
@@ -104,12 +105,14 @@ def estimate(
     total = config.estimate_batches
     say(f"estimate: {len(targets)} modules, {total} batches of {config.batch_size} from {len(dataset)} samples on {device}")
     loader = build_loader(dataset, config, device_type=device.type)
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatchSampler)  # build_loader's own
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     mu, sigma = timestep_mu_sigma(config)
     done, epoch = 0, 0
     try:
         while done < total:
-            loader.batch_sampler.set_epoch(epoch, 0)
+            sampler.set_epoch(epoch, 0)
             for batch in loader:
                 if cancel is not None and cancel():
                     raise EstimateCancelled(f"the estimate was stopped after {done} of {total} batches; nothing was written")

@@ -74,8 +74,8 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         sink: Any = StreamJsonSink(out)
     else:
         sink = PlainPrinter(seed_from_run_dir=True)
-    from engine.process.monitor import ResourceMonitor
     from engine.analysis.sensitivity import run_training  # runs --auto-estimate first
+    from engine.process.monitor import ResourceMonitor
 
     bus = EventBus([sink])
     inbox = CommandInbox(None)
@@ -150,7 +150,10 @@ def cmd_estimate(ns: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     if not os.path.isdir(os.path.dirname(output)) or os.path.isdir(output):
-        print(f"error: --output {ns.output}: {'is a folder' if os.path.isdir(output) else 'its folder does not exist'}", file=sys.stderr)
+        print(
+            f"error: --output {ns.output}: {'is a folder' if os.path.isdir(output) else 'its folder does not exist'}",
+            file=sys.stderr,
+        )
         return 2
     from engine.analysis.sensitivity import EstimateCancelled, estimate, top
 
@@ -173,7 +176,9 @@ def cmd_estimate(ns: argparse.Namespace) -> int:
         _print_piped(json.dumps(moduleconfig.to_json_list(ranking), indent=2))
         return 0
     width = max(len(moduleconfig.display(n)) for n, _ in chosen)
-    print(f"top {len(chosen)} of {len(ranking)} {config.granularity}s by gradient sensitivity ({config.estimate_batches} batches):")
+    print(
+        f"top {len(chosen)} of {len(ranking)} {config.granularity}s by gradient sensitivity ({config.estimate_batches} batches):"
+    )
     for i, (name, score) in enumerate(chosen, 1):
         print(f"{i:4d}. {moduleconfig.display(name):<{width}}  {score:.6e}")
     print(f"wrote {output}; train only these with: sidestep train --module-config {output} ...")

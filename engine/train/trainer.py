@@ -608,7 +608,9 @@ class Trainer:
                 f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type"
             )
         if c.strict_resume:
-            saved = {k: state["config_meta"].get(k, cfgmod.FIELD_BY_NAME[k].default) for k in RESUME_MUST_MATCH}  # newer keys: default
+            saved = {
+                k: state["config_meta"].get(k, cfgmod.FIELD_BY_NAME[k].default) for k in RESUME_MUST_MATCH
+            }  # newer keys: default
             changed = [f"{k} {saved[k]!r} -> {getattr(c, k)!r}" for k in RESUME_MUST_MATCH if saved[k] != getattr(c, k)]
             if changed:
                 raise ckpt.CheckpointError(
