@@ -42,6 +42,7 @@ ADAPTER_TYPES = ("lora", "lokr", "loha", "oft")
 LYCORIS_TYPES = ("lokr", "loha", "oft")  # the adapters built with LyCORIS
 LYCORIS_BYPASS = ("auto", "on", "off")
 LOKR_TARGETS = ("selected", "all-linear")
+GRANULARITIES = ("module", "layer")  # engine.moduleconfig.GRANULARITIES
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy")
 SCHEDULERS = ("cosine", "cosine_restarts", "linear", "constant", "constant_with_warmup")
 ATTENTION_TYPES = ("both", "self", "cross")
@@ -210,6 +211,45 @@ class TrainConfig:
         advanced=True,
     )
     target_mlp: bool = _f(True, "Adapt MLP", "Also adapt the MLP projections (gate/up/down).", "Adapter")
+    module_config: str | None = _f(
+        None,
+        "Module config",
+        "A module list from `sidestep estimate` (Side-Step's JSON; a fisher_map.json works too): adapt only the "
+        "modules it names instead of the projections above.",
+        "Adapter",
+        kind="path",
+        advanced=True,
+    )
+    auto_estimate: bool = _f(
+        False,
+        "Auto-estimate",
+        "Before training, rank the modules by gradient sensitivity on this dataset and adapt only the top-k "
+        "(Side-Step's selective).",
+        "Adapter",
+        advanced=True,
+    )
+    top_k: int = _f(
+        16, "Top-k", "How many modules (or layers) the estimate selects.", "Adapter", min=1, max=100000, advanced=True
+    )
+    granularity: str = _f(
+        "module",
+        "Granularity",
+        "module = rank single projections; layer = rank whole decoder layers (each with all its projections).",
+        "Adapter",
+        choices=GRANULARITIES,
+        advanced=True,
+    )
+    estimate_batches: int = _f(
+        5, "Estimate batches", "Batches the gradient-sensitivity estimate measures.", "Adapter", min=1, max=100000, advanced=True
+    )
+    selected_modules: tuple[str, ...] = _f(
+        (),
+        "Selected modules",
+        "Exact decoder modules to adapt (layers.N.self_attn.q_proj, ...; layers.N = a whole layer) instead of the "
+        "projections above; filled in from the module config or the estimate when a run starts.",
+        "Adapter",
+        advanced=True,
+    )
 
     # ---- LoRA
     rank: int = _f(64, "Rank", "LoRA rank: capacity and memory grow with it.", "LoRA", min=1, max=1024, aliases=("-r",))
@@ -810,6 +850,7 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
             errors.append(FieldError("post_checkpoint_script", str(exc)))
     if c.lokr_targets != "selected" and c.adapter_type != "lokr":
         errors.append(FieldError("lokr_targets", "all-linear is a LoKR option; set adapter_type lokr or lokr_targets selected"))
+    errors += _selection_checks(c)
     if c.lycoris_bypass == "on" and c.adapter_type == "lokr" and c.lokr_weight_decompose:
         errors.append(
             FieldError(
@@ -869,6 +910,25 @@ def quantization_savings(params: int, precision: str = "bf16") -> dict[str, floa
     """Bytes saved on ``params`` base weights by each quantisation, against an unquantised base at ``precision``."""
     plain = base_weight_bytes("none", precision)
     return {q: params * (plain - base_weight_bytes(q, precision)) for q in BASE_QUANTIZATIONS}
+
+
+def _selection_checks(c: TrainConfig) -> list[FieldError]:
+    """Module selection (``sidestep train --module-config`` / ``--auto-estimate``, Side-Step's selective)."""
+    from engine import moduleconfig
+
+    errors: list[FieldError] = []
+    if c.module_config and c.auto_estimate:
+        errors.append(FieldError("auto_estimate", "a module config already selects the modules; drop one of the two"))
+    bad = [n for n in c.selected_modules if moduleconfig.canonical(n) is None]
+    if bad:
+        errors.append(
+            FieldError(
+                "selected_modules", f"{bad[0]!r} is not an adaptable decoder module; names look like {moduleconfig.EXAMPLE}"
+            )
+        )
+    if (c.selected_modules or c.module_config or c.auto_estimate) and c.lokr_targets != "selected":
+        errors.append(FieldError("lokr_targets", "a module selection names its own modules; set lokr_targets selected"))
+    return errors
 
 
 HOOK_PLACEHOLDERS = ("checkpoint_path", "step", "run_dir", "local_checkpoint_path", "global_step")

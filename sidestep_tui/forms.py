@@ -149,6 +149,8 @@ def to_raw(spec: FieldSpec, value: Any) -> RawValue:
         return tuple(value or ())
     if value is None:
         return ""
+    if isinstance(value, (tuple, list)):  # a free list of names (no item choices): space separated, as parse splits it
+        return " ".join(str(v) for v in value)
     if isinstance(value, float):
         return repr(value)
     return str(value)

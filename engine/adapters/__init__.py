@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 def attach_adapter(decoder: nn.Module, config: TrainConfig) -> Adapter:
     """Freeze ``decoder`` and attach the adapter named by ``config.adapter_type``."""
     decoder.requires_grad_(False)
+    if config.selected_modules:
+        check_selection(decoder, config.selected_modules)
     if config.adapter_type == "lora":
         from engine.adapters.lora import attach_lora
 
@@ -43,11 +45,23 @@ def attach_adapter(decoder: nn.Module, config: TrainConfig) -> Adapter:
     raise ValueError(f"adapter_type {config.adapter_type!r} is not lora, lokr, loha or oft")
 
 
+def check_selection(decoder: nn.Module, names: tuple[str, ...]) -> None:
+    """``ValueError`` (one line) when a selected module name is no module of ``decoder``."""
+    from engine.moduleconfig import display
+
+    present = {n for n, _ in decoder.named_modules()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"selected module {display(missing[0])}{more} matches no decoder module; estimate again on this model")
+
+
 __all__ = [
     "Adapter",
     "AdapterLoadError",
     "AdapterMismatchError",
     "attach_adapter",
+    "check_selection",
     "describe_mismatch",
     "target_regex",
 ]

@@ -80,7 +80,8 @@ def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on
         lora_dropout=config.dropout,
         bias=bias,
         use_dora=config.use_dora,
-        target_modules=target_regex(resolve_targets(config)),
+        # A module selection (--module-config / --auto-estimate) names exact modules; else suffixes as one regex.
+        target_modules=list(config.selected_modules) or target_regex(resolve_targets(config)),
         task_type=TaskType.FEATURE_EXTRACTION,
     )
 

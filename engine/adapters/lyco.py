@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import types
 from pathlib import Path
@@ -100,6 +101,8 @@ def target_pattern(config: TrainConfig) -> tuple[str, tuple[str, ...]]:
         layer = [f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in PROJECTIONS] + [f"mlp.{p}" for p in MLP_PROJECTIONS]
         pattern = "(?:" + target_regex(tuple(layer)) + "|" + "|".join(ALL_LINEAR_EXTRA) + ")$"
         return pattern, ("all-linear",)
+    if config.selected_modules:  # exact names (--module-config / --auto-estimate)
+        return "(?:" + "|".join(re.escape(n) for n in config.selected_modules) + ")$", tuple(config.selected_modules)
     targets = resolve_targets(config)
     return target_regex(targets) + "$", targets  # re.match anchors only the start
 

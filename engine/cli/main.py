@@ -1,5 +1,5 @@
-"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate``
-and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
+"""The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate|
+estimate|compare-configs`` and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -74,8 +74,8 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
         sink: Any = StreamJsonSink(out)
     else:
         sink = PlainPrinter(seed_from_run_dir=True)
+    from engine.analysis.sensitivity import run_training  # runs --auto-estimate first
     from engine.process.monitor import ResourceMonitor
-    from engine.train.trainer import run_training
 
     bus = EventBus([sink])
     inbox = CommandInbox(None)
@@ -110,6 +110,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
         return 2
     if getattr(ns, "estimate_only", False):
         return cmd_estimate_only(config)
+    if config.module_config or config.selected_modules:  # read and checked now, before any preprocessing or loading
+        from engine import moduleconfig
+
+        try:
+            config = moduleconfig.resolve(config)
+        except moduleconfig.ModuleConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     from engine.cli import preprocess as pre_cli
 
     try:
@@ -137,6 +145,79 @@ def cmd_estimate_only(config: cfgmod.TrainConfig) -> int:
     lines, fits = vram.report(config, discovery.gpus())
     print("\n".join(lines))
     return 1 if fits is False else 0
+
+
+# --------------------------------------------------------------------------- estimate, compare-configs
+
+
+def cmd_estimate(ns: argparse.Namespace) -> int:
+    """Rank the modules by gradient sensitivity; write the top-k as Side-Step's estimate JSON."""
+    from engine import fsutil, moduleconfig
+    from engine.cli.parser import ESTIMATE_FIELDS
+
+    output = os.path.abspath(os.path.expanduser(ns.output))
+    values: dict[str, Any] = {f: getattr(ns, f) for f in ESTIMATE_FIELDS if hasattr(ns, f)}
+    values["output_dir"] = os.path.dirname(output)  # required by the schema; the estimate writes no run folder
+    try:
+        config = cfgmod.parse(values)
+    except cfgmod.ConfigError as exc:
+        for err in exc.errors:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(os.path.dirname(output)) or os.path.isdir(output):
+        print(
+            f"error: --output {ns.output}: {'is a folder' if os.path.isdir(output) else 'its folder does not exist'}",
+            file=sys.stderr,
+        )
+        return 2
+    from engine.analysis.sensitivity import EstimateCancelled, estimate, top
+
+    out = sys.stderr if ns.json else sys.stdout
+
+    def progress(done: int, total: int) -> None:
+        print(f"estimate: batch {done}/{total}", file=out, flush=True)
+
+    try:
+        ranking = estimate(config, progress=progress, log=lambda m: print(m, file=out, flush=True))
+    except (ValueError, OSError, EstimateCancelled) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: the estimate was interrupted; nothing was written", file=sys.stderr)
+        return 130
+    chosen = top(ranking, config.top_k)
+    fsutil.write_json(output, moduleconfig.to_json_list(chosen))
+    if ns.json:
+        _print_piped(json.dumps(moduleconfig.to_json_list(ranking), indent=2))
+        return 0
+    width = max(len(moduleconfig.display(n)) for n, _ in chosen)
+    print(
+        f"top {len(chosen)} of {len(ranking)} {config.granularity}s by gradient sensitivity ({config.estimate_batches} batches):"
+    )
+    for i, (name, score) in enumerate(chosen, 1):
+        print(f"{i:4d}. {moduleconfig.display(name):<{width}}  {score:.6e}")
+    print(f"wrote {output}; train only these with: sidestep train --module-config {output} ...")
+    return 0
+
+
+def cmd_compare_configs(ns: argparse.Namespace) -> int:
+    from engine import moduleconfig
+
+    files = [*ns.files, *ns.configs]
+    if len(files) < 2:
+        print("error: compare-configs needs at least two files, e.g. `sidestep compare-configs a.json b.json`", file=sys.stderr)
+        return 2
+    try:
+        configs = [moduleconfig.load(f) for f in files]
+    except moduleconfig.ModuleConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cmp = moduleconfig.compare(configs)
+    if ns.json:
+        _print_piped(json.dumps(moduleconfig.comparison_dict(cmp), indent=2))
+    else:
+        _print_piped("\n".join(moduleconfig.comparison_text(cmp)))
+    return 0
 
 
 # --------------------------------------------------------------------------- demo
@@ -455,6 +536,8 @@ def run_command(ns: argparse.Namespace) -> int:
         "attach": cmd_attach_plain,
         "export": cmd_export,
         "queue": cmd_queue,
+        "estimate": cmd_estimate,
+        "compare-configs": cmd_compare_configs,
     }
     return handlers[ns.command](ns)
 

@@ -35,10 +35,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def add_schema_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` field, grouped like the TUI form."""
+def add_schema_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per ``TrainConfig`` field (or per field named in ``only``), grouped like the TUI form."""
     groups = {name: parser.add_argument_group(name) for name in cfgmod.GROUPS}
     for f in cfgmod.FIELDS:
+        if only is not None and f.name not in only:
+            continue
         meta = f.metadata
         names = [meta["flag"], *meta.get("aliases", ())]
         default = f.default
@@ -277,6 +279,49 @@ def add_audio_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
 
 
+# ``sidestep estimate``: Side-Step's flags, each the training schema's own (names, help, checks).
+ESTIMATE_FIELDS = (
+    "checkpoint_dir",
+    "model_variant",
+    "base_model",
+    "device",
+    "precision",
+    "attention_backend",
+    "dataset_dir",
+    "batch_size",
+    "num_workers",
+    "seed",
+    "chunk_duration",
+    "max_latent_length",
+    "gradient_checkpointing",
+    "estimate_batches",
+    "top_k",
+    "granularity",
+)
+
+
+def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep estimate`` (Side-Step's names; the settings are the training schema's)."""
+    add_schema_flags(parser, ESTIMATE_FIELDS)
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--estimate-output",
+        dest="output",
+        default="estimate_results.json",
+        metavar="FILE",
+        help="where to write the module config (Side-Step's JSON list; default estimate_results.json)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the whole ranking as JSON instead of a table")
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sidestep compare-configs A B [...]`` (Side-Step's ``--configs A B`` works too)."""
+    parser.add_argument("files", nargs="*", metavar="FILE", help="module configs, estimate results or fisher_map.json files")
+    parser.add_argument("--configs", nargs="+", default=[], metavar="FILE", help="the same files (Side-Step's flag)")
+    parser.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -379,5 +424,14 @@ def build_parser() -> Parser:
     )
     add_audio_analyze_arguments(
         command("audio-analyze", help="estimate BPM, key and time signature of audio files into their sidecars (needs librosa)")
+    )
+    add_estimate_arguments(
+        command(
+            "estimate",
+            help="rank the decoder's modules by gradient sensitivity on a dataset; write a module config for --module-config",
+        )
+    )
+    add_compare_arguments(
+        command("compare-configs", help="compare module configs / estimate results / fisher maps side by side (overlap, ranks)")
     )
     return parser

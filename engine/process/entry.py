@@ -101,7 +101,7 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
 
 
 def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
-    from engine.train.trainer import run_training
+    from engine.analysis.sensitivity import run_training  # the trainer's, after any --auto-estimate
 
     while not inbox.state.shutdown_requested:
         if not inbox.parent_alive:

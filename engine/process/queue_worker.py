@@ -47,10 +47,10 @@ def work_queue(q: RunQueue, *, stop_on_failure: bool, make_sink: Any = None, say
     one fails. The caller holds the worker lock. ``make_sink()``: an event sink for each run (the
     foreground's printer); ``say(line)``: where the worker's own lines go (default its log). Returns 0
     when every run it took ended done."""
+    from engine.analysis.sensitivity import run_training  # the trainer's, after any --auto-estimate
     from engine.channel.control import CommandInbox
     from engine.channel.events import EventBus
     from engine.process.monitor import ResourceMonitor
-    from engine.train.trainer import run_training
 
     say = say or log.info
     inbox = CommandInbox(None)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from engine import config as cfgmod
-from engine import discovery, fsutil, layout, protocol
+from engine import discovery, fsutil, layout, moduleconfig, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
@@ -114,6 +114,7 @@ class Trainer:
         try:
             # Model code runs only from under the checkpoint root: refused before the run folder is touched.
             discovery.check_model_name(self.config.checkpoint_dir, self.config.model_variant)
+            self.config = moduleconfig.resolve(self.config)  # --module-config read and checked: a bad one never claims a folder
             resuming = self.config.resume_from is not None
             if resuming:
                 wanted = os.path.abspath(os.path.expanduser(self.config.output_dir))
@@ -607,11 +608,10 @@ class Trainer:
                 f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type"
             )
         if c.strict_resume:
-            changed = [
-                f"{k} {state['config_meta'][k]!r} -> {getattr(c, k)!r}"
-                for k in RESUME_MUST_MATCH
-                if state["config_meta"].get(k) != getattr(c, k)
-            ]
+            saved = {
+                k: state["config_meta"].get(k, cfgmod.FIELD_BY_NAME[k].default) for k in RESUME_MUST_MATCH
+            }  # newer keys: default
+            changed = [f"{k} {saved[k]!r} -> {getattr(c, k)!r}" for k in RESUME_MUST_MATCH if saved[k] != getattr(c, k)]
             if changed:
                 raise ckpt.CheckpointError(
                     f"{where}: settings differ from the checkpoint ({'; '.join(changed)}); restore them or pass --no-strict-resume"
@@ -769,6 +769,7 @@ RESUME_MUST_MATCH = (
     "attention_type",
     "target_modules",
     "target_mlp",
+    "selected_modules",
 )
 
 
