@@ -308,6 +308,11 @@ def effective_rank(singular_values: Sequence[float], energy: float = ENERGY) -> 
     return len(squares)
 
 
+def _sig(x: float) -> float:
+    """Six significant digits (Side-Step rounds to 8 decimals, which zeroes a large model's tiny scores)."""
+    return float(f"{float(x):.6g}")
+
+
 def _round8(x: float) -> int:
     return math.floor(x / 8.0 + 0.5) * 8
 
@@ -376,8 +381,8 @@ def build(
     modules = [
         {
             "name": n,
-            "fisher_score": round(float(scores[n]), 8),
-            "fisher_cross_run_std": round(float(stds.get(n, 0.0)), 8),
+            "fisher_score": _sig(scores[n]),
+            "fisher_cross_run_std": _sig(stds.get(n, 0.0)),
             "effective_rank": int(effective_ranks.get(n, -1)),
             "assigned_rank": rank_pattern[peft_key(n)],
         }
