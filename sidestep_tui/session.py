@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from engine.protocol import (
+    AnalysisDone,
     Command,
     Event,
     PauseRun,
@@ -231,7 +232,7 @@ class EngineSession:
         for event in events:
             if isinstance(event, RunFailed) and self.state.failure is not None:
                 self.host.show_failure(self.state.failure)
-        ended = any(isinstance(e, (RunFinished, RunFailed)) for e in events)
+        ended = any(isinstance(e, (RunFinished, RunFailed, AnalysisDone)) for e in events)
         if ended and self.client is not None and self.client.owns_engine:
             self._stop_engine(self.client, then_leave=self._quit_when_idle)  # one engine per run
         elif ended and self._quit_when_idle:

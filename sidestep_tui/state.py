@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, assert_never
 
 from engine.protocol import (
+    AnalysisDone,
+    AnalysisProgress,
     CheckpointSaved,
     EngineReady,
     EngineStopping,
@@ -472,6 +474,11 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
             return {"paused": False, "phase": "training"}
         case PreprocessProgress():
             return _on_preprocess(state, event)
+        case AnalysisProgress():
+            detail = f"PP++ run {event.run}/{event.runs}, {event.group} pass {event.pass_index}/{event.passes}: {event.done}/{event.total}"
+            return {"phase": "preparing_data", "phase_detail": detail}
+        case AnalysisDone():
+            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
         case RunFinished():
             return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
         case RunFailed():
