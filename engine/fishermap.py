@@ -442,3 +442,52 @@ def table_rows(fmap: FisherMap) -> list[tuple[str, str, str, str]]:
             )
         )
     return rows
+
+
+HEAT = " ▁▂▃▄▅▆▇█"
+
+
+def heat_strip(values: Sequence[float]) -> str:
+    """One character per layer, taller = higher mean Fisher score (``layer_heat``)."""
+    return "".join(HEAT[min(len(HEAT) - 1, max(0, round(v * (len(HEAT) - 1))))] for v in values)
+
+
+# ``sidestep analyze``'s options as the engine job takes them (``StartAnalysis.options_json``); the keys
+# are ``engine.analysis.fisher.AnalyzeOptions``'s fields, its defaults Side-Step's.
+ANALYZE_DEFAULTS: dict[str, Any] = {
+    "rank": 64,
+    "rank_min": 16,
+    "rank_max": 128,
+    "timestep_focus": "balanced",
+    "runs": None,
+    "batches": None,
+    "device": "auto",
+    "precision": "auto",
+    "attention_backend": "auto",
+}
+
+
+def analyze_options_json(checkpoint_dir: str, model_variant: str, dataset_dir: str, **options: Any) -> str:
+    """The JSON a ``StartAnalysis`` carries (the UI builds it without importing the analysis)."""
+    unknown = sorted(set(options) - set(ANALYZE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown analyze option {unknown[0]!r}")
+    values = {**ANALYZE_DEFAULTS, **options, "checkpoint_dir": checkpoint_dir, "model_variant": model_variant}
+    values["dataset_dir"] = dataset_dir
+    return json.dumps(values, sort_keys=True)
+
+
+def run_note(dataset_dir: str, *, adapter_type: str, ignore: bool, rank: int) -> str | None:
+    """What a run on ``dataset_dir`` will do with its fisher_map.json (None: there is none), one line:
+    for the Setup review, before the run says it again in its first lines."""
+    if not dataset_dir or not os.path.isfile(path_in(dataset_dir)):
+        return None
+    if adapter_type != "lora":
+        return f"Fisher rank map: {FILE_NAME} is for LoRA/DoRA; this {adapter_type} run does not use it"
+    if ignore:
+        return f"Fisher rank map: {FILE_NAME} ignored (--ignore-fisher-map): every module at rank {rank}"
+    try:
+        fmap = find(dataset_dir)
+    except FisherMapError as exc:
+        return f"Fisher rank map: ✗ {exc}"
+    return f"Fisher rank map: {fmap.summary() if fmap else ''} (--ignore-fisher-map for rank {rank} everywhere)"

@@ -173,6 +173,18 @@ class PreprocessStatus:
 
 # eq=False: identity equality. The App assigns a new RunState per batch; comparing two states field by
 # field (thousands of points) on every assignment would cost more than the update itself.
+@dataclass(frozen=True, slots=True)
+class AnalysisStatus:
+    """A PP++ job: measured batches of all, and once it ended its status and the map it wrote."""
+
+    done: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    status: str = ""  # "completed" | "stopped" once AnalysisDone came
+    path: str = ""
+    summary: str = ""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RunState:
     # engine
@@ -217,6 +229,7 @@ class RunState:
     checkpoints: tuple[CheckpointInfo, ...] = ()
     log: tuple[LogLine, ...] = ()
     preprocess: PreprocessStatus | None = None
+    analysis: AnalysisStatus | None = None  # a PP++ (``sidestep analyze``) job
     # outcome
     paused: bool = False
     wall_s: float | None = None
@@ -257,7 +270,9 @@ class RunState:
 
     @property
     def finished_status(self) -> str | None:
-        """ "completed" | "stopped" when the run's last segment finished, else None."""
+        """ "completed" | "stopped" when the run's last segment (or the PP++ job) finished, else None."""
+        if self.analysis is not None and self.analysis.status:
+            return self.analysis.status
         return self.summary.status if self.summary.status in ("completed", "stopped") else None
 
     @property
@@ -476,9 +491,17 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
             return _on_preprocess(state, event)
         case AnalysisProgress():
             detail = f"PP++ run {event.run}/{event.runs}, {event.group} pass {event.pass_index}/{event.passes}: {event.done}/{event.total}"
-            return {"phase": "preparing_data", "phase_detail": detail}
+            analysis = AnalysisStatus(done=event.done, total=event.total, elapsed_s=event.elapsed_s)
+            return {
+                "phase": "preparing_data",
+                "phase_detail": detail,
+                "analysis": analysis,
+                "run_id": state.run_id or event.run_id,
+            }
         case AnalysisDone():
-            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
+            prev = state.analysis or AnalysisStatus()
+            analysis = AnalysisStatus(prev.done, prev.total, event.wall_s, event.status, event.path, event.summary)
+            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None, "analysis": analysis}
         case RunFinished():
             return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
         case RunFailed():

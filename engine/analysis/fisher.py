@@ -61,6 +61,7 @@ class AnalyzeOptions:
 
     @classmethod
     def from_json(cls, text: str) -> AnalyzeOptions:
+        """From ``to_json`` or ``engine.fishermap.analyze_options_json`` (the UI's, same keys)."""
         return cls(**json.loads(text))
 
     def check(self) -> None:

@@ -13,13 +13,7 @@ from typing import Any
 
 from engine import fishermap
 
-HEAT = " ▁▂▃▄▅▆▇█"
 PREVIEW_ROWS = 20
-
-
-def heat_strip(values: list[float]) -> str:
-    """One character per layer, taller = higher mean Fisher score."""
-    return "".join(HEAT[min(len(HEAT) - 1, round(v * (len(HEAT) - 1)))] for v in values)
 
 
 def preview_lines(fmap: fishermap.FisherMap, rows: int = PREVIEW_ROWS) -> list[str]:
@@ -32,7 +26,7 @@ def preview_lines(fmap: fishermap.FisherMap, rows: int = PREVIEW_ROWS) -> list[s
         lines.append(f"... {len(table) - rows} more ranked modules")
     heat = fishermap.layer_heat(fmap)
     if heat:
-        lines.append(f"layers 0-{len(heat) - 1}: [{heat_strip(heat)}]")
+        lines.append(f"layers 0-{len(heat) - 1}: [{fishermap.heat_strip(heat)}]")
     by_group: dict[str, list[int]] = {}
     for key, assigned in fmap.rank_pattern.items():
         by_group.setdefault(fishermap.group_of(key) or "?", []).append(assigned)

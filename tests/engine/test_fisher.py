@@ -168,3 +168,14 @@ def test_a_map_from_another_model_warns_one_line_each(analysed, demo_config_valu
     warnings = [m for m in _logs(events, "warning") if "fisher_map.json" in m]
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert "'turbo'" in warnings[0] and "24-layer" in warnings[1]
+
+
+def test_the_uis_options_json_is_what_the_analysis_takes():
+    import dataclasses
+
+    from engine.analysis.fisher import AnalyzeOptions
+
+    text = fishermap.analyze_options_json("/ckpt", "base", "/data", rank=32)
+    options = AnalyzeOptions.from_json(text)
+    assert (options.rank, options.rank_min, options.rank_max, options.timestep_focus) == (32, 16, 128, "balanced")
+    assert set(json.loads(text)) == {f.name for f in dataclasses.fields(AnalyzeOptions)}

@@ -141,3 +141,14 @@ def test_broken_map_is_one_line_error(tmp_path, edit, message):
     assert "\n" not in str(info.value) and "sidestep analyze" in str(info.value)
     with pytest.raises(fishermap.FisherMapError):
         fishermap.write(tmp_path, data)
+
+
+def test_setup_review_note_says_what_the_run_does_with_the_map(tmp_path):
+    assert fishermap.run_note(str(tmp_path), adapter_type="lora", ignore=False, rank=64) is None  # no map
+    fishermap.write(tmp_path, _built(tmp_path))
+    used = fishermap.run_note(str(tmp_path), adapter_type="lora", ignore=False, rank=64)
+    assert used is not None and "25 modules at rank 8-16" in used and "--ignore-fisher-map" in used
+    assert "every module at rank 64" in (fishermap.run_note(str(tmp_path), adapter_type="lora", ignore=True, rank=64) or "")
+    assert "does not use it" in (fishermap.run_note(str(tmp_path), adapter_type="lokr", ignore=False, rank=64) or "")
+    (tmp_path / "fisher_map.json").write_text("[]")
+    assert "✗" in (fishermap.run_note(str(tmp_path), adapter_type="lora", ignore=False, rank=64) or "")
