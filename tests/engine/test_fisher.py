@@ -6,6 +6,7 @@ uniform rank; a map from another model warns). One run x 2 batches keeps each an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -154,7 +155,10 @@ def test_lora_run_trains_the_maps_ranks_and_ignore_restores_uniform(analysed, de
     assert any("ignored (--ignore-fisher-map)" in m for m in _logs(events, "info"))
 
 
-def test_a_map_from_another_model_warns_one_line_each(analysed, demo_config_values, tmp_path):
+def test_a_map_from_another_model_warns_one_line_each(analysed, demo_paths, demo_config_values, tmp_path):
+    """What a run says about a hand-written map for another model (the lines ``build_run`` logs first)."""
+    from engine.train.build import fisher_map_for_run
+
     dataset, _ = analysed
     other = str(tmp_path / "tensors")
     shutil.copytree(dataset, other)
@@ -163,16 +167,20 @@ def test_a_map_from_another_model_warns_one_line_each(analysed, demo_config_valu
     hand.update(model_variant="turbo", num_hidden_layers=24)  # written by hand for another model
     with open(os.path.join(other, "fisher_map.json"), "w", encoding="utf-8") as fh:
         json.dump(hand, fh)
-    values = {**demo_config_values, "dataset_dir": other, "max_steps": 1, "learning_rate": 5e-5}
-    events, _ = _train({**values, "output_dir": str(tmp_path / "run")})
-    warnings = [m for m in _logs(events, "warning") if "fisher_map.json" in m]
+    said: list[tuple[str, str]] = []
+    config = cfgmod.parse({**demo_config_values, "dataset_dir": other, "learning_rate": 5e-5})
+    model_dir = os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"])
+    fmap = fisher_map_for_run(config, model_dir, lambda level, line: said.append((level, line)))
+    assert fmap is not None and fmap.rank_pattern == hand["rank_pattern"]
+    warnings = [line for level, line in said if level == "warning"]
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert "'turbo'" in warnings[0] and "24-layer" in warnings[1]
+    said.clear()
+    assert fisher_map_for_run(dataclasses.replace(config, ignore_fisher_map=True), model_dir, lambda *a: said.append(a)) is None
+    assert [level for level, _ in said] == ["info"]  # refused: no mismatch warnings either
 
 
 def test_the_uis_options_json_is_what_the_analysis_takes():
-    import dataclasses
-
     from engine.analysis.fisher import AnalyzeOptions
 
     text = fishermap.analyze_options_json("/ckpt", "base", "/data", rank=32)
