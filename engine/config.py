@@ -257,6 +257,14 @@ class TrainConfig:
     dropout: float = _f(0.1, "Dropout", "LoRA dropout.", "LoRA", min=0.0, max=0.9)
     bias: str = _f("none", "Bias", "Which biases train: none, all, lora_only.", "LoRA", choices=BIASES, advanced=True)
     use_dora: bool = _f(False, "DoRA", "Weight-decomposed LoRA (slower, sometimes better).", "LoRA", advanced=True)
+    ignore_fisher_map: bool = _f(
+        False,
+        "Ignore Fisher map",
+        "Train every module at the one rank above even when the dataset folder holds a fisher_map.json "
+        "(per-module ranks from `sidestep analyze`, used by LoRA/DoRA otherwise).",
+        "LoRA",
+        advanced=True,
+    )
 
     # ---- LoKR
     lokr_linear_dim: int = _f(64, "LoKR dim", "LoKR linear dimension (like rank).", "LoKR", min=1, max=100000)

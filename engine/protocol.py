@@ -89,6 +89,16 @@ class StartPreprocess:
 
 
 @_frozen
+class StartAnalysis:
+    """PP++ (``sidestep analyze``): measure the dataset's Fisher map and write ``fisher_map.json`` into its
+    folder. ``options_json`` is ``engine.analysis.fisher.AnalyzeOptions`` as JSON. ``StopRun`` stops it
+    between batches and nothing is written."""
+
+    run_id: str
+    options_json: str
+
+
+@_frozen
 class StopRun:
     """Finish the current optimizer step (preprocessing: the current file), save a checkpoint, then
     emit ``RunFinished(stopped)``. A stop always saves: no command throws the work away."""
@@ -114,7 +124,7 @@ class Shutdown:
     """Stop (saving) whatever runs, flush the sinks and exit the engine process with 0."""
 
 
-Command = StartRun | StartPreprocess | StopRun | SaveCheckpoint | PauseRun | ResumeRun | Shutdown
+Command = StartRun | StartPreprocess | StartAnalysis | StopRun | SaveCheckpoint | PauseRun | ResumeRun | Shutdown
 COMMAND_TYPES: tuple[type, ...] = typing.get_args(Command)
 
 
@@ -322,6 +332,40 @@ class PreprocessProgress:
 
 
 @_frozen
+class AnalysisProgress:
+    """One measured batch of a PP++ analysis: run ``run``/``runs``, group pass ``pass_index``/``passes``
+    (``group`` = self_attn, cross_attn or mlp), batch ``batch``/``batches``; ``done``/``total`` over all."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    run: int
+    runs: int
+    group: str
+    pass_index: int
+    passes: int
+    batch: int
+    batches: int
+    done: int
+    total: int
+    elapsed_s: float = 0.0
+
+
+@_frozen
+class AnalysisDone:
+    """A PP++ analysis ended: ``completed`` with ``path`` (the fisher_map.json written) and a one-line
+    ``summary``, or ``stopped`` with nothing written (``path`` empty). Failures are ``RunFailed``."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    status: RunStatus
+    path: str
+    summary: str = ""
+    wall_s: float = 0.0
+
+
+@_frozen
 class RunFinished:
     run_id: str = ""
     seq: int = 0
@@ -371,6 +415,8 @@ Event = (
     | RunPaused
     | RunResumed
     | PreprocessProgress
+    | AnalysisProgress
+    | AnalysisDone
     | RunFinished
     | RunFailed
     | EngineStopping

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from engine.protocol import (
+    AnalysisDone,
     Command,
     Event,
     PauseRun,
@@ -30,6 +31,7 @@ from engine.protocol import (
     RunFailed,
     RunFinished,
     SaveCheckpoint,
+    StartAnalysis,
     StartPreprocess,
     StartRun,
     StopRun,
@@ -149,7 +151,11 @@ class EngineSession:
         """Audio -> tensors in an engine. The Dataset screen follows the job by ``run_id``."""
         return self._begin(StartPreprocess(run_id=run_id or new_run_id("pre-"), config_json=config_json))
 
-    def _begin(self, command: StartRun | StartPreprocess) -> bool:
+    def start_analysis(self, options_json: str, *, run_id: str = "") -> bool:
+        """PP++ in an engine; the Dataset screen follows the job by ``run_id``."""
+        return self._begin(StartAnalysis(run_id=run_id or new_run_id("pp-"), options_json=options_json))
+
+    def _begin(self, command: StartRun | StartPreprocess | StartAnalysis) -> bool:
         """Start ``command`` in an engine (an idle fresh one is reused, else a new one is spawned).
         False, with a notification, when another run is in progress."""
         client = self.client
@@ -157,7 +163,7 @@ class EngineSession:
             if self.state.active or not client.owns_engine:
                 self.host.notify("A run is in progress: stop it (or quit and leave it running) first.", severity="error")
                 return False
-            if not self.state.run_id and self.state.preprocess is None:
+            if not self.state.run_id and self.state.preprocess is None and self.state.analysis is None:
                 # An idle engine that has not run anything yet: reuse it.
                 if not self.send(command):
                     return False
@@ -231,7 +237,7 @@ class EngineSession:
         for event in events:
             if isinstance(event, RunFailed) and self.state.failure is not None:
                 self.host.show_failure(self.state.failure)
-        ended = any(isinstance(e, (RunFinished, RunFailed)) for e in events)
+        ended = any(isinstance(e, (RunFinished, RunFailed, AnalysisDone)) for e in events)
         if ended and self.client is not None and self.client.owns_engine:
             self._stop_engine(self.client, then_leave=self._quit_when_idle)  # one engine per run
         elif ended and self._quit_when_idle:

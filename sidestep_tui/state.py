@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, assert_never
 
 from engine.protocol import (
+    AnalysisDone,
+    AnalysisProgress,
     CheckpointSaved,
     EngineReady,
     EngineStopping,
@@ -171,6 +173,18 @@ class PreprocessStatus:
 
 # eq=False: identity equality. The App assigns a new RunState per batch; comparing two states field by
 # field (thousands of points) on every assignment would cost more than the update itself.
+@dataclass(frozen=True, slots=True)
+class AnalysisStatus:
+    """A PP++ job: measured batches of all, and once it ended its status and the map it wrote."""
+
+    done: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+    status: str = ""  # "completed" | "stopped" once AnalysisDone came
+    path: str = ""
+    summary: str = ""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RunState:
     # engine
@@ -216,6 +230,7 @@ class RunState:
     samples_rendered: int = 0  # SampleRendered events so far: the Monitor's Samples panel rescans the run's samples/ on change
     log: tuple[LogLine, ...] = ()
     preprocess: PreprocessStatus | None = None
+    analysis: AnalysisStatus | None = None  # a PP++ (``sidestep analyze``) job
     # outcome
     paused: bool = False
     wall_s: float | None = None
@@ -256,7 +271,9 @@ class RunState:
 
     @property
     def finished_status(self) -> str | None:
-        """ "completed" | "stopped" when the run's last segment finished, else None."""
+        """ "completed" | "stopped" when the run's last segment (or the PP++ job) finished, else None."""
+        if self.analysis is not None and self.analysis.status:
+            return self.analysis.status
         return self.summary.status if self.summary.status in ("completed", "stopped") else None
 
     @property
@@ -474,6 +491,19 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
             return {"paused": False, "phase": "training"}
         case PreprocessProgress():
             return _on_preprocess(state, event)
+        case AnalysisProgress():
+            detail = f"PP++ run {event.run}/{event.runs}, {event.group} pass {event.pass_index}/{event.passes}: {event.done}/{event.total}"
+            analysis = AnalysisStatus(done=event.done, total=event.total, elapsed_s=event.elapsed_s)
+            return {
+                "phase": "preparing_data",
+                "phase_detail": detail,
+                "analysis": analysis,
+                "run_id": state.run_id or event.run_id,
+            }
+        case AnalysisDone():
+            prev = state.analysis or AnalysisStatus()
+            analysis = AnalysisStatus(prev.done, prev.total, event.wall_s, event.status, event.path, event.summary)
+            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None, "analysis": analysis}
         case RunFinished():
             return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}
         case RunFailed():

@@ -27,17 +27,21 @@ from engine.adapters.base import Adapter, AdapterLoadError, AdapterMismatchError
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
+    from engine.fishermap import FisherMap
 
 
-def attach_adapter(decoder: nn.Module, config: TrainConfig) -> Adapter:
-    """Freeze ``decoder`` and attach the adapter named by ``config.adapter_type``."""
+def attach_adapter(decoder: nn.Module, config: TrainConfig, *, fisher: FisherMap | None = None) -> Adapter:
+    """Freeze ``decoder`` and attach the adapter named by ``config.adapter_type``. ``fisher`` (LoRA/DoRA
+    only): a PP++ map whose per-module ranks and targets replace the uniform rank."""
     decoder.requires_grad_(False)
     if config.selected_modules:
         check_selection(decoder, config.selected_modules)
     if config.adapter_type == "lora":
         from engine.adapters.lora import attach_lora
 
-        return attach_lora(decoder, config)
+        return attach_lora(decoder, config, fisher=fisher)
+    if fisher is not None:
+        raise ValueError(f"a Fisher rank map applies to LoRA/DoRA, not {config.adapter_type}")
     if config.adapter_type in ("lokr", "loha", "oft"):
         from engine.adapters.lyco import attach_lycoris
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
     from engine.config import TrainConfig
+    from engine.fishermap import FisherMap
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -65,8 +67,15 @@ def _is_lora_bias(value: str) -> TypeGuard[LoraBias]:
     return value in BIASES
 
 
-def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on first use)
-    """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex."""
+def fisher_targets(fisher: FisherMap) -> str:
+    """A full-match regex of exactly the modules a PP++ map ranks (its excluded modules get no adapter)."""
+    return "(?:" + "|".join(re.escape(k) for k in sorted(fisher.rank_pattern)) + ")"
+
+
+def lora_config(config: TrainConfig, fisher: FisherMap | None = None) -> Any:  # a peft.LoraConfig (peft loads on first use)
+    """The PEFT ``LoraConfig`` for a run: every LoRA field, targets as one full-match regex. With a
+    PP++ map (``fisher``), its ranked modules are the targets and its ``rank_pattern``/``alpha_pattern``
+    give each its own rank and alpha."""
     from peft import LoraConfig, TaskType
 
     from engine.config import BIASES, resolve_targets
@@ -74,6 +83,18 @@ def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on
     bias = config.bias
     if not _is_lora_bias(bias):
         raise ValueError(f"bias {bias!r} is not one of {', '.join(BIASES)}; set bias to one of them")
+    if fisher is not None:
+        return LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            bias=bias,
+            use_dora=config.use_dora,
+            target_modules=fisher_targets(fisher),
+            rank_pattern=fisher.rank_pattern,
+            alpha_pattern=fisher.alpha_pattern,
+            task_type=TaskType.FEATURE_EXTRACTION,
+        )
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -86,7 +107,7 @@ def lora_config(config: TrainConfig) -> Any:  # a peft.LoraConfig (peft loads on
     )
 
 
-def attach_lora(decoder: nn.Module, config: TrainConfig) -> LoraAdapter:
+def attach_lora(decoder: nn.Module, config: TrainConfig, *, fisher: FisherMap | None = None) -> LoraAdapter:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -98,6 +119,6 @@ def attach_lora(decoder: nn.Module, config: TrainConfig) -> LoraAdapter:
         decoder._sidestep_input_grads_patched = True  # type: ignore[assignment]
     # PeftModel directly (not get_peft_model): the forward passes arguments through unchanged, and
     # autocast_adapter_dtype keeps adapter weights fp32 on a bf16/fp16 base.
-    module = PeftModel(decoder, lora_config(config), autocast_adapter_dtype=True)
+    module = PeftModel(decoder, lora_config(config, fisher), autocast_adapter_dtype=True)
     adapted = sum(1 for m in module.modules() if isinstance(m, LoraLayer))
     return LoraAdapter(module, adapted)

@@ -85,7 +85,7 @@ class CommandInbox:
                 self.state.shutdown_requested = True
                 self.state.stop_requested = True
                 self.state.paused = False
-            case protocol.StartRun() | protocol.StartPreprocess():
+            case protocol.StartRun() | protocol.StartPreprocess() | protocol.StartAnalysis():
                 return cmd
             case _:
                 raise protocol.ProtocolError(f"unexpected command {type(cmd).__name__}")

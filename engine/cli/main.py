@@ -1,5 +1,5 @@
 """The headless commands: ``sidestep train|demo|presets|runs|attach --plain|preprocess|dataset|export|queue|generate|
-estimate|compare-configs`` and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
+estimate|compare-configs|analyze`` and the sidecar tools ``tags|convert-sidecars|audio-analyze``.
 
 The flags are parsed by ``engine.cli.parser`` (the one parser, stdlib only); ``run_command`` runs the
 handler of a parsed command line. Nothing heavy is imported at module level: each handler imports the
@@ -528,6 +528,10 @@ def run_command(ns: argparse.Namespace) -> int:
         from engine.cli.generate import run_generate_command
 
         return run_generate_command(ns)
+    if ns.command == "analyze":
+        from engine.cli.analyze import run_analyze_command
+
+        return run_analyze_command(ns)
     handlers = {
         "train": cmd_train,
         "demo": cmd_demo,

@@ -322,6 +322,54 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
 
 
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep analyze`` (PP++): Side-Step's names and defaults, the model flags training has."""
+    parser.add_argument(
+        "-c", "--checkpoint-dir", required=True, metavar="ROOT", help="the checkpoint root (holds the model folders)"
+    )
+    parser.add_argument(
+        "--model",
+        "--model-variant",
+        "-M",
+        dest="model_variant",
+        default="base",
+        metavar="VARIANT",
+        help="turbo, base, sft, xl-*, or a model folder's name under ROOT (default base)",
+    )
+    parser.add_argument(
+        "-d", "--dataset-dir", required=True, metavar="DIR", help="the preprocessed tensors; fisher_map.json is written here"
+    )
+    parser.add_argument("-r", "--rank", type=int, default=64, metavar="N", help="the median rank to aim at (default 64)")
+    parser.add_argument("--rank-min", type=int, default=16, metavar="N", help="the lowest rank a module gets (default 16)")
+    parser.add_argument("--rank-max", type=int, default=128, metavar="N", help="the highest rank a module gets (default 128)")
+    parser.add_argument(
+        "--timestep-focus",
+        default="balanced",
+        metavar="FOCUS",
+        help="balanced (the model's own timestep distribution), texture (t in 0-0.4), structure (t in 0.6-1) or "
+        "'lo,hi' (default balanced)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=None, metavar="N", help="seeded runs for the spread (default 2 up to 10 samples, else 3)"
+    )
+    parser.add_argument("--batches", type=int, default=None, metavar="N", help="samples per run (default all, at most 50)")
+    parser.add_argument(
+        "--convergence-patience",
+        type=int,
+        default=5,
+        metavar="N",
+        help="accepted for Side-Step compatibility; every pass measures all its batches",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS, help="default auto (bf16 on GPUs, fp32 on CPU)")
+    parser.add_argument(
+        "--attention-backend", default="auto", choices=cfgmod.ATTENTION_BACKENDS, help="attention implementation (default auto)"
+    )
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="write fisher_map.json without asking (asked only on a terminal)"
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5. Without a command: the TUI.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -433,5 +481,8 @@ def build_parser() -> Parser:
     )
     add_compare_arguments(
         command("compare-configs", help="compare module configs / estimate results / fisher maps side by side (overlap, ranks)")
+    )
+    add_analyze_arguments(
+        command("analyze", help="PP++: measure which modules matter for this dataset; writes fisher_map.json for LoRA ranks")
     )
     return parser

@@ -114,6 +114,8 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
                 run_training(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case protocol.StartPreprocess(run_id=run_id, config_json=config_json):
                 run_preprocess_job(config_json, bus, inbox, run_id=run_id, monitor=monitor)
+            case protocol.StartAnalysis(run_id=run_id, options_json=options_json):
+                run_analysis_job(options_json, bus, inbox, run_id=run_id, monitor=monitor)
             case _:
                 raise protocol.ProtocolError(f"unexpected job {type(job).__name__}")
         bus.run_id = ""
@@ -159,6 +161,48 @@ def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, m
                 wall_s=time.time() - started,
             )
         )
+    except BaseException as exc:  # reported as RunFailed; the engine stays up
+        event = bus.emit(failure_event(exc))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return event
+
+
+def run_analysis_job(options_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any = None) -> Any:
+    """PP++ in the engine process: ``AnalysisProgress`` per measured batch, then ``AnalysisDone``
+    (completed: fisher_map.json written atomically; stopped by ``StopRun``: nothing written) or
+    ``RunFailed``. The UI shows the map from the file (``engine.fishermap``), never importing torch."""
+    import dataclasses
+    import time
+
+    from engine import fishermap
+    from engine.analysis.fisher import AnalyzeOptions, Stopped, run_analysis
+    from engine.train.trainer import failure_event
+
+    bus.run_id = run_id
+    started = time.time()
+    if monitor is not None:
+        monitor.phase = lambda: "preparing_data"
+    try:
+        options = AnalyzeOptions.from_json(options_json)
+        bus.emit(protocol.PhaseChanged(phase="preparing_data", detail=f"analysing {options.dataset_dir}"))
+
+        def should_stop() -> bool:
+            inbox.poll()
+            return bool(inbox.state.stop_requested)
+
+        try:
+            data = run_analysis(
+                options,
+                progress=lambda p: bus.emit(protocol.AnalysisProgress(**dataclasses.asdict(p))),
+                should_stop=should_stop,
+                note=lambda level, message: bus.log(level, message),
+            )
+        except Stopped:
+            return bus.emit(protocol.AnalysisDone(status="stopped", path="", summary="", wall_s=time.time() - started))
+        path = fishermap.write(options.dataset_dir, data)
+        summary = fishermap.FisherMap(path=path, data=data).summary()
+        return bus.emit(protocol.AnalysisDone(status="completed", path=path, summary=summary, wall_s=time.time() - started))
     except BaseException as exc:  # reported as RunFailed; the engine stays up
         event = bus.emit(failure_event(exc))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

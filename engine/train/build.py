@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine import codehash, discovery, fsutil, layout, protocol
+from engine import codehash, discovery, fishermap, fsutil, layout, protocol
 from engine import config as cfgmod
 from engine.ptinspect import format_warnings
 from engine.train import recipe
@@ -109,6 +110,42 @@ def timestep_mu_sigma(config: cfgmod.TrainConfig) -> tuple[float, float]:
     return mu, sigma
 
 
+def fisher_map_for_run(
+    config: cfgmod.TrainConfig, model_dir: str, say: Callable[[protocol.LogLevel, str], None]
+) -> fishermap.FisherMap | None:
+    """The dataset folder's PP++ rank map when this run uses it (LoRA/DoRA, not refused with
+    ``--ignore-fisher-map``), announced in one line, with one warning line per mismatch (another model,
+    layer count or changed tensors). A map that cannot be read fails the run (one line, with the fix)."""
+    path = fishermap.path_in(config.dataset_dir)
+    if not os.path.isfile(path):
+        return None
+    if config.adapter_type != "lora":
+        say("info", f"{path}: per-module ranks are for LoRA/DoRA; this {config.adapter_type} run does not use them")
+        return None
+    if config.ignore_fisher_map:
+        say("info", f"{path} ignored (--ignore-fisher-map): every module trains at rank {config.rank}")
+        return None
+    try:
+        fmap = fishermap.load(path)
+    except fishermap.FisherMapError as exc:
+        raise fishermap.FisherMapError(f"{exc} (or pass --ignore-fisher-map)") from None
+    say("info", f"Fisher rank map {path}: {fmap.summary()} (--ignore-fisher-map for rank {config.rank} everywhere)")
+    from engine.models.loader import read_model_config
+
+    layers = read_model_config(Path(model_dir)).get("num_hidden_layers")
+    for line in fishermap.mismatch_warnings(
+        fmap,
+        model_variant=config.model_variant,
+        num_hidden_layers=layers if isinstance(layers, int) else None,
+        dataset_dir=config.dataset_dir,
+    ):
+        say("warning", line)
+    lr = config.resolved_learning_rate()
+    if config.optimizer_type != "prodigy" and lr > 1e-4:
+        say("warning", f"learning rate {lr:g} with Fisher ranks: Side-Step suggests about 5e-5 (--learning-rate)")
+    return fmap
+
+
 FabricPrecision = Literal["32-true", "bf16-mixed", "16-mixed"]
 
 
@@ -181,6 +218,8 @@ def build_run(
         f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all",
     )
 
+    fisher = fisher_map_for_run(config, model_dir, lambda level, line: bus.log(level, line))
+
     dtype = resolve_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     set_phase("loading_model", model_dir)
@@ -196,7 +235,7 @@ def build_run(
     total_params = loaded.param_count
 
     torch.manual_seed(config.seed)  # adapter init is part of the seeded state
-    adapter = attach_adapter(loaded.decoder, config)
+    adapter = attach_adapter(loaded.decoder, config, fisher=fisher)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(adapter.module, config.gradient_checkpointing_ratio)
     bus.log(

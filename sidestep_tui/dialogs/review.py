@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 from engine import config as cfg
+from engine import fishermap
 
 from ..forms import SPEC_BY_NAME, command_line
 from ..widgets.footer import SidestepFooter
@@ -63,6 +64,9 @@ class ReviewDialog(ModalScreen[str | None]):
                 yield Static(self.model, markup=False)
                 if self.vram:
                     yield Static(self.vram, id="review-vram", markup=False)
+                fisher = self.fisher_note
+                if fisher:
+                    yield Static(fisher, id="review-fisher", markup=False)
                 if self.config is not None:
                     yield Static("Settings that differ from the defaults\n" + _differences(self.config), markup=False)
                     yield Static(command_line(self.config), id="review-command", markup=False)
@@ -77,6 +81,14 @@ class ReviewDialog(ModalScreen[str | None]):
             self.dismiss(None)
         else:
             self.action_choose(str(event.button.id))
+
+    @property
+    def fisher_note(self) -> str | None:
+        """What the run will do with the dataset's fisher_map.json (PP++ ranks), when it has one."""
+        c = self.config
+        if c is None:
+            return None
+        return fishermap.run_note(c.dataset_dir, adapter_type=c.adapter_type, ignore=c.ignore_fisher_map, rank=c.rank)
 
     @property
     def startable(self) -> bool:

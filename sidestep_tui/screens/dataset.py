@@ -14,12 +14,19 @@ Two tabs (Ctrl+T switches):
   removes a trigger tag in the songs' captions (``dialogs.tags``), Ctrl+B ("Dataset: Analyze audio") runs
   ``sidestep audio-analyze`` on the folder in a child process and rescans; the file detail shows each song's
   BPM, key and time signature from its sidecar (what ``sidestep audio-analyze`` writes there).
+
+A tensor folder's ``fisher_map.json`` (PP++ per-module LoRA ranks) is shown under its report: the ranking
+as a table (module, score ± spread, effective rank, assigned rank) and a per-layer heat strip. Ctrl+N
+runs the analysis (``sidestep analyze``) in the engine process for the chosen model, Ctrl+X stops it
+(nothing is written), and the new map is shown when it is done.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
+import uuid
 from dataclasses import dataclass
 
 from textual import on, work
@@ -27,14 +34,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from engine import discovery, ptinspect, sidecar_edit
+from engine import discovery, fishermap, ptinspect, sidecar_edit
 from engine.protocol import StopRun
 
 from ..appref import SidestepAppRef
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
+from ..session import LINK_LOST
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
 from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathField
@@ -53,6 +61,19 @@ TENSORS, AUDIO = "tab-tensors", "tab-audio"
 class DatasetScanned(Message):
     path: str
     report: ptinspect.DatasetReport
+    fisher: fishermap.FisherMap | None = None
+    fisher_problem: str = ""
+
+
+FISHER_COLUMNS = ("module", "score ± spread", "eff. rank", "rank")
+
+
+def read_fisher(path: str) -> tuple[fishermap.FisherMap | None, str]:
+    """The folder's PP++ map and the one-line problem when it cannot be used."""
+    try:
+        return fishermap.find(path), ""
+    except fishermap.FisherMapError as exc:
+        return None, str(exc)
 
 
 class DatasetScreen(QuickScreen):
@@ -92,16 +113,27 @@ class DatasetScreen(QuickScreen):
             "ctrl+b",
             "analyze_audio",
             "Analyze audio",
-            id="dataset.analyze",
+            id="dataset.analyze-audio",
             show=False,
             tooltip="BPM, key and time signature into the sidecars, where missing (sidestep audio-analyze; needs librosa)",
         ),
+        Binding(
+            "ctrl+n",
+            "analyze",
+            "Analyze (PP++)",
+            id="dataset.analyze",
+            tooltip="Measure which modules matter for these tensors: per-module LoRA ranks in fisher_map.json",
+        ),
+        Binding("ctrl+x", "stop_analysis", "Stop", id="dataset.stop-analysis", tooltip="Stop the analysis (nothing is written)"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.report: ptinspect.DatasetReport | None = None
         self._report_path = ""
+        self.fisher: fishermap.FisherMap | None = None
+        self.analysis_job = ""  # the run id of our PP++ job while it runs
+        self._analysis_dir = ""
 
     def compose(self) -> ComposeResult:
         # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
@@ -119,6 +151,10 @@ class DatasetScreen(QuickScreen):
                     yield Static(NO_REPORT, id="dataset-summary", markup=False)
                     with VerticalScroll(id="dataset-problems"):
                         yield Static("", id="dataset-problem-list", markup=False)
+                with VerticalScroll(id="fisher-panel"):
+                    yield Static("", id="fisher-status", markup=False)
+                    yield Static("", id="fisher-heat", markup=False)
+                    yield DataTable(id="fisher-table", cursor_type="row", zebra_stripes=True)
             with TabPane("Audio → tensors", id=AUDIO):
                 yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
         yield SidestepFooter()
@@ -129,7 +165,9 @@ class DatasetScreen(QuickScreen):
 
     def on_mount(self) -> None:
         self.query_one("#dataset-path", PathField).input.focus()
+        self.query_one("#fisher-table", DataTable).add_columns(*FISHER_COLUMNS)
         self._show_model()
+        self.set_interval(0.25, self._follow_analysis)
 
     def on_screen_resume(self) -> None:
         self._show_model()
@@ -167,10 +205,14 @@ class DatasetScreen(QuickScreen):
             self.report = None
             self.query_one("#dataset-summary", Static).update(NO_REPORT)
             self.query_one("#dataset-problem-list", Static).update("")
+            if not self.analysis_job:
+                self._show_fisher(None, "")
 
     @work(thread=True, exclusive=True, group="dataset-scan", name="dataset-scan", exit_on_error=False)
     def _scan(self, path: str) -> None:
-        self.post_message(DatasetScanned(path, ptinspect.scan_dataset(path)))
+        report = ptinspect.scan_dataset(path)
+        fisher, problem = read_fisher(path)
+        self.post_message(DatasetScanned(path, report, fisher, problem))
 
     @on(DatasetScanned)
     def _scanned(self, message: DatasetScanned) -> None:
@@ -178,6 +220,8 @@ class DatasetScreen(QuickScreen):
             return  # the user typed on; a newer scan is coming
         self.report, self._report_path = message.report, message.path
         self._render_report()
+        if not self.analysis_job:
+            self._show_fisher(message.fisher, message.fisher_problem)
 
     def _render_report(self) -> None:
         report = self.report
@@ -208,6 +252,10 @@ class DatasetScreen(QuickScreen):
             return self.source == TENSORS
         if action in ("tags", "analyze_audio"):
             return self.source == AUDIO and self.prep.report is not None and self.prep.state not in (STARTING, RUNNING)
+        if action == "analyze":
+            return self.source == TENSORS and not self.analysis_job
+        if action == "stop_analysis":
+            return self.source == TENSORS and bool(self.analysis_job)
         if action in ("preprocess", "use_tensors", "stop_preprocess"):
             if self.source != AUDIO:
                 return False
@@ -326,3 +374,100 @@ class DatasetScreen(QuickScreen):
         self.notify(f"Dataset: {path}", title="Draft")
         if "setup" in self.app.MODES:
             self.app.call_later(self.app.switch_mode, "setup")
+
+    # ------------------------------------------------------------------ PP++ (fisher_map.json)
+
+    def _show_fisher(self, fmap: fishermap.FisherMap | None, problem: str) -> None:
+        self.fisher = fmap
+        table = self.query_one("#fisher-table", DataTable)
+        table.clear()
+        heat = self.query_one("#fisher-heat", Static)
+        status = self.query_one("#fisher-status", Static)
+        self.set_class(fmap is not None or bool(problem), "-fisher")
+        if fmap is None:
+            heat.update("")
+            status.update(f"✗ {problem}" if problem else "")
+            return
+        status.update(f"PP++ ranks ({fishermap.FILE_NAME}): {fmap.summary()}")
+        layers = fishermap.layer_heat(fmap)
+        heat.update(
+            f"layers 0-{len(layers) - 1}  [{fishermap.heat_strip(layers)}]  (mean Fisher score per layer)" if layers else ""
+        )
+        for row in fishermap.table_rows(fmap):
+            table.add_row(*row, key=row[0])
+
+    def _analysis_options(self) -> tuple[str | None, str]:
+        """The job's options JSON from the draft's model and rank, or the reason it cannot start."""
+        draft = self.app.draft
+        root, variant = draft.get("checkpoint_dir"), draft.get("model_variant")
+        if not root or not variant:
+            return None, "Choose a model first (Models screen, F1): the analysis runs it."
+        report = self.report
+        field = self.query_one("#dataset-path", PathField)
+        if report is None or self._report_path != field.value or report.samples == 0:
+            return None, "No usable tensors in this folder to analyse."
+        try:
+            rank = int(str(draft.get("rank") or fishermap.ANALYZE_DEFAULTS["rank"]))
+        except ValueError:
+            rank = fishermap.ANALYZE_DEFAULTS["rank"]
+        path = os.path.abspath(os.path.expanduser(field.value))
+        options = {
+            "rank": rank,
+            "rank_min": min(fishermap.ANALYZE_DEFAULTS["rank_min"], rank),
+            "rank_max": max(fishermap.ANALYZE_DEFAULTS["rank_max"], rank),
+        }
+        for name in ("device", "precision", "attention_backend"):
+            if draft.get(name):
+                options[name] = str(draft[name])
+        return fishermap.analyze_options_json(str(root), str(variant), path, **options), ""
+
+    def action_analyze(self) -> None:
+        options_json, problem = self._analysis_options()
+        if options_json is None:
+            self.notify(problem, severity="error", title="Analyze (PP++)")
+            return
+        job = f"pp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if not self.app.session.start_analysis(options_json, run_id=job):
+            return
+        self.analysis_job = job
+        self._analysis_dir = self._report_path
+        self.set_class(True, "-fisher")
+        self.query_one("#fisher-status", Static).update("PP++: starting the engine…")
+        self.refresh_bindings()
+
+    def action_stop_analysis(self) -> None:
+        if self.app.session.send(StopRun()):
+            self.notify("Stopping the analysis after the current batch; nothing is written.", title="Analyze (PP++)")
+
+    def _follow_analysis(self) -> None:
+        if not self.analysis_job:
+            return
+        session = self.app.session
+        run = session.state
+        status = self.query_one("#fisher-status", Static)
+        if run.run_id != self.analysis_job:
+            if session.link in LINK_LOST:
+                self._end_analysis(f"✗ the analysis did not start: {session.banner}")
+            return
+        analysis = run.analysis
+        if run.failure is not None:
+            self._end_analysis(f"✗ analysis failed: {run.failure.message}")
+        elif run.engine_lost:
+            self._end_analysis(f"✗ the engine died: {run.engine_lost}")
+        elif analysis is not None and analysis.status == "completed":
+            self._end_analysis("")
+            self._show_fisher(*read_fisher(self._analysis_dir))
+        elif analysis is not None and analysis.status == "stopped":
+            self._end_analysis("■ analysis stopped: nothing written")
+            fmap, problem = read_fisher(self._analysis_dir)
+            if fmap is not None:
+                self._show_fisher(fmap, problem)
+                status.update("■ analysis stopped: nothing written; the earlier map stays")
+        else:
+            status.update(f"PP++: {run.phase_detail or 'loading the model'}…")
+
+    def _end_analysis(self, text: str) -> None:
+        self.analysis_job = ""
+        if text:
+            self.query_one("#fisher-status", Static).update(text)
+        self.refresh_bindings()

@@ -122,6 +122,7 @@ def test_the_closed_vocabularies_are_declared_as_literals() -> None:
         ("PreprocessProgress", "stage"),
         ("PreprocessProgress", "status"),
         ("RunFinished", "status"),
+        ("AnalysisDone", "status"),
     }
     assert typing.get_args(protocol.Phase) == protocol.PHASES and "training" in protocol.PHASES
     assert protocol.RUN_STATUSES == ("completed", "stopped")
