@@ -17,24 +17,24 @@ from engine.data.sampler import EpochBatchSampler
 from engine.train import recipe
 
 
-def _sampler(batch_size: int, *, rank: int = 0, world: int = 1, files: int = 7, repeats: int = 2) -> EpochBatchSampler:
+def _sampler(batch_size: int, *, rank: int = 0, world: int = 1, files: int, repeats: int = 2) -> EpochBatchSampler:
     lengths = [40 + 13 * i for i in range(files)]
     planner = ChunkPlanner([f"f{i}" for i in range(files)], lengths, 50, decay_every=10)
     return EpochBatchSampler(planner, batch_size=batch_size, seed=3, repeats=repeats, rank=rank, world=world)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_each_rank_takes_its_slice_of_the_batches_one_process_would_train(world):
-    # 14 items: cut to a multiple of world (14 for 2, 12 for 3), every rank the same number of batches
-    whole = _sampler(2 * world, world=1, files=7, repeats=2)
-    shards = [_sampler(2, rank=r, world=world) for r in range(world)]
+@pytest.mark.parametrize(("world", "files"), [(2, 7), (3, 6), (3, 7)])
+def test_each_rank_takes_its_slice_of_the_batches_one_process_would_train(world, files):
+    # 2 repeats of `files` clips, cut to a multiple of world (7 files, 3 ranks: 12 of 14 items)
+    whole = _sampler(2 * world, world=1, files=files)
+    shards = [_sampler(2, rank=r, world=world, files=files) for r in range(world)]
     assert len({s.num_batches for s in shards}) == 1
+    items = 2 * files
+    kept = items - items % world
     for epoch in (0, 1):
         ranks = [s.batches(epoch) for s in shards]
-        one = whole.batches(epoch)
-        kept = 14 - 14 % world
-        if kept == 14:
-            assert [[key for r in ranks for key in r[i]] for i in range(len(one))] == one
+        if kept == items:  # rank by rank, the rows of what one process with the global batch trains
+            assert [[key for r in ranks for key in r[i]] for i in range(len(ranks[0]))] == whole.batches(epoch)
         for i in range(len(ranks[0])):
             assert len({len(r[i]) for r in ranks}) == 1 and len(ranks[0][i]) > 0  # equal, never empty
         assert sum(len(b) for r in ranks for b in r) == kept
