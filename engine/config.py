@@ -48,6 +48,7 @@ SCHEDULERS = ("cosine", "cosine_restarts", "linear", "constant", "constant_with_
 ATTENTION_TYPES = ("both", "self", "cross")
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+STRATEGIES = ("auto", "ddp", "fsdp")
 TIMESTEP_MODES = ("continuous", "discrete")
 LOSS_WEIGHTINGS = ("none", "min_snr", "min_snr_v")
 BASE_QUANTIZATIONS = ("none", "int8", "nf4")
@@ -118,6 +119,43 @@ class TrainConfig:
         "auto tries flash_attention_2 (CUDA, bf16/fp16, installed), then sdpa, then eager; the choice is reported.",
         "Model",
         choices=ATTENTION_BACKENDS,
+        advanced=True,
+    )
+    devices: str = _f(
+        "1",
+        "Devices",
+        "Training processes per machine: a number, or auto = every visible GPU (1 without CUDA). More than one "
+        "trains data-parallel; run it under torchrun or srun, or let the engine start them.",
+        "Model",
+        numbers_too=True,
+        advanced=True,
+    )
+    num_nodes: int = _f(
+        1,
+        "Machines",
+        "Machines in the run (each with --devices processes); launch with torchrun or srun.",
+        "Model",
+        min=1,
+        max=4096,
+        advanced=True,
+    )
+    strategy: str = _f(
+        "auto",
+        "Strategy",
+        "How several processes share the work: auto (ddp when there are several), ddp (the frozen base on every "
+        "device, adapter gradients averaged) or fsdp.",
+        "Model",
+        choices=STRATEGIES,
+        advanced=True,
+    )
+    collective_timeout: int = _f(
+        1800,
+        "Collective timeout",
+        "Seconds a process waits for the others at a synchronisation point before the run fails (a dead or stuck "
+        "process ends the run after at most this long).",
+        "Model",
+        min=5,
+        max=86400,
         advanced=True,
     )
 
@@ -787,6 +825,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if base == "str":
         if isinstance(value, str):
             return value.strip()
+        if f.metadata.get("numbers_too") and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # --devices 2 written as a JSON number
         raise ValueError(f"expected text, got {value!r}")
     if base == "tuple[str,...]":
         if isinstance(value, str):
@@ -831,6 +871,17 @@ def _cross_checks(c: TrainConfig) -> list[FieldError]:
         and not (c.device.startswith("cuda:") and c.device[5:].isdigit())
     ):
         errors.append(FieldError("device", f"{c.device!r} is not auto, cpu, mps, cuda or cuda:N"))
+    devices = parse_devices(c.devices)
+    if devices is None:
+        errors.append(FieldError("devices", f"{c.devices!r} is not auto or a whole number from 1 to 1024"))
+    elif (devices != 1 or c.num_nodes > 1) and (c.device == "mps" or c.device.startswith("cuda:")):
+        errors.append(
+            FieldError(
+                "devices",
+                f"several processes pick their own devices; set device auto, cuda or cpu instead of {c.device} "
+                "(choose GPUs with CUDA_VISIBLE_DEVICES)",
+            )
+        )
     if c.attention_type != "both" and (c.self_target_modules or c.cross_target_modules):
         errors.append(FieldError("self_target_modules", "per-attention lists need attention_type both"))
     if not c.target_modules and not c.self_target_modules and not c.cross_target_modules and not c.target_mlp:
@@ -937,6 +988,16 @@ def _selection_checks(c: TrainConfig) -> list[FieldError]:
     if (c.selected_modules or c.module_config or c.auto_estimate) and c.lokr_targets != "selected":
         errors.append(FieldError("lokr_targets", "a module selection names its own modules; set lokr_targets selected"))
     return errors
+
+
+def parse_devices(value: str) -> int | str | None:
+    """``--devices``: "auto", or a whole number from 1 to 1024; None when it is neither."""
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and 1 <= int(text) <= 1024:
+        return int(text)
+    return None
 
 
 HOOK_PLACEHOLDERS = ("checkpoint_path", "step", "run_dir", "local_checkpoint_path", "global_step")

@@ -211,6 +211,10 @@ class StepMetrics:
     cruise_ema: float = -1.0  # the smoothed loss cruise control watches; -1 = off
     data_wait_frac: float = -1.0  # share of the wall time spent waiting for batches; -1 = not measured
     step_time_s: float = -1.0  # mean wall time per optimizer step over the steps covered; -1 = not measured
+    # Several training processes: each rank's (index = rank) last step time (forward and backward of the
+    # window) and memory (CUDA peak allocated, else resident); () with one process.
+    rank_step_time_s: tuple[float, ...] = ()
+    rank_memory_mb: tuple[float, ...] = ()
 
 
 @_frozen

@@ -214,6 +214,7 @@ class RunState:
     eta_s: float | None = None
     samples_per_s: float | None = None
     data_wait_frac: float | None = None  # share of the wall time the engine waited for batches
+    slowest_rank: tuple[int, int, float, float] | None = None  # several processes: (rank, ranks, step s, memory MB)
     skipped_steps: int = 0
     # metrics
     history: tuple[MetricPoint, ...] = ()
@@ -393,6 +394,7 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
         "eta_s": e.eta_s if e.eta_s >= 0 and math.isfinite(e.eta_s) else None,
         "samples_per_s": e.samples_per_s if e.samples_per_s >= 0 else None,
         "data_wait_frac": e.data_wait_frac if 0 <= e.data_wait_frac <= 1 else state.data_wait_frac,
+        "slowest_rank": _slowest_rank(e) or state.slowest_rank,
         "skipped_steps": state.skipped_steps + e.skipped_steps,
         "history": history,
         "loss": e.loss,
@@ -401,6 +403,15 @@ def _on_step(state: RunState, e: StepMetrics) -> dict[str, Any]:
         "grad_norm": e.grad_norm if math.isfinite(e.grad_norm) and e.grad_norm >= 0 else state.grad_norm,
         "cruise": (e.cruise_scale, e.cruise_ema) if e.cruise_scale >= 0 else None,
     }
+
+
+def _slowest_rank(e: StepMetrics) -> tuple[int, int, float, float] | None:
+    """The rank that took longest over its last step, with its memory (several processes only)."""
+    times = e.rank_step_time_s
+    if len(times) < 2 or len(e.rank_memory_mb) != len(times):
+        return None
+    rank = max(range(len(times)), key=times.__getitem__)
+    return rank, len(times), times[rank], e.rank_memory_mb[rank]
 
 
 def _on_resource(state: RunState, e: ResourceSample) -> dict[str, Any]:

@@ -192,6 +192,7 @@ class StepAggregator:
         self.samples_per_s = 0.0
         self._steps_rate = 0.0
         self._data_wait = 0.0  # seconds spent waiting for batches since the last emit
+        self.ranks: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # latest per-rank (step time, memory)
 
     def add(
         self,
@@ -260,6 +261,8 @@ class StepAggregator:
                 cruise_ema=self._last["cruise_ema"],
                 data_wait_frac=data_wait_frac,
                 step_time_s=elapsed / max(len(self._losses) + self._skipped, 1),
+                rank_step_time_s=self.ranks[0],
+                rank_memory_mb=self.ranks[1],
             )
         )
         self._losses, self._skipped = [], 0

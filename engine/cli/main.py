@@ -66,18 +66,21 @@ def run_headless(config: cfgmod.TrainConfig, *, json_events: bool) -> int:
     from engine.channel.control import CommandInbox
     from engine.channel.events import EventBus, StreamJsonSink
     from engine.cli.plain import PlainPrinter
+    from engine.train.dist import env_rank_is_zero
 
-    if json_events:
+    if not env_rank_is_zero():
+        sink: Any = None  # one of several processes, not rank 0: rank 0 alone reports (and writes the run folder)
+    elif json_events:
         # Libraries print (Prodigy, bitsandbytes); keep stdout pure JSONL by sending fd 1 to stderr.
         out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
         os.dup2(2, 1)
-        sink: Any = StreamJsonSink(out)
+        sink = StreamJsonSink(out)
     else:
         sink = PlainPrinter(seed_from_run_dir=True)
     from engine.analysis.sensitivity import run_training  # runs --auto-estimate first
     from engine.process.monitor import ResourceMonitor
 
-    bus = EventBus([sink])
+    bus = EventBus([sink] if sink is not None else [])
     inbox = CommandInbox(None)
     inbox.install_signal_handlers()
     run_id = time.strftime("%Y%m%d-%H%M%S")

@@ -61,6 +61,7 @@ def render(event: Any, summary: Summary | None = None) -> str | None:
                 f"  grad {event.grad_norm:.3f}  {event.samples_per_s:.1f} samples/s  eta {fmt_duration(event.eta_s)}"
                 + (f"  data {event.data_wait_frac * 100:.0f}%" if event.data_wait_frac >= 0 else "")
                 + (f"  skipped {event.skipped_steps}" if event.skipped_steps else "")
+                + _ranks(event)
             )
         case protocol.EpochCompleted():
             return f"epoch {event.epoch} done: mean loss {event.mean_loss:.4f} in {fmt_duration(event.duration_s)}"
@@ -91,6 +92,16 @@ def render(event: Any, summary: Summary | None = None) -> str | None:
             return None
         case _:
             return None
+
+
+def _ranks(event: protocol.StepMetrics) -> str:
+    """Several processes: every rank's last step time and memory, and which one the others wait for."""
+    times, memory = event.rank_step_time_s, event.rank_memory_mb
+    if len(times) < 2 or len(memory) != len(times):
+        return ""
+    slowest = max(range(len(times)), key=times.__getitem__)
+    each = ", ".join(f"{rank} {t:.2f}s {fmt_mb(m)}" for rank, (t, m) in enumerate(zip(times, memory, strict=True)))
+    return f"\n  ranks: {each} (slowest {slowest})"
 
 
 class PlainPrinter:

@@ -71,15 +71,19 @@ def build_loader(
     skip_batches: int = 0,
     device_type: str = "cpu",
     planner: ChunkPlanner | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """A DataLoader positioned at ``epoch`` (skipping ``skip_batches`` of it). Its
     ``batch_sampler`` (an ``EpochBatchSampler``) carries ``set_epoch`` and the ``planner`` whose
-    ``state_dict`` belongs in checkpoints."""
+    ``state_dict`` belongs in checkpoints. ``rank``/``world``: this process's share (see the sampler)."""
     sampler = EpochBatchSampler(
         planner or build_planner(dataset, config),
         batch_size=config.batch_size,
         seed=config.seed,
         repeats=dataset.repeats,
+        rank=rank,
+        world=world,
     )
     sampler.set_epoch(epoch, skip_batches)
     workers = config.num_workers

@@ -7,6 +7,14 @@ bucket shuffle. A resumed run rebuilds the same epoch and skips the batches alre
 With ``batch_size > 1`` items are sorted by cropped length (ties keep the random order) and cut into
 consecutive batches whose order is then shuffled, so a batch holds clips of similar length and
 padding stays small (the decoder ignores masks, ACE_STEP.md §3.4). ``drop_last`` is False.
+
+Several processes (``world`` > 1): every rank draws the same global epoch with batches of
+``batch_size * world`` (exactly what one process with that batch would train on) and takes its own
+equal slice of each, rank ``r`` the ``r``-th. An epoch's items are first cut to a multiple of
+``world`` (at most ``world - 1`` random items sit out that epoch) so every slice of every batch,
+the short last one included, holds the same number of items and no rank ever waits on an empty
+batch. The position (epoch, batches skipped) is the same number on every rank, so one saved value
+resumes all of them, and it means nothing for another ``world``: resume refuses that.
 """
 
 from __future__ import annotations
@@ -24,9 +32,12 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[SampleKey]]):
     """Batches of ``SampleKey`` for one epoch at a time; ``set_epoch`` picks which (and how many
     leading batches to skip). Lives in the main process, so ``planner`` is the one true state."""
 
-    def __init__(self, planner: ChunkPlanner, *, batch_size: int, seed: int, repeats: int = 1) -> None:
-        if batch_size < 1 or repeats < 1:
-            raise ValueError("batch_size and repeats must be >= 1")
+    def __init__(
+        self, planner: ChunkPlanner, *, batch_size: int, seed: int, repeats: int = 1, rank: int = 0, world: int = 1
+    ) -> None:
+        if batch_size < 1 or repeats < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError("batch_size, repeats and world must be >= 1 and 0 <= rank < world")
+        self.rank, self.world = rank, world
         self.planner = planner
         self.batch_size = batch_size
         self.seed = seed
@@ -37,12 +48,14 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[SampleKey]]):
 
     @property
     def num_items(self) -> int:
-        return self.num_files * self.repeats
+        """Items in an epoch, all ranks together (cut to a multiple of ``world``)."""
+        items = self.num_files * self.repeats
+        return items - items % self.world
 
     @property
     def num_batches(self) -> int:
-        """Batches in a whole epoch (the last one may be short)."""
-        return math.ceil(self.num_items / self.batch_size)
+        """Batches in a whole epoch (the last one may be short); the same count on every rank."""
+        return math.ceil(self.num_items / (self.batch_size * self.world))
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         if skip < 0:
@@ -51,16 +64,19 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[SampleKey]]):
 
     def batches(self, epoch: int, skip: int = 0) -> list[list[SampleKey]]:
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = [i % self.num_files for i in torch.randperm(self.num_items, generator=generator).tolist()]
+        items = self.num_files * self.repeats
+        order = [i % self.num_files for i in torch.randperm(items, generator=generator).tolist()]
         starts = self.planner.plan_epoch(epoch, order, generator)
         crop = self.planner.crop_length
-        keys = [SampleKey(index, start, crop) for index, start in zip(order, starts, strict=True)]
-        bs = self.batch_size
+        keys = [SampleKey(index, start, crop) for index, start in zip(order, starts, strict=True)][: self.num_items]
+        bs = self.batch_size * self.world
         if bs == 1:
             return [[key] for key in keys[skip:]]
         keys.sort(key=lambda k: self.planner.cropped_length(k.index))  # stable: ties stay shuffled
         chunks = [keys[i : i + bs] for i in range(0, len(keys), bs)]
         shuffled = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        if self.world > 1:
+            shuffled = [batch[self.rank * (n := len(batch) // self.world) : (self.rank + 1) * n] for batch in shuffled]
         return shuffled[skip:]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:

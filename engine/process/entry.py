@@ -101,7 +101,6 @@ def run_engine(cmd_q: Any, evt_q: Any, boot: dict[str, Any]) -> None:
 
 
 def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
-    from engine.analysis.sensitivity import run_training  # the trainer's, after any --auto-estimate
 
     while not inbox.state.shutdown_requested:
         if not inbox.parent_alive:
@@ -111,7 +110,7 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
             continue
         match job:
             case protocol.StartRun(run_id=run_id, config_json=config_json):
-                run_training(config_json, bus, inbox, run_id=run_id, monitor=monitor)
+                _start_run(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case protocol.StartPreprocess(run_id=run_id, config_json=config_json):
                 run_preprocess_job(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case protocol.StartAnalysis(run_id=run_id, options_json=options_json):
@@ -124,6 +123,22 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
         # A run that ends because its UI vanished leaves nothing to serve: the loop exits on the
         # parent check above. Otherwise a stop applies to that run only.
         inbox.reset_for_next_job()
+
+
+def _start_run(config_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any) -> Any:
+    """One process trains here; several (``--devices``) are started by this process, torchrun-style."""
+    from engine.analysis.sensitivity import run_training  # the trainer's, after any --auto-estimate
+    from engine.process.group import processes_wanted, run_group
+    from engine.train.trainer import failure_event
+
+    try:
+        world = processes_wanted(config_json)
+    except ValueError as exc:
+        bus.run_id = run_id
+        return bus.emit(failure_event(exc))
+    if world == 1:
+        return run_training(config_json, bus, inbox, run_id=run_id, monitor=monitor)
+    return run_group(config_json, bus, inbox, run_id=run_id, monitor=monitor, world=world)
 
 
 def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any) -> Any:

@@ -164,9 +164,11 @@ def build_run(
     *,
     set_phase: Callable[[protocol.Phase, str], None],
     write_config: bool = True,
+    group: Any = None,
 ) -> RunParts:
     """Everything a run needs. ``write_config=False`` (a resume) leaves config.json to the trainer,
-    which rewrites it only once the resume has been restored."""
+    which rewrites it only once the resume has been restored. ``group`` (``engine.train.dist.Group``):
+    one of several processes; its launched Fabric, device and share of the data are used."""
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import SingleDeviceStrategy
 
@@ -200,12 +202,15 @@ def build_run(
     for note in format_warnings(dataset.root, model_dir):  # legacy conditioning, another model's encoder
         bus.log("warning", note)
     planner = build_planner(dataset, config)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if group is None else group.device
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
     if config.base_quantization != "none":  # a one-line refusal before the model loads, never a fallback
         from engine.models.quant import check_available
 
         check_available(config.base_quantization, device)
-    loader = build_loader(dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner)
+    loader = build_loader(
+        dataset, config, epoch=0, skip_batches=0, device_type=device.type, planner=planner, rank=rank, world=world
+    )
     sampler = loader.batch_sampler
     assert isinstance(sampler, EpochBatchSampler)  # build_loader's own
     batches_per_epoch = sampler.num_batches
@@ -213,6 +218,8 @@ def build_run(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    if world > 1:
+        bus.log("info", f"{world} processes (ddp): each trains {config.batch_size} of every batch of {config.batch_size * world}")
     bus.log(
         "info",
         f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all",
@@ -247,12 +254,15 @@ def build_run(
         bus.log("info", note)
 
     precision = fabric_precision(device, dtype)
-    fabric = Fabric(
-        accelerator=device.type if device.type != "mps" else "mps",
-        devices=1,
-        strategy=SingleDeviceStrategy(device=device),
-        precision=precision,
-    )
+    if group is None:
+        fabric = Fabric(
+            accelerator=device.type if device.type != "mps" else "mps",
+            devices=1,
+            strategy=SingleDeviceStrategy(device=device),
+            precision=precision,
+        )
+    else:
+        fabric = group.fabric  # launched before the run folder was claimed
     optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
     scheduler = build_scheduler(optimizer, config, total_steps)
     module, optimizer = fabric.setup(adapter.module, optimizer)
@@ -284,4 +294,5 @@ def build_run(
         attention_backend=loaded.attention_backend,
         precision=precision,
         total_params=total_params,
+        distributed=group is not None,
     )

@@ -48,17 +48,20 @@ def sample_timesteps(
     sigma: float,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Per-sample flow time ``t`` in (0, 1], float32 ``[B]`` (t = 1 is pure noise).
 
     continuous: ``sigmoid(mu + sigma * N(0, 1))`` (logit-normal, the model's own recipe);
-    discrete: a uniform choice among ``DISCRETE_TIMESTEPS``."""
+    discrete: a uniform choice among ``DISCRETE_TIMESTEPS``. ``share=(rank, world)``: draw for the
+    whole global batch of ``B * world`` and keep this rank's rows (see ``share_rows``)."""
     draw_on = _draw_device(generator, device)
     if mode == "continuous":
-        z = torch.randn(batch_size, generator=generator, device=draw_on, dtype=torch.float32)
+        z = share_rows(torch.randn(batch_size * share[1], generator=generator, device=draw_on, dtype=torch.float32), share)
         t = torch.sigmoid(z * sigma + mu)
     elif mode == "discrete":
-        idx = torch.randint(0, len(DISCRETE_TIMESTEPS), (batch_size,), generator=generator, device=draw_on)
+        idx = torch.randint(0, len(DISCRETE_TIMESTEPS), (batch_size * share[1],), generator=generator, device=draw_on)
+        idx = share_rows(idx, share)
         t = torch.tensor(DISCRETE_TIMESTEPS, dtype=torch.float32, device=draw_on)[idx]
     else:
         raise ValueError(f"timestep mode {mode!r} is not one of {', '.join(TIMESTEP_MODES)}")
@@ -70,17 +73,31 @@ def apply_cfg_dropout(
     null_emb: Tensor,
     ratio: float,
     generator: torch.Generator | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor]:
     """Replace each sample's *whole* conditioning ``[L, H]`` by the null embedding with probability
     ``ratio`` (§6.3). The encoder attention mask is deliberately left alone. Returns the new states
     (a new tensor; the input is not modified) and the bool ``[B]`` mask of dropped samples."""
     batch = encoder_hidden_states.shape[0]
     device = encoder_hidden_states.device
-    u = torch.rand(batch, generator=generator, device=_draw_device(generator, device), dtype=torch.float32)
+    u = torch.rand(batch * share[1], generator=generator, device=_draw_device(generator, device), dtype=torch.float32)
+    u = share_rows(u, share)
     dropped = (u < ratio).to(device)
     null = null_emb.reshape(1, 1, -1).to(device=device, dtype=encoder_hidden_states.dtype)
     states = torch.where(dropped[:, None, None], null.expand_as(encoder_hidden_states), encoder_hidden_states)
     return states, dropped
+
+
+def share_rows(drawn: Tensor, share: tuple[int, int]) -> Tensor:
+    """Rank ``r`` of ``world``'s rows of values drawn for the whole global batch. Every rank draws the
+    same global numbers from the same generator, so its state stays one value for all ranks (what a
+    checkpoint saves) and rank r's samples get exactly what one process with the global batch would
+    give them."""
+    rank, world = share
+    if world == 1:
+        return drawn
+    rows = drawn.shape[0] // world
+    return drawn[rank * rows : (rank + 1) * rows]
 
 
 def noisy_input(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:

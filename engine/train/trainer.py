@@ -31,7 +31,7 @@ from engine import discovery, fsutil, layout, moduleconfig, protocol
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
-from engine.train import cruise, diskspace, ema, hooks, recipe, rundir, throughput
+from engine.train import cruise, diskspace, dist, ema, hooks, recipe, rundir, throughput
 from engine.train.build import RunParts, build_run, timestep_mu_sigma
 from engine.train.samples import TrainingSampler
 
@@ -84,6 +84,16 @@ class Trainer:
         self._resume: tuple[str, dict[str, Any]] | None = None  # (checkpoint, training state), checked before the claim
         self._resume_notes: list[str] = []  # what --resume-from auto skipped, and why
         self._resume_newest: str | None = None  # the newest checkpoint when the resume was checked
+        self._group: dist.Group | None = None  # one of several processes (engine.train.dist); None = one
+
+    @property
+    def is_zero(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the run folder, events and TensorBoard."""
+        return self._group is None or self._group.is_zero
+
+    @property
+    def world(self) -> int:
+        return 1 if self._group is None else self._group.world
 
     def epoch_number(self) -> int:
         """The 1-based epoch of the latest optimizer step: what every event and view calls "epoch N".
@@ -115,36 +125,57 @@ class Trainer:
             # Model code runs only from under the checkpoint root: refused before the run folder is touched.
             discovery.check_model_name(self.config.checkpoint_dir, self.config.model_variant)
             self.config = moduleconfig.resolve(self.config)  # --module-config read and checked: a bad one never claims a folder
+            self._group = dist.launch(self.config)
+            if not self.is_zero:  # rank 0 alone reports; this rank's failures go to its own log (stderr)
+                self.bus = EventBus([])
+                self.bus.run_id = self.run_id
             resuming = self.config.resume_from is not None
             if resuming:
                 wanted = os.path.abspath(os.path.expanduser(self.config.output_dir))
                 self._resume_newest = layout.newest_checkpoint(wanted)
                 self._resume = self._load_resume(wanted)
-            held = rundir.claim(
-                self.config.output_dir,
-                resuming=resuming,
-                overwrite=self.config.overwrite,
-                run_id=self.run_id,
-                keep_out=(("--dataset-dir", self.config.dataset_dir), ("--checkpoint-dir", self.config.checkpoint_dir)),
-            )
-            run_dir = held.run_dir
-            log_handler = rundir.attach_log_file(run_dir)
-            if resuming:
-                buffer = CallbackSink(pending.append)
-                self.bus.add(buffer)
+            if self.is_zero:
+                try:
+                    held = rundir.claim(
+                        self.config.output_dir,
+                        resuming=resuming,
+                        overwrite=self.config.overwrite,
+                        run_id=self.run_id,
+                        keep_out=(("--dataset-dir", self.config.dataset_dir), ("--checkpoint-dir", self.config.checkpoint_dir)),
+                    )
+                except BaseException:
+                    if self._group is not None:
+                        dist.agree(self._group, False)  # the other ranks stop now, not at the timeout
+                    raise
+                run_dir = held.run_dir
+                log_handler = rundir.attach_log_file(run_dir)
+                if resuming:
+                    buffer = CallbackSink(pending.append)
+                    self.bus.add(buffer)
+                else:
+                    jsonl = JsonlSink(layout.events_path(run_dir))
+                    self.bus.add(jsonl)
             else:
-                jsonl = JsonlSink(layout.events_path(run_dir))
-                self.bus.add(jsonl)
+                run_dir = os.path.abspath(os.path.expanduser(self.config.output_dir))
+            if self._group is not None and not dist.agree(self._group, True):
+                raise TrainingHalted("rank 0 could not start the run; its error is in its log")
             for note in self._resume_notes:
                 self.bus.log("warning", note)
-            for removed in rundir.clean_stale_temps(run_dir):
+            for removed in rundir.clean_stale_temps(run_dir) if self.is_zero else []:
                 self.bus.log("warning", f"removed {removed}: left by a writer that died during a save")
-            self.parts = build_run(self.config, run_dir, self.bus, set_phase=self.set_phase, write_config=not resuming)
+            self.parts = build_run(
+                self.config,
+                run_dir,
+                self.bus,
+                set_phase=self.set_phase,
+                write_config=not resuming and self.is_zero,
+                group=self._group,
+            )
             self.config = self.parts.config
             if self.monitor is not None:
                 self.monitor.set_device(self.parts.device)
             self._attach_options()
-            self._space = self._watch_space()
+            self._space = self._watch_space() if self.is_zero else None
             self._restore_if_resuming()
             if buffer is not None:  # the resume holds: from here on the run folder records it
                 fsutil.write_text(layout.config_path(run_dir), cfgmod.to_json(self.config))
@@ -154,10 +185,12 @@ class Trainer:
                 for event in pending:
                     jsonl.emit(event)
                 self.bus.add(jsonl)
-            self._open_tensorboard()
+            if self.is_zero:
+                self._open_tensorboard()
             self.bus.emit(self.parts.run_started_event(start_step=self.global_step, start_epoch=self.epoch + 1))
             self.inbox.interrupt_now = False  # from here a signal stops at a step boundary and saves
-            self._sampler = TrainingSampler.build(self.config, self.parts, lambda message: self.bus.log("info", message))
+            if self.is_zero:  # samples are rank 0's (the others wait at the next step's collective)
+                self._sampler = TrainingSampler.build(self.config, self.parts, lambda message: self.bus.log("info", message))
             if self._sampler is not None and self.global_step == 0:
                 self._sample_round()  # the base model, the A side
             self.set_phase("training")
@@ -224,7 +257,11 @@ class Trainer:
                     continue
                 # ---- optimizer step boundary: the one host sync of the step reads the window's loss.
                 # A non-finite micro-batch poisons the window's gradients, so the whole window is skipped.
-                step_loss = float(torch.stack(window_losses).mean().item())
+                # Several processes: the loss is the mean over the ranks, so all of them skip or step alike.
+                if self._group is None:
+                    step_loss = float(torch.stack(window_losses).mean().item())
+                else:
+                    step_loss = self._sync_step(torch.stack(window_losses).mean(), time.perf_counter() - step_start, agg)
                 if not math.isfinite(step_loss):
                     bad_windows += 1
                     self._skip_window(agg, bad_windows, "loss", "lower the learning rate or check the dataset")
@@ -251,7 +288,7 @@ class Trainer:
                             loss=step_loss,
                             lr=lr,
                             grad_norm=gn,
-                            samples=window_size * c.batch_size,
+                            samples=window_size * c.batch_size * self.world,
                             cruise_scale=self._cruise.scale if self._cruise else -1.0,
                             cruise_ema=self._cruise.ema if self._cruise and self._cruise.ema is not None else -1.0,
                             data_wait_s=wait,
@@ -307,11 +344,20 @@ class Trainer:
         enc = batch["encoder_hidden_states"].to(dev, non_blocking=True)
         enc_mask = batch["encoder_attention_mask"].to(dev, non_blocking=True)
         frame_mask = batch["frame_mask"].to(dev, non_blocking=True)
+        share = (0, 1)
+        if self._group is not None:
+            # Every rank pads to its global batch's lengths and draws the global batch's random numbers,
+            # keeping its own rows: exactly what one process with the whole batch computes for them.
+            share = (self._group.rank, self._group.world)
+            frames, tokens = dist.max_lengths(self._group, x0.shape[1], enc.shape[1])
+            x0, ctx, frame_mask = (_pad_dim1(x, frames) for x in (x0, ctx, frame_mask))
+            enc, enc_mask = (_pad_dim1(x, tokens) for x in (enc, enc_mask))
         gen = p.generator
-        enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen)
+        enc, _ = recipe.apply_cfg_dropout(enc, p.null_condition_emb, c.cfg_ratio, generator=gen, share=share)
         mu, sigma = timestep_mu_sigma(c)
-        t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=mu, sigma=sigma, device=dev, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev)
+        t = recipe.sample_timesteps(x0.shape[0], mode=c.timestep_mode, mu=mu, sigma=sigma, device=dev, generator=gen, share=share)
+        drawn = (x0.shape[0] * share[1], *x0.shape[1:])
+        noise = recipe.share_rows(torch.randn(drawn, generator=gen, device=gen.device, dtype=torch.float32), share).to(dev)
         x_t = recipe.noisy_input(x0, noise, t).to(p.compute_input_dtype)
         if c.gradient_checkpointing:
             # The input-grad fix: with reentrant checkpointing no decoder input needs grad and
@@ -342,13 +388,16 @@ class Trainer:
         c = self.config
         # A skipped (NaN/Inf) window ends at the same step as the one before: nothing new to save or log.
         advanced, self._boundary_step = self.global_step != self._boundary_step, self.global_step
-        for job in self.inbox.poll():
+        for job in self.inbox.poll() if self._group is None else ():  # (several processes: polled in _sync_step)
             self.bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
         if self.inbox.state.paused:
             agg.flush()
             self.bus.emit(protocol.RunPaused(step=self.global_step))
             self.set_phase("paused")
-            self.inbox.wait_while_paused()
+            if self._group is None:
+                self.inbox.wait_while_paused()
+            else:
+                dist.wait_while_paused(self._group, self.inbox)
             if not self.inbox.state.stop_requested:
                 self.bus.emit(protocol.RunResumed(step=self.global_step))
                 self.set_phase("training")
@@ -368,11 +417,28 @@ class Trainer:
             self._log_heavy()
         if advanced and self._sampler is not None and self._sampler.due(self.global_step):
             self._sample_round()
-            if self.inbox.state.stop_requested:  # a stop that came in while sampling: save now
-                agg.flush()
-                self.save_checkpoint("stop")
-                return "stopped"
+        sampled = advanced and bool(c.sample_every) and self.global_step % c.sample_every == 0
+        if sampled and self._group is not None:
+            dist.sync_step(self._group, self.inbox, step_time_s=-1.0, memory_mb=-1.0)  # a stop sent while rank 0 sampled
+        if sampled and self.inbox.state.stop_requested:  # a stop that came in while sampling: save now
+            agg.flush()
+            self.save_checkpoint("stop")
+            return "stopped"
         return None
+
+    def _sync_step(self, loss: torch.Tensor, step_time_s: float, agg: StepAggregator) -> float:
+        """Several processes, at a step boundary: rank 0 reads the UI's commands, then one collective
+        gives every rank the same commands and the mean loss, and rank 0 every rank's figures."""
+        assert self._group is not None
+        for job in self.inbox.poll():
+            self.bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
+        p = self.parts
+        assert p is not None
+        figures = dist.sync_step(
+            self._group, self.inbox, step_time_s=step_time_s, memory_mb=dist.memory_mb(p.device), loss=float(loss.item())
+        )
+        agg.ranks = (figures.step_time_s, figures.memory_mb)
+        return figures.mean_loss
 
     def _sample_round(self) -> None:
         """Render the samples of this step (phase "sampling i/n"); stop requests end the round early."""
@@ -445,6 +511,7 @@ class Trainer:
         assert p is not None
         return {
             "schema_version": ckpt.STATE_SCHEMA_VERSION,
+            "world_size": self.world,
             "adapter_type": self.config.adapter_type,
             "adapter": p.adapter.state_dict(),
             "optimizer": p.optimizer.state_dict(),
@@ -477,6 +544,8 @@ class Trainer:
         (final, stop) waits for space and raises ``diskspace.SaveFailed`` if none comes."""
         p = self.parts
         assert p is not None
+        if not self.is_zero:
+            return ""  # rank 0 writes every checkpoint (the adapter and the replicated state are the same on all)
         resumable = kind not in ("best", "final")
         if resumable:
             target = layout.checkpoint_dir(p.run_dir, name or layout.step_checkpoint_name(self.global_step))
@@ -603,6 +672,12 @@ class Trainer:
             source = ckpt.find_resume_dir(c.resume_from, run_dir)
             state = ckpt.load_training_state(source)
         where = layout.trainer_state_path(source)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world:
+            raise ckpt.CheckpointError(
+                f"{where}: trained by {saved_world} process(es), this run has {self.world}; resume with --devices and "
+                f"--num-nodes giving {saved_world} (the data order and batch depend on it)"
+            )
         if state["adapter_type"] != c.adapter_type:
             raise ckpt.CheckpointError(
                 f"{where}: trained a {state['adapter_type']} adapter but this run asks for {c.adapter_type}; match --adapter-type"
@@ -753,6 +828,13 @@ class Trainer:
             values = torch.cat(self._recent_t).float().cpu().numpy()
             self._tb.add_histogram("train/timestep_distribution", values, self.global_step, bins=np.asarray(snap["bin_edges"]))
         self._recent_t = []
+
+
+def _pad_dim1(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad dim 1 to ``length``, as ``collate`` pads a batch to its longest item."""
+    if x.shape[1] >= length:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))], dim=1)
 
 
 RESUME_MUST_MATCH = (

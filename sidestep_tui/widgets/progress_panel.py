@@ -74,6 +74,9 @@ def render_progress(state: RunState, width: int) -> str:
         # the share of each step spent waiting for batches (the engine warns with advice when it is high)
         f"data {NA.rjust(4) if state.data_wait_frac is None else format(state.data_wait_frac * 100, '3.0f') + '%'}",
     ]
+    if state.slowest_rank is not None:  # several processes: the one the others wait for
+        rank, ranks, step_s, memory_mb = state.slowest_rank
+        parts.append(f"{ranks} ranks, slowest {rank}: {step_s:.2f} s/step {memory_mb / 1024:.1f} GiB")
     if state.skipped_steps:
         parts.append(f"skipped {state.skipped_steps}")
     if state.seq_gaps:
