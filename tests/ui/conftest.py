@@ -26,6 +26,19 @@ def _isolated_ui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
+@pytest.fixture(autouse=True)
+def _record_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every notification the app shows, kept on the app (``_notes_seen``): a toast expires after a few
+    seconds, and a loaded machine can take that long between the action and the assertion."""
+    shown = SidestepApp.notify
+
+    def notify(self: SidestepApp, message: Any, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("_notes_seen", []).append(str(message))
+        shown(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(SidestepApp, "notify", notify)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

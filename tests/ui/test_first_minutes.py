@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import test_forms
 from test_forms import app_for, settle, setup_draft, type_into
 from textual.widgets import OptionList
@@ -20,22 +19,8 @@ from sidestep_tui.dialogs.confirm import ConfirmDialog
 ckpt, demo_dataset, env = test_forms.ckpt, test_forms.demo_dataset, test_forms.env
 
 
-@pytest.fixture(autouse=True)
-def _record_notifications(monkeypatch):
-    """Every notification the app shows, kept: a toast expires after a few seconds, and a loaded
-    machine can take that long between the action and the assertion."""
-    from sidestep_tui.app import SidestepApp
-
-    shown = SidestepApp.notify
-
-    def notify(self, message, *args, **kwargs):
-        self.__dict__.setdefault("_notes_seen", []).append(str(message))
-        return shown(self, message, *args, **kwargs)
-
-    monkeypatch.setattr(SidestepApp, "notify", notify)
-
-
 def notes(app) -> str:
+    """Every notification the app has shown (recorded by tests/ui/conftest.py)."""
     return "\n".join(app.__dict__.get("_notes_seen", []))
 
 
