@@ -84,26 +84,22 @@ def lora_config(config: TrainConfig, fisher: FisherMap | None = None) -> Any:  #
     if not _is_lora_bias(bias):
         raise ValueError(f"bias {bias!r} is not one of {', '.join(BIASES)}; set bias to one of them")
     if fisher is not None:
-        return LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            bias=bias,
-            use_dora=config.use_dora,
-            target_modules=fisher_targets(fisher),
-            rank_pattern=fisher.rank_pattern,
-            alpha_pattern=fisher.alpha_pattern,
-            task_type=TaskType.FEATURE_EXTRACTION,
-        )
+        targets: dict[str, Any] = {
+            "target_modules": fisher_targets(fisher),
+            "rank_pattern": fisher.rank_pattern,
+            "alpha_pattern": fisher.alpha_pattern,
+        }
+    else:
+        # A module selection (--module-config / --auto-estimate) names exact modules; else suffixes as one regex.
+        targets = {"target_modules": list(config.selected_modules) or target_regex(resolve_targets(config))}
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         bias=bias,
         use_dora=config.use_dora,
-        # A module selection (--module-config / --auto-estimate) names exact modules; else suffixes as one regex.
-        target_modules=list(config.selected_modules) or target_regex(resolve_targets(config)),
         task_type=TaskType.FEATURE_EXTRACTION,
+        **targets,
     )
 
 

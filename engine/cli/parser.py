@@ -153,11 +153,9 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``sidestep generate`` (the model flags share training's names)."""
-    parser.add_argument(
-        "-c", "--checkpoint-dir", required=True, metavar="ROOT", help="the checkpoint root (holds the model folders, vae/, ...)"
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser, root_help: str) -> None:
+    """``-c ROOT`` and ``--model VARIANT``, as ``generate`` and ``analyze`` spell them."""
+    parser.add_argument("-c", "--checkpoint-dir", required=True, metavar="ROOT", help=root_help)
     parser.add_argument(
         "--model",
         "--model-variant",
@@ -167,6 +165,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help="turbo, base, sft, xl-*, or a model folder's name under ROOT (default base)",
     )
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sidestep generate`` (the model flags share training's names)."""
+    _add_model_arguments(parser, "the checkpoint root (holds the model folders, vae/, ...)")
     parser.add_argument(
         "--adapter", metavar="DIR", help="an adapter folder: a run's final/, best/ or checkpoints/<name>/, or a PEFT folder"
     )
@@ -324,18 +327,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sidestep analyze`` (PP++): Side-Step's names and defaults, the model flags training has."""
-    parser.add_argument(
-        "-c", "--checkpoint-dir", required=True, metavar="ROOT", help="the checkpoint root (holds the model folders)"
-    )
-    parser.add_argument(
-        "--model",
-        "--model-variant",
-        "-M",
-        dest="model_variant",
-        default="base",
-        metavar="VARIANT",
-        help="turbo, base, sft, xl-*, or a model folder's name under ROOT (default base)",
-    )
+    _add_model_arguments(parser, "the checkpoint root (holds the model folders)")
     parser.add_argument(
         "-d", "--dataset-dir", required=True, metavar="DIR", help="the preprocessed tensors; fisher_map.json is written here"
     )
