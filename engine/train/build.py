@@ -169,8 +169,8 @@ def build_run(
     """Everything a run needs. ``write_config=False`` (a resume) leaves config.json to the trainer,
     which rewrites it only once the resume has been restored. ``group`` (``engine.train.dist.Group``):
     one of several processes; its launched Fabric, device and share of the data are used."""
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import SingleDeviceStrategy
+    from lightning_fabric import Fabric
+    from lightning_fabric.strategies import SingleDeviceStrategy
 
     from engine.adapters import attach_adapter
     from engine.data.dataset import DatasetError, TensorDataset

@@ -77,8 +77,8 @@ def launch(config: cfgmod.TrainConfig) -> Group | None:
             "strategy fsdp: sharded adapter checkpoints are not written yet in this build; use --strategy ddp "
             "(the frozen base is replicated, only the adapter's gradients travel)"
         )
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import DDPStrategy
+    from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
 
     from engine.models.loader import resolve_dtype
     from engine.train.build import fabric_precision
