@@ -23,7 +23,7 @@ def default_demo_root() -> str:
     return os.environ.get(DEMO_ROOT_ENV) or os.path.join(base, "sidestep", "demo")
 
 
-def demo_config(paths: dict[str, str], *, adapter: str = "lora", max_steps: int = 300) -> cfgmod.TrainConfig:
+def demo_config(paths: dict[str, str], *, adapter: str = "lora", max_steps: int = 200) -> cfgmod.TrainConfig:
     """A run that shows the whole product on a laptop CPU in well under a minute."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return cfgmod.parse(
@@ -45,6 +45,8 @@ def demo_config(paths: dict[str, str], *, adapter: str = "lora", max_steps: int 
             "max_steps": max_steps,
             "warmup_steps": 20,
             "num_workers": 0,
+            # A 1.4M-parameter model needs no activation recompute: without it each step takes a third less.
+            "gradient_checkpointing": False,
             "save_every": 10,
             "save_best_after": 1,
             "log_every": 5,

@@ -132,7 +132,7 @@ class SidestepApp(EngineBridge, App[None]):
         from .demo import demo_draft, prepare_demo_run
 
         demo = self.demo or {}
-        paths, config_json = prepare_demo_run(demo.get("root"), demo.get("adapter", "lora"), demo.get("max_steps", 300))
+        paths, config_json = prepare_demo_run(demo.get("root"), demo.get("adapter", "lora"), demo.get("max_steps", 200))
         # This session browses the demo's folders; the saved settings stay as they are.
         self.settings = self.settings.replace(checkpoint_root=paths["checkpoint_dir"], output_root=paths["output_root"])
         self.post_message(m.DraftUpdated(demo_draft(paths)))

@@ -12,7 +12,7 @@ from engine import config as cfgmod
 from engine.demo import demo_config, prepare_demo
 
 
-def prepare_demo_run(root: str | None = None, adapter: str = "lora", max_steps: int = 300) -> tuple[dict[str, str], str]:
+def prepare_demo_run(root: str | None = None, adapter: str = "lora", max_steps: int = 200) -> tuple[dict[str, str], str]:
     """(paths, config_json): paths has checkpoint_dir, model_variant, dataset_dir, output_root."""
     paths = prepare_demo(root)
     config = demo_config(paths, adapter=adapter, max_steps=max_steps)

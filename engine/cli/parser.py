@@ -389,7 +389,7 @@ def build_parser() -> Parser:
     demo.add_argument("--plain", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--adapter", choices=cfgmod.ADAPTER_TYPES, default="lora", help="the adapter to train (default lora)")
     demo.add_argument(
-        "--max-steps", type=int, default=300, metavar="N", help="optimizer steps to train, then stop and save (default 300)"
+        "--max-steps", type=int, default=200, metavar="N", help="optimizer steps to train, then stop and save (default 200)"
     )
     demo.add_argument(
         "--setup-only", action="store_true", help="write the demo model and data, print their paths as JSON, and exit"

@@ -25,7 +25,7 @@ pass() { echo "ok: $*"; }
 cleanup() { tmux kill-session -t "$SESSION" 2>/dev/null || true; tmux kill-session -t "$SESSION-attach" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# the step the pane shows ("step 12/300" in the header), or nothing
+# the step the pane shows ("step 12/200" in the header), or nothing
 pane_step() { tmux capture-pane -p -t "$1" 2>/dev/null | sed -n 's/.* step \([0-9][0-9]*\)\/[0-9]*.*/\1/p' | head -1; }
 # the last step recorded in a run's events.jsonl
 file_step() {
