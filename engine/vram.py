@@ -252,9 +252,28 @@ def _layer_saved(shape: ModelShape, config: cfgmod.TrainConfig, tokens: int, key
         if config.adapter_type == "lora":
             mask = rows * d_in if grad_input and config.dropout > 0 else 0  # bool dropout mask
             adapter += mask + a * rows * (d_in + config.rank) + a * config.rank * (d_in + d_out)
-        else:  # LyCORIS fp32 bypass: the fp32 copy of the input and the rebuilt fp32 delta weight
-            adapter += 4 * rows * d_in + 4 * d_in * d_out
+            if config.use_dora:  # PEFT's DoRA: both outputs it rescales, and B @ A rebuilt from an identity
+                r = config.rank
+                adapter += 2 * a * rows * d_out + a * (d_in * d_in + d_in * d_out + 2 * d_in * r + r * d_out) + 8 * d_out
+        else:  # LyCORIS fp32 bypass (engine/adapters/lyco.py), all fp32; counted by memcount per kind
+            adapter += _lycoris_saved(config, rows, d_in, d_out)
     return norms + attention + mlp + adapter
+
+
+def _lycoris_saved(config: cfgmod.TrainConfig, rows: int, d_in: int, d_out: int) -> int:
+    """What one LyCORIS layer's fp32 adapter term keeps for backward (the base's fp32 matmul keeps only
+    its frozen weight). LoHA: the input and the rebuilt delta weight. LoKR: the input, reshaped to the
+    Kronecker factors, the product with w2 (and the rank-wide one between w2's factors when w2 is
+    low-rank). Diagonal OFT: the base output it rotates and three block-sized tensors per block."""
+    if config.adapter_type == "loha":
+        return 4 * rows * d_in + 4 * d_in * d_out
+    if config.adapter_type == "oft":
+        return 4 * rows * d_out + 12 * d_out * config.oft_dim
+    m_in, n_in = _factor(d_in, config.lokr_factor)
+    _, n_out = _factor(d_out, config.lokr_factor)
+    r = config.lokr_linear_dim
+    low_rank = not (config.lokr_full_matrix or r >= max(n_out, n_in) / 2)
+    return 4 * rows * (d_in + m_in * n_out + (m_in * r if low_rank else 0))
 
 
 def activation_bytes(shape: ModelShape, config: cfgmod.TrainConfig, frames: int, *, encoder_len: int = ENCODER_CONTEXT) -> int:

@@ -146,11 +146,18 @@ def _frozen_base(self: Any, x32: torch.Tensor) -> torch.Tensor:
     return self.op(x32, weight.float(), None if bias is None else bias.float(), **self.kw_dict)
 
 
+def _autocast_device(x: torch.Tensor) -> str:
+    """The device type autocast is asked about: the memory count (``engine.analysis.memcount``) runs on
+    ``meta``, which autocast does not know; no autocast applies there, as on a plain CPU run."""
+    return "cpu" if x.device.type == "meta" else x.device.type
+
+
 def _fp32_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Installed as a LyCORIS module's ``forward``: the whole layer, base and adapter term, in fp32
     from the (exact) upcast base weights, rounded once to the activation dtype."""
-    out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    device = _autocast_device(x)
+    out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    with torch.autocast(device_type=device, enabled=False):
         x32 = x.float()
         base = _frozen_base(self, x32)
         if hasattr(self, "oft_blocks"):  # diag-OFT rotates the base output: its term needs y, not x
@@ -167,9 +174,10 @@ def _fp32_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
 def _quantized_bypass_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Installed as a LyCORIS module's ``forward`` over a bitsandbytes (int8/nf4) base: the base runs its
     own quantised kernel; the adapter term is computed in fp32 beside it and added once."""
-    out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    device = _autocast_device(x)
+    out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     base = self.org_forward(x, *args, **kwargs)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with torch.autocast(device_type=device, enabled=False):
         x32, base32 = x.float(), base.float()
         if hasattr(self, "oft_blocks"):  # diag-OFT rotates the base output
             from lycoris.functional.diag_oft import bypass_forward_diff as oft_diff

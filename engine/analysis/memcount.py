@@ -13,7 +13,8 @@ counted from a forward pre-hook.
 A training step on a GPU runs under bf16 autocast with CUDA kernels; meta tensors get neither, so three
 ops are made to save what they save on CUDA (``_CudaLike``), and the count says so:
 - ``F.linear`` casts its floating inputs to the compute dtype (autocast's rule for linear; the fp32
-  LoRA branch otherwise keeps fp32 copies);
+  LoRA branch otherwise keeps fp32 copies), except where the code turns autocast off (the flag of
+  "cpu" autocast stands in for CUDA's: meta tensors ignore it);
 - ``F.dropout`` keeps a bool mask (``native_dropout``, CUDA's kernel; the CPU fallback keeps a mask
   of the input's dtype);
 - ``F.scaled_dot_product_attention`` keeps q, k, v, the mask, the output and an fp32 log-sum-exp per
@@ -65,7 +66,9 @@ class _CudaLike(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear and self.dtype != torch.float32:
+        # The autocast flag of "cpu" stands in for CUDA's (count_saved_bytes turns it on): a region that
+        # turns autocast off (the LyCORIS fp32 bypass, engine/adapters/lyco.py) keeps its fp32 linears.
+        if func is F.linear and self.dtype != torch.float32 and torch.is_autocast_enabled("cpu"):
             args = tuple(
                 a.to(self.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != self.dtype else a
                 for a in args
@@ -199,7 +202,13 @@ def count_saved_bytes(model: MetaDecoder, *, frames: int, batch: int = 1, encode
 
     hidden = int(model.bare.config.hidden_size)
     inputs = _inputs(batch, frames, encoder_len, hidden, model.dtype, "meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _CudaLike(model.dtype), _layer_inputs(model, record):
+    autocast = torch.autocast("cpu", dtype=model.dtype, enabled=model.dtype != torch.float32)  # read by _CudaLike only
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        autocast,
+        _CudaLike(model.dtype),
+        _layer_inputs(model, record),
+    ):
         _step(model, inputs, model.checkpointed > 0)
     return sum(nbytes for _, nbytes in saved.values())
 
