@@ -3,7 +3,8 @@ on the meta device (``engine/analysis/memcount.py``), and on a CUDA GPU against
 ``torch.cuda.max_memory_allocated``.
 
     .venv/bin/python benchmarks/vram.py [--layers 24] [--frames 750 1500 3000] [--ratios 0.5 1.0 0]
-                                        [--rank 64] [--batch 1] [--backend sdpa] [--cuda]
+                                        [--rank 64] [--batch 1] [--backend sdpa] [--adapter lora|dora|lokr|loha|oft]
+                                        [--cuda]
 
 Meta (any machine, no memory used): one line per (checkpoint ratio, crop): the estimator's activation
 figure, the counted bytes and their ratio (the test demands 0.85..1.15; tests/engine/test_vram.py runs
@@ -39,6 +40,8 @@ def _config(args: argparse.Namespace, ratio: float) -> TrainConfig:
         alpha=2 * args.rank,
         batch_size=args.batch,
         attention_backend=args.backend,
+        adapter_type="lora" if args.adapter == "dora" else args.adapter,
+        use_dora=args.adapter == "dora",
     )
 
 
@@ -102,6 +105,12 @@ def main() -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 1.0, 0.0], help="checkpoint ratios (0 = off)")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--adapter",
+        default="lora",
+        choices=["lora", "dora", "lokr", "loha", "oft"],
+        help="adapter kind (its own settings at the defaults)",
+    )
     parser.add_argument("--backend", default="sdpa", choices=[b for b in ATTENTION_BACKENDS if b != "flash_attention_2"])
     parser.add_argument("--cuda", action="store_true", help="compare with torch.cuda.max_memory_allocated on a GPU")
     args = parser.parse_args()
