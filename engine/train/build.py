@@ -266,6 +266,11 @@ def build_run(
         fabric = group.fabric  # launched before the run folder was claimed
     sharded = group is not None and group.sharded  # fsdp: the optimizer is built over the sharded parameters
     module = fabric.setup_module(adapter.module) if sharded else None
+    if sharded:
+        from engine.train.dist import held_parameters
+
+        held, whole = held_parameters(adapter.module)
+        bus.log("info", f"fsdp: each rank holds about {held:,} of the model's {whole:,} parameters (the frozen base sharded)")
     optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
     scheduler = build_scheduler(optimizer, config, total_steps)
     if sharded:

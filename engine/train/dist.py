@@ -167,6 +167,15 @@ def shard_decoder(module: torch.nn.Module, mesh: Any) -> torch.nn.Module:
     return module
 
 
+def held_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(elements this rank stores, elements of the whole model): a sharded parameter counts its shard."""
+    held = whole = 0
+    for param in module.parameters():
+        whole += param.numel()
+        held += param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+    return held, whole
+
+
 def _checkpointed(layer: torch.nn.Module) -> Any:
     from torch.utils.checkpoint import checkpoint
 

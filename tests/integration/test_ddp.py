@@ -154,19 +154,24 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
     """--strategy fsdp (Fabric's ModelParallelStrategy, torch's fully_shard over gloo): the base is
     sharded, yet rank 0 writes the ordinary full adapter: the one a one-process run with twice the
     batch writes, loadable by PEFT key for key; the resumable checkpoint holds the gathered adapter and
-    optimizer state and a two-process resume from it ends where the straight run did."""
+    optimizer state, a two-process resume from it goes on exactly, and SIGTERM to rank 0 (what `kill`
+    of a headless run hits) stops it with one save, from rank 0, and both ranks exit 0."""
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
     from engine.models.loader import load_decoder
 
     straight, resumed = str(tmp_path / "fsdp"), str(tmp_path / "resumed")
-    group = Group(_values(demo_config_values, output_dir=straight, strategy="fsdp"))
-    one = one_process(_values(demo_config_values, batch_size=2, output_dir=str(tmp_path / "one")))
+    group = Group(_values(demo_config_values, output_dir=straight, strategy="fsdp", max_steps=4))
+    one = one_process(_values(demo_config_values, batch_size=2, output_dir=str(tmp_path / "one"), max_steps=4))
     final = group.result()
     assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "message", final)
-    assert isinstance(one, protocol.RunFinished) and one.steps == final.steps == 3
-    assert any("fsdp, the base sharded" in e.message for e in group.of(protocol.LogRecord))
+    assert isinstance(one, protocol.RunFinished) and one.steps == final.steps == 4
+    logs = [e.message for e in group.of(protocol.LogRecord)]
+    held, whole = next(
+        [int(n.replace(",", "")) for n in m.groups()] for line in logs if (m := re.search(r"holds about ([\d,]+) of the model's ([\d,]+)", line))
+    )
+    assert held <= whole * 0.6  # the base is sharded: rank 0 stores about half of it
 
     a, b = adapter(str(tmp_path / "one")), adapter(straight)
     assert a.keys() == b.keys() and a
@@ -190,9 +195,13 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
     assert state["sharded"] and state["world_size"] == 2
     assert len(state["optimizer"]["state"]) == len(state["adapter"]) == len(b)  # full moments of every adapter tensor
 
-    group = Group(_values(demo_config_values, output_dir=resumed, resume_from=step_2, strategy="fsdp"))
+    group = Group(_values(demo_config_values, output_dir=resumed, resume_from=step_2, strategy="fsdp", max_steps=1000))
+    started = group.wait_for(lambda e: isinstance(e, protocol.LogRecord) and "rank 0 pid" in e.message, 120, "rank list")
+    group.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.step == 4, 300, "the resumed run's step 4")
+    os.kill(int(re.search(r"rank 0 pid (\d+)", started.message).group(1)), signal.SIGTERM)
     final = group.result()
-    assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "message", final)
-    assert any("resumed from" in e.message for e in group.of(protocol.LogRecord))
-    again = adapter(resumed)
-    assert max((again[k] - b[k]).abs().max().item() for k in b) < 1e-6
+    assert isinstance(final, protocol.RunFinished) and final.status == "stopped", getattr(final, "message", final)
+    (saved,) = [e for e in group.of(protocol.CheckpointSaved) if e.kind == "stop"]
+    assert saved.step > 4 and sorted(os.listdir(layout.checkpoints_dir(resumed))) == ["step_4", f"step_{saved.step}"]
+    again = adapter(resumed, "checkpoints/step_4")
+    assert all(torch.equal(again[k], b[k]) for k in b)  # resumed from step 2, at step 4 where the straight run ended
