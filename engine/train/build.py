@@ -220,7 +220,9 @@ def build_run(
         total_steps = min(total_steps, config.max_steps)
     if world > 1:
         how = "fsdp, the base sharded" if group.sharded else "ddp"
-        bus.log("info", f"{world} processes ({how}): each trains {config.batch_size} of every batch of {config.batch_size * world}")
+        bus.log(
+            "info", f"{world} processes ({how}): each trains {config.batch_size} of every batch of {config.batch_size * world}"
+        )
     bus.log(
         "info",
         f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all",
@@ -274,7 +276,7 @@ def build_run(
     optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
     scheduler = build_scheduler(optimizer, config, total_steps)
     if sharded:
-        optimizer = fabric.setup_optimizers(optimizer)
+        optimizer = fabric.setup_optimizers(optimizer)  # type: ignore[assignment]  # (one optimizer in, one out)
     else:
         module, optimizer = fabric.setup(adapter.module, optimizer)
     adapter.module.train()

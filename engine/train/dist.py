@@ -189,15 +189,12 @@ def _checkpointed(layer: torch.nn.Module) -> Any:
     return forward
 
 
-_FULL = dict(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-
-
 def gather_adapter(module: torch.nn.Module, optimizer: Any, *, with_optimizer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """The full adapter (and optimizer state) of a sharded run, keyed by parameter name; a collective:
     every rank calls it at the same save point, rank 0 gets the tensors on its CPU, the others ``{}``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-    options = StateDictOptions(**_FULL)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     model_state = get_model_state_dict(module, options=options)
     optim_state = get_optimizer_state_dict(module, _bare(optimizer), options=options) if with_optimizer else {}
     return model_state, optim_state
@@ -214,7 +211,8 @@ def load_sharded(module: torch.nn.Module, optimizer: Any, model_state: dict[str,
         set_optimizer_state_dict,
     )
 
-    live = {k: tuple(v.shape) for k, v in get_model_state_dict(module, options=StateDictOptions(ignore_frozen_params=True)).items()}
+    live_state: dict[str, Any] = get_model_state_dict(module, options=StateDictOptions(ignore_frozen_params=True))
+    live = {k: tuple(v.shape) for k, v in live_state.items()}
     saved = {k: tuple(v.shape) for k, v in model_state.items()}
     if live != saved:
         differ = sorted(set(live) ^ set(saved)) or [k for k in live if live[k] != saved[k]]
@@ -235,7 +233,8 @@ class GatheredAdapter:
 
     @property
     def module(self) -> torch.nn.Module:
-        return self.adapter.module  # type: ignore[no-any-return]
+        module: torch.nn.Module = self.adapter.module
+        return module
 
     def write(self, directory: Any, metadata: dict[str, str] | None = None) -> None:
         self.adapter.full_state = self.full_state

@@ -169,7 +169,9 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
     assert isinstance(one, protocol.RunFinished) and one.steps == final.steps == 4
     logs = [e.message for e in group.of(protocol.LogRecord)]
     held, whole = next(
-        [int(n.replace(",", "")) for n in m.groups()] for line in logs if (m := re.search(r"holds about ([\d,]+) of the model's ([\d,]+)", line))
+        [int(n.replace(",", "")) for n in m.groups()]
+        for line in logs
+        if (m := re.search(r"holds about ([\d,]+) of the model's ([\d,]+)", line))
     )
     assert held <= whole * 0.6  # the base is sharded: rank 0 stores about half of it
 
@@ -178,7 +180,10 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert any((b[k] - adapter(straight, "checkpoints/step_2")[k]).abs().max() > 1e-4 for k in b)  # it did train
     # the same files as one process writes, the ComfyUI export included (named after the run folder)
-    files = {run: sorted(f.replace(run, "RUN") for f in os.listdir(os.path.join(str(tmp_path), run, "final"))) for run in ("one", "fsdp")}
+    files = {
+        run: sorted(f.replace(run, "RUN") for f in os.listdir(os.path.join(str(tmp_path), run, "final")))
+        for run in ("one", "fsdp")
+    }
     assert files["one"] == files["fsdp"] and "RUN_comfyui.safetensors" in files["one"]
     ca, cb = (load_file(os.path.join(str(tmp_path), run, "final", f"{run}_comfyui.safetensors")) for run in ("one", "fsdp"))
     assert ca.keys() == cb.keys() and max((ca[k] - cb[k]).abs().max().item() for k in ca) < 1e-5
@@ -205,3 +210,24 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
     assert saved.step > 4 and sorted(os.listdir(layout.checkpoints_dir(resumed))) == ["step_4", f"step_{saved.step}"]
     again = adapter(resumed, "checkpoints/step_4")
     assert all(torch.equal(again[k], b[k]) for k in b)  # resumed from step 2, at step 4 where the straight run ended
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"adapter_type": "lokr"}, "a lokr adapter"),
+        ({"use_dora": True}, "DoRA"),
+        ({"sample_every": 2}, "samples during training"),
+    ],
+)
+def test_fsdp_refuses_what_it_cannot_shard_in_one_line_before_any_process_starts(
+    demo_config_values, tmp_path, monkeypatch, change, named
+):
+    # (were the refusal gone, LOCAL_RANK keeps Fabric from re-running pytest's command line as rank 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    values = _values(demo_config_values, output_dir=str(tmp_path / "refused"), strategy="fsdp", **change)
+    bus = EventBus([CallbackSink(lambda e: None)])
+    final = Trainer(cfgmod.parse(values), bus, CommandInbox(None), run_id="refused").fit()
+    assert isinstance(final, protocol.RunFailed) and "\n" not in final.message
+    assert f"strategy fsdp does not support {named}" in final.message and "--strategy ddp" in final.message
+    assert not os.path.exists(str(tmp_path / "refused"))  # refused before the run folder was claimed
