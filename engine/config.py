@@ -143,7 +143,8 @@ class TrainConfig:
         "auto",
         "Strategy",
         "How several processes share the work: auto (ddp when there are several), ddp (the frozen base on every "
-        "device, adapter gradients averaged) or fsdp.",
+        "device, adapter gradients averaged) or fsdp (the frozen base sharded across the devices, for a base that "
+        "does not fit one; LoRA only).",
         "Model",
         choices=STRATEGIES,
         advanced=True,

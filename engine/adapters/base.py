@@ -63,6 +63,9 @@ class Adapter:
     def __init__(self, module: nn.Module, adapted_modules: int) -> None:
         self.module = module
         self.adapted_modules = adapted_modules
+        # The module's full state (parameter name -> tensor) that ``write`` takes instead of the live
+        # tensors, while set: a sharded run's adapter gathered onto rank 0 (``engine.train.dist``).
+        self.full_state: dict[str, torch.Tensor] | None = None
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]

@@ -44,7 +44,7 @@ class LoraAdapter(Adapter):
     def _write(self, directory: Path, metadata: dict[str, str]) -> None:
         from safetensors.torch import save_file
 
-        self.module.save_pretrained(str(directory), safe_serialization=True)
+        self.module.save_pretrained(str(directory), safe_serialization=True, state_dict=self.full_state)
         (directory / "README.md").unlink(missing_ok=True)
         config_path = directory / CONFIG_FILE
         adapter_config = json.loads(config_path.read_text())

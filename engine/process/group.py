@@ -136,7 +136,8 @@ def run_group(config_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: A
     assert ranks[0].stdout is not None and ranks[0].stdin is not None
     bus.log(
         "info",
-        f"{world} training processes on this machine (ddp): " + ", ".join(f"rank {r} pid {p.pid}" for r, p in enumerate(ranks)),
+        f"{world} training processes on this machine ({'fsdp' if config.strategy == 'fsdp' else 'ddp'}): "
+        + ", ".join(f"rank {r} pid {p.pid}" for r, p in enumerate(ranks)),
     )
     stream = _Rank0Stream(ranks[0].stdout, bus)
     monitor.phase = lambda: stream.phase

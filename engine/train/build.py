@@ -219,7 +219,10 @@ def build_run(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     if world > 1:
-        bus.log("info", f"{world} processes (ddp): each trains {config.batch_size} of every batch of {config.batch_size * world}")
+        how = "fsdp, the base sharded" if group.sharded else "ddp"
+        bus.log(
+            "info", f"{world} processes ({how}): each trains {config.batch_size} of every batch of {config.batch_size * world}"
+        )
     bus.log(
         "info",
         f"dataset: {len(dataset)} samples, {batches_per_epoch} batches and {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in all",
@@ -263,9 +266,19 @@ def build_run(
         )
     else:
         fabric = group.fabric  # launched before the run folder was claimed
+    sharded = group is not None and group.sharded  # fsdp: the optimizer is built over the sharded parameters
+    module = fabric.setup_module(adapter.module) if sharded else None
+    if sharded:
+        from engine.train.dist import held_parameters
+
+        held, whole = held_parameters(adapter.module)
+        bus.log("info", f"fsdp: each rank holds about {held:,} of the model's {whole:,} parameters (the frozen base sharded)")
     optimizer = build_optimizer(adapter.parameters(), config, device_type=device.type, log=lambda m: bus.log("info", m))
     scheduler = build_scheduler(optimizer, config, total_steps)
-    module, optimizer = fabric.setup(adapter.module, optimizer)
+    if sharded:
+        optimizer = fabric.setup_optimizers(optimizer)  # type: ignore[assignment]  # (one optimizer in, one out)
+    else:
+        module, optimizer = fabric.setup(adapter.module, optimizer)
     adapter.module.train()
 
     generator = torch.Generator(device="cpu")

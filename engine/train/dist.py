@@ -1,5 +1,10 @@
-"""Several training processes on Lightning Fabric's own DDP strategy (DESIGN §9): nothing here moves
-gradients; Fabric's ``DDPStrategy`` (torch DDP over gloo on the CPU, NCCL on CUDA) does.
+"""Several training processes on Lightning Fabric's own strategies (DESIGN §9): nothing here moves
+gradients or shards weights; Fabric's ``DDPStrategy`` (torch DDP over gloo on the CPU, NCCL on CUDA)
+does, and for ``--strategy fsdp`` Fabric's ``ModelParallelStrategy`` with torch's FSDP2
+(``fully_shard``: each decoder layer, then the root), the frozen base sharded across the ranks.
+Why not Fabric's ``FSDPStrategy``: it wraps torch's FSDP1, which refuses the CPU ("FSDP needs a
+non-CPU accelerator device"; Fabric refuses ``accelerator="cpu"`` before that), so it could never be
+tested on gloo; FSDP2 runs on both and is what torch develops.
 
 Who starts the processes: ``torchrun`` or ``srun`` (Fabric reads rank and world size from their
 environment through its cluster environments), Fabric's own launcher for a plain ``sidestep train
@@ -12,6 +17,11 @@ What this module adds on top, and why:
   stop/save flags (signals reach every rank), rank 0 also the UI's pause, plus its own step time and
   memory; all ranks leave with the same commands, so they act at the same step, and rank 0 with
   every rank's figures for the step metrics.
+- ``gather_adapter`` / ``load_sharded``: under fsdp the adapter and its optimizer state exist only as
+  shards; a save gathers the full adapter (and, for a resumable checkpoint, the full optimizer state)
+  onto rank 0's CPU with torch's ``get_state_dict(full_state_dict=True, cpu_offload=True)``, the frozen
+  base left out, so rank 0 writes the same files a one-process run writes; a resume hands every rank
+  that full state and torch re-shards it.
 - ``agree``: a collective "did everyone get here?", so a rank that fails before training (the run
   folder refused, a bad dataset) fails the others at once instead of leaving them in a collective.
 A collective against a dead rank fails within ``collective_timeout`` (gloo notices a closed socket
@@ -35,6 +45,7 @@ class Group:
     rank: int
     world: int
     device: torch.device
+    sharded: bool = False  # --strategy fsdp: parameters are DTensor shards (gather before saving)
 
     @property
     def is_zero(self) -> bool:
@@ -73,12 +84,11 @@ def launch(config: cfgmod.TrainConfig) -> Group | None:
     if devices * nodes == 1:
         return None
     if config.strategy == "fsdp":
-        raise ValueError(
-            "strategy fsdp: sharded adapter checkpoints are not written yet in this build; use --strategy ddp "
-            "(the frozen base is replicated, only the adapter's gradients travel)"
-        )
+        problem = fsdp_refusal(config)
+        if problem:
+            raise ValueError(problem)
     from lightning_fabric import Fabric
-    from lightning_fabric.strategies import DDPStrategy
+    from lightning_fabric.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
     from engine.models.loader import resolve_dtype
     from engine.train.build import fabric_precision
@@ -86,13 +96,157 @@ def launch(config: cfgmod.TrainConfig) -> Group | None:
     accelerator = _accelerator(config)
     device = torch.device(accelerator)
     precision = fabric_precision(device, resolve_dtype(config.precision, device))
-    strategy = DDPStrategy(
-        process_group_backend="nccl" if accelerator == "cuda" else "gloo",
-        timeout=timedelta(seconds=config.collective_timeout),
-    )
+    backend = "nccl" if accelerator == "cuda" else "gloo"
+    timeout = timedelta(seconds=config.collective_timeout)
+    strategy: Strategy
+    if config.strategy == "fsdp":
+        if precision == "16-mixed":
+            raise ValueError(
+                "strategy fsdp with fp16: Fabric's sharded strategy has no fp16 loss scaling; use --precision bf16 or fp32"
+            )
+        strategy = ModelParallelStrategy(
+            parallelize_fn=shard_decoder,
+            data_parallel_size=devices * nodes,
+            tensor_parallel_size=1,
+            process_group_backend=backend,
+            timeout=timeout,
+        )
+    else:
+        strategy = DDPStrategy(process_group_backend=backend, timeout=timeout)
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy, precision=precision)
     fabric.launch()
-    return Group(fabric=fabric, rank=fabric.global_rank, world=fabric.world_size, device=fabric.device)
+    return Group(
+        fabric=fabric,
+        rank=fabric.global_rank,
+        world=fabric.world_size,
+        device=fabric.device,
+        sharded=config.strategy == "fsdp",
+    )
+
+
+def fsdp_refusal(config: cfgmod.TrainConfig) -> str:
+    """Why this config cannot train sharded (one line naming the fix), or ""."""
+    what = ""
+    if config.adapter_type != "lora":
+        what = f"a {config.adapter_type} adapter (LyCORIS networks are not written from shards here)"
+    elif config.use_dora:
+        what = "DoRA (its ComfyUI export and magnitudes need the full base weights on rank 0)"
+    elif config.base_quantization != "none":
+        what = f"a {config.base_quantization} base (bitsandbytes weights are not sharded by FSDP)"
+    elif config.use_ema:
+        what = "EMA (its weights are kept per parameter, not per shard)"
+    elif config.sample_every:
+        what = "samples during training (rank 0 alone cannot run the sharded model)"
+    if not what:
+        return ""
+    return f"strategy fsdp does not support {what}; use --strategy ddp, or train LoRA without it"
+
+
+def shard_decoder(module: torch.nn.Module, mesh: Any) -> torch.nn.Module:
+    """Fabric's ``parallelize_fn`` for fsdp: torch's ``fully_shard`` on each decoder layer (one
+    all-gather per layer in forward and backward), then on the root for the rest. The adapter's
+    parameters sit inside the layers and are sharded with them; the optimizer is built afterwards,
+    over the sharded parameters."""
+    from torch.distributed.fsdp import fully_shard
+
+    from engine.models.loader import unwrap_decoder
+
+    data_parallel = mesh["data_parallel"]
+    bare: Any = unwrap_decoder(module)
+    if getattr(bare, "is_gradient_checkpointing", False):
+        # transformers' checkpointing calls each layer inside torch's checkpoint, FSDP's all-gather hooks
+        # included, and the recomputation then differs ("Recomputed values ... different metadata"):
+        # each layer's own forward is checkpointed instead (as --gradient-checkpointing-ratio < 1 does),
+        # inside the hooks, and the module names the adapter files use stay as they are.
+        bare.gradient_checkpointing_disable()
+        for layer in bare.layers:
+            layer.forward = _checkpointed(layer)
+    for layer in bare.layers:
+        fully_shard(layer, mesh=data_parallel)
+    fully_shard(module, mesh=data_parallel)
+    return module
+
+
+def held_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(elements this rank stores, elements of the whole model): a sharded parameter counts its shard."""
+    held = whole = 0
+    for param in module.parameters():
+        whole += param.numel()
+        held += param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+    return held, whole
+
+
+def _checkpointed(layer: torch.nn.Module) -> Any:
+    from torch.utils.checkpoint import checkpoint
+
+    inner = layer.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if layer.training and torch.is_grad_enabled():
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    return forward
+
+
+def gather_adapter(module: torch.nn.Module, optimizer: Any, *, with_optimizer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full adapter (and optimizer state) of a sharded run, keyed by parameter name; a collective:
+    every rank calls it at the same save point, rank 0 gets the tensors on its CPU, the others ``{}``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    model_state = get_model_state_dict(module, options=options)
+    optim_state = get_optimizer_state_dict(module, _bare(optimizer), options=options) if with_optimizer else {}
+    return model_state, optim_state
+
+
+def load_sharded(module: torch.nn.Module, optimizer: Any, model_state: dict[str, Any], optim_state: dict[str, Any]) -> int:
+    """Give every rank the full adapter and optimizer state of a checkpoint; torch shards it (the
+    inverse of ``gather_adapter``). Returns how many adapter tensors were restored; a checkpoint whose
+    adapter names or shapes differ raises ValueError naming them."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    live_state: dict[str, Any] = get_model_state_dict(module, options=StateDictOptions(ignore_frozen_params=True))
+    live = {k: tuple(v.shape) for k, v in live_state.items()}
+    saved = {k: tuple(v.shape) for k, v in model_state.items()}
+    if live != saved:
+        differ = sorted(set(live) ^ set(saved)) or [k for k in live if live[k] != saved[k]]
+        raise ValueError(f"the saved adapter does not fit this one ({len(differ)} tensors differ, e.g. {differ[0]})")
+    set_model_state_dict(module, model_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(module, _bare(optimizer), optim_state, options=StateDictOptions(full_state_dict=True))
+    return len(model_state)
+
+
+class GatheredAdapter:
+    """Stands in for a sharded run's adapter when rank 0 writes a checkpoint folder: the adapter's own
+    ``write`` (the same PEFT files, metadata and ComfyUI export as one process) fed the gathered
+    full tensors instead of this rank's shards."""
+
+    def __init__(self, adapter: Any, full_state: dict[str, Any]) -> None:
+        self.adapter = adapter
+        self.full_state = full_state
+
+    @property
+    def module(self) -> torch.nn.Module:
+        module: torch.nn.Module = self.adapter.module
+        return module
+
+    def write(self, directory: Any, metadata: dict[str, str] | None = None) -> None:
+        self.adapter.full_state = self.full_state
+        try:
+            self.adapter.write(directory, metadata)
+        finally:
+            self.adapter.full_state = None
+
+
+def _bare(optimizer: Any) -> Any:
+    """The torch optimizer under Fabric's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def agree(group: Group, ok: bool) -> bool:

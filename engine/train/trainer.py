@@ -85,11 +85,17 @@ class Trainer:
         self._resume_notes: list[str] = []  # what --resume-from auto skipped, and why
         self._resume_newest: str | None = None  # the newest checkpoint when the resume was checked
         self._group: dist.Group | None = None  # one of several processes (engine.train.dist); None = one
+        self._gathered: tuple[dict[str, Any], dict[str, Any]] | None = None  # fsdp: the state being saved
 
     @property
     def is_zero(self) -> bool:
         """Rank 0 (or the only process): the one that writes the run folder, events and TensorBoard."""
         return self._group is None or self._group.is_zero
+
+    @property
+    def _sharded(self) -> bool:
+        """fsdp: a save is a collective (every rank gathers its shards), so only shared save points save."""
+        return self._group is not None and self._group.sharded
 
     @property
     def world(self) -> int:
@@ -409,7 +415,7 @@ class Trainer:
             self.save_checkpoint("requested")
         if advanced and c.save_every_n_steps and self.global_step and self.global_step % c.save_every_n_steps == 0:
             self.save_checkpoint("periodic")
-        elif advanced and self._space is not None and self._space.retry_due():
+        elif advanced and self._space is not None and self._space.retry_due() and not self._sharded:  # fsdp: at the next save
             self.save_checkpoint(
                 "requested" if self._space.owed == "requested" else "periodic"
             )  # refused by a full disk, fits now
@@ -513,8 +519,10 @@ class Trainer:
             "schema_version": ckpt.STATE_SCHEMA_VERSION,
             "world_size": self.world,
             "adapter_type": self.config.adapter_type,
-            "adapter": p.adapter.state_dict(),
-            "optimizer": p.optimizer.state_dict(),
+            # fsdp: the full adapter and optimizer state by parameter name (gathered), re-sharded on resume
+            "sharded": self._gathered is not None,
+            "adapter": p.adapter.state_dict() if self._gathered is None else self._gathered[0],
+            "optimizer": p.optimizer.state_dict() if self._gathered is None else self._gathered[1],
             "scheduler": p.scheduler.state_dict(),
             "global_step": self.global_step,
             "epoch": self.epoch,
@@ -544,9 +552,12 @@ class Trainer:
         (final, stop) waits for space and raises ``diskspace.SaveFailed`` if none comes."""
         p = self.parts
         assert p is not None
+        resumable = kind not in ("best", "final")
+        self._gathered = None
+        if self._sharded:  # fsdp: every rank gathers, rank 0 gets the full state
+            self._gathered = dist.gather_adapter(p.adapter.module, p.optimizer, with_optimizer=resumable)
         if not self.is_zero:
             return ""  # rank 0 writes every checkpoint (the adapter and the replicated state are the same on all)
-        resumable = kind not in ("best", "final")
         if resumable:
             target = layout.checkpoint_dir(p.run_dir, name or layout.step_checkpoint_name(self.global_step))
         else:
@@ -563,7 +574,7 @@ class Trainer:
             try:
                 ckpt.write_checkpoint_dir(
                     target,
-                    adapter=p.adapter if self._ema is None else ema.EmaAdapterWriter(p.adapter, self._ema),
+                    adapter=self._writer(),
                     metadata=p.adapter_metadata(self.global_step),
                     config_json=cfgmod.to_json(self.config),
                     info={"step": self.global_step, "epoch": self.epoch_number(), "kind": kind, "loss": loss},
@@ -617,6 +628,14 @@ class Trainer:
             self._prune_checkpoints()
         self.set_phase(previous)
         return target
+
+    def _writer(self) -> Any:
+        """What writes the adapter files: the adapter, its EMA stand-in, or (fsdp) the gathered tensors."""
+        p = self.parts
+        assert p is not None
+        if self._gathered is not None:
+            return dist.GatheredAdapter(p.adapter, self._gathered[0])
+        return p.adapter if self._ema is None else ema.EmaAdapterWriter(p.adapter, self._ema)
 
     def _watch_space(self) -> diskspace.SpaceWatch:
         """Free-space watch for this run, with first size guesses from the adapter's tensors: the adapter
@@ -730,8 +749,16 @@ class Trainer:
         self._resume = None
         where = layout.trainer_state_path(source)
         try:
-            matched = p.adapter.load_state_dict(state["adapter"])
-            p.optimizer.load_state_dict(state["optimizer"])
+            if bool(state.get("sharded")) != self._sharded:
+                raise ValueError(
+                    f"saved by a {'sharded (fsdp)' if state.get('sharded') else 'ddp or one-process'} run; "
+                    "resume with the --strategy that saved it"
+                )
+            if state.get("sharded"):
+                matched = dist.load_sharded(p.adapter.module, p.optimizer, state["adapter"], state["optimizer"])
+            else:
+                matched = p.adapter.load_state_dict(state["adapter"])
+                p.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:
             raise ckpt.CheckpointError(f"{where}: {exc}") from None
         p.scheduler.load_state_dict(state["scheduler"])

@@ -148,3 +148,86 @@ def test_a_killed_rank_fails_the_run_naming_it_within_the_timeout(demo_config_va
     assert final.message.startswith("rank 1 of 2 died (killed by SIGKILL) at step"), final.message
     on_disk = protocol.read_events(layout.events_path(str(tmp_path / "killed")))
     assert isinstance(on_disk[-1], protocol.RunFailed) and on_disk[-1].message == final.message
+
+
+def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_config_values, demo_paths, tmp_path):
+    """--strategy fsdp (Fabric's ModelParallelStrategy, torch's fully_shard over gloo): the base is
+    sharded, yet rank 0 writes the ordinary full adapter: the one a one-process run with twice the
+    batch writes, loadable by PEFT key for key; the resumable checkpoint holds the gathered adapter and
+    optimizer state, a two-process resume from it goes on exactly, and SIGTERM to rank 0 (what `kill`
+    of a headless run hits) stops it with one save, from rank 0, and both ranks exit 0."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from engine.models.loader import load_decoder
+
+    straight, resumed = str(tmp_path / "fsdp"), str(tmp_path / "resumed")
+    group = Group(_values(demo_config_values, output_dir=straight, strategy="fsdp", max_steps=4))
+    one = one_process(_values(demo_config_values, batch_size=2, output_dir=str(tmp_path / "one"), max_steps=4))
+    final = group.result()
+    assert isinstance(final, protocol.RunFinished) and final.status == "completed", getattr(final, "message", final)
+    assert isinstance(one, protocol.RunFinished) and one.steps == final.steps == 4
+    logs = [e.message for e in group.of(protocol.LogRecord)]
+    held, whole = next(
+        [int(n.replace(",", "")) for n in m.groups()]
+        for line in logs
+        if (m := re.search(r"holds about ([\d,]+) of the model's ([\d,]+)", line))
+    )
+    assert held <= whole * 0.6  # the base is sharded: rank 0 stores about half of it
+
+    a, b = adapter(str(tmp_path / "one")), adapter(straight)
+    assert a.keys() == b.keys() and a
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert any((b[k] - adapter(straight, "checkpoints/step_2")[k]).abs().max() > 1e-4 for k in b)  # it did train
+    # the same files as one process writes, the ComfyUI export included (named after the run folder)
+    files = {
+        run: sorted(f.replace(run, "RUN") for f in os.listdir(os.path.join(str(tmp_path), run, "final")))
+        for run in ("one", "fsdp")
+    }
+    assert files["one"] == files["fsdp"] and "RUN_comfyui.safetensors" in files["one"]
+    ca, cb = (load_file(os.path.join(str(tmp_path), run, "final", f"{run}_comfyui.safetensors")) for run in ("one", "fsdp"))
+    assert ca.keys() == cb.keys() and max((ca[k] - cb[k]).abs().max().item() for k in ca) < 1e-5
+
+    loaded = load_decoder(
+        os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"]), device=torch.device("cpu"), dtype=torch.float32
+    )
+    model = PeftModel.from_pretrained(loaded.decoder, os.path.join(straight, "final"))
+    live = get_peft_model_state_dict(model)
+    assert live.keys() == b.keys() and all(torch.equal(live[k], b[k]) for k in b)  # every key matched, and loaded
+
+    step_2 = layout.checkpoint_dir(straight, "step_2")
+    state = torch.load(layout.trainer_state_path(step_2), weights_only=True)
+    assert state["sharded"] and state["world_size"] == 2
+    assert len(state["optimizer"]["state"]) == len(state["adapter"]) == len(b)  # full moments of every adapter tensor
+
+    group = Group(_values(demo_config_values, output_dir=resumed, resume_from=step_2, strategy="fsdp", max_steps=1000))
+    started = group.wait_for(lambda e: isinstance(e, protocol.LogRecord) and "rank 0 pid" in e.message, 120, "rank list")
+    group.wait_for(lambda e: isinstance(e, protocol.CheckpointSaved) and e.step == 4, 300, "the resumed run's step 4")
+    os.kill(int(re.search(r"rank 0 pid (\d+)", started.message).group(1)), signal.SIGTERM)
+    final = group.result()
+    assert isinstance(final, protocol.RunFinished) and final.status == "stopped", getattr(final, "message", final)
+    (saved,) = [e for e in group.of(protocol.CheckpointSaved) if e.kind == "stop"]
+    assert saved.step > 4 and sorted(os.listdir(layout.checkpoints_dir(resumed))) == ["step_4", f"step_{saved.step}"]
+    again = adapter(resumed, "checkpoints/step_4")
+    assert all(torch.equal(again[k], b[k]) for k in b)  # resumed from step 2, at step 4 where the straight run ended
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"adapter_type": "lokr"}, "a lokr adapter"),
+        ({"use_dora": True}, "DoRA"),
+        ({"sample_every": 2}, "samples during training"),
+    ],
+)
+def test_fsdp_refuses_what_it_cannot_shard_in_one_line_before_any_process_starts(
+    demo_config_values, tmp_path, monkeypatch, change, named
+):
+    # (were the refusal gone, LOCAL_RANK keeps Fabric from re-running pytest's command line as rank 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    values = _values(demo_config_values, output_dir=str(tmp_path / "refused"), strategy="fsdp", **change)
+    bus = EventBus([CallbackSink(lambda e: None)])
+    final = Trainer(cfgmod.parse(values), bus, CommandInbox(None), run_id="refused").fit()
+    assert isinstance(final, protocol.RunFailed) and "\n" not in final.message
+    assert f"strategy fsdp does not support {named}" in final.message and "--strategy ddp" in final.message
+    assert not os.path.exists(str(tmp_path / "refused"))  # refused before the run folder was claimed
