@@ -113,7 +113,7 @@ def stft_magnitude(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """[frames, n_fft // 2 + 1] magnitudes of Hann frames centred every ``hop`` samples (zeros beyond the ends)."""
     x = np.asarray(audio, dtype=np.float32)
     padded = np.pad(x, (n_fft // 2, n_fft // 2 + max(0, n_fft - x.size)))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[:: hop][: 1 + x.size // hop]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][: 1 + x.size // hop]
     return np.abs(np.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1))
 
 
