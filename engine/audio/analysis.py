@@ -13,7 +13,7 @@ scikit-learn, ~275 MB, and a first compile of tens of seconds); a 30 s song take
   Beats: dynamic programming over the envelope (Ellis 2007: onset strength plus a penalty on beat
   intervals away from the period). Confidence: how much the envelope pulses at that period (its
   normalised autocorrelation there) times how many dB that pulse swings (``PULSE_DB`` or more: sure);
-  a held chord, a vibrato or noise has none.
+  a held chord, a vibrato or noise has none, nor a clip shorter than two of ``MIN_BPM``'s beats (3 s).
 - Key: a chroma vector from an ``KEY_N_FFT`` STFT (each bin between ``KEY_FMIN`` and ``KEY_FMAX`` folded to
   its nearest pitch class, A = 440 Hz, tuning ignored; each frame normalised to its largest class) against
   the Krumhansl-Kessler major and minor key profiles in all 12 transpositions (the Krumhansl-Schmuckler
