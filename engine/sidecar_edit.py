@@ -524,9 +524,9 @@ def plan_fields(root: str, values: dict[str, dict[str, str]], policy: str = FILL
 
 
 def analyze_in_subprocess(audio_dir: str, *, overwrite: bool = False, timeout: float = 3600.0) -> str:
-    """``sidestep audio-analyze`` in a child interpreter, for the UI process (librosa and numpy stay out
-    of it). Returns the command's last line ("wrote N sidecars"); raises ``EditError`` with its one-line
-    error (librosa missing, no audio, ...)."""
+    """``sidestep audio-analyze`` in a child interpreter, for the UI process (numpy stays out of it).
+    Returns the command's last line ("wrote N sidecars"); raises ``EditError`` with its one-line error
+    (no such folder, no audio, ...)."""
     from engine.sidecars import error_line
 
     argv = [sys.executable, "-m", CLI_MODULE, "audio-analyze", audio_dir] + (["--overwrite"] if overwrite else [])

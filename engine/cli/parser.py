@@ -463,7 +463,7 @@ def build_parser() -> Parser:
         command("convert-sidecars", help="convert sidecars between key: value song.txt and song.caption.txt/.lyrics.txt"),
     )
     add_audio_analyze_arguments(
-        command("audio-analyze", help="estimate BPM, key and time signature of audio files into their sidecars (needs librosa)")
+        command("audio-analyze", help="estimate BPM, key and time signature of audio files into their sidecars")
     )
     add_estimate_arguments(
         command(

@@ -1,7 +1,7 @@
 """``sidestep tags``, ``sidestep convert-sidecars`` and ``sidestep audio-analyze``: the handlers.
 
 The edits are ``engine.sidecar_edit``'s (stdlib; the TUI uses the same functions); audio analysis is
-``engine.audio.analysis`` (librosa, an optional extra: ``pip install sidestep-tui[analysis]``).
+``engine.audio.analysis`` (numpy).
 Errors are one line on stderr and exit code 2; a dry run prints the diff and writes nothing.
 """
 
@@ -76,15 +76,14 @@ def run_convert_command(ns: argparse.Namespace) -> int:
 
 
 def run_audio_analyze_command(ns: argparse.Namespace) -> int:
-    from engine.audio import analysis  # numpy only; librosa is imported by require_librosa
+    from engine.audio import analysis  # numpy only
     from engine.sidecars import find_audio_files
 
     try:
         folder = _folder(ns, "audio-analyze")
         if not os.path.isdir(folder):
             raise edit.EditError(f"{folder}: no such folder")
-        analysis.require_librosa()
-    except (edit.EditError, analysis.MissingLibrary) as exc:
+    except edit.EditError as exc:
         return _error("audio-analyze", exc)
     songs = find_audio_files(folder)
     if not songs:

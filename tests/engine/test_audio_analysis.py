@@ -1,8 +1,7 @@
-"""``sidestep audio-analyze``: tempo of synthetic click tracks at known BPM (within 1 BPM), their meter
+"""``sidestep audio-analyze``: tempo of synthetic click tracks at known BPM (within 0.1 BPM), their meter
 (accent every 3 or 4 beats), and the key of synthetic chords, generated here with numpy.
 
-librosa is the optional ``analysis`` extra (not in ``test``: numba's first compile costs tens of
-seconds); without it these tests skip."""
+The analysis is the project's own numpy code, so these run on every install."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ import os
 
 import numpy as np
 import pytest
-
-pytest.importorskip("librosa", reason="librosa is the optional `analysis` extra: pip install sidestep-tui[analysis]")
 
 from engine.audio import analysis
 from engine.cli.main import main as cli
@@ -56,9 +53,11 @@ def cadence(tonic: str, minor: bool) -> np.ndarray:
 
 @pytest.mark.parametrize(("bpm", "beats_per_bar"), [(90, 4), (120, 3), (150, 4), (174, 3)])
 def test_click_track_tempo_within_one_bpm_and_its_meter(bpm: int, beats_per_bar: int) -> None:
-    # 150 and 174: the beat tracker's own tempo is 2 BPM off there (its frame grid); the fit through the beats is not.
+    # One envelope frame is 6 BPM at 174 BPM: only the sub-frame refinement (a parabola through each
+    # autocorrelation peak, a period fitted through the peaks at 1..8 beats) gets within 0.1 BPM; either
+    # half alone is 0.2-0.6 BPM off at some of these tempi.
     est = analysis.analyze_audio(click_track(bpm, beats_per_bar=beats_per_bar))
-    assert abs(est.bpm - bpm) <= 1.0, est
+    assert abs(est.bpm - bpm) <= 0.1, est
     assert est.bpm_confidence > 0.5, est
     assert est.time_signature == beats_per_bar, est
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 
@@ -186,10 +185,22 @@ def test_analysis_fields_fill_missing_or_overwrite_and_never_touch_captions_or_l
     )
 
 
-def test_audio_analyze_without_librosa_is_one_line(songs, monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "librosa", None)  # what an install without the extra looks like
-    before = sidecar_bytes(songs)
-    assert cli(["audio-analyze", songs]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install sidestep-tui[analysis]" in err[0], err
-    assert sidecar_bytes(songs) == before
+def test_audio_analyze_on_the_demo_songs_finds_what_their_sidecars_state(tmp_path, capsys) -> None:
+    # 6 s each: noise bursts over an A minor chord at 130 BPM (the sidecar says so), an arpeggio at 120 BPM,
+    # noise bursts at 110 BPM, and steady tones with a 5 Hz vibrato, which have no tempo to write.
+    folder = str(tmp_path)
+    synthesize_demo_audio(folder, 6, seconds=(6.0,))
+    before = fields(folder)
+    assert cli(["audio-analyze", folder, "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 3 sidecars" in out, out  # pulse_minor.txt held the same values already
+    after = fields(folder)
+    assert (before["pulse_minor.wav"]["bpm"], before["pulse_minor.wav"]["keyscale"]) == ("130", "A minor")
+    assert (after["pulse_minor.wav"]["bpm"], after["pulse_minor.wav"]["keyscale"]) == ("130", "A minor")
+    assert after["mélodie_douce.flac"]["bpm"] == before["mélodie_douce.flac"]["bpm"] == "120"
+    assert after["noise_bursts.wav"]["bpm"] == "110"  # 90 + 10 * (2 % 5), the demo's tempo for it
+    assert after["mono_arp.wav"]["keyscale"] == "D minor"  # D F A
+    assert after["tone_a440.wav"] == before["tone_a440.wav"]  # a held tone: nothing sure enough to overwrite with
+    assert "bpm" not in after["chord_c_major.flac"]
+    for song, f in after.items():
+        assert f.get("caption") == before[song].get("caption") and f.get("lyrics") == before[song].get("lyrics"), song
