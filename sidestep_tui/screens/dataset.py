@@ -115,7 +115,7 @@ class DatasetScreen(QuickScreen):
             "Analyze audio",
             id="dataset.analyze-audio",
             show=False,
-            tooltip="BPM, key and time signature into the sidecars, where missing (sidestep audio-analyze; needs librosa)",
+            tooltip="BPM, key and time signature into the sidecars, where missing (sidestep audio-analyze)",
         ),
         Binding(
             "ctrl+n",
