@@ -65,13 +65,32 @@ class SidestepFooter(Footer):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shape: tuple[bool, bool] | None = None  # (compact, two rows) the last compose used
+        self._drawn: tuple[object, ...] | None = None  # what the last compose showed (see _signature)
         self._recomposing = asyncio.Lock()
 
     async def recompose(self) -> None:
         """One recompose at a time: Textual starts one per bindings change and one per resize, and two
-        that overlap (a slow machine) remove the old keys, then both mount their rows (DuplicateIds)."""
+        that overlap (a slow machine) remove the old keys, then both mount their rows (DuplicateIds).
+        None when the keys are the ones already shown: Textual asks after every focus move and
+        screen switch (~20 times on a screen's first open), and each recompose remounts and restyles
+        every key."""
         async with self._recomposing:
+            if self._drawn is not None and self._bindings_ready and self.is_attached and self._drawn == self._signature():
+                return
             await super().recompose()
+
+    def _signature(self) -> tuple[object, ...]:
+        """Everything ``compose`` draws from: the shape, and each key's display, text, state and tooltip."""
+        width = self.size.width or self.app.size.width
+        keys = [*self._keys(), self._palette()]
+        return (
+            self.shape(width),
+            tuple(
+                None if k is None else (k.binding.key, self.app.get_key_display(k.binding), k.binding.description,
+                                        k.binding.action, k.enabled, k.tooltip, k.global_)
+                for k in keys
+            ),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ what to show
 
@@ -139,6 +158,7 @@ class SidestepFooter(Footer):
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
             return
+        self._drawn = self._signature()
         width = self.size.width or self.app.size.width
         compact, two_rows = self._shape = self.shape(width)
         self.compact = compact
