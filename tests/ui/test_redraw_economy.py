@@ -43,3 +43,21 @@ async def test_the_footer_keeps_its_keys_when_the_focus_moves(build_app) -> None
         await pilot.pause()
         assert app.focused is not focused  # the focus moved: Textual asked the footer to recompose
         assert keys and list(app.screen.query(FooterKey)) == keys  # the same widgets: nothing rebuilt
+
+
+async def test_tab_walks_every_shown_setup_field_in_order_past_the_placeholders(build_app) -> None:
+    from sidestep_tui.widgets.config_field import FieldRow
+
+    app = build_app(initial_mode="setup")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        form = app.screen.form
+        order = [row.spec.name for row in form.rows() if row.display]
+        assert any(not row.built for row in form.rows() if row.display)  # placeholders below the view
+        walked: list[str] = []
+        for _ in range(24):
+            row = next(a for a in app.focused.ancestors_with_self if isinstance(a, FieldRow))
+            if not walked or walked[-1] != row.spec.name:
+                walked.append(row.spec.name)
+            await pilot.press("tab")
+        assert len(walked) > 18 and walked == order[: len(walked)]
