@@ -90,6 +90,7 @@ class MonitorScreen(QuickScreen):
         self._chart_at = -1e9
         self._binding_key: tuple = ()
         self._samples_key: tuple[str, int] = ("", 0)
+        self._spark_text = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="engine-banner", markup=False)
@@ -212,7 +213,10 @@ class MonitorScreen(QuickScreen):
         width = max(10, (widget.content_region.width or self.size.width) - 2)
         _steps, raw, smoothed = chart_series(s.history, self.window)
         label = f"loss {number(s.loss, 4)} (smoothed {number(smoothed[-1] if smoothed else None, 4)}, window {self.window})"
-        widget.update(f"{label}\n[$chart-smooth]{sparkline(smoothed, width)}[/]\n[$chart-raw]{sparkline(raw, width)}[/]")
+        text = f"{label}\n[$chart-smooth]{sparkline(smoothed, width)}[/]\n[$chart-raw]{sparkline(raw, width)}[/]"
+        if text != self._spark_text:
+            self._spark_text = text
+            widget.update(text, layout=False)  # three lines, a fixed height (monitor.tcss)
 
     # ------------------------------------------------------------------ controls
     def _controls_key(self) -> tuple:

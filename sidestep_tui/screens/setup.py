@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -27,13 +27,15 @@ from engine import discovery, ptinspect, vram
 
 from .. import forms
 from ..appref import SidestepAppRef
-from ..dialogs.presets import KEEP_ON_LOAD, PresetLoaded
 from ..formatting import number, plural
 from ..messages import DraftUpdated, StartRequested
 from ..widgets.config_form import ConfigForm
 from ..widgets.footer import SidestepFooter
 from .quick import QuickScreen
 from .screen_commands import ScreenActions
+
+if TYPE_CHECKING:
+    from ..dialogs.presets import PresetLoaded  # imported when the dialog opens (Ctrl+L), not with the screen
 
 NARROW = 120
 
@@ -84,6 +86,7 @@ class SetupScreen(QuickScreen):
         self._loaded: dict[str, Any] = forms.default_raw()  # what the last load (defaults, a preset) set
         self._gpus: list[discovery.GpuInfo] = []  # NVML's list, asked once per visit (off the UI thread)
         self._vram_shape: tuple[str, vram.ModelShape] | None = None  # model folder -> its config.json's shapes
+        self._just_mounted = False
 
     def compose(self) -> ComposeResult:
         # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
@@ -109,8 +112,14 @@ class SetupScreen(QuickScreen):
         self._validate(self.form.values)
         self.form.focus_field(forms.SPECS[0].name)
         self._query_gpus()
+        # Textual resumes a mode's screen twice on its first open, right after this: nothing can have
+        # changed in between, so those resumes redo nothing (each validated, rescanned and redrew).
+        self._just_mounted = True
+        self.call_after_refresh(setattr, self, "_just_mounted", False)
 
     def on_screen_resume(self) -> None:
+        if self._just_mounted:
+            return
         draft, current = self.app.draft, self.form.values
         changed = {
             k: v for k, v in draft.items() if k in forms.SPEC_BY_NAME and forms.to_raw(forms.SPEC_BY_NAME[k], v) != current.get(k)
@@ -437,6 +446,8 @@ class SetupScreen(QuickScreen):
     def _preset_chosen(self, chosen: PresetLoaded | None) -> None:
         if chosen is None:
             return
+        from ..dialogs.presets import KEEP_ON_LOAD
+
         current = self.form.values
         changes = {k: v for k, v in chosen.values.items() if k in forms.SPEC_BY_NAME and v != current.get(k)}
         edited = [k for k in changes if k not in KEEP_ON_LOAD and current.get(k) != self._loaded.get(k)]

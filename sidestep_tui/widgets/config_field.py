@@ -105,6 +105,7 @@ class FieldRow(Widget):
         parts = self._build()
         if self._composed:  # compose already ran, with nothing to yield
             self.mount_all(parts)
+        self.remove_class("-pending")  # a one-line placeholder until now (ConfigForm)
 
     @property
     def help_text(self) -> str:

@@ -21,6 +21,11 @@ from textual.widgets import Static
 from ..forms import ADVANCED, BASIC, SPEC_BY_NAME, RawValue, field_visible, grouped
 from .config_field import FieldRow
 
+LOOK_AROUND = 2
+"""Rows built on either side of the focused one (Tab must find the next field as a widget)."""
+FILL_MARGIN = 2
+"""Lines above and below the form's view whose placeholder rows are built too."""
+
 
 class ConfigForm(VerticalScroll):
     """All schema fields as rows in group sections."""
@@ -39,6 +44,7 @@ class ConfigForm(VerticalScroll):
     ConfigForm FieldRow.-invalid > .field-error { display: block; }
     ConfigForm FieldRow.-invalid > .field-label { color: $error; text-style: bold; }
     ConfigForm FieldRow.-current > .field-label { color: $text; text-style: bold; }
+    ConfigForm FieldRow.-pending { height: 1; }
     """
 
     can_focus = False  # Tab goes straight to the fields
@@ -87,29 +93,50 @@ class ConfigForm(VerticalScroll):
         self._sections: list[tuple[Vertical, list[FieldRow]]] = []
         self._last: dict[str, RawValue] = {}
         self._current: FieldRow | None = None
+        self._fill_scheduled = False
         self.set_reactive(ConfigForm.depth, depth)
 
     def compose(self) -> ComposeResult:
         # Rows and sections are kept in plain dicts/lists: the form reads all of them on every edit,
         # and DOM queries over ~350 widgets per keystroke would be slow.
-        # Rows hidden at the start (advanced, another adapter's) stay empty nodes until first shown.
+        # Rows hidden at the start (advanced, another adapter's) stay empty nodes until first shown;
+        # shown rows below the first screenful are one-line placeholders until scrolled or tabbed to.
         adapter = str(self._initial.get("adapter_type", ""))
+        eager = self._first_screenful(adapter)
         for group, specs in grouped():
-            rows = [
-                FieldRow(
-                    s,
-                    self._initial.get(s.name, ""),
-                    self._placeholders.get(s.name, ""),
-                    lazy=not field_visible(s, depth=self.depth, adapter_type=adapter),
-                )
-                for s in specs
-            ]
+            rows = []
+            for s in specs:
+                lazy = s.name not in eager
+                row = FieldRow(s, self._initial.get(s.name, ""), self._placeholders.get(s.name, ""), lazy=lazy)
+                if lazy and field_visible(s, depth=self.depth, adapter_type=adapter):
+                    row.display = True
+                    row.add_class("-pending", update=False)  # not mounted yet: nothing to restyle
+                rows.append(row)
             section = Vertical(
                 Static(group, classes="section-title"), *rows, classes="form-section", id=f"section-{group.lower()}"
             )
             self._rows.update((row.spec.name, row) for row in rows)
             self._sections.append((section, rows))
             yield section
+
+    def _first_screenful(self, adapter: str) -> set[str]:
+        """The shown fields a screen (at its tallest, the terminal) can hold from the top, and the
+        last few (Shift+Tab from the first field wraps to the last one): built in compose."""
+        shown = [
+            [s.name for s in specs if field_visible(s, depth=self.depth, adapter_type=adapter)] for _group, specs in grouped()
+        ]
+        lines, budget, eager = 0, self.app.size.height, set()
+        for names in shown:
+            if not names:
+                continue
+            lines += 3  # the section title (text and rule) and the gap after the section
+            for name in names:
+                if lines > budget:
+                    break
+                eager.add(name)
+                lines += 1
+        eager.update([name for names in shown for name in names][-LOOK_AROUND:])
+        return eager
 
     def on_mount(self) -> None:
         self._last = self.values
@@ -181,17 +208,56 @@ class ConfigForm(VerticalScroll):
         for section, rows in self._sections:
             any_shown = False
             for row in rows:
-                shown = field_visible(row.spec, depth=self.depth, adapter_type=adapter, has_error=row.spec.name in self._errors)
-                if shown:
-                    row.materialize()
-                row.display = shown
+                has_error = row.spec.name in self._errors
+                shown = field_visible(row.spec, depth=self.depth, adapter_type=adapter, has_error=has_error)
+                if shown and has_error:
+                    row.materialize()  # its error line sets its height: never a placeholder
+                elif shown and not row.built:
+                    row.add_class("-pending")
+                if row.display != shown:
+                    row.display = shown
                 any_shown = any_shown or shown
-            section.display = any_shown
+            if section.display != any_shown:
+                section.display = any_shown
+        self._schedule_fill()
+
+    # ------------------------------------------------------------------ placeholders
+
+    def _schedule_fill(self) -> None:
+        """Build the placeholder rows in view once the layout has placed them (one pass per refresh)."""
+        if not self._fill_scheduled:
+            self._fill_scheduled = True
+            self.call_after_refresh(self._fill_viewport)
+
+    def _fill_viewport(self) -> None:
+        self._fill_scheduled = False
+        area = self.region
+        if not area:
+            return
+        top, bottom = area.y - FILL_MARGIN, area.bottom + FILL_MARGIN
+        for row in self._rows.values():
+            if row.display and not row.built:
+                place = row.region
+                if place and place.y < bottom and place.bottom > top:
+                    row.materialize()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._schedule_fill()
+
+    def on_resize(self) -> None:
+        self._schedule_fill()
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         row = next((a for a in event.widget.ancestors_with_self if isinstance(a, FieldRow)), None)
         if row is None or row is self._current:
             return
+        # Tab and Shift+Tab go to the next shown field: it must exist as a widget by then.
+        shown = [r for r in self._rows.values() if r.display]
+        if row in shown:
+            at = shown.index(row)
+            for near in shown[max(0, at - LOOK_AROUND) : at + LOOK_AROUND + 1]:
+                near.materialize()
         if self._current is not None:
             self._current.remove_class("-current")
         self._current = row

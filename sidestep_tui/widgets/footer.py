@@ -17,7 +17,7 @@ from typing import NamedTuple
 from rich.cells import cell_len
 from textual import events
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
@@ -65,18 +65,42 @@ class SidestepFooter(Footer):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shape: tuple[bool, bool] | None = None  # (compact, two rows) the last compose used
+        self._drawn: tuple[object, ...] | None = None  # what the last compose showed (see _signature)
         self._recomposing = asyncio.Lock()
 
     async def recompose(self) -> None:
         """One recompose at a time: Textual starts one per bindings change and one per resize, and two
-        that overlap (a slow machine) remove the old keys, then both mount their rows (DuplicateIds)."""
+        that overlap (a slow machine) remove the old keys, then both mount their rows (DuplicateIds).
+        None when the keys are the ones already shown: Textual asks after every focus move and
+        screen switch (~20 times on a screen's first open), and each recompose remounts and restyles
+        every key."""
         async with self._recomposing:
+            if self._drawn is not None and self._bindings_ready and self.is_attached and self._drawn == self._signature():
+                return
             await super().recompose()
+
+    def _signature(self, shown: tuple[list[_Key], _Key | None] | None = None) -> tuple[object, ...]:
+        """Everything ``compose`` draws from: the shape, and each key's display, text, state and tooltip."""
+        keys, palette = shown or self._shown()
+        width = self.size.width or self.app.size.width
+        return (
+            self.shape(width, (keys, palette)),
+            tuple(
+                None if k is None else (k.binding.key, self.app.get_key_display(k.binding), k.binding.description,
+                                        k.binding.action, k.enabled, k.tooltip, k.global_)
+                for k in (*keys, palette)
+            ),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ what to show
 
-    def _keys(self) -> list[_Key]:
+    def _shown(self) -> tuple[list[_Key], _Key | None]:
+        """(keys, palette key) from one read of the screen's active bindings (each read asks every
+        binding's ``check_action``)."""
         active = self.screen.active_bindings
+        return self._keys(active), self._palette(active)
+
+    def _keys(self, active: dict[str, ActiveBinding]) -> list[_Key]:
         first_per_action: dict[str, _Key] = {}
         for node, binding, enabled, tooltip in active.values():
             if binding.show and binding.key != self.app.COMMAND_PALETTE_BINDING:
@@ -86,10 +110,10 @@ class SidestepFooter(Footer):
         keys.sort(key=lambda k: 0 if _is_fkey(k.binding) else 1)
         return keys
 
-    def _palette(self) -> _Key | None:
+    def _palette(self, active: dict[str, ActiveBinding]) -> _Key | None:
         if not (self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE):
             return None
-        found = self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING)
+        found = active.get(self.app.COMMAND_PALETTE_BINDING)
         if found is None:
             return None
         _node, binding, enabled, _tooltip = found
@@ -105,13 +129,13 @@ class SidestepFooter(Footer):
         # Its left border, plus a padding cell on the right when not compact; it has no margin (see CSS).
         return key_cells(display, description, compact) + (0 if compact else 2)
 
-    def shape(self, width: int) -> tuple[bool, bool]:
+    def shape(self, width: int, shown: tuple[list[_Key], _Key | None] | None = None) -> tuple[bool, bool]:
         """(compact, two rows) for a footer ``width`` cells wide. Narrow terminals always get two rows
         when the screen has keys of its own, so the rows do not come and go as keys are enabled and
         disabled (the content above would jump); wide ones only when one row cannot hold every key."""
         compact = width < NARROW
-        keys = self._keys()
-        one_row = self._cells(keys, compact) + self._palette_cells(self._palette(), compact)
+        keys, palette = shown or self._shown()
+        one_row = self._cells(keys, compact) + self._palette_cells(palette, compact)
         both = any(k.global_ for k in keys) and not all(k.global_ for k in keys)
         return compact, both and (compact or one_row > width)
 
@@ -139,11 +163,12 @@ class SidestepFooter(Footer):
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
             return
+        shown = keys, palette = self._shown()
+        self._drawn = self._signature(shown)
         width = self.size.width or self.app.size.width
-        compact, two_rows = self._shape = self.shape(width)
+        compact, two_rows = self._shape = self.shape(width, shown)
         self.compact = compact
         self.set_class(two_rows, "-two-rows")
-        keys, palette = self._keys(), self._palette()
         palette_widget = None if palette is None else self._key_widget(palette, "-command-palette")
         if not two_rows:
             yield from (self._key_widget(k) for k in keys)

@@ -95,6 +95,14 @@ class GpuPanel(Static):
     GpuPanel { height: auto; padding: 0 1; }
     """
 
+    _shown = ""
+
     def show(self, points: Sequence[ResourcePoint], *, compact: bool, device: str = "") -> None:
         width = self.content_region.width or max(20, self.size.width - 2)
-        self.update(render_gpu(points, width, compact=compact, device=device))
+        text = render_gpu(points, width, compact=compact, device=device)
+        if text == self._shown:  # a sample arrives every ~2 s; the monitor asks twice a second
+            return
+        # Its height follows the line count (height: auto): relayout only when that changes.
+        same_height = text.count("\n") == self._shown.count("\n") and bool(self._shown)
+        self._shown = text
+        self.update(text, layout=not same_height)

@@ -105,5 +105,10 @@ class ProgressPanel(Static):
     ProgressPanel { height: 3; padding: 0 1; }
     """
 
+    _shown = ""
+
     def show(self, state: RunState) -> None:
-        self.update(render_progress(state, self.content_region.width or self.size.width or 80))
+        text = render_progress(state, self.content_region.width or self.size.width or 80)
+        if text != self._shown:  # the monitor asks twice a second, whether or not anything changed
+            self._shown = text
+            self.update(text, layout=False)  # a fixed height (CSS): new text never changes the layout

@@ -100,8 +100,15 @@ class TimestepHistogram(Static):
     """
 
     cumulative = False
+    _shown: tuple[object, ...] = ()
 
     def show(self, hist: Histogram | None, mu: float | None, sigma: float | None) -> None:
         width = self.content_region.width or max(10, self.size.width - 2)
         height = self.content_region.height or self.size.height or 8
-        self.update(render_histogram(hist, width, height, cumulative=self.cumulative, mu=mu, sigma=sigma))
+        # A histogram arrives every log_heavy_every steps; the monitor asks twice a second.
+        key = (hist, width, height, self.cumulative, mu, sigma)
+        if key == self._shown:
+            return
+        self._shown = key
+        # Its size comes from the layout (1fr), never from the text: no relayout.
+        self.update(render_histogram(hist, width, height, cumulative=self.cumulative, mu=mu, sigma=sigma), layout=False)
