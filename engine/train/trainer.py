@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from engine import config as cfgmod
-from engine import discovery, fsutil, layout, moduleconfig, protocol
+from engine import discovery, fishermap, fsutil, layout, moduleconfig, protocol
+from engine.adapters.base import AdapterMismatchError
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
@@ -733,7 +734,13 @@ class Trainer:
             matched = p.adapter.load_state_dict(state["adapter"])
             p.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:
-            raise ckpt.CheckpointError(f"{where}: {exc}") from None
+            line = f"{where}: {exc}"
+            if isinstance(exc, AdapterMismatchError):  # with LoRA, most likely a fisher map that changed: say so
+                ranks = (v.shape[0] for k, v in state["adapter"].items() if "lora_A" in k and v.dim() == 2)
+                line = fishermap.resume_mismatch(
+                    line, dataset_dir=c.dataset_dir, adapter_type=c.adapter_type, ignore=c.ignore_fisher_map, saved_ranks=ranks
+                )
+            raise ckpt.CheckpointError(line) from None
         p.scheduler.load_state_dict(state["scheduler"])
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
