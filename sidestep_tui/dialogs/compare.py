@@ -39,7 +39,7 @@ def compare_files(paths: list[str]) -> tuple[moduleconfig.Comparison | None, str
 def comparison_head(cmp: moduleconfig.Comparison) -> str:
     """``comparison_text`` without its table: the files, the notes and the pairwise overlap."""
     lines = moduleconfig.comparison_text(cmp)
-    return "\n".join(lines[: len(lines) - len(cmp.rows) - 1]).strip()
+    return "\n".join(line for line in lines[: len(lines) - len(cmp.rows) - 1] if line)
 
 
 class CompareDialog(ModalScreen[None]):
@@ -52,7 +52,7 @@ class CompareDialog(ModalScreen[None]):
     CompareDialog .compare-row { height: 1; }
     CompareDialog .compare-row > Label { width: 3; }
     CompareDialog .compare-row > PathInput { width: 1fr; }
-    CompareDialog #compare-head { height: auto; max-height: 8; }
+    CompareDialog #compare-head { height: auto; max-height: 8; border-top: solid $primary 40%; }
     CompareDialog #compare-head.-bad { color: $error; }
     CompareDialog #compare-table { height: 1fr; }
     CompareDialog #compare-keys { color: $text-muted; }

@@ -136,6 +136,9 @@ class DatasetScreen(EstimateActions, QuickScreen):
             id="dataset.estimate",
             tooltip="Rank the modules by gradient sensitivity: the top-k into a module config (sidestep estimate)",
         ),
+        # Once an estimate is shown, "Use estimate" takes its place in the footer (80 columns hold one of
+        # the two); Ctrl+L still estimates again.
+        Binding("ctrl+l", "estimate_again", "Estimate", id="dataset.estimate-again", show=False, tooltip="Estimate again"),
         Binding("ctrl+x", "stop_estimate", "Stop", id="dataset.stop-estimate", tooltip="Stop the estimate (nothing is written)"),
         Binding(
             "ctrl+y",
@@ -149,6 +152,7 @@ class DatasetScreen(EstimateActions, QuickScreen):
             "compare",
             "Compare",
             id="dataset.compare",
+            show=False,  # in the palette and the estimate's status line: 80 columns hold no more keys
             tooltip="Compare module configs side by side (sidestep compare-configs)",
         ),
     ]
@@ -279,8 +283,11 @@ class DatasetScreen(EstimateActions, QuickScreen):
             return self.source == TENSORS
         if action in ("tags", "analyze_audio"):
             return self.source == AUDIO and self.prep.report is not None and self.prep.state not in (STARTING, RUNNING)
-        if action in ("analyze", "estimate"):
+        if action == "analyze":
             return self.source == TENSORS and not self.analysis_job and not self.estimates.job
+        if action in ("estimate", "estimate_again"):
+            idle = self.source == TENSORS and not self.analysis_job and not self.estimates.job
+            return idle and (action == "estimate") != bool(self.estimates.path)
         if action == "stop_estimate":
             return self.source == TENSORS and bool(self.estimates.job)
         if action == "use_estimate":

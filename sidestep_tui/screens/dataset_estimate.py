@@ -69,6 +69,9 @@ class EstimateActions(QuickScreen):
 
         self.app.push_screen(EstimateDialog(os.path.join(folder, moduleconfig.TUI_OUTPUT), about), start)
 
+    def action_estimate_again(self) -> None:
+        self.action_estimate()
+
     def action_stop_estimate(self) -> None:
         if self.app.session.send(StopRun()):
             self.notify("Stopping the estimate after the current batch; nothing is written.", title="Estimate")

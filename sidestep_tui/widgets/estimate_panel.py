@@ -103,7 +103,7 @@ class EstimatePanel(Vertical):
             self.show_ranking(result.ranking, result.top_k)
             self._end(
                 f"Wrote {result.path}: the top {result.top_k} of {len(result.ranking)} by gradient sensitivity "
-                f"({result.elapsed_s:.0f} s). Ctrl+Y: train only these (Setup's module config)."
+                f"({result.elapsed_s:.0f} s). Ctrl+Y: train only these (Setup's module config); Ctrl+O: compare."
             )
         elif result is not None and result.status == "stopped":
             self._end("■ estimate stopped: nothing written")
