@@ -114,3 +114,24 @@ async def test_compare_shows_overlap_and_ranks_side_by_side(ckpt, env, demo_data
         await pilot.press("escape")
         await pilot.pause()
         assert type(app.screen).__name__ == "DatasetScreen"
+
+
+def test_bad_estimate_input_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    from sidestep_tui.dialogs.estimate import check_output
+    from sidestep_tui.widgets.estimate_panel import estimate_config_json
+
+    assert check_output(str(tmp_path / "m.json")) == ""
+    assert check_output(str(tmp_path)).endswith(f"is a folder: add a file name, e.g. {tmp_path / 'module_config.json'}")
+    assert (
+        check_output(str(tmp_path / "no" / "m.json")) == f"{tmp_path / 'no'} does not exist: choose a file in an existing folder"
+    )
+    out = str(tmp_path / "m.json")
+    assert estimate_config_json({}, str(tmp_path), out) == (
+        None,
+        "Choose a model first (Models screen, F1): the estimate runs it.",
+    )
+    model = {"checkpoint_dir": "/ckpt", "model_variant": "base"}
+    config_json, problem = estimate_config_json({**model, "top_k": "0"}, str(tmp_path), out)
+    assert config_json is None and problem.startswith("top_k: ") and problem.endswith("(Setup screen, F3)")
+    config_json, problem = estimate_config_json({**model, "top_k": 5, "rank": "not used here"}, str(tmp_path), out)
+    assert problem == "" and json.loads(config_json or "{}")["top_k"] == 5  # only the estimate's own fields are read
