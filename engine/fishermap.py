@@ -18,7 +18,7 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -491,27 +491,3 @@ def run_note(dataset_dir: str, *, adapter_type: str, ignore: bool, rank: int) ->
     except FisherMapError as exc:
         return f"Fisher rank map: ✗ {exc}"
     return f"Fisher rank map: {fmap.summary() if fmap else ''} (--ignore-fisher-map for rank {rank} everywhere)"
-
-
-def resume_mismatch(problem: str, *, dataset_dir: str, adapter_type: str, ignore: bool, saved_ranks: Iterable[int]) -> str:
-    """The one line for a resume whose checkpoint does not fit the adapter built now (``problem``: the
-    shape check's line), naming the fisher map when it is the likely cause: the map in the dataset folder
-    changed since the run started (its ranks are what the new adapter got), or the run trained with a map
-    (its saved LoRA ranks differ by module) that is gone or ignored now."""
-    if adapter_type != "lora":
-        return problem
-    path = path_in(dataset_dir)
-    used_now = os.path.isfile(path) and not ignore
-    if used_now:
-        return (
-            f"cannot resume: {path} gives other ranks or modules than this run's checkpoint was trained with (the fisher map changed "
-            "since the run started): restore the map the run started with, or start a new run "
-            "(--ignore-fisher-map if the run started without a map)"
-        )
-    if len(set(saved_ranks)) > 1:
-        why = "is ignored now (--ignore-fisher-map)" if os.path.isfile(path) else "is gone"
-        return (
-            f"cannot resume: this run's checkpoint was trained with per-module ranks from a {FILE_NAME} that {why}: "
-            f"restore {path} (and drop --ignore-fisher-map), or start a new run"
-        )
-    return problem

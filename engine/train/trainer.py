@@ -27,13 +27,13 @@ from typing import Any
 import torch
 
 from engine import config as cfgmod
-from engine import discovery, fishermap, fsutil, layout, moduleconfig, protocol
+from engine import discovery, fsutil, layout, moduleconfig, protocol
 from engine.adapters.base import AdapterMismatchError
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
 from engine.train import cruise, diskspace, dist, ema, hooks, recipe, rundir, throughput
-from engine.train.build import RunParts, build_run, timestep_mu_sigma
+from engine.train.build import RunParts, build_run, resume_mismatch, timestep_mu_sigma
 from engine.train.samples import TrainingSampler
 
 log = logging.getLogger("sidestep.engine")
@@ -737,7 +737,7 @@ class Trainer:
             line = f"{where}: {exc}"
             if isinstance(exc, AdapterMismatchError):  # with LoRA, most likely a fisher map that changed: say so
                 ranks = (v.shape[0] for k, v in state["adapter"].items() if "lora_A" in k and v.dim() == 2)
-                line = fishermap.resume_mismatch(
+                line = resume_mismatch(
                     line, dataset_dir=c.dataset_dir, adapter_type=c.adapter_type, ignore=c.ignore_fisher_map, saved_ranks=ranks
                 )
             raise ckpt.CheckpointError(line) from None

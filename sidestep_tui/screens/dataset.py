@@ -130,31 +130,14 @@ class DatasetScreen(EstimateActions, QuickScreen):
         ),
         Binding("ctrl+x", "stop_analysis", "Stop", id="dataset.stop-analysis", tooltip="Stop the analysis (nothing is written)"),
         Binding(
-            "ctrl+l",
-            "estimate",
-            "Estimate",
-            id="dataset.estimate",
-            tooltip="Rank the modules by gradient sensitivity: the top-k into a module config (sidestep estimate)",
+            "ctrl+l", "estimate", "Estimate", id="dataset.estimate", tooltip="Rank the modules: the top-k to a module config"
         ),
-        # Once an estimate is shown, "Use estimate" takes its place in the footer (80 columns hold one of
-        # the two); Ctrl+L still estimates again.
+        # Once there is an estimate, "Use estimate" takes this key's place in the footer (80 columns hold one of them).
         Binding("ctrl+l", "estimate_again", "Estimate", id="dataset.estimate-again", show=False, tooltip="Estimate again"),
         Binding("ctrl+x", "stop_estimate", "Stop", id="dataset.stop-estimate", tooltip="Stop the estimate (nothing is written)"),
-        Binding(
-            "ctrl+y",
-            "use_estimate",
-            "Use estimate",
-            id="dataset.use-estimate",
-            tooltip="Train only the estimate's top-k: Setup's module config (opens Setup)",
-        ),
-        Binding(
-            "ctrl+o",
-            "compare",
-            "Compare",
-            id="dataset.compare",
-            show=False,  # in the palette and the estimate's status line: 80 columns hold no more keys
-            tooltip="Compare module configs side by side (sidestep compare-configs)",
-        ),
+        Binding("ctrl+y", "use_estimate", "Use estimate", id="dataset.use-estimate", tooltip="Train only its top-k (Setup)"),
+        # In the palette and the estimate's status line: 80 columns hold no more keys.
+        Binding("ctrl+o", "compare", "Compare", id="dataset.compare", show=False, tooltip="Compare module configs side by side"),
     ]
 
     def __init__(self) -> None:
