@@ -273,6 +273,8 @@ class DatasetScreen(EstimateActions, QuickScreen):
             return idle and (action == "estimate") != bool(self.estimates.path)
         if action == "stop_estimate":
             return self.source == TENSORS and bool(self.estimates.job)
+        if action == "compare":
+            return self.source == TENSORS
         if action == "use_estimate":
             return self.source == TENSORS and bool(self.estimates.path) and not self.estimates.job
         if action == "stop_analysis":

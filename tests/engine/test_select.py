@@ -132,6 +132,7 @@ def test_a_stop_during_auto_estimate_is_a_stopped_run(demo_config_values):
     """Stopped while it estimates (the TUI's stop; SIGINT/SIGTERM headless set the same flag): a stopped
     run with no adapter, one line saying so, ``stopped`` in ``sidestep runs``, and the folder free for a new start."""
     from engine import runs
+    from engine.cli.queue import _refuse_used_output
     from engine.train import rundir
 
     values = dict(demo_config_values, max_steps=2, auto_estimate=True, top_k=2, estimate_batches=3)
@@ -151,3 +152,4 @@ def test_a_stop_during_auto_estimate_is_a_stopped_run(demo_config_values):
     summary = runs.summarize_run(values["output_dir"])
     assert summary.status == "stopped" and summary.adapter_path is None
     rundir.claim(values["output_dir"], resuming=False, overwrite=False, run_id="next").release()  # trained nothing: reusable
+    _refuse_used_output(cfgmod.parse(values))  # and `sidestep queue add` agrees (no error)
