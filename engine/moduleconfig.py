@@ -30,6 +30,26 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # The modules an estimate ranks and a module config may name, per decoder layer (ACE_STEP.md §3.5).
 LAYER_MODULES = tuple(f"{a}.{p}" for a in ATTENTIONS for p in ATTN_PROJECTIONS) + tuple(f"mlp.{p}" for p in MLP_PROJECTIONS)
 DEFAULT_OUTPUT = "estimate_results.json"  # Side-Step's default --estimate-output
+TUI_OUTPUT = "module_config.json"  # what the TUI's estimate writes into the dataset folder unless told otherwise
+# ``sidestep estimate``'s settings (its flags, the TUI's job): each the training schema's own field.
+ESTIMATE_FIELDS = (
+    "checkpoint_dir",
+    "model_variant",
+    "base_model",
+    "device",
+    "precision",
+    "attention_backend",
+    "dataset_dir",
+    "batch_size",
+    "num_workers",
+    "seed",
+    "chunk_duration",
+    "max_latent_length",
+    "gradient_checkpointing",
+    "estimate_batches",
+    "top_k",
+    "granularity",
+)
 
 _NAME = re.compile(r"(?:^|\.)(layers\.(\d+)(?:\.((?:self_attn|cross_attn)\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))?)$")
 EXAMPLE = "decoder.layers.0.self_attn.q_proj"
@@ -225,6 +245,16 @@ def to_json_list(ranking: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"module": display(name), "sensitivity": float(score)} for name, score in ranking]
 
 
+RANKING_COLUMNS = ("#", "module", "sensitivity", "top-k")
+
+
+def ranking_rows(ranking: Sequence[tuple[str, float]], top_k: int) -> list[tuple[str, str, str, str]]:
+    """An estimate's ranking as table rows: place, module, score, and ✓ for the ``top_k`` it selects."""
+    return [
+        (str(i), display(name), f"{score:.3e}", "✓ selected" if i <= top_k else "") for i, (name, score) in enumerate(ranking, 1)
+    ]
+
+
 # --------------------------------------------------------------------------- compare-configs
 
 
@@ -291,6 +321,14 @@ def _cell(rank: int | None, score: float | None) -> str:
     if rank is None:
         return "-"
     return f"#{rank}" + (f" {score:.3e}" if score is not None else "")
+
+
+def comparison_table(cmp: Comparison) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The rank-by-rank part of the comparison as (header, rows): module, then ``#rank score`` (or ``-``)
+    per file, the cells ``comparison_text`` prints."""
+    header = ("module", *cmp.labels)
+    rows = [(display(n), *(_cell(r, s) for r, s in zip(ranks, scores, strict=True))) for n, ranks, scores in cmp.rows]
+    return header, rows
 
 
 def comparison_text(cmp: Comparison) -> list[str]:

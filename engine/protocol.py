@@ -99,6 +99,18 @@ class StartAnalysis:
 
 
 @_frozen
+class StartEstimate:
+    """Gradient-sensitivity estimate (``sidestep estimate``): rank the decoder's modules over the dataset
+    and write the top ``top_k`` to ``output`` (Side-Step's module-config JSON, atomically). ``config_json``
+    is a ``TrainConfig`` as JSON (model, dataset, device, batch, seed, ``estimate_batches``, ``top_k``,
+    ``granularity``). ``StopRun`` stops it between batches and nothing is written."""
+
+    run_id: str
+    config_json: str
+    output: str
+
+
+@_frozen
 class StopRun:
     """Finish the current optimizer step (preprocessing: the current file), save a checkpoint, then
     emit ``RunFinished(stopped)``. A stop always saves: no command throws the work away."""
@@ -124,7 +136,7 @@ class Shutdown:
     """Stop (saving) whatever runs, flush the sinks and exit the engine process with 0."""
 
 
-Command = StartRun | StartPreprocess | StartAnalysis | StopRun | SaveCheckpoint | PauseRun | ResumeRun | Shutdown
+Command = StartRun | StartPreprocess | StartAnalysis | StartEstimate | StopRun | SaveCheckpoint | PauseRun | ResumeRun | Shutdown
 COMMAND_TYPES: tuple[type, ...] = typing.get_args(Command)
 
 
@@ -370,6 +382,36 @@ class AnalysisDone:
 
 
 @_frozen
+class EstimateProgress:
+    """One measured batch of a gradient-sensitivity estimate: ``done`` of ``total``."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    done: int
+    total: int
+    elapsed_s: float = 0.0
+
+
+@_frozen
+class EstimateDone:
+    """An estimate ended: ``completed`` with ``path`` (the module config written: the top ``top_k``) and
+    the whole ranking, best first (``modules`` as ``layers.N[.kind.proj]``, ``scores`` beside them); or
+    ``stopped`` with nothing written (``path`` empty, no ranking). Failures are ``RunFailed``."""
+
+    run_id: str = ""
+    seq: int = 0
+    ts: float = 0.0
+    status: RunStatus
+    path: str
+    modules: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    top_k: int = 0
+    granularity: str = "module"
+    wall_s: float = 0.0
+
+
+@_frozen
 class RunFinished:
     run_id: str = ""
     seq: int = 0
@@ -421,6 +463,8 @@ Event = (
     | PreprocessProgress
     | AnalysisProgress
     | AnalysisDone
+    | EstimateProgress
+    | EstimateDone
     | RunFinished
     | RunFailed
     | EngineStopping

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 from engine.protocol import (
     AnalysisDone,
     Command,
+    EstimateDone,
     Event,
     PauseRun,
     ResumeRun,
@@ -32,6 +33,7 @@ from engine.protocol import (
     RunFinished,
     SaveCheckpoint,
     StartAnalysis,
+    StartEstimate,
     StartPreprocess,
     StartRun,
     StopRun,
@@ -155,7 +157,11 @@ class EngineSession:
         """PP++ in an engine; the Dataset screen follows the job by ``run_id``."""
         return self._begin(StartAnalysis(run_id=run_id or new_run_id("pp-"), options_json=options_json))
 
-    def _begin(self, command: StartRun | StartPreprocess | StartAnalysis) -> bool:
+    def start_estimate(self, config_json: str, output: str, *, run_id: str) -> bool:
+        """A gradient-sensitivity estimate in an engine; the Dataset screen follows it by ``run_id``."""
+        return self._begin(StartEstimate(run_id=run_id, config_json=config_json, output=output))
+
+    def _begin(self, command: StartRun | StartPreprocess | StartAnalysis | StartEstimate) -> bool:
         """Start ``command`` in an engine (an idle fresh one is reused, else a new one is spawned).
         False, with a notification, when another run is in progress."""
         client = self.client
@@ -237,7 +243,7 @@ class EngineSession:
         for event in events:
             if isinstance(event, RunFailed) and self.state.failure is not None:
                 self.host.show_failure(self.state.failure)
-        ended = any(isinstance(e, (RunFinished, RunFailed, AnalysisDone)) for e in events)
+        ended = any(isinstance(e, (RunFinished, RunFailed, AnalysisDone, EstimateDone)) for e in events)
         if ended and self.client is not None and self.client.owns_engine:
             self._stop_engine(self.client, then_leave=self._quit_when_idle)  # one engine per run
         elif ended and self._quit_when_idle:

@@ -27,6 +27,8 @@ from engine.protocol import (
     EngineReady,
     EngineStopping,
     EpochCompleted,
+    EstimateDone,
+    EstimateProgress,
     Event,
     Heartbeat,
     LogRecord,
@@ -175,14 +177,17 @@ class PreprocessStatus:
 # field (thousands of points) on every assignment would cost more than the update itself.
 @dataclass(frozen=True, slots=True)
 class AnalysisStatus:
-    """A PP++ job: measured batches of all, and once it ended its status and the map it wrote."""
+    """A PP++ job or a sensitivity estimate: measured batches of all, and once it ended its status and
+    the file it wrote (an estimate's whole ranking too, best first, and how many of it the file holds)."""
 
     done: int = 0
     total: int = 0
     elapsed_s: float = 0.0
-    status: str = ""  # "completed" | "stopped" once AnalysisDone came
+    status: str = ""  # "completed" | "stopped" once AnalysisDone / EstimateDone came
     path: str = ""
     summary: str = ""
+    ranking: tuple[tuple[str, float], ...] = ()
+    top_k: int = 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -514,6 +519,20 @@ def _changes(state: RunState, event: Event) -> dict[str, Any]:
         case AnalysisDone():
             prev = state.analysis or AnalysisStatus()
             analysis = AnalysisStatus(prev.done, prev.total, event.wall_s, event.status, event.path, event.summary)
+            return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None, "analysis": analysis}
+        case EstimateProgress():
+            analysis = AnalysisStatus(done=event.done, total=event.total, elapsed_s=event.elapsed_s)
+            detail = f"estimate: batch {event.done}/{event.total}"
+            return {
+                "phase": "preparing_data",
+                "phase_detail": detail,
+                "analysis": analysis,
+                "run_id": state.run_id or event.run_id,
+            }
+        case EstimateDone():
+            prev = state.analysis or AnalysisStatus()
+            ranking = tuple(zip(event.modules, event.scores, strict=False))
+            analysis = AnalysisStatus(prev.done, prev.total, event.wall_s, event.status, event.path, "", ranking, event.top_k)
             return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None, "analysis": analysis}
         case RunFinished():
             return {"phase": "finished", "paused": False, "wall_s": event.wall_s, "eta_s": None}

@@ -239,9 +239,118 @@ def run_training(config_json: str, bus: Any, inbox: Any, *, run_id: str, monitor
                 bus.log("warning", f"ignored {type(job).__name__}: a run is already active")
             return bool(inbox.state.stop_requested)
 
+        # Between batches a stop (the UI's, or SIGINT/SIGTERM headless) can be honoured: no abrupt exit.
+        interrupt_now, inbox.interrupt_now = inbox.interrupt_now, False
         try:
             config = with_estimate(config, log=lambda m: bus.log("info", m), cancel=stop_asked)
+        except EstimateCancelled as exc:
+            return stopped_before_training(config, bus, run_id=run_id, line=f"auto-estimate stopped: {exc}")
         except Exception as exc:  # reported like any run that cannot start
             return bus.emit(failure_event(exc))
+        finally:
+            inbox.interrupt_now = interrupt_now
         config_json = cfgmod.to_json(config)
     return train(config_json, bus, inbox, run_id=run_id, monitor=monitor)
+
+
+def stopped_before_training(config: cfgmod.TrainConfig, bus: Any, *, run_id: str, line: str) -> Any:
+    """A run stopped during its ``--auto-estimate``: ``RunFinished(stopped)`` with no adapter and no
+    steps, after ``line`` (why). The run folder records it (config.json for a new run, events.jsonl), so
+    ``sidestep runs`` lists it as stopped; a later start may reuse the folder (it trained nothing)."""
+    import math
+    import time
+
+    from engine import fsutil, protocol
+    from engine.channel.events import JsonlSink
+    from engine.train import rundir
+
+    started = time.time()
+    bus.run_id = run_id
+    held = jsonl = None
+    try:
+        held = rundir.claim(
+            config.output_dir,
+            resuming=config.resume_from is not None,
+            overwrite=config.overwrite,
+            run_id=run_id,
+            keep_out=(("--dataset-dir", config.dataset_dir), ("--checkpoint-dir", config.checkpoint_dir)),
+        )
+    except (rundir.RunDirError, OSError) as exc:
+        bus.log("warning", f"the stop is not recorded in a run folder: {exc}")
+    try:
+        if held is not None:
+            if not os.path.isfile(layout.config_path(held.run_dir)):
+                fsutil.write_text(layout.config_path(held.run_dir), cfgmod.to_json(config))
+            jsonl = JsonlSink(layout.events_path(held.run_dir))
+            bus.add(jsonl)
+        bus.log("warning", line)
+        return bus.emit(
+            protocol.RunFinished(
+                status="stopped",
+                steps=0,
+                epochs=0,
+                final_loss=math.nan,
+                best_loss=math.nan,
+                adapter_path="",
+                wall_s=time.time() - started,
+            )
+        )
+    finally:
+        if jsonl is not None:
+            bus.remove(jsonl)
+        if held is not None:
+            held.release()
+
+
+def run_estimate_job(config_json: str, output: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any = None) -> Any:
+    """``sidestep estimate`` in the engine process (the TUI's): ``EstimateProgress`` per batch, then
+    ``EstimateDone`` (completed: the top-k written atomically to ``output``, the whole ranking in the
+    event; stopped by ``StopRun``: nothing written) or ``RunFailed``. The UI never imports torch."""
+    import time
+
+    from engine import fsutil, protocol
+    from engine.train.trainer import failure_event
+
+    bus.run_id = run_id
+    started = time.time()
+    if monitor is not None:
+        monitor.phase = lambda: "preparing_data"
+    try:
+        config = cfgmod.from_json(config_json)
+        output = os.path.abspath(os.path.expanduser(output))
+        if os.path.isdir(output) or not os.path.isdir(os.path.dirname(output)):
+            what = "is a folder" if os.path.isdir(output) else "is in a folder that does not exist"
+            raise ValueError(f"module config {output} {what}; choose a file name in an existing folder")
+        bus.emit(protocol.PhaseChanged(phase="preparing_data", detail=f"estimating on {config.dataset_dir}"))
+
+        def stop_asked() -> bool:
+            for job in inbox.poll():
+                bus.log("warning", f"ignored {type(job).__name__}: an estimate is running")
+            return bool(inbox.state.stop_requested)
+
+        def progress(done: int, total: int) -> None:
+            bus.emit(protocol.EstimateProgress(done=done, total=total, elapsed_s=time.time() - started))
+
+        try:
+            ranking = estimate(config, progress=progress, cancel=stop_asked, log=lambda m: bus.log("info", m))
+        except EstimateCancelled as exc:
+            bus.log("info", str(exc))
+            return bus.emit(protocol.EstimateDone(status="stopped", path="", wall_s=time.time() - started))
+        chosen = top(ranking, config.top_k)
+        fsutil.write_json(output, moduleconfig.to_json_list(chosen))
+        return bus.emit(
+            protocol.EstimateDone(
+                status="completed",
+                path=output,
+                modules=tuple(name for name, _ in ranking),
+                scores=tuple(score for _, score in ranking),
+                top_k=len(chosen),
+                granularity=config.granularity,
+                wall_s=time.time() - started,
+            )
+        )
+    except BaseException as exc:  # reported as RunFailed; the engine stays up
+        event = bus.emit(failure_event(exc))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return event

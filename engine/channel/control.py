@@ -85,7 +85,7 @@ class CommandInbox:
                 self.state.shutdown_requested = True
                 self.state.stop_requested = True
                 self.state.paused = False
-            case protocol.StartRun() | protocol.StartPreprocess() | protocol.StartAnalysis():
+            case protocol.StartRun() | protocol.StartPreprocess() | protocol.StartAnalysis() | protocol.StartEstimate():
                 return cmd
             case _:
                 raise protocol.ProtocolError(f"unexpected command {type(cmd).__name__}")

@@ -14,6 +14,7 @@ import argparse
 from typing import Any, NoReturn
 
 from engine import config as cfgmod
+from engine import moduleconfig
 from engine import prepconfig as pcfg
 from engine.demo import default_demo_root
 
@@ -283,24 +284,7 @@ def add_audio_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ``sidestep estimate``: Side-Step's flags, each the training schema's own (names, help, checks).
-ESTIMATE_FIELDS = (
-    "checkpoint_dir",
-    "model_variant",
-    "base_model",
-    "device",
-    "precision",
-    "attention_backend",
-    "dataset_dir",
-    "batch_size",
-    "num_workers",
-    "seed",
-    "chunk_duration",
-    "max_latent_length",
-    "gradient_checkpointing",
-    "estimate_batches",
-    "top_k",
-    "granularity",
-)
+ESTIMATE_FIELDS = moduleconfig.ESTIMATE_FIELDS
 
 
 def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -50,7 +50,10 @@ def _refuse_used_output(config: cfgmod.TrainConfig) -> None:
     out = config.output_dir
     if not runs.is_run_dir(out) or config.resume_from:
         return
-    status = runs.summarize_run(out).status
+    summary = runs.summarize_run(out)
+    status = summary.status
+    if status == "stopped" and not summary.steps and not summary.adapter_path:
+        status = "not_started"  # stopped during its --auto-estimate: it trained nothing (as ``sidestep train`` sees it)
     if status == "running":
         raise ValueError(f"--output-dir {out} is in use by a running run; choose another folder")
     if (status in ("completed", "stopped") or os.path.isdir(layout.final_dir(out))) and not config.overwrite:

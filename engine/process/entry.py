@@ -115,6 +115,10 @@ def _serve(inbox: Any, bus: Any, monitor: Any) -> None:
                 run_preprocess_job(config_json, bus, inbox, run_id=run_id, monitor=monitor)
             case protocol.StartAnalysis(run_id=run_id, options_json=options_json):
                 run_analysis_job(options_json, bus, inbox, run_id=run_id, monitor=monitor)
+            case protocol.StartEstimate(run_id=run_id, config_json=config_json, output=output):
+                from engine.analysis.sensitivity import run_estimate_job
+
+                run_estimate_job(config_json, output, bus, inbox, run_id=run_id, monitor=monitor)
             case _:
                 raise protocol.ProtocolError(f"unexpected job {type(job).__name__}")
         bus.run_id = ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -144,6 +144,30 @@ def fisher_map_for_run(
     if config.optimizer_type != "prodigy" and lr > 1e-4:
         say("warning", f"learning rate {lr:g} with Fisher ranks: Side-Step suggests about 5e-5 (--learning-rate)")
     return fmap
+
+
+def resume_mismatch(problem: str, *, dataset_dir: str, adapter_type: str, ignore: bool, saved_ranks: Iterable[int]) -> str:
+    """The one line for a resume whose checkpoint does not fit the adapter built now (``problem``: the
+    shape check's line), naming the fisher map when it is the likely cause: the map in the dataset folder
+    changed since the run started (its ranks are what the new adapter got), or the run trained with a map
+    (its saved LoRA ranks differ by module) that is gone or ignored now."""
+    if adapter_type != "lora":
+        return problem
+    path = fishermap.path_in(dataset_dir)
+    used_now = os.path.isfile(path) and not ignore
+    if used_now:
+        return (
+            f"cannot resume: {path} gives other ranks or modules than this run's checkpoint was trained with (the fisher map changed "
+            "since the run started): restore the map the run started with, or start a new run "
+            "(--ignore-fisher-map if the run started without a map)"
+        )
+    if len(set(saved_ranks)) > 1:
+        why = "is ignored now (--ignore-fisher-map)" if os.path.isfile(path) else "is gone"
+        return (
+            f"cannot resume: this run's checkpoint was trained with per-module ranks from a {fishermap.FILE_NAME} that {why}: "
+            f"restore {path} (and drop --ignore-fisher-map), or start a new run"
+        )
+    return problem
 
 
 FabricPrecision = Literal["32-true", "bf16-mixed", "16-mixed"]

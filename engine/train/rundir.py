@@ -34,7 +34,8 @@ def _finished(run_dir: str) -> bool:
         events = protocol.read_events(path)
     except (OSError, protocol.ProtocolError):
         return True  # unreadable history: treat as something worth keeping
-    return any(isinstance(e, protocol.RunFinished) for e in events)
+    # A run stopped before it trained (during its --auto-estimate) holds nothing to protect.
+    return any(isinstance(e, protocol.RunFinished) and (e.steps or e.adapter_path) for e in events)
 
 
 class RunClaim:

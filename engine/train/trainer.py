@@ -28,11 +28,12 @@ import torch
 
 from engine import config as cfgmod
 from engine import discovery, fsutil, layout, moduleconfig, protocol
+from engine.adapters.base import AdapterMismatchError
 from engine.channel.control import CommandInbox
 from engine.channel.events import CallbackSink, EventBus, JsonlSink, StepAggregator
 from engine.train import checkpoint as ckpt
 from engine.train import cruise, diskspace, dist, ema, hooks, recipe, rundir, throughput
-from engine.train.build import RunParts, build_run, timestep_mu_sigma
+from engine.train.build import RunParts, build_run, resume_mismatch, timestep_mu_sigma
 from engine.train.samples import TrainingSampler
 
 log = logging.getLogger("sidestep.engine")
@@ -760,7 +761,13 @@ class Trainer:
                 matched = p.adapter.load_state_dict(state["adapter"])
                 p.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:
-            raise ckpt.CheckpointError(f"{where}: {exc}") from None
+            line = f"{where}: {exc}"
+            if isinstance(exc, AdapterMismatchError):  # with LoRA, most likely a fisher map that changed: say so
+                ranks = (v.shape[0] for k, v in state["adapter"].items() if "lora_A" in k and v.dim() == 2)
+                line = resume_mismatch(
+                    line, dataset_dir=c.dataset_dir, adapter_type=c.adapter_type, ignore=c.ignore_fisher_map, saved_ranks=ranks
+                )
+            raise ckpt.CheckpointError(line) from None
         p.scheduler.load_state_dict(state["scheduler"])
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])

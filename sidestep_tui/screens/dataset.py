@@ -18,7 +18,9 @@ Two tabs (Ctrl+T switches):
 A tensor folder's ``fisher_map.json`` (PP++ per-module LoRA ranks) is shown under its report: the ranking
 as a table (module, score ± spread, effective rank, assigned rank) and a per-layer heat strip. Ctrl+N
 runs the analysis (``sidestep analyze``) in the engine process for the chosen model, Ctrl+X stops it
-(nothing is written), and the new map is shown when it is done.
+(nothing is written), and the new map is shown when it is done. Ctrl+L runs the gradient-sensitivity
+estimate the same way (``screens.dataset_estimate``: the top-k into a module config, Ctrl+Y hands it to
+Setup), and Ctrl+O compares module configs side by side.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
 from ..session import LINK_LOST
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
+from ..widgets.estimate_panel import EstimatePanel
 from ..widgets.footer import SidestepFooter
 from ..widgets.path_input import PathField
+from .dataset_estimate import EstimateActions
 from .quick import QuickScreen
 from .screen_commands import ScreenActions
 
@@ -76,7 +80,7 @@ def read_fisher(path: str) -> tuple[fishermap.FisherMap | None, str]:
         return None, str(exc)
 
 
-class DatasetScreen(QuickScreen):
+class DatasetScreen(EstimateActions, QuickScreen):
     app = SidestepAppRef()
     CSS_PATH = "dataset.tcss"
     COMMANDS = {ScreenActions}
@@ -125,6 +129,15 @@ class DatasetScreen(QuickScreen):
             tooltip="Measure which modules matter for these tensors: per-module LoRA ranks in fisher_map.json",
         ),
         Binding("ctrl+x", "stop_analysis", "Stop", id="dataset.stop-analysis", tooltip="Stop the analysis (nothing is written)"),
+        Binding(
+            "ctrl+l", "estimate", "Estimate", id="dataset.estimate", tooltip="Rank the modules: the top-k to a module config"
+        ),
+        # Once there is an estimate, "Use estimate" takes this key's place in the footer (80 columns hold one of them).
+        Binding("ctrl+l", "estimate_again", "Estimate", id="dataset.estimate-again", show=False, tooltip="Estimate again"),
+        Binding("ctrl+x", "stop_estimate", "Stop", id="dataset.stop-estimate", tooltip="Stop the estimate (nothing is written)"),
+        Binding("ctrl+y", "use_estimate", "Use estimate", id="dataset.use-estimate", tooltip="Train only its top-k (Setup)"),
+        # In the palette and the estimate's status line: 80 columns hold no more keys.
+        Binding("ctrl+o", "compare", "Compare", id="dataset.compare", show=False, tooltip="Compare module configs side by side"),
     ]
 
     def __init__(self) -> None:
@@ -155,6 +168,7 @@ class DatasetScreen(QuickScreen):
                     yield Static("", id="fisher-status", markup=False)
                     yield Static("", id="fisher-heat", markup=False)
                     yield DataTable(id="fisher-table", cursor_type="row", zebra_stripes=True)
+                yield EstimatePanel(id="estimate-panel")
             with TabPane("Audio → tensors", id=AUDIO):
                 yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
         yield SidestepFooter()
@@ -253,7 +267,16 @@ class DatasetScreen(QuickScreen):
         if action in ("tags", "analyze_audio"):
             return self.source == AUDIO and self.prep.report is not None and self.prep.state not in (STARTING, RUNNING)
         if action == "analyze":
-            return self.source == TENSORS and not self.analysis_job
+            return self.source == TENSORS and not self.analysis_job and not self.estimates.job
+        if action in ("estimate", "estimate_again"):
+            idle = self.source == TENSORS and not self.analysis_job and not self.estimates.job
+            return idle and (action == "estimate") != bool(self.estimates.path)
+        if action == "stop_estimate":
+            return self.source == TENSORS and bool(self.estimates.job)
+        if action == "compare":
+            return self.source == TENSORS
+        if action == "use_estimate":
+            return self.source == TENSORS and bool(self.estimates.path) and not self.estimates.job
         if action == "stop_analysis":
             return self.source == TENSORS and bool(self.analysis_job)
         if action in ("preprocess", "use_tensors", "stop_preprocess"):
@@ -272,7 +295,8 @@ class DatasetScreen(QuickScreen):
         self.refresh_bindings()
 
     @on(AudioPrep.StateChanged)
-    def _prep_state(self) -> None:
+    @on(EstimatePanel.StateChanged)
+    def _job_state(self) -> None:
         self.refresh_bindings()
 
     def action_toggle_source(self) -> None:

@@ -147,12 +147,19 @@ def test_lora_run_trains_the_maps_ranks_and_ignore_restores_uniform(analysed, de
     assert len(announced) == 1 and "--ignore-fisher-map" in announced[0]
     assert _logs(events, "warning") == []  # made for this model, layers and tensors
 
-    events, final = _train({**base, "output_dir": str(tmp_path / "uniform"), "ignore_fisher_map": True})
+    events, final = _train({**base, "output_dir": str(tmp_path / "uniform"), "ignore_fisher_map": True, "save_every_n_steps": 2})
     adapter_config = _read_json(os.path.join(final.adapter_path, "adapter_config.json"))
     assert not adapter_config.get("rank_pattern") and adapter_config["r"] == 16
     uniform = _lora_a_ranks(final.adapter_path)
     assert len(uniform) == 44 and set(uniform.values()) == {16}
     assert any("ignored (--ignore-fisher-map)" in m for m in _logs(events, "info"))
+
+    # Resumed without the flag, the map's ranks no longer fit the checkpoint: one line naming the map and the fixes.
+    resumed = {**base, "output_dir": str(tmp_path / "uniform"), "resume_from": "auto", "max_steps": 3}
+    failed = Trainer(cfgmod.parse(resumed), EventBus([]), CommandInbox(None), run_id="t2").fit()
+    assert isinstance(failed, protocol.RunFailed), failed
+    assert failed.message.startswith(f"cannot resume: {os.path.join(dataset, 'fisher_map.json')} gives other ranks")
+    assert "restore the map" in failed.message and "--ignore-fisher-map" in failed.message and "\n" not in failed.message
 
 
 def test_a_map_from_another_model_warns_one_line_each(analysed, demo_paths, demo_config_values, tmp_path):

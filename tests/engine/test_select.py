@@ -103,3 +103,53 @@ def test_a_name_matching_no_module_is_one_line_before_anything_starts(demo_confi
 
 def fresh_decoder_from(values: dict) -> torch.nn.Module:
     return fresh_decoder({"model_dir": os.path.join(values["checkpoint_dir"], values["model_variant"])})
+
+
+def test_the_estimate_job_streams_progress_and_a_stop_writes_nothing(demo_config_values, tmp_path):
+    """The TUI's estimate (``StartEstimate`` in the engine process): a stop between batches ends it with
+    ``EstimateDone(stopped)`` and no file. (Completion, the file and the ranking: tests/ui/test_dataset_estimate.py.)"""
+    config = cfgmod.parse(dict(demo_config_values, estimate_batches=3, top_k=2))
+    output = tmp_path / "module_config.json"
+    events: list = []
+    inbox = CommandInbox(None)
+
+    def collect(event):
+        events.append(event)
+        if isinstance(event, protocol.EstimateProgress) and event.done == 1:
+            inbox.state.stop_requested = True  # what StopRun sets
+
+    final = sensitivity.run_estimate_job(
+        cfgmod.to_json(config), str(output), EventBus([CallbackSink(collect)]), inbox, run_id="e"
+    )
+    assert [(e.done, e.total) for e in events if isinstance(e, protocol.EstimateProgress)] == [(1, 3)]
+    assert isinstance(final, protocol.EstimateDone) and (final.status, final.path, final.modules) == ("stopped", "", ())
+    assert not [name for name in os.listdir(tmp_path) if "module_config" in name]  # no file, no temp left behind
+    bad = sensitivity.run_estimate_job(cfgmod.to_json(config), str(tmp_path / "no" / "x.json"), EventBus([]), inbox, run_id="e")
+    assert isinstance(bad, protocol.RunFailed) and "does not exist" in bad.message and "\n" not in bad.message
+
+
+def test_a_stop_during_auto_estimate_is_a_stopped_run(demo_config_values):
+    """Stopped while it estimates (the TUI's stop; SIGINT/SIGTERM headless set the same flag): a stopped
+    run with no adapter, one line saying so, ``stopped`` in ``sidestep runs``, and the folder free for a new start."""
+    from engine import runs
+    from engine.cli.queue import _refuse_used_output
+    from engine.train import rundir
+
+    values = dict(demo_config_values, max_steps=2, auto_estimate=True, top_k=2, estimate_batches=3)
+    events: list = []
+    inbox = CommandInbox(None)
+
+    def collect(event):
+        events.append(event)
+        if isinstance(event, protocol.LogRecord) and event.message.startswith("auto-estimate: batch 1/"):
+            inbox.state.stop_requested = True
+
+    final = sensitivity.run_training(cfgmod.to_json(cfgmod.parse(values)), EventBus([CallbackSink(collect)]), inbox, run_id="t")
+    assert isinstance(final, protocol.RunFinished), final
+    assert (final.status, final.steps, final.adapter_path) == ("stopped", 0, "")
+    said = [e.message for e in events if isinstance(e, protocol.LogRecord) and e.level == "warning"]
+    assert said == ["auto-estimate stopped: the estimate was stopped after 1 of 3 batches; nothing was written"]
+    summary = runs.summarize_run(values["output_dir"])
+    assert summary.status == "stopped" and summary.adapter_path is None
+    rundir.claim(values["output_dir"], resuming=False, overwrite=False, run_id="next").release()  # trained nothing: reusable
+    _refuse_used_output(cfgmod.parse(values))  # and `sidestep queue add` agrees (no error)

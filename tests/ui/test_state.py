@@ -180,6 +180,8 @@ def test_every_event_type_is_handled() -> None:
         p.PreprocessProgress: dict(stage="pass1", index=1, total=2, file="a.wav", status="ok"),
         p.AnalysisProgress: dict(run=1, runs=1, group="mlp", pass_index=3, passes=3, batch=1, batches=1, done=3, total=3),
         p.AnalysisDone: dict(status="completed", path="/d/fisher_map.json"),
+        p.EstimateProgress: dict(done=1, total=2),
+        p.EstimateDone: dict(status="completed", path="/d/module_config.json", modules=("layers.0.mlp.up_proj",), scores=(1.0,)),
         p.RunFinished: dict(status="completed", steps=1, epochs=1, final_loss=1.0, best_loss=1.0, adapter_path="/a", wall_s=1.0),
         p.RunFailed: dict(error_type="E", message="m"),
         p.EngineStopping: dict(),

@@ -123,6 +123,7 @@ def test_the_closed_vocabularies_are_declared_as_literals() -> None:
         ("PreprocessProgress", "status"),
         ("RunFinished", "status"),
         ("AnalysisDone", "status"),
+        ("EstimateDone", "status"),
     }
     assert typing.get_args(protocol.Phase) == protocol.PHASES and "training" in protocol.PHASES
     assert protocol.RUN_STATUSES == ("completed", "stopped")
