@@ -208,8 +208,8 @@ def _pretrain_steps(
     batch: int,
 ) -> None:
     decoder = model.decoder
-    for step in range(steps):
-        frames = PRETRAIN_SECONDS * LATENT_FPS
+    frames = PRETRAIN_SECONDS * LATENT_FPS
+    for _ in range(steps):
         weights = torch.softmax(3.0 * torch.randn(batch, N_PATTERNS, generator=generator), dim=-1)
         x0 = torch.stack([_sample_latents(w, frames, patterns) for w in weights])
         cond = torch.einsum("bk,klh->blh", weights, conditions)
