@@ -309,7 +309,7 @@ def run_estimate_job(config_json: str, output: str, bus: Any, inbox: Any, *, run
     import time
 
     from engine import fsutil, protocol
-    from engine.train.trainer import failure_event
+    from engine.train.trainer import report_job_failure
 
     bus.run_id = run_id
     started = time.time()
@@ -349,8 +349,5 @@ def run_estimate_job(config_json: str, output: str, bus: Any, inbox: Any, *, run
                 wall_s=time.time() - started,
             )
         )
-    except BaseException as exc:  # reported as RunFailed; the engine stays up
-        event = bus.emit(failure_event(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        return event
+    except BaseException as exc:
+        return report_job_failure(bus, exc)

@@ -153,7 +153,7 @@ def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, m
 
     from engine import prepconfig as pcfg
     from engine.audio.preprocess.pipeline import run_preprocess
-    from engine.train.trainer import failure_event
+    from engine.train.trainer import report_job_failure
 
     bus.run_id = run_id
     started = time.time()
@@ -180,11 +180,8 @@ def run_preprocess_job(config_json: str, bus: Any, inbox: Any, *, run_id: str, m
                 wall_s=time.time() - started,
             )
         )
-    except BaseException as exc:  # reported as RunFailed; the engine stays up
-        event = bus.emit(failure_event(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        return event
+    except BaseException as exc:
+        return report_job_failure(bus, exc)
 
 
 def run_analysis_job(options_json: str, bus: Any, inbox: Any, *, run_id: str, monitor: Any = None) -> Any:
@@ -196,7 +193,7 @@ def run_analysis_job(options_json: str, bus: Any, inbox: Any, *, run_id: str, mo
 
     from engine import fishermap
     from engine.analysis.fisher import AnalyzeOptions, Stopped, run_analysis
-    from engine.train.trainer import failure_event
+    from engine.train.trainer import report_job_failure
 
     bus.run_id = run_id
     started = time.time()
@@ -222,8 +219,5 @@ def run_analysis_job(options_json: str, bus: Any, inbox: Any, *, run_id: str, mo
         path = fishermap.write(options.dataset_dir, data)
         summary = fishermap.FisherMap(path=path, data=data).summary()
         return bus.emit(protocol.AnalysisDone(status="completed", path=path, summary=summary, wall_s=time.time() - started))
-    except BaseException as exc:  # reported as RunFailed; the engine stays up
-        event = bus.emit(failure_event(exc))
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        return event
+    except BaseException as exc:
+        return report_job_failure(bus, exc)

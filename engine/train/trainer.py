@@ -922,6 +922,15 @@ def failure_event(exc: BaseException, *, step: int = 0) -> protocol.RunFailed:
     )
 
 
+def report_job_failure(bus: EventBus, exc: BaseException) -> Any:
+    """For a job's ``except BaseException``: report ``exc`` as ``RunFailed`` (the engine stays up for the
+    next command); an interrupt or exit is then raised again so the process still ends."""
+    event = bus.emit(failure_event(exc))
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    return event
+
+
 def run_training(config_json: str, bus: EventBus, inbox: CommandInbox, *, run_id: str, monitor: Any = None) -> Any:
     """Parse, then train. A config error is a RunFailed (with every problem in the message)."""
     try:
