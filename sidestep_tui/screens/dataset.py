@@ -36,6 +36,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
+from textual.widget import AwaitMount
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from engine import discovery, fishermap, ptinspect, sidecar_edit
@@ -147,6 +148,7 @@ class DatasetScreen(EstimateActions, QuickScreen):
         self.fisher: fishermap.FisherMap | None = None
         self.analysis_job = ""  # the run id of our PP++ job while it runs
         self._analysis_dir = ""
+        self._prep: AudioPrep | None = None
 
     def compose(self) -> ComposeResult:
         # Before the widgets exist: set later (on_resize), the class restyles every widget on the screen.
@@ -169,8 +171,7 @@ class DatasetScreen(EstimateActions, QuickScreen):
                     yield Static("", id="fisher-heat", markup=False)
                     yield DataTable(id="fisher-table", cursor_type="row", zebra_stripes=True)
                 yield EstimatePanel(id="estimate-panel")
-            with TabPane("Audio → tensors", id=AUDIO):
-                yield AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
+            yield TabPane("Audio → tensors", id=AUDIO)  # its AudioPrep is built on the tab's first show
         yield SidestepFooter()
 
     def _initial_path(self) -> str:
@@ -256,7 +257,17 @@ class DatasetScreen(EstimateActions, QuickScreen):
 
     @property
     def prep(self) -> AudioPrep:
-        return self.query_one(AudioPrep)
+        self._build_prep()
+        assert self._prep is not None
+        return self._prep
+
+    def _build_prep(self) -> AwaitMount | None:
+        """The Audio → tensors tab's content, mounted when the tab is first shown (most visits never
+        open it: its ~40 widgets would be composed, styled and laid out on every first open)."""
+        if self._prep is not None:
+            return None
+        self._prep = AudioPrep(audio_dir=self.app.settings.last_audio_dir, id="audio-prep")
+        return self.query_one(f"#{AUDIO}", TabPane).mount(self._prep)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """One Ctrl+S, three meanings, only one shown at a time: use the tensor folder, start
@@ -291,7 +302,9 @@ class DatasetScreen(EstimateActions, QuickScreen):
         return True
 
     @on(TabbedContent.TabActivated)
-    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+    async def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == AUDIO and (mounting := self._build_prep()) is not None:
+            await mounting
         self.refresh_bindings()
 
     @on(AudioPrep.StateChanged)
@@ -299,12 +312,16 @@ class DatasetScreen(EstimateActions, QuickScreen):
     def _job_state(self) -> None:
         self.refresh_bindings()
 
-    def action_toggle_source(self) -> None:
+    async def action_toggle_source(self) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = AUDIO if tabs.active == TENSORS else TENSORS
         if tabs.active == TENSORS:
             self.query_one("#dataset-path", PathField).input.focus()
-        elif self.prep.state in (STARTING, RUNNING):
+            self.refresh_bindings()
+            return
+        if (mounting := self._build_prep()) is not None:
+            await mounting
+        if self.prep.state in (STARTING, RUNNING):
             self.prep.query_one("#prep-files").focus()
         else:
             self.prep.audio_field.input.focus()

@@ -57,9 +57,12 @@ class FieldRow(Widget):
         def control(self) -> FieldRow:
             return self.row
 
-    def __init__(self, spec: FieldSpec, value: RawValue, placeholder: str = "", *, lazy: bool = False) -> None:
+    def __init__(
+        self, spec: FieldSpec, value: RawValue, placeholder: str = "", *, lazy: bool = False, owner: Widget | None = None
+    ) -> None:
         super().__init__(id=f"row-{spec.name}", classes="field-row")
         self.spec = spec
+        self._owner = owner  # told of edits while the row is outside the widget tree (never shown yet)
         self._value = value  # the value while the row has no widget yet (lazy), then its first value
         self._placeholder = placeholder
         self._extra_items: tuple[str, ...] = ()
@@ -194,7 +197,10 @@ class FieldRow(Widget):
         if self._parts is None:
             if value != self._value:
                 self._value = value
-                self.post_message(self.Edited(self))  # as the widget would (the form keeps the last values)
+                # As the widget would (the form keeps the last values); a row outside the tree has no
+                # message loop yet, so its form hears it directly.
+                target = self._owner if self.parent is None and self._owner is not None else self
+                target.post_message(self.Edited(self))
             return
         widget, kind = self._widget, self.spec.kind
         if kind == "bool":
@@ -243,7 +249,7 @@ class FieldRow(Widget):
         if message == self._error:
             return  # called for every row on every keystroke: touch only what changed
         self._error = message
-        self.set_class(bool(message), "-invalid")
+        self.set_class(bool(message), "-invalid", update=self.parent is not None)
         if self._parts is not None:
             self._error_line.update(f"✗ {message}" if message else "")
 

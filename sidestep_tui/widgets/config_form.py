@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
+from textual.widget import AwaitMount, Widget
 from textual.widgets import Static
 
 from ..forms import ADVANCED, BASIC, SPEC_BY_NAME, RawValue, field_visible, grouped
@@ -99,23 +100,26 @@ class ConfigForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         # Rows and sections are kept in plain dicts/lists: the form reads all of them on every edit,
         # and DOM queries over ~350 widgets per keystroke would be slow.
-        # Rows hidden at the start (advanced, another adapter's) stay empty nodes until first shown;
-        # shown rows below the first screenful are one-line placeholders until scrolled or tabbed to.
+        # Rows hidden at the start (advanced, another adapter's) stay out of the widget tree until first
+        # shown (each node in the tree costs on every restyle and layout, shown or not); shown rows
+        # below the first screenful are one-line placeholders until scrolled or tabbed to.
         adapter = str(self._initial.get("adapter_type", ""))
         eager = self._first_screenful(adapter)
         for group, specs in grouped():
             rows = []
             for s in specs:
                 lazy = s.name not in eager
-                row = FieldRow(s, self._initial.get(s.name, ""), self._placeholders.get(s.name, ""), lazy=lazy)
+                row = FieldRow(s, self._initial.get(s.name, ""), self._placeholders.get(s.name, ""), lazy=lazy, owner=self)
                 if lazy and field_visible(s, depth=self.depth, adapter_type=adapter):
                     row.display = True
                     row.add_class("-pending", update=False)  # not mounted yet: nothing to restyle
                 rows.append(row)
-            section = Vertical(
-                Static(group, classes="section-title"), *rows, classes="form-section", id=f"section-{group.lower()}"
-            )
             self._rows.update((row.spec.name, row) for row in rows)
+            shown = [row for row in rows if row.display]
+            section = Vertical(
+                Static(group, classes="section-title"), *shown, classes="form-section", id=f"section-{group.lower()}"
+            )
+            section.display = bool(shown)
             self._sections.append((section, rows))
             yield section
 
@@ -187,6 +191,11 @@ class ConfigForm(VerticalScroll):
         row = self.row(name)
         row.display = True
         row.materialize()
+        if row.parent is None:  # never shown yet: joins the tree, and takes the focus once mounted
+            section, rows = next((section, rows) for section, rows in self._sections if row in rows)
+            self._mount_rows(section, rows, [])
+            self.call_after_refresh(self.focus_field, name)
+            return
         target = row.widget
         focusable = target if target.can_focus else next((w for w in target.query("*") if w.can_focus), None)
         if focusable is not None:
@@ -205,6 +214,7 @@ class ConfigForm(VerticalScroll):
         if not self.is_mounted:
             return
         adapter = self.adapter_type
+        mounts: list[AwaitMount] = []
         for section, rows in self._sections:
             any_shown = False
             for row in rows:
@@ -213,13 +223,34 @@ class ConfigForm(VerticalScroll):
                 if shown and has_error:
                     row.materialize()  # its error line sets its height: never a placeholder
                 elif shown and not row.built:
-                    row.add_class("-pending")
+                    row.add_class("-pending", update=row.parent is not None)
                 if row.display != shown:
                     row.display = shown
                 any_shown = any_shown or shown
+            if any_shown:
+                self._mount_rows(section, rows, mounts)
             if section.display != any_shown:
                 section.display = any_shown
+        if mounts:
+            self.call_next(self._fill_when_mounted, mounts)  # placed by the layout only once mounted
+        else:
+            self._schedule_fill()
+
+    async def _fill_when_mounted(self, mounts: list[AwaitMount]) -> None:
+        for mounted in mounts:
+            await mounted
         self._schedule_fill()
+
+    @staticmethod
+    def _mount_rows(section: Vertical, rows: list[FieldRow], mounts: list[AwaitMount]) -> None:
+        """Rows first shown join their section's tree, each after the one before it in the schema."""
+        previous: Widget | None = None
+        for row in rows:
+            if row.parent is None and row.display:
+                # after the one before it, or the section title
+                mounts.append(section.mount(row, after=0 if previous is None else previous))
+            if row.parent is not None:
+                previous = row
 
     # ------------------------------------------------------------------ placeholders
 

@@ -157,7 +157,7 @@ class SidestepFooter(Footer):
         # Compact from the start: bound later, each key would restyle itself once mounted (on every
         # recompose, which Textual does whenever the focus moves).
         widget.set_reactive(FooterKey.compact, self.compact)
-        widget.set_class(self.compact, "-compact")
+        widget.set_class(self.compact, "-compact", update=False)  # not mounted: styled once, when mounted
         return widget.data_bind(compact=Footer.compact)
 
     def compose(self) -> ComposeResult:

@@ -127,6 +127,21 @@ def _footer_keys(app: Any) -> set[str]:
     return {b.binding.description for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
 
 
+async def test_the_audio_tab_is_built_when_first_shown_even_by_a_click(build_app, ckpt_root: Path) -> None:
+    """The Dataset screen's first open composes no AudioPrep (most visits never open that tab); a
+    click on the tab, not only Ctrl+T, builds it and its keys."""
+    app = _app(build_app, ckpt_root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert not app.screen.query(AudioPrep)
+        await pilot.click("#--content-tab-tab-audio")
+        await wait_until(pilot, lambda: bool(app.screen.query("#audio-path")), 5, "the audio tab's widgets")
+        assert len(app.screen.query(AudioPrep)) == 1
+        await wait_until(pilot, lambda: "Preprocess" in _footer_keys(app), 5, "the audio tab's Ctrl+S")
+        await pilot.press("ctrl+t", "ctrl+t")  # away and back: the same one, not a second
+        assert len(app.screen.query(AudioPrep)) == 1 and app.focused is app.screen.prep.audio_field.input
+
+
 @scans
 async def test_the_builder_report_lists_every_file_and_problem(build_app, ckpt_root: Path, songs: Path) -> None:
     app = _app(build_app, ckpt_root)

@@ -28,6 +28,7 @@ from engine import discovery, ptinspect, vram
 from sidestep_tui import messages as m
 from sidestep_tui.app import make_app
 from sidestep_tui.settings import Settings
+from sidestep_tui.widgets.config_field import FieldRow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,9 +206,11 @@ async def test_form_has_a_field_for_every_schema_field(ckpt: Path, env: Path, de
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
         form = app.screen.form
-        # Rows hidden at the start are empty nodes (Setup's first open composes and restyles ~40 rows, not 95).
+        # Rows hidden at the start stay out of the widget tree (Setup's first open composes and restyles
+        # ~40 rows, not 107).
         hidden = [r for r in form.rows() if not r.display]
-        assert hidden and not any(r.built or r.children for r in hidden)
+        assert hidden and not any(r.built or r.children or r.parent for r in hidden)
+        assert list(form.query(FieldRow)) == [r for r in form.rows() if r.display]
         # Shown rows get their widgets down to the bottom of the form's view; the ones below are
         # one-line placeholders (the scrollbar stays true) until scrolled or tabbed to.
         shown = [r for r in form.rows() if r.display]
@@ -223,6 +226,9 @@ async def test_form_has_a_field_for_every_schema_field(ckpt: Path, env: Path, de
         await pilot.pause()
         assert form.depth == "advanced"
         assert form.row("num_workers").built and form.row("num_workers").children  # shown: given its widgets
+        # Rows first shown join the tree in schema order (Tab follows the tree).
+        assert list(form.query(FieldRow)) == [r for r in form.rows() if r.parent is not None]
+        assert all(r.parent for r in form.rows() if r.display)
         for f in dataclasses.fields(cfg.TrainConfig):
             row = form.row(f.name)
             assert row.widget.id == f"field-{f.name}"  # a hidden row gets its widget when asked (lazy)
