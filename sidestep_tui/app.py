@@ -9,16 +9,19 @@ their own timers. No torch here, ever: ``tests/unit/test_ui_import_hygiene.py`` 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from textual import on
+from textual._context import active_app
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
+from textual.widget import AwaitMount
 from textual.worker import Worker, WorkerState
 
 from engine.protocol import Command
@@ -34,9 +37,13 @@ from .theme import THEMES
 
 
 def _screen(module: str, name: str) -> Callable[[], Screen]:
-    """A MODES entry that imports its screen module on first use (keeps start-up light)."""
+    """A MODES entry that imports its screen module on first use (keeps start-up light). A mode's
+    screen built ahead by the warm-up (``SidestepApp._warm_up``) is handed over instead of a new one."""
 
     def make() -> Screen:
+        built = getattr(active_app.get(None), "prebuilt", {}).pop(module, None)
+        if built is not None:
+            return built
         screen: Screen = getattr(importlib.import_module(f"sidestep_tui.screens.{module}"), name)()
         # Its CSS is in the app's stylesheet from the start (CSS_PATH below), so a new screen needs no
         # CSS refresh: Textual's would reparse every rule and restyle every open screen (~0.5 s on a
@@ -75,6 +82,14 @@ class SidestepApp(EngineBridge, App[None]):
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks what to do with a running run)"),
     ]
 
+    # The screens a user opens first are built ahead, one at a time, once the app has been idle this
+    # long after start (None: never). Composing and styling a screen's widgets is most of a first
+    # open's time (Setup ~0.7 s of CPU on a 2-core machine); built ahead, a first open costs what a
+    # switch does. A key pressed meanwhile waits at most for the one screen being built.
+    WARM_UP_AFTER_S: float | None = 1.0
+    WARM_UP_GAP_S = 0.15
+    WARM_UP_ORDER = ("setup", "dataset", "monitor", "runs", "models", "queue")
+
     # Mirrors of ``session.state`` / ``session.banner`` for screens to watch. ``var``: a new state per
     # batch must not repaint the screen by itself; screens redraw on timers.
     run_state: var[RunState] = var(RunState, always_update=True, init=False)
@@ -108,6 +123,7 @@ class SidestepApp(EngineBridge, App[None]):
         self.session = EngineSession(
             self, log_dir=log_dir or str(config_dir() / "logs"), client_factory=client_factory, clock=clock
         )
+        self.prebuilt: dict[str, Screen] = {}  # mode -> its screen, built by the warm-up, not yet shown
 
     # ------------------------------------------------------------------ setup
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -127,6 +143,32 @@ class SidestepApp(EngineBridge, App[None]):
             self.session.show_waiting("preparing_demo", "writing or reusing the demo model and data")
             self.run_worker(self._prepare_demo, thread=True, name="demo-setup", group="demo-setup", exit_on_error=False)
         self.set_interval(1.0, self.session.check_silence, name="engine-silence")
+        if self.WARM_UP_AFTER_S is not None:
+            self.run_worker(self._warm_up(self.WARM_UP_AFTER_S), name="warm-up", group="warm-up", exit_on_error=False)
+
+    async def _warm_up(self, after_s: float) -> None:
+        """Build, mount and lay out the screens of ``WARM_UP_ORDER`` not yet open, one step at a time
+        with ``WARM_UP_GAP_S`` between steps so that keys pressed meanwhile are served first;
+        ``switch_mode`` then shows the built one (``_screen``). Screens refresh what may have changed
+        meanwhile when they are shown (``on_screen_resume``). Uses what Textual's own ``_init_mode``
+        does (``_register``, the screen's ``_refresh_layout``): private, hence the pinned Textual."""
+        await asyncio.sleep(after_s)
+        for mode in self.WARM_UP_ORDER:
+            await asyncio.sleep(self.WARM_UP_GAP_S)
+            if mode in self._screen_stacks or mode in self.prebuilt or self._exit:
+                continue
+            make = self.MODES[mode]
+            assert callable(make)  # every mode is a ``_screen`` factory
+            screen = make()
+            self.prebuilt[mode] = screen
+            await AwaitMount(screen, self._register(self, screen))  # composed and mounted, not shown
+            # Laid out too, until its widgets stop resizing one another (rows mounted to fill the view,
+            # text that wraps): an inactive screen's pending layout waits for it to be shown otherwise.
+            for _ in range(4):
+                await asyncio.sleep(self.WARM_UP_GAP_S)
+                if not screen.is_attached or self._exit or (screen.size == self.size and not screen._layout_widgets):
+                    break
+                screen._refresh_layout(self.size)
 
     def _prepare_demo(self) -> None:
         from .demo import demo_draft, prepare_demo_run

@@ -81,7 +81,11 @@ class QueueScreen(QuickScreen):
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns(*COLUMNS)
         self.action_refresh()
-        self.set_interval(REFRESH_S, self.action_refresh)
+        self.set_interval(REFRESH_S, self._refresh_shown)
+
+    def _refresh_shown(self) -> None:
+        if self.is_current:  # hidden (or built ahead), it reads the queue again when shown
+            self.action_refresh()
 
     def on_screen_resume(self) -> None:
         self.action_refresh()

@@ -1,5 +1,5 @@
 """Determinism for snapshots: a private settings dir, UTC for log stamps, no cursor blink, no animation,
-a fixed clock, no real GPUs, the default theme. Files go under each test's own ``tmp_path`` (never a
+a fixed clock, no real GPUs, the default theme, no screens built ahead. Files go under each test's own ``tmp_path`` (never a
 fixed folder: parallel runs would share it); where a screen prints a path, the test says how it is spelt.
 Update snapshots only after reading the report: ``pytest tests/snapshots --snapshot-update`` is refused
 unless SIDESTEP_SNAPSHOT_UPDATE=1."""
@@ -33,3 +33,6 @@ def _deterministic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     time.tzset()
     monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)  # the cursor stays drawn
     monkeypatch.setattr(discovery, "gpus", lambda: [])
+    from sidestep_tui.app import SidestepApp
+
+    monkeypatch.setattr(SidestepApp, "WARM_UP_AFTER_S", None)  # no screens built ahead mid-snapshot

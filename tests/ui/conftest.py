@@ -27,6 +27,14 @@ def _isolated_ui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No screens built ahead (``SidestepApp.WARM_UP_AFTER_S``) unless a test asks: it is a worker that
+    ``settle`` would wait for, and seconds of CPU per test. tests/ui/test_warm_up.py covers it, and the
+    tmux and browser tests run the app as users do, with it."""
+    monkeypatch.setattr(SidestepApp, "WARM_UP_AFTER_S", None)
+
+
+@pytest.fixture(autouse=True)
 def _record_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every notification the app shows, kept on the app (``_notes_seen``): a toast expires after a few
     seconds, and a loaded machine can take that long between the action and the assertion."""
