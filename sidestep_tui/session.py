@@ -40,7 +40,7 @@ from engine.protocol import (
 )
 
 from .engine_client import AttachClient, EngineClient, EngineClientProtocol, EngineError
-from .state import Failure, RunState, UiPhase, apply_all, engine_lost
+from .state import AnalysisStatus, Failure, RunState, UiPhase, apply_all, engine_lost
 
 SILENCE_S = 10.0
 """A heartbeat gap longer than this (process alive) shows the "not responding" banner."""
@@ -87,6 +87,17 @@ class SessionHost(Protocol):
 
     def session_changed(self) -> None:
         """``state`` or ``banner`` changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """Where an engine job the UI started (a PP++ analysis, an estimate) stands, for its follower:
+    ``waiting`` (its engine is starting), ``running`` (``line``: the engine's phase detail),
+    ``failed`` (``line``: the one-line reason), ``completed`` or ``stopped`` (``result``: its status)."""
+
+    status: Literal["waiting", "running", "failed", "completed", "stopped"]
+    line: str = ""
+    result: AnalysisStatus | None = None
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -200,6 +211,23 @@ class EngineSession:
         self.host.run_blocking("engine-stop", lambda: client.shutdown(10.0), then)
 
     # ------------------------------------------------------------------ commands
+    def follow_job(self, job: str, noun: str) -> JobView:
+        """The analysis job ``job`` (its run id) as its follower shows it; ``noun`` names it in the lines
+        ("analysis", "estimate")."""
+        run = self.state
+        if run.run_id != job:
+            if self.link in LINK_LOST:
+                return JobView("failed", f"✗ the {noun} did not start: {self.banner}")
+            return JobView("waiting")
+        result = run.analysis
+        if run.failure is not None:
+            return JobView("failed", f"✗ {noun} failed: {run.failure.message}", result)
+        if run.engine_lost:
+            return JobView("failed", f"✗ the engine died: {run.engine_lost}", result)
+        if result is not None and result.status in ("completed", "stopped"):
+            return JobView("completed" if result.status == "completed" else "stopped", "", result)
+        return JobView("running", run.phase_detail or "loading the model", result)
+
     def send(self, command: Command) -> bool:
         """Send one command to the engine; a dead engine or a read-only client is a notification."""
         if self.client is None:

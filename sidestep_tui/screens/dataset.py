@@ -45,7 +45,6 @@ from engine.protocol import StopRun
 from ..appref import SidestepAppRef
 from ..formatting import dataset_problems, dataset_summary
 from ..messages import DraftUpdated, SettingsChanged
-from ..session import LINK_LOST
 from ..widgets.audio_prep import DONE, RUNNING, STARTING, AudioPrep
 from ..widgets.estimate_panel import EstimatePanel
 from ..widgets.footer import SidestepFooter
@@ -483,29 +482,23 @@ class DatasetScreen(EstimateActions, QuickScreen):
     def _follow_analysis(self) -> None:
         if not self.analysis_job:
             return
-        session = self.app.session
-        run = session.state
+        job = self.app.session.follow_job(self.analysis_job, "analysis")
         status = self.query_one("#fisher-status", Static)
-        if run.run_id != self.analysis_job:
-            if session.link in LINK_LOST:
-                self._end_analysis(f"✗ the analysis did not start: {session.banner}")
+        if job.status == "waiting":
             return
-        analysis = run.analysis
-        if run.failure is not None:
-            self._end_analysis(f"✗ analysis failed: {run.failure.message}")
-        elif run.engine_lost:
-            self._end_analysis(f"✗ the engine died: {run.engine_lost}")
-        elif analysis is not None and analysis.status == "completed":
+        if job.status == "failed":
+            self._end_analysis(job.line)
+        elif job.status == "completed":
             self._end_analysis("")
             self._show_fisher(*read_fisher(self._analysis_dir))
-        elif analysis is not None and analysis.status == "stopped":
+        elif job.status == "stopped":
             self._end_analysis("■ analysis stopped: nothing written")
             fmap, problem = read_fisher(self._analysis_dir)
             if fmap is not None:
                 self._show_fisher(fmap, problem)
                 status.update("■ analysis stopped: nothing written; the earlier map stays")
         else:
-            status.update(f"PP++: {run.phase_detail or 'loading the model'}…")
+            status.update(f"PP++: {job.line}…")
 
     def _end_analysis(self, text: str) -> None:
         self.analysis_job = ""

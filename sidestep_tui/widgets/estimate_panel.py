@@ -25,7 +25,6 @@ from engine import moduleconfig
 
 from .. import forms
 from ..appref import SidestepAppRef
-from ..session import LINK_LOST
 
 
 def estimate_config_json(draft: dict[str, Any], dataset_dir: str, output: str) -> tuple[str | None, str]:
@@ -87,28 +86,21 @@ class EstimatePanel(Vertical):
     def _follow(self) -> None:
         if not self.job:
             return
-        session = self.app.session
-        run = session.state
-        if run.run_id != self.job:
-            if session.link in LINK_LOST:
-                self._end(f"✗ the estimate did not start: {session.banner}")
-            return
-        result = run.analysis
-        if run.failure is not None:
-            self._end(f"✗ estimate failed: {run.failure.message}")
-        elif run.engine_lost:
-            self._end(f"✗ the engine died: {run.engine_lost}")
-        elif result is not None and result.status == "completed":
+        job = self.app.session.follow_job(self.job, "estimate")
+        result = job.result
+        if job.status == "failed":
+            self._end(job.line)
+        elif job.status == "completed" and result is not None:
             self.path = result.path
             self.show_ranking(result.ranking, result.top_k)
             self._end(
                 f"Wrote {result.path}: the top {result.top_k} of {len(result.ranking)} by gradient sensitivity "
                 f"({result.elapsed_s:.0f} s). Ctrl+Y: train only these (Setup's module config); Ctrl+O: compare."
             )
-        elif result is not None and result.status == "stopped":
+        elif job.status == "stopped":
             self._end("■ estimate stopped: nothing written")
-        else:
-            self._status(f"Estimate: {run.phase_detail or 'loading the model'}…")
+        elif job.status == "running":
+            self._status(f"Estimate: {job.line}…")
 
     def show_ranking(self, ranking: tuple[tuple[str, float], ...], top_k: int) -> None:
         table = self.query_one(DataTable)

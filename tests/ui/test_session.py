@@ -402,3 +402,36 @@ def test_the_real_engine_killed_is_a_died_link_with_the_sentinels_reason(tmp_pat
     deliver(session, client, until=lambda: session.link != "connected", timeout=60)
     assert session.link == "died" and session.banner == "Engine died: killed (likely the OOM killer)"
     assert host.notes[-1] == ("error", "Engine died: killed (likely the OOM killer)")
+
+
+def test_follow_job_names_how_an_engine_job_stands(tmp_path: Path) -> None:
+    """The one reading of an analysis job (the Dataset screen's PP++ and estimate both follow with it)."""
+
+    def view(session: EngineSession) -> tuple[str, str]:
+        job = session.follow_job("est-1", "estimate")
+        return job.status, job.line
+
+    session, _ = make_session(tmp_path)
+    assert view(session) == ("waiting", "")  # the engine is starting: another run id, or none yet
+    session.on_start_failed("handshake timed out")
+    assert view(session) == ("failed", "✗ the estimate did not start: Engine did not start: handshake timed out")
+
+    session, _ = make_session(tmp_path)
+    session.on_events([p.PhaseChanged(run_id="est-1", seq=0, ts=0.0, phase="preparing_data", detail="measuring /d")])
+    assert view(session) == ("running", "measuring /d")
+    session.on_events([p.EstimateDone(run_id="est-1", seq=1, ts=0.0, status="completed", path="/d/m.json", top_k=2)])
+    job = session.follow_job("est-1", "estimate")
+    assert (job.status, job.result.path if job.result else None) == ("completed", "/d/m.json")
+    assert session.follow_job("other", "estimate").status == "waiting"
+
+    started = p.PhaseChanged(run_id="est-1", seq=0, ts=0.0, phase="loading_model", detail="")
+    session, _ = make_session(tmp_path)
+    session.on_events([started, p.EstimateDone(run_id="est-1", seq=1, ts=0.0, status="stopped", path="")])
+    assert view(session)[0] == "stopped"
+
+    session, _ = make_session(tmp_path)
+    assert view(session) == ("waiting", "")
+    session.on_events([started])
+    assert view(session) == ("running", "loading the model")
+    session.on_events([p.RunFailed(run_id="est-1", seq=1, ts=0.0, error_type="DatasetError", message="no tensors in /d")])
+    assert view(session) == ("failed", "✗ estimate failed: no tensors in /d")
