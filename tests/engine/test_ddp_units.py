@@ -145,12 +145,11 @@ def test_fsdp_on_cuda_holds_no_base_on_the_gpu_until_it_is_sharded(demo_config_v
     saved_env = dict(os.environ)
     # torchrun's variables for one rank: Fabric joins them instead of starting processes
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", NODE_RANK="0")
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
+    base = 0
     at: dict[str, int] = {}
 
     def measure(event: object) -> None:
-        if isinstance(event, protocol.LogRecord):
+        if isinstance(event, protocol.LogRecord):  # build_run's own lines, as it emits them
             for prefix in ("model: ", "adapter: ", "fsdp: each rank holds"):
                 if event.message.startswith(prefix):
                     at[prefix] = torch.cuda.memory_allocated() - base
@@ -159,6 +158,8 @@ def test_fsdp_on_cuda_holds_no_base_on_the_gpu_until_it_is_sharded(demo_config_v
         fabric = dist.fabric_for(config, 1, 1)
         fabric.launch()
         group = dist.Group(fabric=fabric, rank=0, world=1, device=fabric.device, sharded=True)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()  # after the process group and its mesh are up
         parts = build_run(config, str(tmp_path), EventBus([CallbackSink(measure)]), set_phase=lambda *_: None, group=group)
         module = parts.adapter.module
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
