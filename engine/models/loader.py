@@ -45,13 +45,13 @@ class DeviceError(ValueError):
 
 @dataclass
 class LoadedModel:
-    decoder: nn.Module  # frozen, eval, on device, every floating tensor in ``dtype``
-    null_condition_emb: torch.Tensor  # [1, 1, hidden], frozen, on device, ``dtype``
+    decoder: nn.Module  # frozen, eval, on ``device``, every floating tensor in ``dtype``
+    null_condition_emb: torch.Tensor  # [1, 1, hidden], frozen, on ``device``, ``dtype``
     model_config: dict[str, Any]  # config.json as read
     model_dir: str
     attention_backend: str  # what the decoder actually runs
     dtype: torch.dtype
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the tensors are (``stage_on`` if given)
     base_quantization: str = "none"  # none, int8 or nf4 (engine/models/quant.py)
     param_count: int = 0  # decoder parameters as the unquantised model counts them
 
@@ -301,10 +301,17 @@ def load_decoder(
     attention_backend: str = "auto",
     log: Log = _noop,
     base_quantization: str = "none",
+    stage_on: torch.device | None = None,
 ) -> LoadedModel:
     """Load ``decoder`` + ``null_condition_emb`` from ``model_dir`` (the variant folder, not the root).
     ``base_quantization`` int8/nf4 holds the transformer Linear layers in bitsandbytes form
-    (``engine.models.quant``; call its ``check_available`` first for a one-line refusal)."""
+    (``engine.models.quant``; call its ``check_available`` first for a one-line refusal).
+    ``stage_on``: where the tensors are placed when that is not ``device`` (``--strategy fsdp`` loads on
+    the CPU and FSDP moves each shard to ``device``, engine/train/build.py ``load_placement``); the
+    attention backend is still chosen for ``device``, where the model will run."""
+    if stage_on is not None and base_quantization != "none":
+        raise ValueError("a quantised base is placed on its device as it is quantised: it cannot be staged elsewhere")
+    place = device if stage_on is None else stage_on
     path = Path(model_dir).expanduser()
     config = read_model_config(path)
     check_weights(path)
@@ -363,8 +370,8 @@ def load_decoder(
             f"{quant.weight_bytes(decoder) / 2**20:.1f} MiB instead of {before / 2**20:.1f} MiB"
         )
     else:
-        decoder.to(device=device, dtype=dtype)
-    null_emb = null_emb.to(device=device, dtype=dtype).requires_grad_(False)
+        decoder.to(device=place, dtype=dtype)
+    null_emb = null_emb.to(device=place, dtype=dtype).requires_grad_(False)
 
     on_meta = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
     if on_meta:
@@ -375,7 +382,8 @@ def load_decoder(
     assert not wrong, f"decoder parameter {wrong[0]} is not {dtype}"
 
     backend = getattr(decoder.config, "_attn_implementation", None) or candidates[0]
-    log(f"loaded {path.name}: decoder {param_count / 1e6:.1f}M params, {dtype}, {backend}, {device}")
+    where = str(device) if place == device else f"{place} (staged for {device})"
+    log(f"loaded {path.name}: decoder {param_count / 1e6:.1f}M params, {dtype}, {backend}, {where}")
     return LoadedModel(
         decoder=decoder,
         null_condition_emb=null_emb,
@@ -383,7 +391,7 @@ def load_decoder(
         model_dir=str(path),
         attention_backend=backend,
         dtype=dtype,
-        device=device,
+        device=place,
         base_quantization=base_quantization,
         param_count=param_count,
     )

@@ -181,6 +181,33 @@ def fabric_precision(device: torch.device, dtype: torch.dtype) -> FabricPrecisio
     return "bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"
 
 
+def load_placement(device: torch.device, *, sharded: bool) -> torch.device | None:
+    """Where the frozen base is loaded and the adapter attached, when not on the run's ``device``
+    itself (None). Under ``--strategy fsdp`` that is the CPU ("staging"): the base is the thing that
+    does not fit one accelerator, so no rank ever holds all of it there. torch's ``fully_shard`` then
+    moves what it manages to its mesh's device, layer by layer as ``shard_decoder`` calls it (torch
+    2.13 ``torch/distributed/fsdp/_fully_shard/_fsdp_init.py``: ``_get_modules_and_states`` calls
+    ``_move_states_to_device(params, buffers, device)``, which does ``tensor.data = tensor.to(device)``
+    for every managed parameter and buffer not already there, ``device`` being the mesh's, i.e.
+    ``torch.device("cuda", torch.cuda.current_device())``, which Fabric set to this rank's GPU), and
+    ``FSDPParam`` keeps only this rank's chunk (``_init_sharded_param``: "Let ``param_data`` be freed
+    normally when its ref count reaches 0"). Fabric itself never moves the module:
+    ``ModelParallelStrategy.module_to_device`` is a no-op (lightning_fabric 2.6
+    ``strategies/model_parallel.py``) and its ``setup_module`` only calls our ``parallelize_fn`` (and
+    materialises meta tensors, of which a loaded model has none). Peak accelerator memory while
+    sharding: the shards so far plus one full layer (or the decoder's non-layer rest, for the root)."""
+    return torch.device("cpu") if sharded else None
+
+
+def misplaced(module: torch.nn.Module, device: torch.device) -> str:
+    """The first parameter or buffer of ``module`` on another device type than ``device``, as
+    "NAME on DEVICE", or "" when everything is where the run computes."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.device.type != device.type:
+            return f"{name} on {tensor.device}"
+    return ""
+
+
 def build_run(
     config: cfgmod.TrainConfig,
     run_dir: str,
@@ -255,6 +282,14 @@ def build_run(
     fisher = fisher_map_for_run(config, model_dir, lambda level, line: bus.log(level, line))
 
     dtype = resolve_dtype(config.precision, device)
+    sharded = group is not None and group.sharded  # fsdp: the optimizer is built over the sharded parameters
+    stage_on = load_placement(device, sharded=sharded)
+    if stage_on is not None:
+        bus.log(
+            "info",
+            f"fsdp: the base loads on the {stage_on.type.upper()}, a full copy in each rank's host memory until it is "
+            f"sharded; each layer's shard moves to {device} as it is sharded",
+        )
     torch.manual_seed(config.seed)
     set_phase("loading_model", model_dir)
     loaded = load_decoder(
@@ -264,8 +299,11 @@ def build_run(
         attention_backend=config.attention_backend,
         log=lambda m: bus.log("info", m),
         base_quantization=config.base_quantization,
+        stage_on=stage_on,
     )
-    bus.log("info", f"model: {model_dir} on {device} ({str(dtype).removeprefix('torch.')}, attention {loaded.attention_backend})")
+    null_condition_emb = loaded.null_condition_emb.to(device)  # the trainer's, outside the module: on the run's device
+    where = f"{loaded.device} for {device}" if stage_on is not None else str(device)
+    bus.log("info", f"model: {model_dir} on {where} ({str(dtype).removeprefix('torch.')}, attention {loaded.attention_backend})")
     total_params = loaded.param_count
 
     torch.manual_seed(config.seed)  # adapter init is part of the seeded state
@@ -290,10 +328,16 @@ def build_run(
         )
     else:
         fabric = group.fabric  # launched before the run folder was claimed
-    sharded = group is not None and group.sharded  # fsdp: the optimizer is built over the sharded parameters
     module = fabric.setup_module(adapter.module) if sharded else None
     if sharded:
         from engine.train.dist import held_parameters
+
+        stray = misplaced(adapter.module, device)
+        if stray:
+            raise RuntimeError(
+                f"fsdp: {stray} after sharding, but the run computes on {device} (the model keeps a tensor FSDP did not "
+                "move): train it with --strategy ddp"
+            )
 
         held, whole = held_parameters(adapter.module)
         bus.log("info", f"fsdp: each rank holds about {held:,} of the model's {whole:,} parameters (the frozen base sharded)")
@@ -318,7 +362,7 @@ def build_run(
         optimizer=optimizer,
         scheduler=scheduler,
         adapter=adapter,
-        null_condition_emb=loaded.null_condition_emb,
+        null_condition_emb=null_condition_emb,
         generator=generator,
         tracker=tracker,
         dataset=dataset,

@@ -87,6 +87,19 @@ def launch(config: cfgmod.TrainConfig) -> Group | None:
         problem = fsdp_refusal(config)
         if problem:
             raise ValueError(problem)
+    fabric = fabric_for(config, devices, nodes)
+    fabric.launch()
+    return Group(
+        fabric=fabric,
+        rank=fabric.global_rank,
+        world=fabric.world_size,
+        device=fabric.device,
+        sharded=config.strategy == "fsdp",
+    )
+
+
+def fabric_for(config: cfgmod.TrainConfig, devices: int, nodes: int) -> Any:
+    """The (not yet launched) Fabric of a group: its accelerator, precision and strategy."""
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
@@ -113,15 +126,7 @@ def launch(config: cfgmod.TrainConfig) -> Group | None:
         )
     else:
         strategy = DDPStrategy(process_group_backend=backend, timeout=timeout)
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy, precision=precision)
-    fabric.launch()
-    return Group(
-        fabric=fabric,
-        rank=fabric.global_rank,
-        world=fabric.world_size,
-        device=fabric.device,
-        sharded=config.strategy == "fsdp",
-    )
+    return Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy, precision=precision)
 
 
 def fsdp_refusal(config: cfgmod.TrainConfig) -> str:

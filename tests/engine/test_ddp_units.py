@@ -1,10 +1,13 @@
 """The pieces of a several-process run that need no second process: each rank's share of the data
 and of the random draws is its rows of what one process with the global batch gets; the schema's
-fields; the figures the Monitor and ``sidestep attach`` show."""
+fields; the figures the Monitor and ``sidestep attach`` show; where ``--strategy fsdp`` places the
+frozen base before it is sharded."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 
 import pytest
 import torch
@@ -95,3 +98,77 @@ def test_the_slowest_rank_reaches_the_monitor_and_attach():
     assert "ranks: 0 0.50s 900 MiB, 1 0.75s 2.00 GiB, 2 0.25s 10 MiB (slowest 1)" in render(event)
     one = dataclasses.replace(event, rank_step_time_s=(), rank_memory_mb=())
     assert "ranks" not in render(one) and apply(RunState(), one).slowest_rank is None
+
+
+def test_fsdp_stages_the_base_on_the_cpu_not_on_the_ranks_gpu(demo_config_values, demo_paths):
+    """--strategy fsdp never puts the whole frozen base on a rank's accelerator: build_run loads it and
+    attaches the adapter on the CPU, for the GPU it will run on (fully_shard moves each shard there).
+    The GPU here is only named, never touched (fp32: no flash-attn probe), so this runs on any machine;
+    without the staging the load moves the decoder to CUDA and fails (or, with a GPU, lands there)."""
+    from engine.adapters import attach_adapter
+    from engine.models.loader import load_decoder
+    from engine.train.build import load_placement, misplaced
+
+    gpu = torch.device("cuda", 0)
+    assert load_placement(gpu, sharded=False) is None  # one process or ddp: straight onto the device
+    stage_on = load_placement(gpu, sharded=True)
+    assert stage_on == torch.device("cpu")
+    model_dir = os.path.join(demo_paths["checkpoint_dir"], demo_paths["model_variant"])
+    lines: list[str] = []
+    loaded = load_decoder(model_dir, device=gpu, dtype=torch.float32, stage_on=stage_on, log=lines.append)
+    adapter = attach_adapter(loaded.decoder, cfgmod.parse(dict(demo_config_values, strategy="fsdp")))
+    placed = [*adapter.module.parameters(), *adapter.module.buffers(), loaded.null_condition_emb]
+    assert {t.device.type for t in placed} == {"cpu"} and adapter.trainable_params > 0
+    assert loaded.device == stage_on and lines[-1].endswith("cpu (staged for cuda:0)"), lines[-1]
+    # what build_run checks after sharding: everything on the run's device type, else the first stray named
+    assert misplaced(adapter.module, gpu).endswith(" on cpu") and misplaced(adapter.module, stage_on) == ""
+    with pytest.raises(ValueError, match="quantised base"):  # bitsandbytes places as it quantises (fsdp refuses it)
+        load_decoder(model_dir, device=gpu, dtype=torch.float32, stage_on=stage_on, base_quantization="int8")
+
+
+@pytest.mark.gpu
+def test_fsdp_on_cuda_holds_no_base_on_the_gpu_until_it_is_sharded(demo_config_values, tmp_path):
+    """build_run's real path with a one-process fsdp group on CUDA: right after the load (and the
+    adapter) almost nothing is allocated on the GPU; after setup the module's shards (here: all of it)
+    and no more. Memory is read at build_run's own log lines, as they are emitted."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (on the CPU the staging device is the run's device: nothing to measure)")
+    from engine.channel.events import CallbackSink, EventBus
+    from engine.train import dist
+    from engine.train.build import build_run, misplaced
+
+    values = dict(demo_config_values, device="cuda", precision="bf16", strategy="fsdp", output_dir=str(tmp_path / "run"))
+    config = cfgmod.parse(values)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    saved_env = dict(os.environ)
+    # torchrun's variables for one rank: Fabric joins them instead of starting processes
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", NODE_RANK="0")
+    base = 0
+    at: dict[str, int] = {}
+
+    def measure(event: object) -> None:
+        if isinstance(event, protocol.LogRecord):  # build_run's own lines, as it emits them
+            for prefix in ("model: ", "adapter: ", "fsdp: each rank holds"):
+                if event.message.startswith(prefix):
+                    at[prefix] = torch.cuda.memory_allocated() - base
+
+    try:
+        fabric = dist.fabric_for(config, 1, 1)
+        fabric.launch()
+        group = dist.Group(fabric=fabric, rank=0, world=1, device=fabric.device, sharded=True)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()  # after the process group and its mesh are up
+        parts = build_run(config, str(tmp_path), EventBus([CallbackSink(measure)]), set_phase=lambda *_: None, group=group)
+        module = parts.adapter.module
+        size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+        assert at["model: "] < 2**16 and at["adapter: "] < 2**16, (at, size)  # the null embedding, never the base
+        assert size // 2 < at["fsdp: each rank holds"] <= size + 2**20, (at, size)  # the shards moved, nothing more
+        assert misplaced(module, parts.device) == "" and parts.null_condition_emb.device == parts.device
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.cuda.empty_cache()

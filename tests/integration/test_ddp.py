@@ -174,6 +174,7 @@ def test_fsdp_shards_the_base_and_saves_the_adapter_one_process_trains(demo_conf
         if (m := re.search(r"holds about ([\d,]+) of the model's ([\d,]+)", line))
     )
     assert held <= whole * 0.6  # the base is sharded: rank 0 stores about half of it
+    assert any(m.startswith("fsdp: the base loads on the CPU") for m in logs)  # staged, then each shard moved
 
     a, b = adapter(str(tmp_path / "one")), adapter(straight)
     assert a.keys() == b.keys() and a
