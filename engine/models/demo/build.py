@@ -236,7 +236,7 @@ def start_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: 
             with _root_lock(root):
                 write_demo_checkpoint(checkpoint_root, size=size, seed=seed)
             status = 0
-        except BaseException as exc:  # noqa: BLE001  # everything must reach the parent as one line
+        except BaseException as exc:  # everything must reach the parent as one line
             with contextlib.suppress(OSError):
                 os.write(write_fd, f"{type(exc).__name__}: {sidecars.error_line(exc)}".encode())
         finally:
