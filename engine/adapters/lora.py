@@ -44,7 +44,13 @@ class LoraAdapter(Adapter):
     def _write(self, directory: Path, metadata: dict[str, str]) -> None:
         from safetensors.torch import save_file
 
-        self.module.save_pretrained(str(directory), safe_serialization=True, state_dict=self.full_state)
+        # PEFT writes a README model card first (a jinja template compiled on every save, ~25 ms; the demo saves
+        # ~28 times) that is not kept: skipped for this call, and any README still removed.
+        setattr(self.module, "create_or_update_model_card", lambda output_dir: None)  # noqa: B010  # setattr: mypy forbids assigning a method
+        try:
+            self.module.save_pretrained(str(directory), safe_serialization=True, state_dict=self.full_state)
+        finally:
+            delattr(self.module, "create_or_update_model_card")
         (directory / "README.md").unlink(missing_ok=True)
         config_path = directory / CONFIG_FILE
         adapter_config = json.loads(config_path.read_text())

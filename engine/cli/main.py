@@ -10,6 +10,7 @@ given on the command line.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -226,24 +227,33 @@ def cmd_compare_configs(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[str, str]:
+def setup_demo(root: str, *, audio: bool = False, progress: Any = None, one_shot: bool = False) -> dict[str, str]:
     """Write (or reuse) the demo model and data under ``root``; imports torch.
 
     ``audio=False``: synthetic training tensors (seconds; what the tests use). ``audio=True``: the
     whole user path: a demo VAE and text encoder beside the model, synthesised songs with sidecars,
     their ``dataset.json`` (the dataset builder's, beside the songs: the file a user edits next), then
-    the real two-pass preprocessing of it into ``<root>/tensors`` (finished files are reused)."""
-    from engine.models.demo.build import setup_demo as write_demo
+    the real two-pass preprocessing of it into ``<root>/tensors`` (finished files are reused).
+    ``one_shot``: this process does nothing else (the CLI), so it may tune the interpreter for it."""
+    if not audio:
+        from engine.models.demo.build import setup_demo as write_demo
 
-    paths = dict(write_demo(root))
-    paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
-    if audio:
+        paths = dict(write_demo(root))
+        paths["output_root"] = os.path.join(os.path.abspath(root), "runs")
+        return paths
+    from engine.models.demo.build import DEMO_FOLDER, start_demo_checkpoint
+
+    # The demo model is built and pre-trained meanwhile (a forked child on Linux); pass 2 waits for it.
+    # The synthetic training tensors of the path above are not written: the songs' tensors replace them.
+    job = start_demo_checkpoint(root)
+    try:
         from engine import prepconfig as pcfg
         from engine.audio.builder import build_dataset
         from engine.audio.preprocess.pipeline import run_preprocess
         from engine.models.demo.audio import synthesize_demo_audio, write_demo_audio_components
 
-        write_demo_audio_components(paths["checkpoint_dir"])
+        checkpoint_dir = os.path.join(os.path.abspath(root), "checkpoints")
+        write_demo_audio_components(checkpoint_dir)
         audio_dir = os.path.join(os.path.abspath(root), "audio")
         if not os.path.isdir(audio_dir):
             synthesize_demo_audio(audio_dir)
@@ -253,25 +263,40 @@ def setup_demo(root: str, *, audio: bool = False, progress: Any = None) -> dict[
         tensors = os.path.join(os.path.abspath(root), "tensors")
         config = pcfg.parse(
             {
-                "checkpoint_dir": paths["checkpoint_dir"],
-                "model_variant": paths["model_variant"],
+                "checkpoint_dir": checkpoint_dir,
+                "model_variant": DEMO_FOLDER,
                 "dataset_json": dataset_json,
                 "output_dir": tensors,
                 "device": "cpu",
             }
         )
-        summary = run_preprocess(config, progress or (lambda event: None))
-        if summary.failed:
-            raise RuntimeError(f"demo preprocessing failed for {summary.failed[0][0]}: {summary.failed[0][1]}")
-        paths["audio_dir"] = audio_dir
-        paths["dataset_dir"] = tensors
-    return paths
+        if one_shot:
+            # Everything imported so far (torch, transformers, diffusers) lives as long as the process: frozen,
+            # the full collections preprocessing runs between its passes skip it (1 s of the demo's setup).
+            gc.freeze()
+        summary = run_preprocess(config, progress or (lambda event: None), model_ready=job.wait)
+    finally:
+        job.cancel()  # only an unfinished one: after an error above
+    if summary.failed:
+        raise RuntimeError(f"demo preprocessing failed for {summary.failed[0][0]}: {summary.failed[0][1]}")
+    return {
+        "checkpoint_dir": checkpoint_dir,
+        "model_variant": DEMO_FOLDER,
+        "dataset_dir": tensors,
+        "output_root": os.path.join(os.path.abspath(root), "runs"),
+        "audio_dir": audio_dir,
+    }
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     root = ns.root or default_demo_root()
+    # Before torch loads OpenMP: an idle OpenMP thread sleeps instead of spinning. The demo runs two
+    # threads beside its one-thread model builder, often on a busy 2-core machine, where spinning threads
+    # made the VAE pass 2.5x slower than one thread; on an idle machine two threads still halve it.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if ns.setup_only:
-        print(json.dumps(setup_demo(root, audio=not ns.from_tensors)))
+        print(json.dumps(setup_demo(root, audio=not ns.from_tensors, one_shot=True)))
         return 0
     from engine.cli.plain import render
 
@@ -282,9 +307,16 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     paths = setup_demo(
         root,
         audio=not ns.from_tensors,
+        one_shot=True,
         progress=lambda e: print(render(e), flush=True) if e.status != "ok" or e.stage == "done" else None,
     )
     config = demo_config(paths, adapter=ns.adapter, max_steps=ns.max_steps)
+    import torch
+
+    # The demo model's ops are too small to split: one thread trains as fast as two on an idle machine
+    # (the same losses, bit for bit), and on a busy one a second OpenMP thread spinning at every op made
+    # the 200 steps take minutes instead of seconds.
+    torch.set_num_threads(1)
     return run_headless(config, json_events=False)
 
 

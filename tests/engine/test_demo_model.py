@@ -409,3 +409,21 @@ def test_the_song_demo_goes_audio_to_dataset_json_to_tensors(demo_paths, tmp_pat
     report = ptinspect.scan_dataset(paths["dataset_dir"])
     assert report.samples > 0 and not report.problems, report.problems
     assert ptinspect.format_warnings(paths["dataset_dir"], paths["model_variant"]) == []  # inference format, this model
+
+
+@pytest.mark.integration  # forks the model writer
+def test_the_demo_model_written_in_a_forked_child_is_the_same_bytes(demo_paths, tmp_path, monkeypatch):
+    """`sidestep demo` builds the model in a child while it encodes the songs: the same file as a build
+    in this process, and a child that fails is one RuntimeError line with its reason."""
+    monkeypatch.setattr(demo, "_STATE_CACHE", {})  # the session's cached weights would skip the build (and the fork)
+    job = demo.start_demo_checkpoint(tmp_path / "demo")
+    model_dir = Path(job.wait())
+    reference = Path(demo_paths["checkpoint_dir"], demo.DEMO_FOLDER)
+    assert (model_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert sorted(os.listdir(model_dir.parent)) == ["sidestep-demo-base", "silence_latent.pt"]
+
+    (tmp_path / "a-file").write_text("not a folder")
+    job = demo.start_demo_checkpoint(tmp_path / "a-file")
+    with pytest.raises(RuntimeError, match=r"writing the demo model .* failed: FileExistsError: .*a-file") as error:
+        job.wait()
+    assert "\n" not in str(error.value)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -420,3 +421,33 @@ def test_missing_condition_encoder_weights_are_an_error(checkpoint, tmp_path):
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(encode.PreprocessModelError, match=r"condition-encoder weights.*encoder\.text_projector"):
         encode.load_pass2(str(root), str(root / DEMO_FOLDER), torch.device("cpu"), torch.float32)
+
+
+def test_model_ready_lets_pass_1_run_before_the_dit_checkpoint_exists(checkpoint, tmp_path):
+    """The demo writes its DiT while pass 1 encodes: with ``model_ready`` the model folder is needed only
+    after pass 1; a hook that fails stops before pass 2 and keeps the intermediates for the next run."""
+    root = tmp_path / "ck"
+    root.mkdir()
+    for name in ("vae", "Qwen3-Embedding-0.6B"):  # pass 1's models; the DiT and silence latent come later
+        (root / name).symlink_to(Path(checkpoint, name))
+    songs, out = tmp_path / "songs", tmp_path / "out"
+    synthesize_demo_audio(songs, 1, seconds=(1.0,))
+    config = make_config(str(root), out, audio_dir=str(songs))
+
+    def broken() -> None:
+        raise RuntimeError("the model writer failed")
+
+    with pytest.raises(RuntimeError, match="the model writer failed"):
+        run_preprocess(config, lambda event: None, model_ready=broken)
+    written = glob.glob(str(out / "*.pt"))
+    assert len(written) == 1 and written[0].endswith(".tmp.pt")  # pass 1's intermediate, no final file
+
+    def ready() -> None:
+        shutil.copytree(Path(checkpoint, DEMO_FOLDER), root / DEMO_FOLDER)
+        shutil.copy2(Path(checkpoint, "silence_latent.pt"), root / "silence_latent.pt")
+
+    events: list = []
+    summary = run_preprocess(config, events.append, model_ready=ready)
+    assert summary.processed == 1 and not summary.failed, summary.failed
+    assert [e.status for e in events if e.stage == "pass1"] == ["skipped"]  # encoded by the first call
+    assert not glob.glob(str(out / "*.tmp.pt"))

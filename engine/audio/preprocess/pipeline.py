@@ -114,10 +114,18 @@ class _Run:
 
 
 def run_preprocess(
-    config: cfgmod.PreprocessConfig, emit: Emit, should_stop: Callable[[], bool] = lambda: False
+    config: cfgmod.PreprocessConfig,
+    emit: Emit,
+    should_stop: Callable[[], bool] = lambda: False,
+    *,
+    model_ready: Callable[[], object] | None = None,
 ) -> PreprocessSummary:
     """Preprocess ``config``'s audio into ``config.output_dir``. Raises only for problems that stop
-    everything (no audio, missing model folders); per-file problems land in ``summary.failed``."""
+    everything (no audio, missing model folders); per-file problems land in ``summary.failed``.
+
+    ``model_ready``: for a caller still writing the DiT checkpoint (the demo builds it meanwhile); it is
+    called after pass 1, which needs only the VAE and text encoder, and the model folder is checked then
+    instead of up front. Its exceptions propagate."""
     from engine.audio.preprocess import encode
     from engine.models.loader import resolve_device, resolve_dtype
 
@@ -136,7 +144,7 @@ def run_preprocess(
     jobs = collect_jobs(config)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.precision, device)
-    model_dir = _model_dir(config)
+    model_dir = _model_dir(config) if model_ready is None else _expected_model_dir(config)
     _scan_events(run, jobs)
     if not jobs.jobs:
         raise ValueError(f"nothing to preprocess: no readable audio in {config.source()}")
@@ -153,6 +161,9 @@ def run_preprocess(
                     _pass1(run, jobs, todo1, models, fingerprints, total)
                 finally:
                     models.close()
+        if model_ready is not None:
+            model_ready()
+            _model_dir(config)  # now it must be there
         todo2 = _pass2_plan(run, jobs)
         if todo2 and not run.should_stop():
             with _measure(run, "pass2", device):
@@ -196,6 +207,17 @@ def _model_dir(config: cfgmod.PreprocessConfig) -> str:
 
     try:
         return resolve_model_dir(config.checkpoint_dir, config.model_variant)
+    except DiscoveryError as exc:
+        raise PreprocessModelError(str(exc)) from None
+
+
+def _expected_model_dir(config: cfgmod.PreprocessConfig) -> str:
+    """Where ``_model_dir`` will find the model once it is written (the same path, not yet checked)."""
+    from engine.audio.preprocess.encode import PreprocessModelError
+    from engine.discovery import DiscoveryError, check_model_name
+
+    try:
+        return check_model_name(config.checkpoint_dir, config.model_variant)
     except DiscoveryError as exc:
         raise PreprocessModelError(str(exc)) from None
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,72 @@ def write_demo_checkpoint(
         (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
         _atomic_torch_save(silence, root / "silence_latent.pt")
     return str(model_dir)
+
+
+class CheckpointJob:
+    """The demo model being written by ``start_demo_checkpoint``. ``wait()`` returns the model folder
+    once it is there, or raises ``RuntimeError`` with the one-line reason; ``cancel()`` stops a writer
+    that is no longer wanted (the folder is written atomically, so nothing half-written is left)."""
+
+    def __init__(self, model_dir: Path, pid: int | None = None, read_fd: int | None = None) -> None:
+        self.model_dir = model_dir
+        self._pid = pid
+        self._read_fd = read_fd
+
+    def wait(self) -> str:
+        if self._pid is not None and self._read_fd is not None:
+            with os.fdopen(self._read_fd, "rb") as pipe:
+                message = pipe.read().decode("utf-8", "replace").strip()
+            _, status = os.waitpid(self._pid, 0)
+            self._pid = self._read_fd = None
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                reason = message or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+                raise RuntimeError(f"writing the demo model {self.model_dir} failed: {reason}")
+        return str(self.model_dir)
+
+    def cancel(self) -> None:
+        if self._pid is not None and self._read_fd is not None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGTERM)
+            os.waitpid(self._pid, 0)
+            os.close(self._read_fd)
+            self._pid = self._read_fd = None
+
+
+def start_demo_checkpoint(root: str | os.PathLike, *, size: str = "tiny", seed: int = 0) -> CheckpointJob:
+    """``write_demo_checkpoint(<root>/checkpoints)`` under the root's lock, in a forked child when the
+    model must be built (Linux): its pre-training runs on one thread while the caller does other work
+    (the demo's audio side and first preprocessing pass), and ``wait()`` joins it. The child writes the
+    same bytes as a call here would. Elsewhere, or when the folder is already valid, it runs here now."""
+    root = Path(root)
+    checkpoint_root = root / "checkpoints"
+    model_dir = checkpoint_root / DEMO_FOLDER
+    steps = DEFAULT_PRETRAIN_STEPS if size == "tiny" else 0
+    if _checkpoint_is_valid(model_dir, size) or (size, seed, steps) in _STATE_CACHE or not sys.platform.startswith("linux"):
+        with _root_lock(root):
+            return CheckpointJob(Path(write_demo_checkpoint(checkpoint_root, size=size, seed=seed)))
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: write, report a failure in one line, leave without the parent's exit handlers
+        status = 1
+        try:
+            os.close(read_fd)
+            torch.set_num_threads(1)  # the caller keeps the other core; a model this small builds fastest on one
+            with _root_lock(root):
+                write_demo_checkpoint(checkpoint_root, size=size, seed=seed)
+            status = 0
+        except BaseException as exc:  # everything must reach the parent as one line
+            with contextlib.suppress(OSError):
+                os.write(write_fd, f"{type(exc).__name__}: {sidecars.error_line(exc)}".encode())
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    return CheckpointJob(model_dir, pid, read_fd)
 
 
 def _pretrain(model: Any, steps: int, silence: torch.Tensor, *, seed: int, batch: int = 4) -> None:
