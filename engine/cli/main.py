@@ -295,6 +295,10 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     # made the VAE pass 2.5x slower than one thread; on an idle machine two threads still halve it.
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The demo never quantises nor uses an 8-bit optimizer (``demo_config``), but diffusers and PEFT import
+    # bitsandbytes whenever it is installed, and its import compiles torch's inductor stack: about 2 s of the
+    # demo's critical path. Marked absent for this process only; both libraries then skip their bnb parts.
+    sys.modules.setdefault("bitsandbytes", None)  # type: ignore[arg-type]  # None: "not importable" to importlib
     if ns.setup_only:
         print(json.dumps(setup_demo(root, audio=not ns.from_tensors, one_shot=True)))
         return 0
