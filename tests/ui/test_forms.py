@@ -694,5 +694,5 @@ async def test_screen_actions_are_in_the_command_palette(ckpt: Path, env: Path, 
         hits = [hit async for hit in provider.search("basic")]
         assert len(hits) == 1
         await hits[0].command()
-        await pilot.pause()
+        await settle(pilot)  # the advanced rows it mounts finish mounting before the app is torn down
         assert app.screen.form.depth == "advanced"
